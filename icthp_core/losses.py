@@ -1,0 +1,129 @@
+"""Training losses of the ICT and HP reward models (paper eq. 9-13).
+
+ICT (eq. 9-12). The score is s(P, I) = cosine(text features, image features): exactly what the published ICT
+model outputs at inference (no logit scale). With B triplets, `easy[j, k, i]` = s(P_easy of triplet j, I_k of
+triplet i) for k in (I1, I2, I3); likewise `refined`. Positives are j == i, in-batch negatives j != i (target 0)::
+
+    L = mean_{i,k} (easy[i,k,i] - E_k,i)^2 + mean_{i,k} (refined[i,k,i] - R_k,i)^2
+        + lambda * ( mean_{j!=i,k} w(easy[j,k,i]) easy[j,k,i]^2 + mean_{j!=i,k} w(refined[j,k,i]) refined[j,k,i]^2 )
+    w(y) = 1 / (1 + exp(alpha (|y| - beta)))          alpha = 20, beta = 6, lambda = 0.1
+
+The paper writes sums; means (as in the upstream trainer) keep the loss scale independent of the batch size.
+w(y) is kept exactly as published; for cosine scores (|y| <= 1 < beta) it is ~1, i.e. it only matters if the
+scores are scaled (set `score_scale`, e.g. a 1/tau temperature, in :func:`ict_scores`).
+
+HP (eq. 13): mean hinge max(0, -(s2 - s1) + m) + mean hinge max(0, -(s3 - s2) + m), m = 0.2, on the HP scores
+of I1 < I2 < I3 (the trainer uses the head's pre-sigmoid output by default, as upstream; see `train/`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ICTLossOutput",
+    "negative_weight",
+    "ict_scores",
+    "ict_loss_from_scores",
+    "ict_loss",
+    "hp_margin_loss",
+]
+
+
+@dataclass
+class ICTLossOutput:
+    loss: torch.Tensor
+    mse: torch.Tensor
+    negative: torch.Tensor
+
+
+def negative_weight(y: torch.Tensor, alpha: float = 20.0, beta: float = 6.0) -> torch.Tensor:
+    """w(y) = 1 / (1 + exp(alpha (|y| - beta))) (eq. 10), computed stably as sigmoid(-alpha (|y| - beta))."""
+    return torch.sigmoid(-alpha * (y.abs() - beta))
+
+
+def ict_scores(
+    text_features: torch.Tensor,
+    image_features: Sequence[torch.Tensor],
+    score_scale: float = 1.0,
+) -> torch.Tensor:
+    """Score tensor [B_text, 3, B_img]: `score_scale` * cosine(text j, image k of triplet i)."""
+    t = F.normalize(text_features, dim=-1)
+    imgs = torch.stack([F.normalize(f, dim=-1) for f in image_features], dim=0)  # [3, B, D]
+    return score_scale * torch.einsum("jd,kid->jki", t, imgs)
+
+
+def _split(scores: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positives [B, 3] and negatives [N_neg, 3]; row j of `scores` is triplet `offset + j` in the image axis."""
+    bt, three, bi = scores.shape
+    if three != 3:
+        raise ValueError(f"ICT scores must have shape [B_text, 3, B_img], got {tuple(scores.shape)}")
+    rows = torch.arange(bt, device=scores.device)
+    cols = rows + offset
+    pos = scores[rows, :, cols]  # [B, 3]
+    mask = torch.ones(bt, bi, dtype=torch.bool, device=scores.device)
+    mask[rows, cols] = False
+    neg = scores.permute(0, 2, 1)[mask]  # [N_neg, 3]
+    return pos, neg
+
+
+def ict_loss_from_scores(
+    easy: torch.Tensor,
+    refined: torch.Tensor,
+    easy_labels: torch.Tensor,
+    refined_labels: torch.Tensor,
+    lam: float = 0.1,
+    alpha: float = 20.0,
+    beta: float = 6.0,
+    offset: int = 0,
+) -> ICTLossOutput:
+    """ICT loss (eq. 9-12) from score tensors [B_text, 3, B_img] and labels [B_text, 3].
+
+    `offset` is the index of this rank's first triplet when the image axis holds all ranks' images (gathered
+    negatives); 0 for a single process.
+    """
+    pe, ne = _split(easy, offset)
+    pr, nr = _split(refined, offset)
+    mse = F.mse_loss(pe, easy_labels.to(pe.dtype)) + F.mse_loss(pr, refined_labels.to(pr.dtype))
+    if ne.numel():
+        negative = (negative_weight(ne, alpha, beta) * ne.square()).mean() + (
+            negative_weight(nr, alpha, beta) * nr.square()
+        ).mean()
+    else:
+        negative = mse.new_zeros(())
+    return ICTLossOutput(loss=mse + lam * negative, mse=mse.detach(), negative=negative.detach())
+
+
+def ict_loss(
+    easy_text: torch.Tensor,
+    refined_text: torch.Tensor,
+    image_features: Sequence[torch.Tensor],
+    easy_labels: torch.Tensor,
+    refined_labels: torch.Tensor,
+    lam: float = 0.1,
+    alpha: float = 20.0,
+    beta: float = 6.0,
+    score_scale: float = 1.0,
+    offset: int = 0,
+) -> ICTLossOutput:
+    """ICT loss from features: text [B, D] (P_easy, P_ref), images (I1, I2, I3) each [B_img, D]."""
+    easy = ict_scores(easy_text, image_features, score_scale)
+    refined = ict_scores(refined_text, image_features, score_scale)
+    return ict_loss_from_scores(easy, refined, easy_labels, refined_labels, lam, alpha, beta, offset)
+
+
+def hp_margin_loss(
+    s1: torch.Tensor, s2: torch.Tensor, s3: torch.Tensor, margin: float = 0.2, reduction: str = "mean"
+) -> torch.Tensor:
+    """Margin ranking loss of eq. 13 for scores of I1 (worst), I2, I3 (best), each [B]."""
+    l21 = (margin - (s2 - s1)).clamp_min(0)
+    l32 = (margin - (s3 - s2)).clamp_min(0)
+    if reduction == "mean":
+        return l21.mean() + l32.mean()
+    if reduction == "sum":
+        return l21.sum() + l32.sum()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
