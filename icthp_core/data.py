@@ -2,11 +2,12 @@
 
 Formats (one row per example; a table is `.jsonl`, `.json` (JSON lines), `.csv` or `.parquet`):
 
-- Triplets: `easy_prompt`, `refine_prompt`, `image_1` (Pick-a-Pic loser), `image_2` (winner), `image_3` (image of
-  the refined prompt), optional ICT labels `E1`, `E2`, `R1`, `R2`. Pick-High's own column names
+- Triplets: `easy_prompt`, `refine_prompt`, `image_1` (Pick-a-Pic loser), `image_2` (winner),
+  `image_3` (image of the refined prompt), optional ICT labels `E1`, `E2`, `R1`, `R2`.
+  Pick-High's own column names
   (`easy_image_0`, `easy_image_1`, `refine_image`) are accepted too.
-- Pairs: `prompt` (or `caption`), `image_0`, `image_1` (or `jpg_0`, `jpg_1`), `label_0` (1 = image_0 preferred,
-  0.5 = tie; `label_1` alone is accepted as 1 - label_0).
+- Pairs: `prompt` (or `caption`), `image_0`, `image_1` (or `jpg_0`, `jpg_1`),
+  `label_0` (1 = image_0 preferred, 0.5 = tie; `label_1` alone is accepted as 1 - label_0).
 
 An image cell is a path (absolute, or relative to `image_root`, default the table's folder), raw encoded
 bytes, or a `{"bytes": ..., "path": ...}` dict (Hugging Face `datasets` parquet).
@@ -352,8 +353,8 @@ def convert_pick_high(
     """Convert Pick-High (`src/Pick-High/{split}.pkl` + image folders) once into safe tables in `out_dir`.
 
     `fmt="jsonl"` writes `{split}.jsonl` with image paths relative to `out_dir`; `fmt="parquet"` writes
-    `{split}.parquet`, with the encoded image bytes inside when `embed_images`. Bad rows are skipped and reported
-    in `{split}.report.json`. Returns {split: written table}.
+    `{split}.parquet`, with the encoded image bytes inside when `embed_images`. Bad rows are skipped and
+    reported in `{split}.report.json`. Returns {split: written table}.
     """
     import pandas as pd
 
@@ -412,7 +413,8 @@ class _RobustDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: Sequence, report: LoadReport | None):
         if not records:
-            raise ValueError("dataset is empty (every row was skipped?)" + (f": {report.summary()}" if report else ""))
+            why = f": {report.summary()}" if report else ""
+            raise ValueError("dataset is empty (every row was skipped?)" + why)
         self.records = list(records)
         self.report = report or LoadReport(source="<records>", total=len(records), kept=len(records))
 

@@ -2,10 +2,12 @@
 
 ICT (eq. 9-12). The score is s(P, I) = cosine(text features, image features): exactly what the published ICT
 model outputs at inference (no logit scale). With B triplets, `easy[j, k, i]` = s(P_easy of triplet j, I_k of
-triplet i) for k in (I1, I2, I3); likewise `refined`. Positives are j == i, in-batch negatives j != i (target 0)::
+triplet i) for k in (I1, I2, I3); likewise `refined`. Positives are j == i, in-batch negatives j != i
+(target 0)::
 
     L = mean_{i,k} (easy[i,k,i] - E_k,i)^2 + mean_{i,k} (refined[i,k,i] - R_k,i)^2
-        + lambda * ( mean_{j!=i,k} w(easy[j,k,i]) easy[j,k,i]^2 + mean_{j!=i,k} w(refined[j,k,i]) refined[j,k,i]^2 )
+        + lambda * ( mean_{j!=i,k} w(easy[j,k,i]) easy[j,k,i]^2
+                     + mean_{j!=i,k} w(refined[j,k,i]) refined[j,k,i]^2 )
     w(y) = 1 / (1 + exp(alpha (|y| - beta)))          alpha = 20, beta = 6, lambda = 0.1
 
 The paper writes sums; means (as in the upstream trainer) keep the loss scale independent of the batch size.
@@ -58,7 +60,7 @@ def ict_scores(
 
 
 def _split(scores: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positives [B, 3] and negatives [N_neg, 3]; row j of `scores` is triplet `offset + j` in the image axis."""
+    """Positives [B, 3] and negatives [N_neg, 3]; text row j is triplet `offset + j` of the image axis."""
     bt, three, bi = scores.shape
     if three != 3:
         raise ValueError(f"ICT scores must have shape [B_text, 3, B_img], got {tuple(scores.shape)}")

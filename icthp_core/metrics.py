@@ -5,7 +5,8 @@
 - PickScore's tie-aware protocol on pairs with label_0 in {0, 0.5, 1}: the label is a tie if label_0 == 0.5;
   the prediction is a tie if |p1 - p0| <= t. Credit 1 if prediction and label agree (same winner, or both
   ties), 0.5 if exactly one of them is a tie, else 0. t is chosen on a validation split
-  (:func:`choose_tie_threshold`, grid 0, 0.1, ..., 1 by default, as PickScore did for its logit-scaled scores).
+  (:func:`choose_tie_threshold`, grid 0, 0.1, ..., 1 by default, as PickScore did for its logit-scaled
+  scores).
 """
 
 from __future__ import annotations

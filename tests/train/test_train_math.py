@@ -27,7 +27,8 @@ def test_alignment_score_clamps():
 def test_ict_labels_hand_values():
     # triplet 0: C(I1)=0.2/0.25=0.8, C(I2)=min(1.2,1)=1 -> E1=0.8, E2=1, text sim 0.9 -> R1=0.72, R2=0.9
     # triplet 1: C(I1)=0.6, C(I2)=0.4 -> E1=min(0.6,0.4)=0.4, E2=0.4, text sim 0.5 -> R1=R2=0.2
-    lab = ict_labels(torch.tensor([0.2, 0.15]), torch.tensor([0.3, 0.1]), torch.tensor([0.9, 0.5]), theta=0.25)
+    t = torch.tensor
+    lab = ict_labels(t([0.2, 0.15]), t([0.3, 0.1]), t([0.9, 0.5]), theta=0.25)
     assert torch.allclose(lab.E1, torch.tensor([0.8, 0.4]))
     assert torch.allclose(lab.E2, torch.tensor([1.0, 0.4]))
     assert torch.allclose(lab.R1, torch.tensor([0.72, 0.2]))
