@@ -152,7 +152,7 @@ def read_table(path: str | os.PathLike, trust_pickle: bool = False):
     if suf in (".pkl", ".pickle"):
         return load_pick_high_pickle(p, trust_pickle)
     if suf in (".jsonl", ".json"):
-        return pd.read_json(p, lines=True, dtype=False)
+        return pd.read_json(p, lines=True, dtype=False, precise_float=True)
     if suf == ".csv":
         return pd.read_csv(p, keep_default_na=True)
     if suf == ".parquet":
