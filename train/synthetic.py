@@ -1,7 +1,8 @@
 """A tiny synthetic preference data set (for smoke tests and tutorials).
 
 Each example is a coloured shape named by its prompt ("a red circle"). Quality is visible: the loser I1 is
-dark, blurred and low-contrast, the winner I2 is medium, the refined image I3 is bright and sharp. A model that
+dark, blurred and low-contrast, the winner I2 is medium, the refined image I3 is bright and sharp.
+A model that
 learns "brighter/sharper is better" ranks I1 < I2 < I3, so pairwise accuracy far above 50% is reachable.
 
     python -m train.synthetic OUT_DIR --triplets 64 --pairs 64
@@ -62,12 +63,19 @@ def make_dataset(out: str | Path, triplets: int = 64, pairs: int = 64, seed: int
             names.append(name)
         e1, e2 = 0.3 + rng.uniform(-0.05, 0.05), 0.65 + rng.uniform(-0.05, 0.05)
         sim = 0.8
-        rows.append({
-            "easy_prompt": f"a {color} {shape}",
-            "refine_prompt": f"a {color} {shape}, bright, sharp, highly detailed",
-            "image_1": names[0], "image_2": names[1], "image_3": names[2],
-            "E1": e1, "E2": e2, "R1": e1 * sim, "R2": e2 * sim,
-        })
+        rows.append(
+            {
+                "easy_prompt": f"a {color} {shape}",
+                "refine_prompt": f"a {color} {shape}, bright, sharp, highly detailed",
+                "image_1": names[0],
+                "image_2": names[1],
+                "image_3": names[2],
+                "E1": e1,
+                "E2": e2,
+                "R1": e1 * sim,
+                "R2": e2 * sim,
+            }
+        )
     prows = []
     for i in range(pairs):
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
@@ -82,7 +90,9 @@ def make_dataset(out: str | Path, triplets: int = 64, pairs: int = 64, seed: int
             render(color, shape, level, size, seed=10_000 + i * 2 + k).save(out / name)
             names.append(name)
         label_0 = 0.5 if tie else float(a > b)
-        prows.append({"prompt": f"a {color} {shape}", "image_0": names[0], "image_1": names[1], "label_0": label_0})
+        prows.append(
+            {"prompt": f"a {color} {shape}", "image_0": names[0], "image_1": names[1], "label_0": label_0}
+        )
     with open(out / "triplets.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     with open(out / "pairs.jsonl", "w") as f:
@@ -98,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=64)
     a = ap.parse_args(argv)
-    print(json.dumps({k: str(v) for k, v in make_dataset(a.out, a.triplets, a.pairs, a.seed, a.size).items()}))
+    print(
+        json.dumps({k: str(v) for k, v in make_dataset(a.out, a.triplets, a.pairs, a.seed, a.size).items()})
+    )
 
 
 if __name__ == "__main__":

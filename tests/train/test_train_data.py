@@ -43,8 +43,17 @@ def triplet_dir(tmp_path):
     for n in "abc":
         _png(tmp_path / f"{n}.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    good = {"easy_prompt": "a cat", "refine_prompt": "a cat, detailed", "image_1": "a.png", "image_2": "b.png",
-            "image_3": "c.png", "E1": 0.2, "E2": 0.5, "R1": 0.1, "R2": 0.4}
+    good = {
+        "easy_prompt": "a cat",
+        "refine_prompt": "a cat, detailed",
+        "image_1": "a.png",
+        "image_2": "b.png",
+        "image_3": "c.png",
+        "E1": 0.2,
+        "E2": 0.5,
+        "R1": 0.1,
+        "R2": 0.4,
+    }
     rows = [
         good,
         {**good, "image_2": "missing.png"},
@@ -62,7 +71,12 @@ def triplet_dir(tmp_path):
 def test_triplets_jsonl_skips_bad_rows(triplet_dir):
     recs, rep = load_triplets(triplet_dir / "t.jsonl", verify_images=True)
     assert rep.total == 6 and rep.kept == 2
-    assert dict(rep.skipped) == {"image_not_found": 1, "nan_label": 1, "missing_prompt": 1, "unreadable_image": 1}
+    assert dict(rep.skipped) == {
+        "image_not_found": 1,
+        "nan_label": 1,
+        "missing_prompt": 1,
+        "unreadable_image": 1,
+    }
     assert "kept 2/6" in rep.summary()
     assert recs[0].labels == {"E1": 0.2, "E2": 0.5, "R1": 0.1, "R2": 0.4}
     assert recs[1].labels["R1"] == 0.3 and recs[1].labels["E2"] == 0.5  # each label from its own column
@@ -84,8 +98,17 @@ def test_triplet_dataset_replaces_undecodable(triplet_dir):
 def test_csv_triplets_without_labels(tmp_path):
     for n in "abc":
         _png(tmp_path / f"{n}.png")
-    pd.DataFrame([{"easy_prompt": "x", "refine_prompt": "y", "image_1": str(tmp_path / "a.png"),
-                   "image_2": "b.png", "image_3": "c.png"}]).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "easy_prompt": "x",
+                "refine_prompt": "y",
+                "image_1": str(tmp_path / "a.png"),
+                "image_2": "b.png",
+                "image_3": "c.png",
+            }
+        ]
+    ).to_csv(tmp_path / "t.csv", index=False)
     recs, rep = load_triplets(tmp_path / "t.csv")
     assert rep.kept == 1 and recs[0].labels is None
     item = TripletDataset(recs, _transform, _tok)[0]
@@ -96,16 +119,22 @@ def test_csv_triplets_without_labels(tmp_path):
 
 def test_pickapic_parquet_pairs(tmp_path):
     b = _png_bytes()
-    df = pd.DataFrame([
-        {"caption": "a dog", "jpg_0": b, "jpg_1": b, "label_0": 1.0, "label_1": 0.0},
-        {"caption": "a dog", "jpg_0": b, "jpg_1": b, "label_0": 0.5, "label_1": 0.5},
-        {"caption": "a dog", "jpg_0": b"", "jpg_1": b, "label_0": 0.0, "label_1": 1.0},
-        {"caption": "a dog", "jpg_0": b, "jpg_1": b, "label_0": None, "label_1": None},
-        {"caption": None, "jpg_0": b, "jpg_1": b, "label_0": 1.0, "label_1": 0.0},
-    ])
+    df = pd.DataFrame(
+        [
+            {"caption": "a dog", "jpg_0": b, "jpg_1": b, "label_0": 1.0, "label_1": 0.0},
+            {"caption": "a dog", "jpg_0": b, "jpg_1": b, "label_0": 0.5, "label_1": 0.5},
+            {"caption": "a dog", "jpg_0": b"", "jpg_1": b, "label_0": 0.0, "label_1": 1.0},
+            {"caption": "a dog", "jpg_0": b, "jpg_1": b, "label_0": None, "label_1": None},
+            {"caption": None, "jpg_0": b, "jpg_1": b, "label_0": 1.0, "label_1": 0.0},
+        ]
+    )
     df.to_parquet(tmp_path / "p.parquet")
     recs, rep = load_pairs(tmp_path / "p.parquet")
-    assert rep.kept == 2 and dict(rep.skipped) == {"empty_image_bytes": 1, "nan_label": 1, "missing_prompt": 1}
+    assert rep.kept == 2 and dict(rep.skipped) == {
+        "empty_image_bytes": 1,
+        "nan_label": 1,
+        "missing_prompt": 1,
+    }
     assert [r.label_0 for r in recs] == [1.0, 0.5]
     ds = PairDataset(recs, _transform, _tok, rep)
     assert ds[1]["label_0"].item() == 0.5 and ds[0]["pixels_0"].shape == (3, 4, 4)
@@ -126,12 +155,32 @@ def _pick_high(root):
     _png(root / "pick_easy_img/val/l.jpg")
     _png(root / "pick_easy_img/val/w.jpg")
     _png(root / "pick_refine_img/val/r.jpg")
-    df = pd.DataFrame([
-        {"easy_prompt": "a cat", "refine_prompt": "a cat, 8k", "easy_image_0": "l.jpg", "easy_image_1": "w.jpg",
-         "refine_image": "r.jpg", "E1": 0.1, "E2": 0.7, "R1": 0.05, "R2": 0.6},
-        {"easy_prompt": "a dog", "refine_prompt": "a dog, 8k", "easy_image_0": "gone.jpg", "easy_image_1": "w.jpg",
-         "refine_image": "r.jpg", "E1": 0.1, "E2": 0.7, "R1": 0.05, "R2": 0.6},
-    ])
+    df = pd.DataFrame(
+        [
+            {
+                "easy_prompt": "a cat",
+                "refine_prompt": "a cat, 8k",
+                "easy_image_0": "l.jpg",
+                "easy_image_1": "w.jpg",
+                "refine_image": "r.jpg",
+                "E1": 0.1,
+                "E2": 0.7,
+                "R1": 0.05,
+                "R2": 0.6,
+            },
+            {
+                "easy_prompt": "a dog",
+                "refine_prompt": "a dog, 8k",
+                "easy_image_0": "gone.jpg",
+                "easy_image_1": "w.jpg",
+                "refine_image": "r.jpg",
+                "E1": 0.1,
+                "E2": 0.7,
+                "R1": 0.05,
+                "R2": 0.6,
+            },
+        ]
+    )
     df.to_pickle(root / "Pick-High" / "val.pkl")
 
 
@@ -150,8 +199,9 @@ def test_convert_pick_high(tmp_path, fmt, embed):
     _pick_high(tmp_path)
     with pytest.raises(UnsafeDataError):
         convert_pick_high(tmp_path, tmp_path / "out", splits=["val"])
-    out = convert_pick_high(tmp_path, tmp_path / "out", splits=["val", "train"], trust_pickle=True, fmt=fmt,
-                            embed_images=embed)
+    out = convert_pick_high(
+        tmp_path, tmp_path / "out", splits=["val", "train"], trust_pickle=True, fmt=fmt, embed_images=embed
+    )
     assert list(out) == ["val"]
     recs, rep = load_triplets(out["val"])  # safe loader, no trust flag
     assert rep.kept == 1 and recs[0].easy_prompt == "a cat" and recs[0].labels["E2"] == 0.7

@@ -44,8 +44,12 @@ def test_auto_theta_percentile():
     assert auto_theta(v, 10) == pytest.approx(0.14)
     with pytest.raises(ValueError):
         auto_theta(torch.tensor([-0.2, -0.1]), 10)
-    sims = {"i1_easy": torch.tensor([0.1]), "i2_easy": torch.tensor([0.2]), "i3_easy": v,
-            "easy_ref": torch.tensor([1.0])}
+    sims = {
+        "i1_easy": torch.tensor([0.1]),
+        "i2_easy": torch.tensor([0.2]),
+        "i3_easy": v,
+        "easy_ref": torch.tensor([1.0]),
+    }
     lab, theta = build_ict_labels(sims, theta=None, percentile=25)
     assert theta == pytest.approx(0.2)
     assert lab.E1.item() == pytest.approx(0.5) and lab.E2.item() == pytest.approx(1.0)
