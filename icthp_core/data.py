@@ -54,6 +54,7 @@ __all__ = [
     "TripletDataset",
     "PairDataset",
     "collate",
+    "write_triplets",
 ]
 
 TRIPLET_ALIASES = {"easy_image_0": "image_1", "easy_image_1": "image_2", "refine_image": "image_3"}
@@ -409,14 +410,25 @@ def open_image(ref: ImageRef) -> Image.Image:
 
 
 class _RobustDataset(torch.utils.data.Dataset):
-    """Replaces an example whose image fails to decode by the next one (counted in the report)."""
+    """Replaces an example whose image fails to decode by the next one (counted in the report).
 
-    def __init__(self, records: Sequence, report: LoadReport | None):
+    `cache=True` keeps every decoded, preprocessed item in memory (small data sets and tests only).
+    """
+
+    def __init__(self, records: Sequence, report: LoadReport | None, cache: bool = False):
         if not records:
             why = f": {report.summary()}" if report else ""
             raise ValueError("dataset is empty (every row was skipped?)" + why)
         self.records = list(records)
         self.report = report or LoadReport(source="<records>", total=len(records), kept=len(records))
+        self.cache: dict[int, dict[str, Any]] | None = {} if cache else None
+
+    def _cached_item(self, idx: int) -> dict[str, Any]:
+        if self.cache is None:
+            return self._item(idx)
+        if idx not in self.cache:
+            self.cache[idx] = self._item(idx)
+        return dict(self.cache[idx])
 
     def __len__(self) -> int:
         return len(self.records)
@@ -429,7 +441,7 @@ class _RobustDataset(torch.utils.data.Dataset):
         for k in range(n):
             j = (idx + k) % n
             try:
-                item = self._item(j)
+                item = self._cached_item(j)
             except (OSError, ValueError, SyntaxError) as e:  # PIL decoder errors
                 self.report.decode_failures += 1
                 logger.warning("%s: example %d unreadable (%s); using the next one", self.report.source, j, e)
@@ -449,8 +461,9 @@ class TripletDataset(_RobustDataset):
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         report: LoadReport | None = None,
+        cache: bool = False,
     ):
-        super().__init__(records, report)
+        super().__init__(records, report, cache)
         self.transform, self.tokenizer = transform, tokenizer
 
     def _item(self, idx: int) -> dict[str, Any]:
@@ -474,8 +487,9 @@ class PairDataset(_RobustDataset):
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         report: LoadReport | None = None,
+        cache: bool = False,
     ):
-        super().__init__(records, report)
+        super().__init__(records, report, cache)
         self.transform, self.tokenizer = transform, tokenizer
 
     def _item(self, idx: int) -> dict[str, Any]:
@@ -491,3 +505,28 @@ class PairDataset(_RobustDataset):
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack dataset items key by key."""
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+def write_triplets(records: Sequence[TripletRecord], path: str | os.PathLike) -> Path:
+    """Write triplet records as `.jsonl` (image paths only) or `.parquet` (paths or bytes) with their labels."""
+    import pandas as pd
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"easy_prompt": r.easy_prompt, "refine_prompt": r.refine_prompt}
+        row.update(dict(zip(("image_1", "image_2", "image_3"), r.images, strict=True)))
+        if r.labels:
+            row.update(r.labels)
+        rows.append(row)
+    if p.suffix == ".jsonl":
+        if any(isinstance(ref, bytes) for r in records for ref in r.images):
+            raise ValueError(f"{p}: records hold image bytes; write a .parquet file instead")
+        with open(p, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    elif p.suffix == ".parquet":
+        pd.DataFrame(rows).to_parquet(p, index=False)
+    else:
+        raise ValueError(f"{p}: write_triplets supports .jsonl and .parquet")
+    return p

@@ -90,9 +90,7 @@ def make_dataset(out: str | Path, triplets: int = 64, pairs: int = 64, seed: int
             render(color, shape, level, size, seed=10_000 + i * 2 + k).save(out / name)
             names.append(name)
         label_0 = 0.5 if tie else float(a > b)
-        prows.append(
-            {"prompt": f"a {color} {shape}", "image_0": names[0], "image_1": names[1], "label_0": label_0}
-        )
+        prows.append({"prompt": f"a {color} {shape}", "image_0": names[0], "image_1": names[1], "label_0": label_0})
     with open(out / "triplets.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     with open(out / "pairs.jsonl", "w") as f:
@@ -108,9 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=64)
     a = ap.parse_args(argv)
-    print(
-        json.dumps({k: str(v) for k, v in make_dataset(a.out, a.triplets, a.pairs, a.seed, a.size).items()})
-    )
+    print(json.dumps({k: str(v) for k, v in make_dataset(a.out, a.triplets, a.pairs, a.seed, a.size).items()}))
 
 
 if __name__ == "__main__":

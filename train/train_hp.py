@@ -1,0 +1,177 @@
+"""Stage 2: train the HP model (paper §4.2.3) with the ICT model frozen.
+
+    accelerate launch -m train.train_hp --config train/configs/hp.yaml [key=value ...]
+
+HP backbone = the vision tower of `base_model` (LAION CLIP-H) with its first `freeze_fraction` (half) frozen:
+patch/position embeddings, pre-LayerNorm and the first half of the transformer blocks. The latter half, the
+post-LayerNorm, the projection and the MLP head are trained with the margin ranking loss (eq. 13, m = 0.2) on
+I1 < I2 < I3. The frozen ICT model (`ict_model`, optional) is only used to report ICT-HP validation accuracy.
+Exported to `<output_dir>/HP` (`hp_backbone/`, `hp_scorer/`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from icthp_core.export import save_hp
+from icthp_core.loading import load_clip
+from icthp_core.losses import hp_margin_loss
+from icthp_core.models import HPHead, HPModel, ICTModel
+
+from . import engine
+from .common import image_size, load_triplet_records, score_triplet_loader, triplet_dataset, triplet_metrics
+
+logger = logging.getLogger("icthp.train.hp")
+
+
+@dataclass
+class HPConfig(engine.TrainConfig):
+    output_dir: str = "runs/hp"
+    lr: float = 3e-6
+    margin: float = 0.2
+    freeze_fraction: float = 0.5  # fraction of the vision transformer blocks (from the input side) kept frozen
+    score_space: str = "logit"  # margin on the head output before the sigmoid ("logit", as upstream) or after
+    head_dims: tuple[int, ...] = (1024, 128, 64, 16)  # hidden sizes of the head (published HP: 1024,128,64,16)
+    init_hp: str | None = None  # continue from a published-layout HP dir instead of base_model + a new head
+    ict_model: str | None = None  # frozen ICT (dir/hub id) for ICT-HP validation accuracy
+    preprocess_mode: str = "crop"
+    export_name: str = "HP"
+
+
+def new_head(in_dim: int, hidden: tuple[int, ...], seed: int) -> HPHead:
+    """A head initialised as upstream: weights N(0, 1/(in_dim + 1)), biases 0."""
+    head = HPHead((in_dim, *hidden, 1))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("weight"):
+                p.copy_(torch.randn(p.shape, generator=g) / (in_dim + 1))
+            else:
+                p.zero_()
+    return head
+
+
+def freeze_first_half(visual: nn.Module, fraction: float) -> int:
+    """Freeze the stem and the first `fraction` of the transformer blocks of an open_clip VisionTransformer.
+
+    Returns the number of frozen blocks. Everything after them (blocks, ln_post, proj) stays trainable.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"freeze_fraction must be in [0, 1], got {fraction}")
+    visual.requires_grad_(True)
+    blocks = visual.transformer.resblocks
+    n_frozen = int(len(blocks) * fraction)
+    if n_frozen > 0:
+        for name, p in visual.named_parameters():
+            if not (name.startswith("transformer.") or name.startswith(("ln_post", "proj", "attn_pool"))):
+                p.requires_grad_(False)  # conv1, class/positional embedding, ln_pre, patch dropout
+        for blk in blocks[:n_frozen]:
+            blk.requires_grad_(False)
+    return n_frozen
+
+
+class HPTrainModule(nn.Module):
+    """DDP-wrapped forward: raw head outputs [N] (before the sigmoid) for a batch of images."""
+
+    def __init__(self, hp: HPModel):
+        super().__init__()
+        self.hp = hp
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.hp.head(self.hp.encode_image(pixels)).squeeze(-1)
+
+
+class HPStage(engine.Stage):
+    name = "hp"
+
+    def __init__(self, cfg: HPConfig):
+        if cfg.score_space not in ("logit", "sigmoid"):
+            raise ValueError(f"score_space={cfg.score_space!r}: expected 'logit' or 'sigmoid'")
+        self.config = cfg
+        self.out = Path(cfg.output_dir)
+        self.reports: dict[str, Any] = {}
+
+    def build(self, accelerator) -> nn.Module:
+        cfg = self.config
+        if cfg.init_hp:
+            hp = HPModel.from_pretrained(cfg.init_hp, device="cpu")
+        else:
+            visual = load_clip(cfg.base_model, vision_only=True, device="cpu", dtype="fp32")
+            in_dim = visual.output_dim if hasattr(visual, "output_dim") else visual.proj.shape[1]
+            hp = HPModel(visual, new_head(in_dim, tuple(cfg.head_dims), cfg.seed))
+        self.n_frozen = freeze_first_half(hp.visual, cfg.freeze_fraction)
+        hp.head.requires_grad_(True)
+        hp.fold_head = False
+        if cfg.gradient_checkpointing:
+            hp.visual.set_grad_checkpointing(True)
+        self.size = image_size(hp.visual)
+        logger.info("HP backbone: %d of %d blocks frozen", self.n_frozen, len(hp.visual.transformer.resblocks))
+        self.module = HPTrainModule(hp).train()
+        self.ict = None
+        if cfg.ict_model:
+            self.ict = ICTModel.from_pretrained(cfg.ict_model, device=accelerator.device).eval().requires_grad_(False)
+        return self.module
+
+    def train_dataset(self, accelerator):
+        cfg = self.config
+        records, report = load_triplet_records(cfg.train_data, cfg, cfg.limit_train, report_dir=self.out, tag="train")
+        self.reports["train"] = report.to_dict()
+        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+
+    def val_dataset(self, accelerator):
+        cfg = self.config
+        if not cfg.val_data:
+            return None
+        records, report = load_triplet_records(cfg.val_data, cfg, cfg.limit_val, report_dir=self.out, tag="val")
+        self.reports["val"] = report.to_dict()
+        self._val_ict = None
+        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+
+    def loss(self, module, batch, accelerator):
+        pixels = torch.cat([batch["pixels_1"], batch["pixels_2"], batch["pixels_3"]])
+        s = module(pixels).float()
+        if self.config.score_space == "sigmoid":
+            s = torch.sigmoid(s)
+        s1, s2, s3 = s.chunk(3)
+        loss = hp_margin_loss(s1, s2, s3, self.config.margin)
+        return loss, {"acc_I2>I1": (s2 > s1).float().mean().item(), "acc_I3>I2": (s3 > s2).float().mean().item()}
+
+    def evaluate(self, module, loader, accelerator):
+        hp = module.hp
+        dev = accelerator.device
+        hp_s = score_triplet_loader(loader, lambda b, k: torch.sigmoid(module(b[f"pixels_{k}"])), dev)
+        res = triplet_metrics(*hp_s)
+        if self.ict is not None:
+            if getattr(self, "_val_ict", None) is None:
+                self._val_ict = score_triplet_loader(
+                    loader, lambda b, k: self.ict(b[f"pixels_{k}"], b["easy_tokens"]), dev
+                )
+            prod = [a * b for a, b in zip(self._val_ict, hp_s, strict=True)]
+            res.update(triplet_metrics(*prod, prefix="ict_hp/"))
+        del hp
+        return res
+
+    def export(self, module, accelerator):
+        hp = module.hp.float().cpu().eval()
+        hp.fold_head = True
+        path = save_hp(hp, self.out / self.config.export_name, config=getattr(hp.visual, "hf_config", None))
+        logger.info("exported HP to %s", path)
+        return path
+
+    def summary(self):
+        return {"frozen_blocks": self.n_frozen, "data": self.reports}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = engine.parse_args(HPConfig, argv, "Train the HP reward model (stage 2, ICT frozen).")
+    return engine.run(HPStage(cfg))
+
+
+if __name__ == "__main__":
+    main()
