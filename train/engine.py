@@ -62,6 +62,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear"
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (overridden by `accelerate launch --mixed_precision`)
+    cpu: bool = False  # force CPU (several CPU processes under `accelerate launch` use gloo)
     gradient_checkpointing: bool = False
     num_workers: int = 2
     log_every: int = 10
@@ -314,6 +315,7 @@ def _make_accelerator(cfg: TrainConfig):
     log_with = None if cfg.report_to in (None, "", "none") else cfg.report_to
     mp = os.environ.get("ACCELERATE_MIXED_PRECISION") or cfg.mixed_precision
     return Accelerator(
+        cpu=cfg.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"),
         mixed_precision=mp,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=log_with,
