@@ -354,6 +354,14 @@ def run(stage: Stage) -> dict[str, Any]:
     if acc.is_main_process:
         (out / f"{stage.name}_config.json").write_text(json.dumps(config_dict(cfg), indent=2))
     set_seed(cfg.seed)
+    logger.info(
+        "%s: %d process(es), %s, device %s, mixed precision %s",
+        stage.name,
+        acc.num_processes,
+        acc.distributed_type,
+        acc.device,
+        acc.mixed_precision,
+    )
 
     module = stage.build(acc)
     train_ds = stage.train_dataset(acc)
@@ -475,6 +483,7 @@ def run(stage: Stage) -> dict[str, Any]:
     summary = {
         "stage": stage.name,
         "steps": step,
+        "num_processes": acc.num_processes,
         "val": last_val,
         "exported": str(exported) if exported else None,
         **stage.summary(),

@@ -1,0 +1,50 @@
+"""Two CPU processes (gloo) under `accelerate launch`: both stages train, checkpoint and export loadable models."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from icthp_core import load_scorer
+from tests.train.conftest import REPO, common_overrides, run_module
+
+LAUNCH = ["--config_file", str(REPO / "train" / "configs" / "accelerate_cpu2.yaml")]
+
+
+def test_two_process_cpu_training(tiny_base, synth, tmp_path):
+    env = {"ACCELERATE_USE_CPU": "true", "MASTER_PORT": "29533"}
+    ict = run_module(
+        "train.train_ict",
+        common_overrides(tiny_base, synth["train"], tmp_path / "ict", max_steps=6, batch_size=4, checkpoint_every=3),
+        env,
+        LAUNCH,
+    )
+    assert ict.returncode == 0, ict.stderr[-4000:]
+    ckpt = tmp_path / "ict" / "checkpoints" / "step_6"
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()  # 2 ranks
+    assert "2 process(es), DistributedType.MULTI_CPU" in ict.stderr
+    # 48 triplets, batch 4 per process, 2 processes -> 6 optimizer steps per epoch: 6 steps = one epoch
+    summary = json.loads((tmp_path / "ict" / "ict_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["num_processes"] == 2 and summary["exported"]
+
+    hp = run_module(
+        "train.train_hp",
+        common_overrides(
+            tiny_base,
+            synth["train"],
+            tmp_path / "hp",
+            max_steps=6,
+            batch_size=4,
+            head_dims="[32,16,8,4]",
+            ict_model=tmp_path / "ict" / "ICT",
+            val_data=synth["val"],
+        ),
+        env,
+        LAUNCH,
+    )
+    assert hp.returncode == 0, hp.stderr[-4000:]
+    scorer = load_scorer(ict=tmp_path / "ict" / "ICT", hp=tmp_path / "hp" / "HP", device="cpu")
+    img = str(synth["val"].parent / "img" / "t0000_3.png")
+    s = scorer.score([img], "a red circle")
+    assert set(s) == {"ict", "hp", "ict_hp"} and torch.isfinite(s["ict_hp"]).all()
