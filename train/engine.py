@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,7 +88,9 @@ def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(hints)}")
     out = {}
     for k, v in data.items():
-        args = set(typing.get_args(hints[k])) or {hints[k]}
+        hint = hints[k]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = set(typing.get_args(hint)) if union else {hint}
         try:
             if v is None or type(v) in args:
                 pass

@@ -45,7 +45,9 @@ class HPConfig(engine.TrainConfig):
 
 
 def new_head(in_dim: int, hidden: tuple[int, ...], seed: int) -> HPHead:
-    """A head initialised as upstream: weights N(0, 1/(in_dim + 1)), biases 0."""
+    """A head initialised as upstream: weights N(0, 1/(in_dim + 1)), biases 0; `hidden` = 4 layer widths."""
+    if len(hidden) != 4:
+        raise ValueError(f"head_dims must list 4 hidden widths (the published head is 1024,128,64,16), got {hidden}")
     head = HPHead((in_dim, *hidden, 1))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
