@@ -132,3 +132,25 @@ def test_plot_and_metrics_dedup(tmp_path):
     assert s["train/loss"] == [(1, 1.0), (2, 0.8)] and s["val/avg"] == [(2, 0.7)]
     png = engine.plot_metrics(f, tmp_path / "c.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("module", ["ict", "hp"])
+def test_bf16_and_gradient_checkpointing_run(module, tiny_base, synth, tmp_path):
+    from train import train_hp
+
+    extra = {"max_steps": 2, "mixed_precision": "bf16", "gradient_checkpointing": True, "plot": False}
+    if module == "hp":
+        extra["head_dims"] = "[32,16,8,4]"
+        summary = train_hp.main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+        exported = tmp_path / "HP" / "hp_backbone" / "model.safetensors"
+    else:
+        summary = train_ict.main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+        exported = tmp_path / "ICT" / "model.safetensors"
+    assert summary["steps"] == 2
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float32 for v in load_file(str(exported)).values() if v.is_floating_point())
+    losses = [
+        json.loads(x)["train/loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "train/loss" in x
+    ]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
