@@ -154,9 +154,7 @@ def check_image(path: str | os.PathLike, limits: UploadLimits) -> str | None:
     return None
 
 
-def validate_images(
-    paths: Sequence[str | os.PathLike] | None, limits: UploadLimits
-) -> tuple[list[Path], list[str]]:
+def validate_images(paths: Sequence[str | os.PathLike] | None, limits: UploadLimits) -> tuple[list[Path], list[str]]:
     """Split uploads into accepted images and rejection messages; raise InputError on a bad count."""
     paths = list(paths or [])
     if len(paths) > limits.max_count:
@@ -192,9 +190,7 @@ def unique_names(paths: Sequence[str | os.PathLike]) -> list[str]:
 def resolve_allowed_dir(user_path: str, roots: Sequence[str | os.PathLike]) -> Path:
     """Resolve a folder typed by the user; it must lie under one of the configured roots."""
     if not roots:
-        raise InputError(
-            "Folder inputs are disabled: start the app with --ab-root DIR to allow folders under DIR."
-        )
+        raise InputError("Folder inputs are disabled: start the app with --ab-root DIR to allow folders under DIR.")
     text = (user_path or "").strip()
     if not text:
         raise InputError("No folder given.")
@@ -274,10 +270,7 @@ def read_index(path: str | os.PathLike) -> list[IndexEntry]:
         except json.JSONDecodeError as e:
             raise InputError(f"{name}: invalid JSON ({e})") from None
         if isinstance(data, dict):
-            rows = [
-                {"prompt": k, **v} if isinstance(v, dict) else {"prompt": k, "file": v}
-                for k, v in data.items()
-            ]
+            rows = [{"prompt": k, **v} if isinstance(v, dict) else {"prompt": k, "file": v} for k, v in data.items()]
         elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
             rows = data
         else:
@@ -319,9 +312,7 @@ def _short(items: Sequence[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" … (+{len(items) - n})" if len(items) > n else "")
 
 
-def _split(
-    files: Sequence[str | os.PathLike], side: str
-) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
+def _split(files: Sequence[str | os.PathLike], side: str) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
     """(images by name, images by stem, .txt sidecars by stem); duplicate names are an error."""
     by_name: dict[str, Path] = {}
     by_stem: dict[str, Path] = {}
@@ -334,9 +325,7 @@ def _split(
         if p.name in by_name:
             raise InputError(f"Set {side} has two files named {p.name}")
         if p.stem in by_stem:
-            raise InputError(
-                f"Set {side} has two images with the stem {p.stem!r} ({by_stem[p.stem].name}, {p.name})"
-            )
+            raise InputError(f"Set {side} has two images with the stem {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
         by_name[p.name] = p
         by_stem[p.stem] = p
     return by_name, by_stem, txt
