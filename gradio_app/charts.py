@@ -25,15 +25,15 @@ def scores_figure(names: Sequence[str], scores: Mapping[str, Sequence[float]]) -
     for ax, m in zip(axes, metrics, strict=False):
         v = np.asarray(scores[m], dtype=float)
         top = set(winners(v))
-        ax.barh(y, v, color=[WIN if i in top else BAR for i in range(len(v))])
+        finite = v[np.isfinite(v)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 0.05
+        base = lo - pad  # bars start at the left edge: zoomed on the spread, also for negative scores
+        ax.barh(y, np.nan_to_num(v - base), left=base, color=[WIN if i in top else BAR for i in range(len(v))])
         ax.set_yticks(y, [n if len(n) <= 18 else n[:16] + "…" for n in names], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(label(m), fontsize=10)
-        finite = v[np.isfinite(v)]
-        if finite.size:
-            lo, hi = float(finite.min()), float(finite.max())
-            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 0.05
-            ax.set_xlim(lo - pad, hi + pad)  # zoomed to the spread: the ranking is what matters
+        ax.set_xlim(base, hi + pad)
         ax.tick_params(axis="x", labelsize=8)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)

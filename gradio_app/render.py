@@ -23,9 +23,9 @@ CSS = """
 .icthp-scores{width:100%;font-size:12px;border-collapse:collapse}
 .icthp-scores td{padding:1px 2px}.icthp-scores td.v{text-align:right;font-family:monospace}
 .icthp-scores tr.top td{font-weight:700;color:#a15c00}
-.icthp-pair{display:flex;gap:10px;align-items:flex-start;border-bottom:1px solid #ddd;padding:8px 0}
-.icthp-pair .side{flex:1;max-width:260px}.icthp-pair img{width:100%;max-height:220px;object-fit:contain}
-.icthp-pair .prompt{flex:1.2;font-size:13px}
+.icthp-pair{display:grid;grid-template-columns:minmax(160px,1fr) 230px 230px;gap:12px;
+ border-bottom:1px solid #ddd;padding:8px 0}
+.icthp-pair img{width:100%;max-height:170px;object-fit:contain}.icthp-pair .prompt{font-size:13px}
 """
 
 
@@ -72,7 +72,7 @@ def cards_html(
                 f'<td class="v icthp-score" data-metric="{_attr(m)}">{fmt(float(v[i]))}</td>'
                 f'<td class="v icthp-rank">#{r if r is not None else "–"}</td></tr>'
             )
-        badge = f'<span class="icthp-badge">🏆 {escape(label(key))} winner</span>' if win else ""
+        badge = f'<span class="icthp-badge">★ {escape(label(key))} winner</span>' if win else ""
         cards.append(
             f'<div class="icthp-card{" winner" if win else ""}" data-name="{escape(name, quote=True)}">'
             f'<img src="{thumb_uri(img)}" alt="{escape(name, quote=True)}"/>'
