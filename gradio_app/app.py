@@ -146,7 +146,9 @@ def build_app(
                     progress: gr.Progress = gr.Progress(),  # noqa: B008
                 ) -> tuple:
                     r = controller.compare_ab(fa, fb, da, db, idx, dp, m, cim, na, nb, gradio_progress(progress))
-                    return r.status_md, r.wins.round(4), r.figure, str(r.csv_path), r.pairs_html
+                    a, b = (na or "A").strip() or "A", (nb or "B").strip() or "B"
+                    cols = {"A wins": f"{a} wins", "B wins": f"{b} wins", "A win rate": f"{a} win rate"}
+                    return r.status_md, r.wins.rename(columns=cols).round(4), r.figure, str(r.csv_path), r.pairs_html
 
                 (na, fa, da), (nb, fb, db) = sides
                 run_ab.click(
