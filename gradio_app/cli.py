@@ -132,7 +132,6 @@ def make_app(args: argparse.Namespace, factory: Any = None) -> tuple[Any, dict[s
         "max_file_size": f"{args.max_upload_mb}mb",
         "css": LAUNCH_CSS,
         "show_error": True,
-        "footer_links": [],
     }
     return demo, launch
 
