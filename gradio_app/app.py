@@ -125,9 +125,8 @@ def build_app(
                 metrics_ab = metric_box("ab-metrics")
                 run_ab = gr.Button("Match, score and compare", variant="primary", elem_id="ab-run")
                 status_ab = gr.Markdown(elem_id="ab-status")
-                with gr.Row():
-                    wins = gr.Dataframe(label="Win rate of A over B per metric", interactive=False, elem_id="ab-wins")
-                    chart_ab = gr.Plot(label="Win rate with CI", elem_id="ab-chart")
+                wins = gr.Dataframe(label="Win rate of A over B per metric", interactive=False, elem_id="ab-wins")
+                chart_ab = gr.Plot(label="Win rate with CI", elem_id="ab-chart")
                 csv_ab = gr.File(label="Download all scores (CSV)", elem_id="ab-csv", interactive=False)
                 pairs = gr.HTML(elem_id="ab-pairs")
 

@@ -176,7 +176,7 @@ def test_ab_models_in_browser(page, server, tiny_models, make_scenes, tmp_path, 
     names = [f"{i:03d}.png" for i in range(6)]
     prompts = [f"{c} balloon over a field" for c in ("red", "blue", "yellow", "white", "striped", "tiny")]
     a = make_scenes(tmp_path / "A", names)
-    b = make_scenes(server["root"] / "lora_run", names, offset=2)
+    b = make_scenes(server["root"] / "lora_run", names, offset=3)
     index = tmp_path / "prompts.csv"
     pd.DataFrame({"prompt": prompts, "file": names}).to_csv(index, index=False)
 
