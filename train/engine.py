@@ -62,7 +62,7 @@ class TrainConfig:
     warmup_steps: int = 500
     lr_schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear"
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (overridden by `accelerate launch --mixed_precision`)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"; "no" defers to `accelerate launch --mixed_precision`
     cpu: bool = False  # force CPU (several CPU processes under `accelerate launch` use gloo)
     gradient_checkpointing: bool = False
     num_workers: int = 2
@@ -316,7 +316,8 @@ def _make_accelerator(cfg: TrainConfig):
     from accelerate.utils import ProjectConfiguration
 
     log_with = None if cfg.report_to in (None, "", "none") else cfg.report_to
-    mp = os.environ.get("ACCELERATE_MIXED_PRECISION") or cfg.mixed_precision
+    # the config's bf16/fp16 wins; "no" defers to `accelerate launch --mixed_precision` (its environment variable)
+    mp = cfg.mixed_precision if cfg.mixed_precision != "no" else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     return Accelerator(
         cpu=cfg.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"),
         mixed_precision=mp,
@@ -341,7 +342,7 @@ def _loader(ds, batch_size: int, sampler=None, drop_last: bool = False, num_work
         drop_last=drop_last,
         collate_fn=collate,
         num_workers=num_workers,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
     )
 
 
