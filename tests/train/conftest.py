@@ -70,3 +70,14 @@ def run_module(
     else:
         cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """In-process training runs each build an Accelerator: reset accelerate's process-wide singletons after each
+    test, as a new process would start (e.g. mixed precision differs between tests)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

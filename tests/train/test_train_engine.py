@@ -154,3 +154,15 @@ def test_bf16_and_gradient_checkpointing_run(module, tiny_base, synth, tmp_path)
         json.loads(x)["train/loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "train/loss" in x
     ]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_accelerate_launch_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for name in ("accelerate_ddp.yaml", "accelerate_deepspeed_zero2.yaml", "accelerate_cpu2.yaml"):
+        cfg = load_config_from_file(str(REPO / "train" / "configs" / name))
+        assert cfg.num_processes in (2, 8), name
+    ds = load_config_from_file(str(REPO / "train" / "configs" / "accelerate_deepspeed_zero2.yaml"))
+    assert ds.distributed_type == "DEEPSPEED"
+    ds_json = json.loads((REPO / "train" / "configs" / "ds_zero2.json").read_text())
+    assert ds_json["zero_optimization"]["stage"] == 2

@@ -70,11 +70,29 @@ def test_training_lifts_accuracy_above_chance(trained, tiny_base, synth, tmp_pat
         assert losses[-1] < losses[0]
 
 
+def _pickapic_parquet(pairs_jsonl, out):
+    """The synthetic pairs as a Pick-a-Pic v2 style parquet: caption, jpg_0/jpg_1 bytes, label_0/label_1."""
+    import pandas as pd
+
+    rows = [json.loads(x) for x in pairs_jsonl.read_text().splitlines()]
+    df = pd.DataFrame(
+        {
+            "caption": [r["prompt"] for r in rows],
+            "jpg_0": [(pairs_jsonl.parent / r["image_0"]).read_bytes() for r in rows],
+            "jpg_1": [(pairs_jsonl.parent / r["image_1"]).read_bytes() for r in rows],
+            "label_0": [r["label_0"] for r in rows],
+            "label_1": [1 - r["label_0"] for r in rows],
+        }
+    )
+    df.to_parquet(out)
+    return out
+
+
 def test_tie_aware_protocol_on_pairs(trained, synth, tmp_path):
     root = trained[0]
     res = _eval(
         tmp_path,
-        synth["val_pairs"],
+        _pickapic_parquet(synth["val_pairs"], tmp_path / "test.parquet"),
         "--val-data",
         str(synth["train_pairs"]),
         "--hp",
