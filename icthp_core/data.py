@@ -219,11 +219,14 @@ def load_triplets(
     require_labels: bool = False,
     verify_images: bool = False,
     limit: int | None = None,
+    use_labels: bool = True,
 ) -> tuple[list[TripletRecord], LoadReport]:
     """Triplet records from a table (see module doc) or a Pick-High pickle (with `trust_pickle`).
 
     For Pick-High column names, image cells are file names under `<root>/pick_easy_img/<split>/` and
     `<root>/pick_refine_img/<split>/`, `<root>` = `image_root` or the folder above `Pick-High/`.
+    `use_labels=False` ignores label columns (no row is skipped for a NaN label): for evaluation and the HP
+    stage, which do not need labels.
     """
     p = Path(path)
     df = read_table(p, trust_pickle=trust_pickle)
@@ -233,7 +236,7 @@ def load_triplets(
     miss = [c for c in need if c not in df.columns]
     if miss:
         raise DataFormatError(f"{p}: missing triplet columns {miss}; has {list(df.columns)}")
-    has_labels = all(k in df.columns for k in LABEL_KEYS)
+    has_labels = use_labels and all(k in df.columns for k in LABEL_KEYS)
     if require_labels and not has_labels:
         raise DataFormatError(f"{p}: ICT labels {list(LABEL_KEYS)} required but absent (build them first)")
     if pick_high:

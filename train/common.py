@@ -25,7 +25,13 @@ def make_transform(size: int, mode: str = "crop") -> Callable:
 
 
 def load_triplet_records(
-    path: str, cfg, limit: int | None, require_labels: bool = False, report_dir: Path | None = None, tag: str = ""
+    path: str,
+    cfg,
+    limit: int | None,
+    require_labels: bool = False,
+    report_dir: Path | None = None,
+    tag: str = "",
+    use_labels: bool = True,
 ) -> tuple[list[TripletRecord], LoadReport]:
     """Load triplets with the config's data options; the load report is written to `report_dir`."""
     records, report = load_triplets(
@@ -35,6 +41,7 @@ def load_triplet_records(
         require_labels=require_labels,
         verify_images=cfg.verify_images,
         limit=limit,
+        use_labels=use_labels,
     )
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ def _tie_grid(spec: str, metric: str, p0, p1) -> list[float]:
 
 def evaluate_triplets(scorer, args) -> dict[str, Any]:
     recs, report = load_triplets(
-        args.data, image_root=args.image_root, trust_pickle=args.trust_pickle, limit=args.limit
+        args.data, image_root=args.image_root, trust_pickle=args.trust_pickle, limit=args.limit, use_labels=False
     )
     refs = [ref for r in recs for ref in r.images]
     prompts = [r.easy_prompt for r in recs for _ in range(3)]

@@ -122,7 +122,9 @@ class HPStage(engine.Stage):
 
     def train_dataset(self, accelerator):
         cfg = self.config
-        records, report = load_triplet_records(cfg.train_data, cfg, cfg.limit_train, report_dir=self.out, tag="train")
+        records, report = load_triplet_records(
+            cfg.train_data, cfg, cfg.limit_train, report_dir=self.out, tag="train", use_labels=False
+        )
         self.reports["train"] = report.to_dict()
         return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
 
@@ -130,7 +132,9 @@ class HPStage(engine.Stage):
         cfg = self.config
         if not cfg.val_data:
             return None
-        records, report = load_triplet_records(cfg.val_data, cfg, cfg.limit_val, report_dir=self.out, tag="val")
+        records, report = load_triplet_records(
+            cfg.val_data, cfg, cfg.limit_val, report_dir=self.out, tag="val", use_labels=False
+        )
         self.reports["val"] = report.to_dict()
         self._val_ict = None
         return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)

@@ -180,7 +180,9 @@ class ICTStage(engine.Stage):
         cfg = self.config
         if not cfg.val_data:
             return None
-        records, report = load_triplet_records(cfg.val_data, cfg, cfg.limit_val, report_dir=self.out, tag="val")
+        records, report = load_triplet_records(
+            cfg.val_data, cfg, cfg.limit_val, report_dir=self.out, tag="val", use_labels=False
+        )
         self.reports["val"] = report.to_dict()
         return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
 

@@ -80,6 +80,9 @@ def test_triplets_jsonl_skips_bad_rows(triplet_dir):
     assert "kept 2/6" in rep.summary()
     assert recs[0].labels == {"E1": 0.2, "E2": 0.5, "R1": 0.1, "R2": 0.4}
     assert recs[1].labels["R1"] == 0.3 and recs[1].labels["E2"] == 0.5  # each label from its own column
+    # evaluation / HP stage: labels are not needed, a NaN label does not drop the row
+    recs, rep = load_triplets(triplet_dir / "t.jsonl", verify_images=True, use_labels=False)
+    assert rep.kept == 3 and all(r.labels is None for r in recs)
 
 
 def test_triplet_dataset_replaces_undecodable(triplet_dir):
