@@ -48,6 +48,7 @@ __all__ = [
     "read_table",
     "load_triplets",
     "load_pairs",
+    "detect_kind",
     "load_pick_high_pickle",
     "convert_pick_high",
     "open_image",
@@ -334,6 +335,16 @@ def load_pairs(
         report.kept += 1
     _log_report(report)
     return records, report
+
+
+def detect_kind(path: str | os.PathLike, trust_pickle: bool = False) -> str:
+    """"triplets" or "pairs", from a table's columns."""
+    cols = set(read_table(path, trust_pickle=trust_pickle).columns)
+    if {"easy_prompt", "refine_prompt"} <= cols:
+        return "triplets"
+    if cols & {"label_0", "label_1"}:
+        return "pairs"
+    raise DataFormatError(f"{path}: cannot tell triplets from pairs by the columns {sorted(cols)}")
 
 
 def _log_report(report: LoadReport) -> None:

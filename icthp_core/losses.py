@@ -33,6 +33,7 @@ __all__ = [
     "ict_loss_from_scores",
     "ict_loss",
     "hp_margin_loss",
+    "pair_margin_loss",
 ]
 
 
@@ -129,3 +130,16 @@ def hp_margin_loss(
     if reduction == "sum":
         return l21.sum() + l32.sum()
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def pair_margin_loss(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Margin ranking loss on preference pairs (label_0: 1 = image 0 preferred, 0 = image 1, 0.5 = tie).
+
+    mean over non-tied pairs of max(0, m - (s_preferred - s_other)); tied pairs contribute 0 (the loss stays
+    connected to the graph when every pair is a tie, as DDP needs).
+    """
+    decisive = label_0 != 0.5
+    better = torch.where(label_0 > 0.5, s0, s1)
+    worse = torch.where(label_0 > 0.5, s1, s0)
+    hinge = (margin - (better - worse)).clamp_min(0) * decisive
+    return hinge.sum() / decisive.sum().clamp_min(1)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from icthp_core.data import LoadReport, UnsafeDataError, load_pairs, load_triplets, open_image, read_table
+from icthp_core.data import LoadReport, UnsafeDataError, detect_kind, load_pairs, load_triplets, open_image
 from icthp_core.errors import ICTHPError
 from icthp_core.metrics import (
     DEFAULT_TIE_GRID,
@@ -129,15 +129,6 @@ def score_images(
         for m, v in scores.items():
             out[m][idx] = v.numpy()
     return out
-
-
-def detect_kind(path: str, trust_pickle: bool) -> str:
-    cols = set(read_table(path, trust_pickle=trust_pickle).columns)
-    if {"easy_prompt", "refine_prompt"} <= cols:
-        return "triplets"
-    if cols & {"label_0", "label_1"}:
-        return "pairs"
-    raise ValueError(f"{path}: cannot tell triplets from pairs by the columns {sorted(cols)}; pass --kind")
 
 
 def _tie_grid(spec: str, metric: str, p0, p1) -> list[float]:

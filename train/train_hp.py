@@ -5,12 +5,14 @@
 HP backbone = the vision tower of `base_model` (LAION CLIP-H) with its first `freeze_fraction` (half) frozen:
 patch/position embeddings, pre-LayerNorm and the first half of the transformer blocks. The latter half, the
 post-LayerNorm, the projection and the MLP head are trained with the margin ranking loss (eq. 13, m = 0.2) on
-I1 < I2 < I3. The frozen ICT model (`ict_model`, optional) is only used to report ICT-HP validation accuracy.
+I1 < I2 < I3 (or, for a pairs table, on winner > loser with ties skipped). The frozen ICT model (`ict_model`,
+optional) is only used to report ICT-HP validation accuracy.
 Exported to `<output_dir>/HP` (`hp_backbone/`, `hp_scorer/`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +21,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from icthp_core.data import PairDataset, detect_kind, load_pairs
 from icthp_core.export import save_hp
 from icthp_core.loading import load_clip
-from icthp_core.losses import hp_margin_loss
+from icthp_core.losses import hp_margin_loss, pair_margin_loss
+from icthp_core.metrics import pairwise_accuracy
 from icthp_core.models import HPHead, HPModel, ICTModel
+from icthp_core.text import tokenize
 
 from . import engine
-from .common import image_size, load_triplet_records, score_triplet_loader, triplet_dataset, triplet_metrics
+from .common import (
+    image_size,
+    load_triplet_records,
+    make_transform,
+    score_triplet_loader,
+    triplet_dataset,
+    triplet_metrics,
+)
 
 logger = logging.getLogger("icthp.train.hp")
 
@@ -120,37 +132,64 @@ class HPStage(engine.Stage):
             self.ict = ICTModel.from_pretrained(cfg.ict_model, device=accelerator.device).eval().requires_grad_(False)
         return self.module
 
-    def train_dataset(self, accelerator):
+    def _dataset(self, path: str, limit: int | None, tag: str):
+        """Triplets (eq. 13) or preference pairs (winner > loser, ties skipped), by the table's columns."""
         cfg = self.config
-        records, report = load_triplet_records(
-            cfg.train_data, cfg, cfg.limit_train, report_dir=self.out, tag="train", use_labels=False
-        )
-        self.reports["train"] = report.to_dict()
-        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+        if detect_kind(path, cfg.trust_pickle) == "pairs":
+            records, report = load_pairs(path, image_root=cfg.image_root, verify_images=cfg.verify_images, limit=limit)
+            (self.out / f"data_report_{tag}.json").write_text(json.dumps(report.to_dict(), indent=2))
+            ds = PairDataset(
+                records, make_transform(self.size, cfg.preprocess_mode), tokenize, report, cache=cfg.cache_images
+            )
+        else:
+            records, report = load_triplet_records(path, cfg, limit, report_dir=self.out, tag=tag, use_labels=False)
+            ds = triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+        self.reports[tag] = report.to_dict()
+        return ds
+
+    def train_dataset(self, accelerator):
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self._dataset(self.config.train_data, self.config.limit_train, "train")
 
     def val_dataset(self, accelerator):
-        cfg = self.config
-        if not cfg.val_data:
+        if not self.config.val_data:
             return None
-        records, report = load_triplet_records(
-            cfg.val_data, cfg, cfg.limit_val, report_dir=self.out, tag="val", use_labels=False
-        )
-        self.reports["val"] = report.to_dict()
         self._val_ict = None
-        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+        return self._dataset(self.config.val_data, self.config.limit_val, "val")
 
     def loss(self, module, batch, accelerator):
+        cfg = self.config
+        if "pixels_0" in batch:  # preference pairs
+            s = module(torch.cat([batch["pixels_0"], batch["pixels_1"]])).float()
+            if cfg.score_space == "sigmoid":
+                s = torch.sigmoid(s)
+            s0, s1 = s.chunk(2)
+            lab = batch["label_0"].float()
+            loss = pair_margin_loss(s0, s1, lab, cfg.margin)
+            decisive = lab != 0.5
+            right = ((s0 > s1) == (lab > 0.5))[decisive].float()
+            return loss, {"acc_pairs": right.mean().item() if right.numel() else float("nan")}
         pixels = torch.cat([batch["pixels_1"], batch["pixels_2"], batch["pixels_3"]])
         s = module(pixels).float()
-        if self.config.score_space == "sigmoid":
+        if cfg.score_space == "sigmoid":
             s = torch.sigmoid(s)
         s1, s2, s3 = s.chunk(3)
-        loss = hp_margin_loss(s1, s2, s3, self.config.margin)
+        loss = hp_margin_loss(s1, s2, s3, cfg.margin)
         return loss, {"acc_I2>I1": (s2 > s1).float().mean().item(), "acc_I3>I2": (s3 > s2).float().mean().item()}
 
     def evaluate(self, module, loader, accelerator):
         hp = module.hp
         dev = accelerator.device
+        if isinstance(loader.dataset, PairDataset):
+            s0, s1, lab = [], [], []
+            for batch in loader:
+                s0.append(module(batch["pixels_0"].to(dev)).float().cpu())
+                s1.append(module(batch["pixels_1"].to(dev)).float().cpu())
+                lab.append(batch["label_0"].float())
+            s0, s1, lab = torch.cat(s0), torch.cat(s1), torch.cat(lab)
+            d = lab != 0.5
+            better, worse = torch.where(lab > 0.5, s0, s1)[d], torch.where(lab > 0.5, s1, s0)[d]
+            return {"pairs_no_ties": pairwise_accuracy(better, worse)}
         hp_s = score_triplet_loader(loader, lambda b, k: torch.sigmoid(module(b[f"pixels_{k}"])), dev)
         res = triplet_metrics(*hp_s)
         if self.ict is not None:

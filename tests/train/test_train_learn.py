@@ -139,3 +139,25 @@ def test_exported_models_match_trained_weights_in_scorer(trained, tiny_base, syn
     base = ICTModel(load_clip(tiny_base))
     with torch.no_grad():
         assert not torch.allclose(base(px, tokenize(prompts)), want_ict, atol=1e-3)
+
+
+def test_hp_stage_trains_on_preference_pairs(trained, tiny_base, synth, tmp_path):
+    """HP on the user's own pairs (winner > loser, ties skipped) instead of triplets."""
+    root = trained[0]
+    out = tmp_path / "hp_pairs"
+    summary = train_hp.main(
+        common_overrides(
+            tiny_base,
+            synth["train_pairs"],
+            out,
+            max_steps=60,
+            val_data=synth["val_pairs"],
+            head_dims="[32,16,8,4]",
+            seed=HP_SEED,
+        )
+    )
+    before = _eval(tmp_path, synth["val_pairs"], "--hp", str(root / "hp0" / "HP"))["results"]["hp"]
+    after = _eval(tmp_path, synth["val_pairs"], "--hp", str(out / "HP"))["results"]["hp"]
+    assert before["accuracy_no_ties"] < 0.3
+    assert after["accuracy_no_ties"] >= 0.85
+    assert summary["val"]["pairs_no_ties"] == pytest.approx(after["accuracy_no_ties"])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from icthp_core.labels import alignment_score, auto_theta, build_ict_labels, ict_labels
-from icthp_core.losses import hp_margin_loss, ict_loss, ict_loss_from_scores, negative_weight
+from icthp_core.losses import hp_margin_loss, ict_loss, ict_loss_from_scores, negative_weight, pair_margin_loss
 from icthp_core.metrics import (
     choose_tie_threshold,
     pairwise_accuracy,
@@ -138,3 +138,12 @@ def test_tie_aware_protocol_hand_values():
     assert (t, acc) == (pytest.approx(1.0), pytest.approx(0.7))
     t, acc = choose_tie_threshold(p0, p1, lab, grid=[0.0, 0.1, 0.2])
     assert (t, acc) == (pytest.approx(0.1), pytest.approx(0.6))
+
+
+def test_pair_margin_loss_hand_value():
+    s0, s1 = torch.tensor([0.5, 0.1, 0.3, 0.9]), torch.tensor([0.4, 0.6, 0.3, 0.0])
+    lab = torch.tensor([1.0, 1.0, 0.5, 0.0])
+    # pair 0: 0.2 - 0.1 = 0.1; pair 1: 0.2 - (-0.5) = 0.7; pair 2: tie, ignored; pair 3: 0.2 - (0.0 - 0.9) = 1.1
+    assert pair_margin_loss(s0, s1, lab, 0.2).item() == pytest.approx((0.1 + 0.7 + 1.1) / 3)
+    ties = pair_margin_loss(s0.requires_grad_(), s1, torch.full((4,), 0.5))
+    assert ties.item() == 0.0 and ties.requires_grad
