@@ -351,6 +351,8 @@ def run(stage: Stage) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     cfg = stage.config
+    if not cfg.train_data:
+        raise ValueError("train_data: required (a triplet or pair table, see docs/training.md)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     acc = _make_accelerator(cfg)

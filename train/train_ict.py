@@ -135,6 +135,14 @@ class ICTStage(engine.Stage):
         self.module = ICTTrainModule(ict).train()
         return self.module
 
+    @staticmethod
+    def _labels_reusable(target: Path, meta_file: Path, wanted: dict) -> bool:
+        """Labels built earlier (e.g. before a resume) are reused only for the same data and label settings."""
+        if not (target.is_file() and meta_file.is_file()):
+            return False
+        meta = json.loads(meta_file.read_text())
+        return all(meta.get(k) == v for k, v in wanted.items())
+
     def _labeled_path(self, records) -> Path:
         has_bytes = any(isinstance(x, bytes) for r in records for x in r.images)
         return self.out / "labels" / ("train_labeled.parquet" if has_bytes else "train_labeled.jsonl")
@@ -146,32 +154,32 @@ class ICTStage(engine.Stage):
         if cfg.relabel or any(r.labels is None for r in records):
             target = self._labeled_path(records)
             meta_file = self.out / "labels" / "labels_meta.json"
-            if not (target.is_file() and meta_file.is_file()):
-                if accelerator.is_main_process:
-                    if cfg.label_model and cfg.label_model != cfg.base_model:
-                        label_model = ICTModel(load_clip(cfg.label_model, device=accelerator.device))
-                    else:
-                        label_model = self.module.ict.to(accelerator.device)
-                    labeled, theta = build_labels(
-                        records,
-                        label_model,
-                        self.size,
-                        cfg.theta,
-                        cfg.theta_percentile,
-                        cfg.label_batch_size,
-                        accelerator.device,
-                        cfg.preprocess_mode,
-                    )
-                    write_triplets(labeled, target)
-                    meta = {
-                        "theta": theta,
-                        "theta_percentile": None if cfg.theta else cfg.theta_percentile,
-                        "label_model": cfg.label_model or cfg.base_model,
-                        "source": cfg.train_data,
-                    }
-                    meta_file.write_text(json.dumps(meta, indent=2))
-                    logger.info("ICT labels built with theta=%.4f -> %s", theta, target)
-                accelerator.wait_for_everyone()
+            wanted = {
+                "theta_given": cfg.theta,
+                "theta_percentile": cfg.theta_percentile,
+                "label_model": cfg.label_model or cfg.base_model,
+                "source": str(cfg.train_data),
+                "limit": cfg.limit_train,
+            }
+            if accelerator.is_main_process and not self._labels_reusable(target, meta_file, wanted):
+                if cfg.label_model and cfg.label_model != cfg.base_model:
+                    label_model = ICTModel(load_clip(cfg.label_model, device=accelerator.device))
+                else:
+                    label_model = self.module.ict.to(accelerator.device)
+                labeled, theta = build_labels(
+                    records,
+                    label_model,
+                    self.size,
+                    cfg.theta,
+                    cfg.theta_percentile,
+                    cfg.label_batch_size,
+                    accelerator.device,
+                    cfg.preprocess_mode,
+                )
+                write_triplets(labeled, target)
+                meta_file.write_text(json.dumps({"theta": theta, **wanted}, indent=2))
+                logger.info("ICT labels built with theta=%.4f -> %s", theta, target)
+            accelerator.wait_for_everyone()  # every rank passes this barrier once (same data on all ranks)
             self.theta = json.loads(meta_file.read_text())["theta"]
             records, _ = load_triplets(target, require_labels=True)
         return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)

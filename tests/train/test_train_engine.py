@@ -100,6 +100,13 @@ def test_auto_labels_match_transformers(tiny_base, synth, tmp_path):
         got = torch.tensor([r.labels[k] for r in labelled])
         torch.testing.assert_close(got, getattr(want, k), atol=1e-4, rtol=1e-4)
 
+    # a later run with other label settings rebuilds them (stale labels are never reused)
+    train_ict.main(common_overrides(tiny_base, data, out, max_steps=1, theta=0.05, plot=False))
+    assert json.loads((out / "labels" / "labels_meta.json").read_text())["theta"] == 0.05
+    relabelled, _ = load_triplets(out / "labels" / "train_labeled.jsonl", require_labels=True)
+    want = ict_labels(s1, s2, ser, 0.05)
+    torch.testing.assert_close(torch.tensor([r.labels["E1"] for r in relabelled]), want.E1, atol=1e-4, rtol=1e-4)
+
 
 def test_convert_cli_refuses_without_trust(tmp_path, capsys):
     assert convert_pick_high.main([str(tmp_path), str(tmp_path / "out")]) == 0  # nothing to convert: no splits
