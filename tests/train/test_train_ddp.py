@@ -14,9 +14,27 @@ LAUNCH = ["--config_file", str(REPO / "train" / "configs" / "accelerate_cpu2.yam
 
 def test_two_process_cpu_training(tiny_base, synth, tmp_path):
     env = {"ACCELERATE_USE_CPU": "true", "MASTER_PORT": "29533"}
+    # unlabelled triplets: rank 0 builds the ICT labels while rank 1 waits
+    rows = [json.loads(x) for x in synth["train"].read_text().splitlines()]
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text(
+        "".join(
+            json.dumps(
+                {
+                    k: (str(synth["train"].parent / v) if k.startswith("image_") else v)
+                    for k, v in r.items()
+                    if k not in ("E1", "E2", "R1", "R2")
+                }
+            )
+            + "\n"
+            for r in rows
+        )
+    )
     ict = run_module(
         "train.train_ict",
-        common_overrides(tiny_base, synth["train"], tmp_path / "ict", max_steps=6, batch_size=4, checkpoint_every=3),
+        common_overrides(
+            tiny_base, unlabelled, tmp_path / "ict", max_steps=6, batch_size=4, checkpoint_every=3, theta=0.1
+        ),
         env,
         LAUNCH,
     )
@@ -27,6 +45,7 @@ def test_two_process_cpu_training(tiny_base, synth, tmp_path):
     # 48 triplets, batch 4 per process, 2 processes -> 6 optimizer steps per epoch: 6 steps = one epoch
     summary = json.loads((tmp_path / "ict" / "ict_summary.json").read_text())
     assert summary["steps"] == 6 and summary["num_processes"] == 2 and summary["exported"]
+    assert summary["theta"] == 0.1 and (tmp_path / "ict" / "labels" / "train_labeled.jsonl").is_file()
 
     hp = run_module(
         "train.train_hp",
