@@ -1,0 +1,185 @@
+"""Reward models managed by ComfyUI: loading (cached), ModelPatcher wrapping and batched scoring."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+
+from .paths import resolve_source
+
+MODEL_CHOICES = ["ICT-HP", "ICT", "HP"]
+BASELINES = ["clip", "pickscore", "hpsv2", "hpsv2.1", "aesthetic"]
+DTYPES = ["fp32", "fp16", "bf16"]
+DEVICES = ["default", "cpu"]
+_CACHE_SIZE = 4
+
+
+class _Holder(torch.nn.Module):
+    """Gives ModelPatcher one nn.Module owning every sub-model (moved to/from the GPU together)."""
+
+    def __init__(self, parts: dict[str, torch.nn.Module]):
+        super().__init__()
+        for name, mod in parts.items():
+            if mod is not None:
+                self.add_module(name, mod)
+
+
+@dataclass
+class RewardModel:
+    """The value carried by ``ICTHP_MODEL`` sockets."""
+
+    name: str
+    metrics: list[str]  # metrics score() returns; metrics[0] is the primary one
+    impl: object  # icthp_core ICTHPScorer or RewardModel
+    patcher: comfy.model_patcher.ModelPatcher
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    def load(self) -> torch.device:
+        """Load to ComfyUI's device (offloading other models as needed); returns the compute device."""
+        mm.load_models_gpu([self.patcher], force_full_load=True)
+        device = self.patcher.load_device
+        if hasattr(self.impl, "device"):
+            try:
+                self.impl.device = torch.device(device)
+            except AttributeError:  # read-only property: the core tracks the device itself
+                pass
+        return torch.device(device)
+
+    def _score_chunk(
+        self, images: torch.Tensor, prompts: list[str], batch_size: int
+    ) -> dict[str, torch.Tensor]:
+        if self.name in BASELINES:
+            return {self.name: self.impl.score(images, prompts).float().cpu()}
+        out = self.impl.score(images, prompts, batch_size=batch_size)
+        return {k: v.float().cpu() for k, v in out.items()}
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: list[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
+        """Scores of a ComfyUI IMAGE batch [B,H,W,C] with one prompt per image; shows a progress bar."""
+        check_images(images)
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
+        self.load()
+        images = images[..., :3]
+        batch_size = max(1, int(batch_size))
+        starts = range(0, images.shape[0], batch_size)
+        pbar = comfy.utils.ProgressBar(len(starts))
+        parts: dict[str, list[torch.Tensor]] = {}
+        for s in starts:
+            mm.throw_exception_if_processing_interrupted()
+            chunk = self._score_chunk(images[s : s + batch_size], prompts[s : s + batch_size], batch_size)
+            for k, v in chunk.items():
+                parts.setdefault(k, []).append(v.reshape(-1))
+            pbar.update(1)
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"IMAGE must be a [B,H,W,C] tensor, got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError("IMAGE batch is empty (0 images)")
+    if images.shape[-1] not in (3, 4):
+        raise ValueError(
+            f"IMAGE must have 3 (RGB) or 4 channels in the last dim, got shape {tuple(images.shape)}"
+        )
+
+
+def split_prompts(prompt: str, n: int, per_line: bool) -> list[str]:
+    """One prompt for all ``n`` images, or (``per_line``) one non-empty line per image."""
+    if not per_line:
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        return [prompt] * n
+    lines = [ln.strip() for ln in prompt.splitlines() if ln.strip()]
+    if len(lines) == 1:
+        return lines * n
+    if len(lines) != n:
+        raise ValueError(f"one prompt per line was asked: {len(lines)} non-empty lines for {n} images")
+    return lines
+
+
+_cache: OrderedDict[tuple, RewardModel] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _stamp(src: str) -> float:
+    return os.path.getmtime(src) if os.path.exists(src) else 0.0
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def load_reward_model(
+    model: str,
+    ict_source: str,
+    hp_source: str,
+    baseline_source: str = "",
+    device: str = "default",
+    dtype: str = "fp32",
+) -> RewardModel:
+    """Load (or fetch from the in-process cache) a reward model wrapped in a ComfyUI ModelPatcher."""
+    if model not in MODEL_CHOICES + BASELINES:
+        raise ValueError(f"unknown reward model {model!r}; choose one of {MODEL_CHOICES + BASELINES}")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {DTYPES}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
+    sources: dict[str, str] = {}
+    if model in ("ICT-HP", "ICT"):
+        sources["ict"] = resolve_source(ict_source)
+    if model in ("ICT-HP", "HP"):
+        sources["hp"] = resolve_source(hp_source)
+    if model in BASELINES and baseline_source.strip():
+        sources["baseline"] = baseline_source.strip()
+    key = (model, tuple(sorted((k, v, _stamp(v)) for k, v in sources.items())), device, dtype)
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+
+    load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
+    offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
+    if model in BASELINES:
+        from icthp_core.registry import create_reward_model
+
+        impl = create_reward_model(
+            model, source=sources.get("baseline"), device=offload_device, dtype=_torch_dtype(dtype)
+        )
+        holder = impl if isinstance(impl, torch.nn.Module) else _Holder({"model": impl})
+        metrics = [model]
+    else:
+        from icthp_core import load_scorer
+
+        impl = load_scorer(
+            ict=sources.get("ict"), hp=sources.get("hp"), device=offload_device, dtype=_torch_dtype(dtype)
+        )
+        holder = _Holder({"ict": impl.ict, "hp": impl.hp})
+        metrics = {"ICT-HP": ["ict_hp", "ict", "hp"], "ICT": ["ict"], "HP": ["hp"]}[model]
+    holder.eval()
+    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    rm = RewardModel(name=model, metrics=metrics, impl=impl, patcher=patcher, sources=sources)
+    with _lock:
+        _cache[key] = rm
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return rm
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()
