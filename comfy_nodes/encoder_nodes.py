@@ -59,9 +59,7 @@ def text_swap_patches(clip, hf_sd: dict[str, torch.Tensor], source: str) -> dict
     """``{clip key: ("set", (w,))}`` covering every text-tower weight of ``clip``; raises on any gap."""
     clip_sd = clip.cond_stage_model.state_dict()
     targets = {
-        k: v
-        for k, v in clip_sd.items()
-        if k.startswith(SD2_PREFIX + "text_model.") and not k.endswith(_IGNORED)
+        k: v for k, v in clip_sd.items() if k.startswith(SD2_PREFIX + "text_model.") and not k.endswith(_IGNORED)
     }
     given = {SD2_PREFIX + k: v for k, v in hf_sd.items() if not k.endswith(_IGNORED)}
     missing = sorted(set(targets) - set(given))
@@ -70,9 +68,7 @@ def text_swap_patches(clip, hf_sd: dict[str, torch.Tensor], source: str) -> dict
     if missing or extra or wrong:
         parts = []
         if missing:
-            parts.append(
-                f"{len(missing)} CLIP weights missing from the ICT text encoder (e.g. {missing[:3]})"
-            )
+            parts.append(f"{len(missing)} CLIP weights missing from the ICT text encoder (e.g. {missing[:3]})")
         if extra:
             parts.append(f"{len(extra)} ICT weights with no place in the CLIP (e.g. {extra[:3]})")
         if wrong:
@@ -199,9 +195,7 @@ def load_clip_vision(
         cv.model.to(cv.dtype)
     sd = {k: v for k, v in sd.items() if not k.endswith(_IGNORED)}
     model_keys = {k for k in cv.model.state_dict() if not k.endswith(_IGNORED)}
-    wrong = sorted(
-        k for k, v in cv.model.state_dict().items() if k in sd and tuple(v.shape) != tuple(sd[k].shape)
-    )
+    wrong = sorted(k for k, v in cv.model.state_dict().items() if k in sd and tuple(v.shape) != tuple(sd[k].shape))
     if wrong:
         k = wrong[0]
         raise ValueError(

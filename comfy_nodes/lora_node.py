@@ -72,9 +72,7 @@ def build_patches(lora: LoraFile, component: str, key_map: dict, model_sd: dict,
         found = _target_shape(model_sd, key_map[name])
         want = (m.up.shape[0], m.down.shape[1])
         if found is None or found[1][:2] != want or any(d != 1 for d in found[1][2:]):
-            bad.append(
-                f"{name} {want} -> {found[0] if found else key_map[name]} {found[1] if found else 'missing'}"
-            )
+            bad.append(f"{name} {want} -> {found[0] if found else key_map[name]} {found[1] if found else 'missing'}")
     if bad:
         raise ValueError(
             f"LoRA {lora.path.name}: {len(bad)} {component} modules do not fit the {what}'s "
@@ -83,9 +81,7 @@ def build_patches(lora: LoraFile, component: str, key_map: dict, model_sd: dict,
     sd = to_comfy_state_dict(lora, component)
     patches = comfy.lora.load_lora(sd, {n: key_map[n] for n in mods}, log_missing=False)
     if len(patches) != len(mods):
-        raise RuntimeError(
-            f"LoRA {lora.path.name}: ComfyUI built {len(patches)} patches for {len(mods)} modules"
-        )
+        raise RuntimeError(f"LoRA {lora.path.name}: ComfyUI built {len(patches)} patches for {len(mods)} modules")
     return patches
 
 
@@ -94,8 +90,7 @@ def apply_lora(model, clip, lora: LoraFile, strength_model: float, strength_clip
     arch = model_arch(model)
     if lora.base_arch and lora.base_arch != arch:
         raise ValueError(
-            f"LoRA {lora.path.name} was trained for {lora.base_arch} (metadata icthp.base_arch) "
-            f"but the MODEL is {arch}"
+            f"LoRA {lora.path.name} was trained for {lora.base_arch} (metadata icthp.base_arch) but the MODEL is {arch}"
         )
     new_model, new_clip = model, clip
     if "transformer" in lora.components:
@@ -106,9 +101,7 @@ def apply_lora(model, clip, lora: LoraFile, strength_model: float, strength_clip
             applied = set(new_model.add_patches(patches, strength_model))
             missed = [str(k) for k in patches if k not in applied]
             if missed:
-                raise RuntimeError(
-                    f"LoRA {lora.path.name}: weights not patched in the MODEL: {_listing(missed)}"
-                )
+                raise RuntimeError(f"LoRA {lora.path.name}: weights not patched in the MODEL: {_listing(missed)}")
     te = [c for c in lora.components if c != "transformer"]
     if te:
         if clip is None:
@@ -125,9 +118,7 @@ def apply_lora(model, clip, lora: LoraFile, strength_model: float, strength_clip
             applied = set(new_clip.add_patches(patches, strength_clip))
             missed = [str(k) for k in patches if k not in applied]
             if missed:
-                raise RuntimeError(
-                    f"LoRA {lora.path.name}: weights not patched in the CLIP: {_listing(missed)}"
-                )
+                raise RuntimeError(f"LoRA {lora.path.name}: weights not patched in the CLIP: {_listing(missed)}")
     return new_model, new_clip
 
 
@@ -146,9 +137,7 @@ class ICTHPLoraLoader(io.ComfyNode):
                 io.Combo.Input("lora_name", options=lora_options()),
                 io.Float.Input("strength_model", default=1.0, min=-10.0, max=10.0, step=0.01),
                 io.Float.Input("strength_clip", default=1.0, min=-10.0, max=10.0, step=0.01),
-                io.Clip.Input(
-                    "clip", optional=True, tooltip="needed when the LoRA holds text-encoder weights"
-                ),
+                io.Clip.Input("clip", optional=True, tooltip="needed when the LoRA holds text-encoder weights"),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),

@@ -7,11 +7,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
+from icthp_core.scorer import MultiScorer
 
 from .paths import resolve_source
 
@@ -38,7 +40,7 @@ class RewardModel:
 
     name: str
     metrics: list[str]  # metrics score() returns; metrics[0] is the primary one
-    impl: object  # icthp_core ICTHPScorer or RewardModel
+    impl: MultiScorer  # icthp_core scorer: ICT / HP / ICT-HP, or one baseline
     patcher: comfy.model_patcher.ModelPatcher
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -49,20 +51,18 @@ class RewardModel:
     def load(self) -> torch.device:
         """Load to ComfyUI's device (offloading other models as needed); returns the compute device."""
         mm.load_models_gpu([self.patcher], force_full_load=True)
-        device = self.patcher.load_device
-        if hasattr(self.impl, "device"):
-            try:
-                self.impl.device = torch.device(device)
-            except AttributeError:  # read-only property: the core tracks the device itself
-                pass
-        return torch.device(device)
+        device = torch.device(self.patcher.load_device)
+        if self.impl.device != device:
+            self.impl.device = device
+            for cache in getattr(self.impl, "_text_cache", {}).values():
+                cache.clear()  # cached text features live on the previous device
+        return device
 
-    def _score_chunk(
-        self, images: torch.Tensor, prompts: list[str], batch_size: int
-    ) -> dict[str, torch.Tensor]:
-        if self.name in BASELINES:
-            return {self.name: self.impl.score(images, prompts).float().cpu()}
-        out = self.impl.score(images, prompts, batch_size=batch_size)
+    def _score_chunk(self, images: torch.Tensor, prompts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+        # 8-bit RGB exactly as ComfyUI's SaveImage writes it, so a score equals the score of the saved PNG
+        # (the published models were evaluated on image files through PIL)
+        arrays = np.clip(255.0 * images[..., :3].float().cpu().numpy(), 0, 255).astype(np.uint8)
+        out = self.impl.score(list(arrays), prompts, batch_size=batch_size)
         return {k: v.float().cpu() for k, v in out.items()}
 
     @torch.no_grad()
@@ -93,9 +93,7 @@ def check_images(images: torch.Tensor) -> None:
     if images.shape[0] == 0:
         raise ValueError("IMAGE batch is empty (0 images)")
     if images.shape[-1] not in (3, 4):
-        raise ValueError(
-            f"IMAGE must have 3 (RGB) or 4 channels in the last dim, got shape {tuple(images.shape)}"
-        )
+        raise ValueError(f"IMAGE must have 3 (RGB) or 4 channels in the last dim, got shape {tuple(images.shape)}")
 
 
 def split_prompts(prompt: str, n: int, per_line: bool) -> list[str]:
@@ -155,21 +153,13 @@ def load_reward_model(
     load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
     offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
     if model in BASELINES:
-        from icthp_core.registry import create_reward_model
-
-        impl = create_reward_model(
-            model, source=sources.get("baseline"), device=offload_device, dtype=_torch_dtype(dtype)
-        )
-        holder = impl if isinstance(impl, torch.nn.Module) else _Holder({"model": impl})
         metrics = [model]
+        core_sources = {model: sources["baseline"]} if "baseline" in sources else None
     else:
-        from icthp_core import load_scorer
-
-        impl = load_scorer(
-            ict=sources.get("ict"), hp=sources.get("hp"), device=offload_device, dtype=_torch_dtype(dtype)
-        )
-        holder = _Holder({"ict": impl.ict, "hp": impl.hp})
         metrics = {"ICT-HP": ["ict_hp", "ict", "hp"], "ICT": ["ict"], "HP": ["hp"]}[model]
+        core_sources = sources
+    impl = MultiScorer(list(reversed(metrics)), core_sources, device=offload_device, dtype=_torch_dtype(dtype))
+    holder = _Holder(impl.models)
     holder.eval()
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
     rm = RewardModel(name=model, metrics=metrics, impl=impl, patcher=patcher, sources=sources)

@@ -82,7 +82,5 @@ def lora_options() -> list[str]:
 def lora_path(name: str) -> str:
     path = folder_paths.get_full_path("loras", name)
     if path is None:
-        raise FileNotFoundError(
-            f"LoRA {name!r} not found in models/loras ({folder_paths.get_folder_paths('loras')})"
-        )
+        raise FileNotFoundError(f"LoRA {name!r} not found in models/loras ({folder_paths.get_folder_paths('loras')})")
     return path

@@ -65,12 +65,8 @@ class ICTHPLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls, model, ict_source, hp_source, device="default", dtype="fp32", baseline_source=""
-    ) -> io.NodeOutput:
-        return io.NodeOutput(
-            load_reward_model(model, ict_source, hp_source, baseline_source or "", device, dtype)
-        )
+    def execute(cls, model, ict_source, hp_source, device="default", dtype="fp32", baseline_source="") -> io.NodeOutput:
+        return io.NodeOutput(load_reward_model(model, ict_source, hp_source, baseline_source or "", device, dtype))
 
 
 class ICTHPScore(io.ComfyNode):
@@ -184,8 +180,7 @@ class ICTHPBestOfN(io.ComfyNode):
         metric = reward_model.primary if metric == "auto" else metric
         if metric not in scores:
             raise ValueError(
-                f"metric {metric!r} is not given by the loaded model {reward_model.name!r} "
-                f"(it gives {sorted(scores)})"
+                f"metric {metric!r} is not given by the loaded model {reward_model.name!r} (it gives {sorted(scores)})"
             )
         sel = rank(scores[metric], k)
         out_latent = select_latent(latent, sel.selected) if latent is not None else None

@@ -107,8 +107,7 @@ def _adapter_alphas(meta: dict[str, str], path: Path) -> dict[str, float]:
     for comp in COMPONENTS:
         if data.get(f"{comp}.alpha_pattern") or data.get(f"{comp}.rank_pattern"):
             raise LoraFormatError(
-                f"{path}: per-module alpha_pattern/rank_pattern in lora_adapter_metadata "
-                f"({comp}) is not supported"
+                f"{path}: per-module alpha_pattern/rank_pattern in lora_adapter_metadata ({comp}) is not supported"
             )
         if data.get(f"{comp}.lora_alpha") is not None:
             out[comp] = float(data[f"{comp}.lora_alpha"])
@@ -175,9 +174,7 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
             )
         if "alpha" in p:
             if p["alpha"].numel() != 1:
-                raise LoraFormatError(
-                    f"{path}: {name}.alpha must be a scalar, shape {tuple(p['alpha'].shape)}"
-                )
+                raise LoraFormatError(f"{path}: {name}.alpha must be a scalar, shape {tuple(p['alpha'].shape)}")
             alpha = float(p["alpha"].item())
         elif meta_alpha is not None:
             alpha = meta_alpha
@@ -210,7 +207,6 @@ def describe(lora: LoraFile) -> str:
         mods = lora.component_modules(comp)
         scales = sorted({round(m.scale, 6) for m in mods.values()})
         lines.append(
-            f"{comp}: {len(mods)} modules, rank {sorted({m.rank for m in mods.values()})}, "
-            f"scale alpha/rank {scales}"
+            f"{comp}: {len(mods)} modules, rank {sorted({m.rank for m in mods.values()})}, scale alpha/rank {scales}"
         )
     return "\n".join(lines)

@@ -2,9 +2,11 @@
 
 import asyncio
 import inspect
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NODE_IDS = [
     "ICTHPLoader",
