@@ -86,11 +86,12 @@ def swap_text_encoder(clip, source: str):
     from icthp_core.transfer import text_encoder_state_dict
 
     layers = sd2_text_layers(clip)
-    hf_sd = _cached(
-        _text_cache,
-        (source, _stamp(source), layers),
-        lambda: text_encoder_state_dict(source, num_layers=layers),
-    )
+    try:
+        hf_sd = _cached(
+            _text_cache, (source, _stamp(source), layers), lambda: text_encoder_state_dict(source, num_layers=layers)
+        )
+    except ValueError as e:
+        raise ValueError(f"ICT text encoder from {source} does not fit this CLIP ({layers} layers): {e}") from e
     patches = text_swap_patches(clip, hf_sd, source)
     new = clip.clone()
     applied = set(new.add_patches(patches, 1.0))
