@@ -1,0 +1,179 @@
+"""End to end: a real ComfyUI 0.3.75 server on loopback loads the pack from custom_nodes and runs the
+API-format example workflow with tiny models in <base>/models/icthp (POST /prompt -> /history)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "comfyui" / "check_install_api.json"
+START_TIMEOUT = 180
+RUN_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, data: dict, timeout: float = 10):
+    req = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(comfy_root, tiny_icthp_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    os.symlink(ROOT, base / "custom_nodes" / "icthp", target_is_directory=True)
+    shutil.copytree(tiny_icthp_dir, base / "models" / "icthp")
+    for d in ("input", "output", "temp", "user"):
+        (base / d).mkdir(exist_ok=True)
+    port = _free_port()
+    log = open(base / "server.log", "w")  # noqa: SIM115
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--base-directory",
+            str(base),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+        ],
+        cwd=comfy_root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited ({proc.returncode}):\n{(base / 'server.log').read_text()[-4000:]}")
+            try:
+                _get(f"{url}/system_stats", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"ComfyUI did not start in {START_TIMEOUT}s:\n{(base / 'server.log').read_text()[-4000:]}"
+                    )
+                time.sleep(0.5)
+        yield url, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()
+
+
+def _run(url: str, workflow: dict) -> dict:
+    status, body = _post(f"{url}/prompt", {"prompt": workflow, "client_id": "icthp-test"})
+    assert status == 200, body
+    return _wait(url, body["prompt_id"])
+
+
+def _wait(url: str, pid: str) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        hist = _get(f"{url}/history/{pid}")
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            if hist[pid]["status"].get("status_str") in ("success", "error"):
+                return hist[pid]
+        time.sleep(0.5)
+    pytest.fail(f"prompt {pid} did not finish in {RUN_TIMEOUT}s")
+
+
+def _example(ict="ict", hp="hp") -> dict:
+    wf = json.loads(EXAMPLE.read_text())
+    wf["6"]["inputs"].update({"ict_source": ict, "hp_source": hp})
+    return wf
+
+
+def test_pack_registers_in_server(server):
+    url, base = server
+    info = _get(f"{url}/object_info")
+    for node in (
+        "ICTHPLoader",
+        "ICTHPScore",
+        "ICTHPBestOfN",
+        "ICTHPLoraLoader",
+        "ICTHPTextEncoderSwap",
+        "ICTHPCLIPVision",
+    ):
+        assert node in info, node
+    # the dropdowns list the model folders of <base>/models/icthp
+    entry = info["ICTHPLoader"]["input"]["required"]["ict_source"]
+    options = entry[1]["options"] if entry[0] == "COMBO" else entry[0]
+    assert options == ["ict", "8y/ICT"]
+    lines = [
+        ln
+        for ln in (base / "server.log").read_text().splitlines()
+        if ln.rstrip().endswith("custom_nodes/icthp") or "custom_nodes/icthp " in ln
+    ]
+    assert lines and not any("IMPORT FAILED" in ln for ln in lines), lines
+
+
+def test_example_workflow_runs(server):
+    url, base = server
+    result = _run(url, _example())
+    assert result["status"]["status_str"] == "success", result["status"]
+    outputs = result["outputs"]
+    summary = outputs["8"]["text"][0]
+    assert summary.startswith("ict_hp: kept 2 of 3")
+    table = outputs["7"]["text"][0]
+    assert table.splitlines()[0].split()[:4] == ["#", "ict_hp", "ict", "hp"]
+    saved = outputs["9"]["images"]
+    assert len(saved) == 2 and all((base / "output" / s["filename"]).is_file() for s in saved)
+
+
+def test_bad_inputs_report_errors_and_server_survives(server):
+    url, _ = server
+    # a model folder that does not exist: rejected by validation or reported by the loader, naming the folder
+    status, body = _post(f"{url}/prompt", {"prompt": _example(ict="not_there")})
+    if status == 200:
+        result = _wait(url, body["prompt_id"])
+        assert result["status"]["status_str"] == "error"
+        errors = [m for m in result["status"]["messages"] if m[0] == "execution_error"]
+        assert errors and "'not_there' not found in models/icthp" in errors[0][1]["exception_message"]
+    else:
+        assert status == 400 and "6" in body.get("node_errors", {})
+    # execution error: one prompt per line with the wrong number of lines
+    wf = _example()
+    wf["7"]["inputs"].update({"prompt": "a\nb", "one_prompt_per_line": True})
+    result = _run(url, wf)
+    assert result["status"]["status_str"] == "error"
+    errors = [m for m in result["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "2 non-empty lines for 3 images" in errors[0][1]["exception_message"]
+    # the server is still serving and runs the next prompt
+    assert _run(url, _example())["status"]["status_str"] == "success"
