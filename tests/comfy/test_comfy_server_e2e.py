@@ -177,3 +177,49 @@ def test_bad_inputs_report_errors_and_server_survives(server):
     assert errors and "2 non-empty lines for 3 images" in errors[0][1]["exception_message"]
     # the server is still serving and runs the next prompt
     assert _run(url, _example())["status"]["status_str"] == "success"
+
+
+THIRD_PARTY = {"IPAdapterModelLoader", "IPAdapterAdvanced"}  # ComfyUI_IPAdapter_plus (not installed in tests)
+UI_EXAMPLES = sorted(p for p in (ROOT / "examples" / "comfyui").glob("*.json") if not p.name.endswith("_api.json"))
+
+
+def _widget_names(spec: dict) -> list[str]:
+    names = []
+    for section in ("required", "optional"):
+        for name, s in spec["input"].get(section, {}).items():
+            t, opts = s[0], (s[1] if len(s) > 1 else {})
+            if isinstance(t, list) or (
+                t in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") and not opts.get("forceInput")
+            ):
+                names.append(name)
+                if opts.get("control_after_generate"):
+                    names.append(f"{name}:control_after_generate")
+                if opts.get("image_upload"):
+                    names.append(f"{name}:upload")
+    return names
+
+
+@pytest.mark.parametrize("path", UI_EXAMPLES, ids=lambda p: p.name)
+def test_ui_examples_match_the_running_comfyui(server, path):
+    """Every UI-format example only uses nodes, widgets and socket types the server (or IPAdapter_plus) has."""
+    url, _ = server
+    info = _get(f"{url}/object_info")
+    wf = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(UI_EXAMPLES) >= 5
+    for n in wf["nodes"]:
+        if n["type"] in THIRD_PARTY:
+            continue
+        assert n["type"] in info, f"{path.name}: unknown node {n['type']}"
+        spec = info[n["type"]]
+        assert len(n["widgets_values"]) == len(_widget_names(spec)), (path.name, n["type"])
+        if n["type"].startswith("ICTHP"):  # fixed option lists of our nodes must hold the saved values
+            for name, value in zip(_widget_names(spec), n["widgets_values"], strict=True):
+                s = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}.get(name)
+                if s and s[0] == "COMBO" and name in ("model", "metric", "device", "dtype"):
+                    assert value in s[1]["options"], (path.name, n["type"], name, value)
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        out_types = info[nodes[src]["type"]]["output"] if nodes[src]["type"] in info else None
+        if out_types is not None:
+            assert out_types[src_slot] == typ, (path.name, link_id)
+        assert nodes[dst]["inputs"][dst_slot]["type"] == typ and nodes[dst]["inputs"][dst_slot]["link"] == link_id
