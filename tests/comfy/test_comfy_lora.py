@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 def _file_tensors(path):
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
 def _expected_deltas(path, strength, scale, key_map):
@@ -26,11 +26,15 @@ def _expected_deltas(path, strength, scale, key_map):
 
 
 def _check_patch_and_restore(model, patched, deltas):
+    """Load the patched clone the way ComfyUI does (model management), then the original again."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model])
     sd0 = {k: v.clone() for k, v in model.model.state_dict().items()}
-    patched.patch_model()
+    mm.load_models_gpu([patched])
     sd1 = {k: v.clone() for k, v in patched.model.state_dict().items()}
-    patched.unpatch_model()
-    sd2 = patched.model.state_dict()
+    mm.load_models_gpu([model])  # unpatches the clone's weights
+    sd2 = model.model.state_dict()
     touched = set()
     for (key, offset), delta in deltas.items():
         before, after = sd0[key], sd1[key]
@@ -171,3 +175,30 @@ def test_lora_node_execute_shows_metadata(comfy_root, make_sd3_model, make_lora_
     assert out.ui.as_dict()["text"] == (info,)
     with pytest.raises(FileNotFoundError, match="not found in models/loras"):
         ICTHPLoraLoader.execute(model=model, lora_name="nope.safetensors")
+
+
+def test_text_encoder_lora_patches_the_clip(make_sd3_model, make_sd2_clip, make_lora_file, tmp_path):
+    import comfy.lora
+
+    from comfy_nodes.lora_node import apply_lora
+    from icthp_core.lora_io import read_lora
+
+    path = make_lora_file(tmp_path / "te.safetensors", "sd3", rank=4, alpha=8.0)
+    tensors, meta = _file_tensors(path)
+    g = torch.Generator().manual_seed(1)
+    for layer in range(3):
+        for proj in ("q_proj", "v_proj"):
+            mod = f"text_encoder.text_model.encoder.layers.{layer}.self_attn.{proj}"
+            tensors[f"{mod}.lora_A.weight"] = torch.randn(4, 32, generator=g) * 0.1
+            tensors[f"{mod}.lora_B.weight"] = torch.randn(32, 4, generator=g) * 0.1
+    save_file(tensors, str(path), metadata=meta)
+    clip = make_sd2_clip()
+    model = make_sd3_model()
+    new_model, new_clip = apply_lora(model, clip, read_lora(path), 1.0, 0.5)
+    assert new_clip is not clip and not clip.patcher.patches
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    te_only = tmp_path / "te_only.safetensors"
+    save_file({k: v for k, v in tensors.items() if k.startswith("text_encoder.")}, str(te_only))
+    deltas = _expected_deltas(te_only, 0.5, 8.0 / 4, key_map)
+    assert len(deltas) == 6 and all(k.startswith("clip_h.transformer.") for k, _ in deltas)
+    _check_patch_and_restore(clip.patcher, new_clip.patcher, deltas)
