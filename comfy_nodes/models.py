@@ -31,7 +31,7 @@ class _Holder(torch.nn.Module):
         super().__init__()
         for name, mod in parts.items():
             if mod is not None:
-                self.add_module(name, mod)
+                self.add_module(name.replace(".", "_"), mod)  # e.g. "hpsv2.1"
 
 
 @dataclass

@@ -173,3 +173,23 @@ def test_best_of_n_errors(reward_model):
         )
     with pytest.raises(ValueError, match="MASK has batch 2"):
         ICTHPBestOfN.execute(reward_model=reward_model, images=images, prompt="x", mask=torch.zeros(2, 8, 8))
+
+
+def test_baseline_through_the_loader(icthp_folder, reward_model):
+    """A baseline metric ('clip' = CLIP cosine) loaded from a local CLIP folder: with the ICT weights as that
+    CLIP, its score must equal ICT's."""
+    import torch
+
+    from comfy_nodes.models import _Holder
+    from comfy_nodes.reward_nodes import ICTHPLoader, ICTHPScore
+
+    (clip_rm,) = ICTHPLoader.execute(
+        model="clip", ict_source="ict", hp_source="hp", baseline_source=str(icthp_folder / "ict")
+    ).result
+    assert clip_rm.metrics == ["clip"]
+    images = _images(2, seed=5)
+    score, ict, hp, ict_hp, table = ICTHPScore.execute(reward_model=clip_rm, images=images, prompt="a tree").result
+    assert ict == hp == ict_hp == [] and "clip" in table
+    ref = ICTHPScore.execute(reward_model=reward_model, images=images, prompt="a tree").result[1]
+    np.testing.assert_allclose(score, ref, rtol=1e-5, atol=1e-6)
+    assert "hpsv2_1" in dict(_Holder({"hpsv2.1": torch.nn.Linear(1, 1)}).named_children())
