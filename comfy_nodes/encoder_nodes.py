@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 import comfy.clip_vision
 
-from .paths import resolve_source, source_options, vision_source_options
+from .paths import resolve_source, source_fingerprint, source_options, vision_source_options
 
 CATEGORY = "ICT-HP"
 SD2_PREFIX = "clip_h.transformer."
@@ -23,10 +23,6 @@ _IGNORED = ("position_ids",)  # buffers some checkpoints carry and ComfyUI's CLI
 _lock = threading.Lock()
 _text_cache: OrderedDict[tuple, dict] = OrderedDict()
 _vision_cache: OrderedDict[tuple, comfy.clip_vision.ClipVisionModel] = OrderedDict()
-
-
-def _stamp(src: str) -> float:
-    return os.path.getmtime(src) if os.path.exists(src) else 0.0
 
 
 def _cached(cache: OrderedDict, key: tuple, build):
@@ -88,7 +84,9 @@ def swap_text_encoder(clip, source: str):
     layers = sd2_text_layers(clip)
     try:
         hf_sd = _cached(
-            _text_cache, (source, _stamp(source), layers), lambda: text_encoder_state_dict(source, num_layers=layers)
+            _text_cache,
+            (source, source_fingerprint(source), layers),
+            lambda: text_encoder_state_dict(source, num_layers=layers),
         )
     except ValueError as e:
         raise ValueError(f"ICT text encoder from {source} does not fit this CLIP ({layers} layers): {e}") from e
@@ -117,6 +115,10 @@ class ICTHPTextEncoderSwap(io.ComfyNode):
     @classmethod
     def execute(cls, clip, ict_source) -> io.NodeOutput:
         return io.NodeOutput(swap_text_encoder(clip, resolve_source(ict_source)))
+
+    @classmethod
+    def fingerprint_inputs(cls, ict_source, **kwargs):
+        return source_fingerprint(ict_source)
 
 
 def clip_vision_config(source: str, config_path: str | None = None) -> dict:
@@ -247,5 +249,9 @@ class ICTHPCLIPVision(io.ComfyNode):
             raise ValueError(f"source must look like 'ICT: <folder or hub id>' or 'HP: ...', got {source!r}")
         src = resolve_source(name)
         config_json = (config_json or "").strip() or None
-        key = (src, _stamp(src), dtype, config_json)
+        key = (src, source_fingerprint(src), dtype, config_json)
         return io.NodeOutput(_cached(_vision_cache, key, lambda: load_clip_vision(src, dtype, config_json)))
+
+    @classmethod
+    def fingerprint_inputs(cls, source, dtype="default", config_json="", **kwargs):
+        return (source_fingerprint(source.partition(": ")[2] or source), dtype, config_json)

@@ -12,7 +12,7 @@ import comfy.lora
 import comfy.model_base
 from icthp_core.lora_io import LoraFile, describe, read_lora, to_comfy_state_dict
 
-from .paths import lora_options, lora_path
+from .paths import lora_fingerprint, lora_options, lora_path
 
 _MAX_LISTED = 8
 _cache: OrderedDict[tuple, LoraFile] = OrderedDict()
@@ -152,3 +152,7 @@ class ICTHPLoraLoader(io.ComfyNode):
         new_model, new_clip = apply_lora(model, clip, lora, strength_model, strength_clip)
         info = describe(lora) + f"\nstrength: model {strength_model}, clip {strength_clip}"
         return io.NodeOutput(new_model, new_clip, info, ui=ui.PreviewText(info))
+
+    @classmethod
+    def fingerprint_inputs(cls, lora_name, **kwargs):
+        return (lora_fingerprint(lora_name), kwargs.get("strength_model"), kwargs.get("strength_clip"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import comfy.model_patcher
 import comfy.utils
 from icthp_core.scorer import MultiScorer
 
-from .paths import resolve_source
+from .paths import resolve_source, source_fingerprint
 
 MODEL_CHOICES = ["ICT-HP", "ICT", "HP"]
 BASELINES = ["clip", "pickscore", "hpsv2", "hpsv2.1", "aesthetic"]
@@ -114,10 +113,6 @@ _cache: OrderedDict[tuple, RewardModel] = OrderedDict()
 _lock = threading.Lock()
 
 
-def _stamp(src: str) -> float:
-    return os.path.getmtime(src) if os.path.exists(src) else 0.0
-
-
 def _torch_dtype(dtype: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
@@ -144,7 +139,7 @@ def load_reward_model(
         sources["hp"] = resolve_source(hp_source)
     if model in BASELINES and baseline_source.strip():
         sources["baseline"] = baseline_source.strip()
-    key = (model, tuple(sorted((k, v, _stamp(v)) for k, v in sources.items())), device, dtype)
+    key = (model, tuple(sorted((k, v, source_fingerprint(v)) for k, v in sources.items())), device, dtype)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)

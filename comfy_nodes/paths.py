@@ -84,3 +84,23 @@ def lora_path(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"LoRA {name!r} not found in models/loras ({folder_paths.get_folder_paths('loras')})")
     return path
+
+
+def source_fingerprint(name: str) -> tuple:
+    """Changes when a local model folder's files change (for ``fingerprint_inputs``); hub ids are constant."""
+    try:
+        path = Path(resolve_source(name))
+    except (FileNotFoundError, ValueError):
+        return (name, "missing")
+    if not path.exists():
+        return (name,)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return (name, tuple(sorted((str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+
+
+def lora_fingerprint(name: str) -> tuple:
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        return (name, "missing")
+    st = os.stat(path)
+    return (name, st.st_mtime_ns, st.st_size)

@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 from icthp_core.selection import rank, select_batch, select_latent, select_mask
 
 from .models import BASELINES, DEVICES, DTYPES, MODEL_CHOICES, RewardModel, load_reward_model, split_prompts
-from .paths import source_options
+from .paths import source_fingerprint, source_options
 
 CATEGORY = "ICT-HP"
 RewardModelType = io.Custom("ICTHP_MODEL")
@@ -67,6 +67,17 @@ class ICTHPLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, ict_source, hp_source, device="default", dtype="fp32", baseline_source="") -> io.NodeOutput:
         return io.NodeOutput(load_reward_model(model, ict_source, hp_source, baseline_source or "", device, dtype))
+
+    @classmethod
+    def fingerprint_inputs(cls, model, ict_source, hp_source, baseline_source="", **kwargs):
+        return (
+            model,
+            source_fingerprint(ict_source),
+            source_fingerprint(hp_source),
+            baseline_source,
+            kwargs.get("device"),
+            kwargs.get("dtype"),
+        )
 
 
 class ICTHPScore(io.ComfyNode):

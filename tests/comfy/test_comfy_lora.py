@@ -173,6 +173,9 @@ def test_lora_node_execute_shows_metadata(comfy_root, make_sd3_model, make_lora_
     assert new_model is not model and clip is None and len(new_model.patches) > 0
     assert "base_model: tiny-sd3" in info and "reward: ict_hp" in info and "steps: 123" in info
     assert out.ui.as_dict()["text"] == (info,)
+    fp = ICTHPLoraLoader.fingerprint_inputs(lora_name="icthp_sd3.safetensors", strength_model=0.5)
+    make_lora_file(tmp_path / "loras" / "icthp_sd3.safetensors", "sd3", seed=1)  # retrained: new file
+    assert ICTHPLoraLoader.fingerprint_inputs(lora_name="icthp_sd3.safetensors", strength_model=0.5) != fp
     with pytest.raises(FileNotFoundError, match="not found in models/loras"):
         ICTHPLoraLoader.execute(model=model, lora_name="nope.safetensors")
 

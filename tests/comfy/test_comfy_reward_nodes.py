@@ -193,3 +193,22 @@ def test_baseline_through_the_loader(icthp_folder, reward_model):
     ref = ICTHPScore.execute(reward_model=reward_model, images=images, prompt="a tree").result[1]
     np.testing.assert_allclose(score, ref, rtol=1e-5, atol=1e-6)
     assert "hpsv2_1" in dict(_Holder({"hpsv2.1": torch.nn.Linear(1, 1)}).named_children())
+
+
+def test_changed_model_files_are_reloaded(icthp_folder, tmp_path):
+    """fingerprint_inputs (ComfyUI's re-run check) and the in-process cache both notice changed files."""
+    import os
+    import shutil
+
+    from comfy_nodes.reward_nodes import ICTHPLoader
+
+    src = tmp_path / "ict_copy"
+    shutil.copytree(icthp_folder / "ict", src)
+    kw = {"model": "ICT", "ict_source": str(src), "hp_source": "8y/HP", "device": "default", "dtype": "fp32"}
+    fp1 = ICTHPLoader.fingerprint_inputs(**kw)
+    (first,) = ICTHPLoader.execute(**kw).result
+    assert ICTHPLoader.fingerprint_inputs(**kw) == fp1 and ICTHPLoader.execute(**kw).result[0] is first
+    st = (src / "pytorch_model.bin").stat()
+    os.utime(src / "pytorch_model.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert ICTHPLoader.fingerprint_inputs(**kw) != fp1
+    assert ICTHPLoader.execute(**kw).result[0] is not first
