@@ -13,6 +13,10 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
+#: ComfyUI serves this folder to the browser (a small extension that shows node results as text).
+WEB_DIRECTORY = "./web"
+
+
 async def comfy_entrypoint():
     """V3 entry point called by ComfyUI: returns the ICT-HP ``ComfyExtension``."""
     from .comfy_nodes import comfy_entrypoint as entrypoint
@@ -20,4 +24,4 @@ async def comfy_entrypoint():
     return await entrypoint()
 
 
-__all__ = ["comfy_entrypoint"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

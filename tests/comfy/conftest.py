@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -351,3 +356,78 @@ def make_lora_file():
         return path
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------- live server
+
+START_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="session")
+def server(comfy_root, tiny_icthp_dir, tmp_path_factory):
+    """A ComfyUI server on loopback (``--cpu``) whose ``custom_nodes/icthp`` is this repository and whose
+    ``models/icthp`` holds the tiny models; yields ``(url, base_dir)``; stopped at the end of the session."""
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    os.symlink(ROOT, base / "custom_nodes" / "icthp", target_is_directory=True)
+    shutil.copytree(tiny_icthp_dir, base / "models" / "icthp")
+    for d in ("input", "output", "temp", "user"):
+        (base / d).mkdir(exist_ok=True)
+    port = _free_port()
+    log = open(base / "server.log", "w")  # noqa: SIM115
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--base-directory",
+            str(base),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+        ],
+        cwd=comfy_root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited ({proc.returncode}):\n{(base / 'server.log').read_text()[-4000:]}")
+            try:
+                _get_json(f"{url}/system_stats", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"ComfyUI did not start in {START_TIMEOUT}s:\n{(base / 'server.log').read_text()[-4000:]}"
+                    )
+                time.sleep(0.5)
+        yield url, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()

@@ -2,11 +2,6 @@
 API-format example workflow with tiny models in <base>/models/icthp (POST /prompt -> /history)."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,14 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "comfyui" / "check_install_api.json"
-START_TIMEOUT = 180
 RUN_TIMEOUT = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 10):
@@ -38,63 +26,6 @@ def _post(url: str, data: dict, timeout: float = 10):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
-
-
-@pytest.fixture(scope="module")
-def server(comfy_root, tiny_icthp_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    os.symlink(ROOT, base / "custom_nodes" / "icthp", target_is_directory=True)
-    shutil.copytree(tiny_icthp_dir, base / "models" / "icthp")
-    for d in ("input", "output", "temp", "user"):
-        (base / d).mkdir(exist_ok=True)
-    port = _free_port()
-    log = open(base / "server.log", "w")  # noqa: SIM115
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "main.py",
-            "--cpu",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--base-directory",
-            str(base),
-            "--disable-auto-launch",
-            "--database-url",
-            "sqlite:///:memory:",
-        ],
-        cwd=comfy_root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited ({proc.returncode}):\n{(base / 'server.log').read_text()[-4000:]}")
-            try:
-                _get(f"{url}/system_stats", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"ComfyUI did not start in {START_TIMEOUT}s:\n{(base / 'server.log').read_text()[-4000:]}"
-                    )
-                time.sleep(0.5)
-        yield url, base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
 
 
 def _run(url: str, workflow: dict) -> dict:
