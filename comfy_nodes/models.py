@@ -47,6 +47,10 @@ class RewardModel:
     def primary(self) -> str:
         return self.metrics[0]
 
+    @property
+    def needs_prompt(self) -> bool:
+        return bool(self.impl.needs_prompt)
+
     def load(self) -> torch.device:
         """Load to ComfyUI's device (offloading other models as needed); returns the compute device."""
         mm.load_models_gpu([self.patcher], force_full_load=True)
@@ -61,7 +65,7 @@ class RewardModel:
         # 8-bit RGB exactly as ComfyUI's SaveImage writes it, so a score equals the score of the saved PNG
         # (the published models were evaluated on image files through PIL)
         arrays = np.clip(255.0 * images[..., :3].float().cpu().numpy(), 0, 255).astype(np.uint8)
-        out = self.impl.score(list(arrays), prompts, batch_size=batch_size)
+        out = self.impl.score(list(arrays), prompts if self.needs_prompt else None, batch_size=batch_size)
         return {k: v.float().cpu() for k, v in out.items()}
 
     @torch.no_grad()
@@ -95,11 +99,15 @@ def check_images(images: torch.Tensor) -> None:
         raise ValueError(f"IMAGE must have 3 (RGB) or 4 channels in the last dim, got shape {tuple(images.shape)}")
 
 
-def split_prompts(prompt: str, n: int, per_line: bool) -> list[str]:
-    """One prompt for all ``n`` images, or (``per_line``) one non-empty line per image."""
+def split_prompts(prompt: str, n: int, per_line: bool, required: bool = True) -> list[str]:
+    """One prompt for all ``n`` images, or (``per_line``) one non-empty line per image.
+
+    With ``required=False`` (prompt-free metrics such as HP) an empty prompt gives ``[""] * n``."""
+    if not prompt.strip():
+        if required:
+            raise ValueError("the prompt is empty (this metric compares the image with its prompt)")
+        return [""] * n
     if not per_line:
-        if not prompt.strip():
-            raise ValueError("the prompt is empty")
         return [prompt] * n
     lines = [ln.strip() for ln in prompt.splitlines() if ln.strip()]
     if len(lines) == 1:

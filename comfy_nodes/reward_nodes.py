@@ -92,7 +92,7 @@ class ICTHPScore(io.ComfyNode):
             inputs=[
                 RewardModelType.Input("reward_model"),
                 io.Image.Input("images"),
-                io.String.Input("prompt", multiline=True, default=""),
+                io.String.Input("prompt", multiline=True, default="", tooltip="not needed by HP and aesthetic"),
                 io.Boolean.Input(
                     "one_prompt_per_line",
                     default=False,
@@ -117,7 +117,8 @@ class ICTHPScore(io.ComfyNode):
     def execute(
         cls, reward_model: RewardModel, images, prompt, one_prompt_per_line=False, batch_size=8
     ) -> io.NodeOutput:
-        prompts = split_prompts(prompt, images.shape[0] if images.ndim == 4 else 0, one_prompt_per_line)
+        n = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else 0
+        prompts = split_prompts(prompt, n, one_prompt_per_line, reward_model.needs_prompt)
         scores = reward_model.score(images, prompts, batch_size)
 
         def as_list(m: str) -> list[float]:
@@ -147,7 +148,7 @@ class ICTHPBestOfN(io.ComfyNode):
             inputs=[
                 RewardModelType.Input("reward_model"),
                 io.Image.Input("images"),
-                io.String.Input("prompt", multiline=True, default=""),
+                io.String.Input("prompt", multiline=True, default="", tooltip="not needed by HP and aesthetic"),
                 io.Int.Input("k", default=1, min=1, max=4096),
                 io.Combo.Input(
                     "metric", options=METRICS, default="auto", tooltip="auto = the loaded model's main metric"
@@ -186,7 +187,7 @@ class ICTHPBestOfN(io.ComfyNode):
             raise ValueError(f"LATENT has {latent['samples'].shape[0]} samples but IMAGE has {n} images")
         if mask is not None and mask.ndim >= 3 and mask.shape[0] not in (1, n):
             raise ValueError(f"MASK has batch {mask.shape[0]} but IMAGE has {n} images")
-        prompts = split_prompts(prompt, n, one_prompt_per_line)
+        prompts = split_prompts(prompt, n, one_prompt_per_line, reward_model.needs_prompt)
         scores = reward_model.score(images, prompts, batch_size)
         metric = reward_model.primary if metric == "auto" else metric
         if metric not in scores:

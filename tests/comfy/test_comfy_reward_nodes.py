@@ -212,3 +212,16 @@ def test_changed_model_files_are_reloaded(icthp_folder, tmp_path):
     os.utime(src / "pytorch_model.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert ICTHPLoader.fingerprint_inputs(**kw) != fp1
     assert ICTHPLoader.execute(**kw).result[0] is not first
+
+
+def test_hp_alone_needs_no_prompt(icthp_folder, reward_model):
+    from comfy_nodes.reward_nodes import ICTHPBestOfN, ICTHPLoader, ICTHPScore
+
+    (hp_rm,) = ICTHPLoader.execute(model="HP", ict_source="8y/ICT", hp_source="hp").result
+    images = _images(3, seed=9)
+    score, ict, hp, ict_hp, _ = ICTHPScore.execute(reward_model=hp_rm, images=images, prompt="").result
+    ref_hp = ICTHPScore.execute(reward_model=reward_model, images=images, prompt="x").result[2]
+    assert score == hp and ict == ict_hp == []
+    np.testing.assert_allclose(hp, ref_hp, rtol=1e-6)
+    best = ICTHPBestOfN.execute(reward_model=hp_rm, images=images, prompt="", k=1).result
+    assert best[1] == [max(hp)]
