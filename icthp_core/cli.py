@@ -1,4 +1,4 @@
-"""`icthp` command line: score images (`score`), list metrics (`metrics`), the Gradio app (`app`), evaluation (`eval`)."""
+"""`icthp` command line: `score` images, list `metrics`, the Gradio `app`, preference `eval`."""
 
 from __future__ import annotations
 

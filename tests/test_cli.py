@@ -68,7 +68,8 @@ def test_prompts_file_many_prompts(tiny_ict, tiny_hp, images, tmp_path):
     pf = tmp_path / "pairs.jsonl"
     names = sorted(p.name for p in images.iterdir())
     prompts = ["a cat", "a dog", "a red car", "a cat", "mountains", "a dog"]
-    pf.write_text("\n".join(json.dumps({"image": f"imgs/{n}", "prompt": p}) for n, p in zip(names, prompts)))
+    rows = [json.dumps({"image": f"imgs/{n}", "prompt": p}) for n, p in zip(names, prompts, strict=True)]
+    pf.write_text("\n".join(rows))
     out = tmp_path / "o.jsonl"
     assert main(_args(tiny_ict, tiny_hp, "--prompts-file", str(pf), "-o", str(out))) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
@@ -90,7 +91,7 @@ def test_resume_skips_written_rows_and_duplicates_nothing(tiny_ict, tiny_hp, ima
     got = [json.loads(x) for x in out.read_text().splitlines()]
     want = [json.loads(x) for x in lines]
     assert [r["image"] for r in got] == [r["image"] for r in want]
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a["ict_hp"] == pytest.approx(b["ict_hp"], abs=1e-6)
 
 

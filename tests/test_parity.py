@@ -30,7 +30,8 @@ def test_scores_match_upstream_on_identical_pixels(scorer, tiny_ict, tiny_hp, im
     pixels = ref_pixels(images)
     tokens = ref_tokens(PROMPTS)
     ict_ref = ref_cosine(load_hf_clip(tiny_ict), pixels, tokens)
-    hp_ref = ref_hp(load_hf_clip(tiny_hp / "hp_backbone"), load_mlp(tiny_hp / "hp_scorer/mlp_pytorch_model.bin"), pixels)
+    hp_mlp = load_mlp(tiny_hp / "hp_scorer/mlp_pytorch_model.bin")
+    hp_ref = ref_hp(load_hf_clip(tiny_hp / "hp_backbone"), hp_mlp, pixels)
     ours = scorer.score_pixels({"crop": pixels}, PROMPTS)
     assert (ours["ict"] - ict_ref).abs().max() <= 1e-5
     assert (ours["hp"] - hp_ref).abs().max() <= 1e-5
