@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -54,6 +55,11 @@ def comfy_root() -> Path:
         ns = importlib.machinery.ModuleSpec("comfy", None, is_package=True)
         ns.submodule_search_locations = [str(root / "comfy")]
         sys.modules["comfy"] = importlib.util.module_from_spec(ns)
+        # inspect.getmodule caches file names per module name; drop what it learnt about the shadowing module
+        inspect._filesbymodname.pop("comfy", None)  # noqa: SLF001
+        for f, name in list(inspect.modulesbyfile.items()):
+            if name == "comfy":
+                del inspect.modulesbyfile[f]
     from comfy.cli_args import args
 
     args.cpu = True
