@@ -9,10 +9,9 @@ import tempfile
 import threading
 from collections import OrderedDict
 
+import comfy.clip_vision
 import torch
 from comfy_api.latest import io
-
-import comfy.clip_vision
 
 from .paths import resolve_source, source_fingerprint, source_options, vision_source_options
 

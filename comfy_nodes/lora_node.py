@@ -6,10 +6,10 @@ import os
 import threading
 from collections import OrderedDict
 
-from comfy_api.latest import io, ui
-
 import comfy.lora
 import comfy.model_base
+from comfy_api.latest import io, ui
+
 from icthp_core.lora_io import LoraFile, describe, read_lora, to_comfy_state_dict
 
 from .paths import lora_fingerprint, lora_options, lora_path

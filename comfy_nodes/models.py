@@ -6,12 +6,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
+import numpy as np
+import torch
+
 from icthp_core.scorer import MultiScorer
 
 from .paths import resolve_source, source_fingerprint
@@ -55,10 +55,7 @@ class RewardModel:
         """Load to ComfyUI's device (offloading other models as needed); returns the compute device."""
         mm.load_models_gpu([self.patcher], force_full_load=True)
         device = torch.device(self.patcher.load_device)
-        if self.impl.device != device:
-            self.impl.device = device
-            for cache in getattr(self.impl, "_text_cache", {}).values():
-                cache.clear()  # cached text features live on the previous device
+        self.impl.to(device)  # weights are already there (ModelPatcher); drops text features of another device
         return device
 
     def _score_chunk(self, images: torch.Tensor, prompts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
