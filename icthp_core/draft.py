@@ -120,7 +120,15 @@ class FlowModel:
     arch: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.arch = detect_arch(self.transformer)
+        self.arch = detect_arch(self.base)
+
+    @property
+    def base(self) -> nn.Module:
+        """The transformer without DDP / compile wrappers (for its config and adapters)."""
+        m = self.transformer
+        while hasattr(m, "module") or hasattr(m, "_orig_mod"):
+            m = getattr(m, "module", None) or m._orig_mod
+        return m
 
     @classmethod
     def from_pipeline(cls, pipe, guidance_scale: float = 0.0) -> FlowModel:
@@ -132,7 +140,7 @@ class FlowModel:
 
     @property
     def latent_channels(self) -> int:
-        c = self.transformer.config.in_channels
+        c = self.base.config.in_channels
         return c // 4 if self.arch == "flux" else c
 
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:
@@ -165,7 +173,7 @@ class FlowModel:
         else:
             kw = {}
             if cfg.get("use_dynamic_shifting", None):
-                p = self.transformer.config.patch_size
+                p = self.base.config.patch_size
                 kw["mu"] = calculate_shift((h // p) * (w // p), cfg.get("base_image_seq_len", 256),
                                            cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
                                            cfg.get("max_shift", 1.16))
@@ -174,12 +182,12 @@ class FlowModel:
 
     def velocity(self, x: Tensor, t: Tensor, cond: TextConditioning, img_ids: Tensor | None = None) -> Tensor:
         """v_θ for model-layout latents `x` (SD3 [B,C,h,w], FLUX packed) at scheduler timestep `t` (0..1000)."""
-        dtype = next(self.transformer.parameters()).dtype
+        dtype = next(self.base.parameters()).dtype
         xin = x.to(dtype)
         b = x.shape[0]
         if self.arch == "flux":
             guidance = None
-            if self.transformer.config.guidance_embeds:
+            if self.base.config.guidance_embeds:
                 guidance = torch.full((b,), self.guidance_scale, device=x.device, dtype=torch.float32)
             v = self.transformer(hidden_states=xin, timestep=t.expand(b).to(dtype) / 1000, guidance=guidance,
                                  pooled_projections=cond.pooled.to(dtype), encoder_hidden_states=cond.prompt_embeds.to(dtype),
@@ -277,7 +285,7 @@ def sample(model: FlowModel, noise: Tensor, cond: TextConditioning, cfg: DraftCo
         with torch.set_grad_enabled(with_grad):
             v = model.velocity(x, timesteps[i], cond_i, img_ids)
             if with_grad and cfg.kl_weight > 0:
-                with torch.no_grad(), adapters_disabled(model.transformer):
+                with torch.no_grad(), adapters_disabled(model.base):
                     vb = model.velocity(x, timesteps[i], cond_i, img_ids)
                 kl_terms.append((v - vb).pow(2).mean())
             if to_x0:
@@ -374,46 +382,15 @@ def weighted_reward(fns: dict[str, RewardFn], weights: dict[str, float]) -> Rewa
 
 
 def build_reward(spec: str, sources: dict[str, str] | None = None, device=None, dtype="fp32") -> RewardFn:
-    """A differentiable reward from the scoring core: ICT / HP / ICT-HP via `load_scorer(...).reward`,
-    baselines via `registry.create_reward_model(...).reward`; `spec` may be a weighted sum ('ict:1,hp:0.5').
-    All reward towers are frozen (eval, requires_grad False)."""
+    """A differentiable reward from the scoring core (`MultiScorer.reward`, ICT/HP shared between `ict`, `hp`,
+    `ict_hp`); `spec` is one metric or a weighted sum ('ict:1,hp:0.5'). The reward towers are frozen."""
+    from .scorer import MultiScorer
+
     weights = parse_reward_spec(spec)
-    sources = dict(sources or {})
-    fns: dict[str, RewardFn] = {}
-    own = [m for m in weights if m in ("ict", "hp", "ict_hp")]
-    if own:
-        from . import load_scorer
-
-        need_ict = any(m in ("ict", "ict_hp") for m in own)
-        need_hp = any(m in ("hp", "ict_hp") for m in own)
-        kw = {}
-        if "ict" in sources:
-            kw["ict"] = sources["ict"]
-        if "hp" in sources:
-            kw["hp"] = sources["hp"]
-        if not need_ict:
-            kw["ict"] = None
-        if not need_hp:
-            kw["hp"] = None
-        scorer = load_scorer(device=device, dtype=dtype, **kw)
-        _freeze(scorer)
-        for m in own:
-            fns[m] = (lambda mm: lambda im, pr: scorer.reward(im, list(pr), metric=mm))(m)
-    for m in weights:
-        if m in fns:
-            continue
-        from .registry import create_reward_model
-
-        rm = create_reward_model(m, source=sources.get(m), device=device, dtype=dtype)
-        _freeze(rm)
-        fns[m] = rm.reward if hasattr(rm, "reward") else (lambda r: lambda im, pr: r.reward(im, list(pr)))(rm)
-    return weighted_reward(fns, weights)
-
-
-def _freeze(module) -> None:
-    if isinstance(module, nn.Module):
-        module.eval().requires_grad_(False)
-    for name in ("ict", "hp"):
-        sub = getattr(module, name, None)
-        if isinstance(sub, nn.Module):
-            sub.eval().requires_grad_(False)
+    scorer = MultiScorer(list(weights), sources=sources, device=device, dtype=dtype)
+    for m in scorer.models.values():
+        m.eval().requires_grad_(False)
+    fns = {m: (lambda mm: lambda im, pr: scorer.reward(im, list(pr), metric=mm))(m) for m in weights}
+    fn = weighted_reward(fns, weights)
+    fn.scorer = scorer  # type: ignore[attr-defined]
+    return fn
