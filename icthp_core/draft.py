@@ -121,6 +121,7 @@ class FlowModel:
 
     def __post_init__(self) -> None:
         self.arch = detect_arch(self.base)
+        self.vae.requires_grad_(False)  # never trained; gradients only pass through it
 
     @property
     def base(self) -> nn.Module:
