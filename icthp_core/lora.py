@@ -111,6 +111,9 @@ def save_lora(transformer: nn.Module, out_dir: str | Path, metadata: Mapping[str
 
     `metadata`: values for the `icthp.*` keys (rank/alpha/base_arch are filled in); stored as strings.
     `dtype`: cast the saved tensors (e.g. `torch.bfloat16`), default fp32.
+    `icthp.alpha` is the alpha that goes with the stored weights (= rank when the scale was folded in).
+    `alpha_keys=True` files load in ComfyUI (both archs) and in diffusers for FLUX only (diffusers' SD3 loader
+    rejects `.alpha` keys).
     """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -122,12 +125,14 @@ def save_lora(transformer: nn.Module, out_dir: str | Path, metadata: Mapping[str
         sd = {k: v.to(dtype) for k, v in sd.items()}
     cfg = transformer.peft_config[adapter_name].to_dict()
     scale = alpha / rank
+    file_alpha = alpha  # the alpha a loader must use with the stored weights
     if alpha_keys:
         for k in [k for k in sd if k.endswith(".lora_A.weight")]:
             sd[k[: -len(".lora_A.weight")] + ".alpha"] = torch.tensor(alpha)
     elif scale != 1.0:  # fold alpha/r into lora_B so that every loader applies scale 1.0
         sd = {k: (v.float() * scale).to(v.dtype) if k.endswith(".lora_B.weight") else v for k, v in sd.items()}
         cfg["lora_alpha"] = rank
+        file_alpha = float(rank)
     for k in ("target_modules", "exclude_modules"):  # sets are not JSON
         if isinstance(cfg.get(k), set):
             cfg[k] = sorted(cfg[k])
@@ -143,7 +148,7 @@ def save_lora(transformer: nn.Module, out_dir: str | Path, metadata: Mapping[str
     if alpha_keys:
         tensors.update({f"transformer.{k}": v for k, v in sd.items() if k.endswith(".alpha")})
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    meta.update({"icthp.base_arch": arch, "icthp.rank": str(rank), "icthp.alpha": str(alpha)})
+    meta.update({"icthp.base_arch": arch, "icthp.rank": str(rank), "icthp.alpha": str(file_alpha)})
     unknown = sorted(k for k in meta if k.startswith("icthp.") and k not in METADATA_KEYS)
     if unknown:
         raise ValueError(f"unknown icthp metadata keys {unknown}; allowed: {METADATA_KEYS}")
