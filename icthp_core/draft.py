@@ -191,7 +191,8 @@ class FlowModel:
             if self.base.config.guidance_embeds:
                 guidance = torch.full((b,), self.guidance_scale, device=x.device, dtype=torch.float32)
             v = self.transformer(hidden_states=xin, timestep=t.expand(b).to(dtype) / 1000, guidance=guidance,
-                                 pooled_projections=cond.pooled.to(dtype), encoder_hidden_states=cond.prompt_embeds.to(dtype),
+                                 pooled_projections=cond.pooled.to(dtype),
+                                 encoder_hidden_states=cond.prompt_embeds.to(dtype),
                                  txt_ids=cond.text_ids, img_ids=img_ids, return_dict=False)[0]
             return v.float()
         cfg = self.guidance_scale > 1.0

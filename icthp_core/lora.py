@@ -33,7 +33,8 @@ def detect_arch(transformer: nn.Module) -> str:
         return "sd3"
     if name.startswith("Flux"):
         return "flux"
-    raise ValueError(f"unsupported transformer class {name!r}: expected SD3Transformer2DModel or FluxTransformer2DModel")
+    raise ValueError(f"unsupported transformer class {name!r}: "
+                     "expected SD3Transformer2DModel or FluxTransformer2DModel")
 
 
 def pipeline_class(arch: str):
@@ -63,7 +64,8 @@ def add_lora(transformer: nn.Module, rank: int = 16, alpha: float | None = None,
     transformer.add_adapter(lora_config(detect_arch(transformer), rank, alpha, targets), adapter_name=adapter_name)
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     if not params:
-        raise RuntimeError(f"no LoRA parameters were created for targets {targets or TARGETS[detect_arch(transformer)]}")
+        used = targets or TARGETS[detect_arch(transformer)]
+        raise RuntimeError(f"no LoRA parameters were created for target modules {used}")
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)

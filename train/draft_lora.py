@@ -188,7 +188,7 @@ def train(cfg: TrainConfig) -> Path:
     from accelerate.utils import set_seed
 
     from icthp_core.draft import DraftConfig, FlowModel, build_reward, draft_step, encode_prompts, generate
-    from icthp_core.lora import add_lora, detect_arch, save_lora, trainable_parameters
+    from icthp_core.lora import add_lora, detect_arch, save_lora
     from icthp_core.prompts import load_prompts
 
     out = Path(cfg.output_dir)

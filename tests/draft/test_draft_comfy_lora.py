@@ -65,7 +65,8 @@ def _comfy_model(comfy, arch: str):
         mc = comfy.supported_models.SD3({
             "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
             "adm_in_channels": 64, "pos_embed_max_size": 8, "num_patches": 64, "pos_embed_scaling_factor": None,
-            "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+            "context_embedder_config": {"target": "torch.nn.Linear",
+                                        "params": {"in_features": 32, "out_features": 128}},
             "x_block_self_attn_layers": []})
     else:
         mc = comfy.supported_models.Flux({
