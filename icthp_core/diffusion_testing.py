@@ -128,3 +128,31 @@ def save_tiny_pipeline(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def tiny_sd2_pipeline(text_layers: int = 1, text_hidden: int = 32, text_heads: int = 2, seed: int = 0):
+    """A random SD2.x-layout `StableDiffusionPipeline` (CLIPTextModel, SD2.x tokenizer padding with "!" = id 0)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=text_hidden,
+                                attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=16)
+    vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=16)
+    cfg = _clip_text_config(text_hidden, text_hidden)
+    cfg.num_hidden_layers, cfg.num_attention_heads = text_layers, text_heads
+    te = CLIPTextModel(cfg)
+    vocab, merges = _clip_vocab_merges()
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, bos_token=CLIP_SOT, eos_token=CLIP_EOT, pad_token="!",
+                        unk_token=CLIP_EOT, model_max_length=77)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                   scheduler=DDIMScheduler(prediction_type="v_prediction", clip_sample=False,
+                                                                 steps_offset=1), safety_checker=None,
+                                   feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    return _eval(pipe)
