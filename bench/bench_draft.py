@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.tiny:
         dtype = torch.float32
         torch.set_num_threads(1)
-        a.sizes = "32,64"
+        if any(int(x) > 64 for x in a.sizes.split(",")):
+            a.sizes = "32,64"
     archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
     rows = []
     for arch in archs:
