@@ -180,3 +180,19 @@ def test_config_validation():
         DraftConfig(variant="nope")
     with pytest.raises(ValueError, match="k must be"):
         DraftConfig(num_steps=4, k=5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(flux_pipe):
+    model, params, cond, noise = _setup(flux_pipe)
+    cfg = DraftConfig(num_steps=4, k=2)
+    grads = []
+    for ckpt in (False, True):
+        if ckpt:
+            model.transformer.enable_gradient_checkpointing()
+            model.vae.enable_gradient_checkpointing()
+        draft_step(model, mean_reward, PROMPTS[:2], cond, noise, cfg).loss.backward()
+        grads.append([p.grad.clone() for p in params])
+        for p in params:
+            p.grad = None
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
