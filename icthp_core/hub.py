@@ -71,7 +71,8 @@ def _resolve_hub(repo_id: str, candidates: Sequence[str], required: bool) -> Pat
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
             if not required:
                 return None
-            raise WeightsNotFoundError(f"{repo_id}: cannot download {cand} ({e}); " + _how_to(repo_id, candidates)) from e
+            msg = f"{repo_id}: cannot download {cand} ({e}); " + _how_to(repo_id, candidates)
+            raise WeightsNotFoundError(msg) from e
     if not required:
         return None
     raise WeightsNotFoundError(f"{repo_id}: the repo has none of {list(candidates)}")

@@ -15,7 +15,8 @@ from .convert import hf_to_open_clip, is_hf_clip
 from .errors import CheckpointError
 from .hub import resolve_file
 
-CLIP_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+CLIP_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin",
+                     "open_clip_model.safetensors")
 
 #: open_clip keys of the text tower (dropped, without error, when only the vision tower is wanted).
 _TEXT_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection",
@@ -46,7 +47,8 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def read_clip_state_dict(file: Path, vision_only: bool = False, nested_key: str | None = None) -> dict[str, torch.Tensor]:
+def read_clip_state_dict(file: Path, vision_only: bool = False,
+                         nested_key: str | None = None) -> dict[str, torch.Tensor]:
     """Read a CLIP checkpoint in HF or open_clip key layout and return open_clip keys.
 
     Raises CheckpointError naming `file` and any key that belongs to neither layout.

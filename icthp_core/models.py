@@ -42,7 +42,8 @@ class HPHead(nn.Module):
         expected = {f"layers.{i}.{p}" for i in _HEAD_LAYERS for p in ("weight", "bias")}
         if set(sd) != expected:
             missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
-            raise CheckpointError(f"{file}: not an HP head state dict; missing keys {missing}, unexpected keys {unexpected}")
+            raise CheckpointError(
+                f"{file}: not an HP head state dict; missing keys {missing}, unexpected keys {unexpected}")
         dims = (sd["layers.0.weight"].shape[1],) + tuple(sd[f"layers.{i}.weight"].shape[0] for i in _HEAD_LAYERS)
         head = cls(dims)
         try:

@@ -117,7 +117,8 @@ class MultiScorer:
             raise ValueError("images: the batch is empty")
         return {mode: torch.stack([preprocess_pil(p, mode) for p in pils]) for mode in self.preprocess_modes}
 
-    def score(self, images, prompts: str | Sequence[str] | None = None, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    def score(self, images, prompts: str | Sequence[str] | None = None,
+              batch_size: int = 32) -> dict[str, torch.Tensor]:
         """Scores per image for each metric ([B] float32 CPU tensors), computed in batches."""
         pixels = self.preprocess(images)
         n = next(iter(pixels.values())).shape[0]

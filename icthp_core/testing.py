@@ -83,7 +83,7 @@ def save_tiny_ict(directory: str | Path, seed: int = 0, fmt: str = "bin") -> Pat
 
 
 def save_tiny_hp(directory: str | Path, seed: int = 1, fmt: str = "bin") -> Path:
-    """A tiny HP checkpoint: `<dir>/hp_backbone/{pytorch_model.bin,config.json}`, `<dir>/hp_scorer/mlp_pytorch_model.bin`."""
+    """A tiny HP checkpoint: `hp_backbone/{pytorch_model.bin,config.json}`, `hp_scorer/mlp_pytorch_model.bin`."""
     directory = Path(directory)
     save_tiny_clip(directory / "hp_backbone", seed=seed, fmt=fmt)
     head = tiny_head(TINY_CLIP["projection_dim"], seed=seed + 100)

@@ -1,0 +1,236 @@
+"""What each tab does, without Gradio: inputs → validated files → scores → tables, HTML, chart, CSV."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import charts, logic, render
+from .logic import PRIMARY, InputError, UploadLimits, label
+from .pool import ProgressFn, ScorerPool
+
+
+@dataclass
+class CompareResult:
+    names: list[str]
+    paths: list[Path]
+    scores: dict[str, np.ndarray]
+    table: pd.DataFrame
+    cards_html: str
+    status_md: str
+    figure: Figure
+    csv_path: Path
+
+
+@dataclass
+class ABResult:
+    frame: pd.DataFrame
+    wins: pd.DataFrame
+    pairs_html: str
+    status_md: str
+    figure: Figure
+    csv_path: Path
+
+
+@dataclass
+class GenResult:
+    images: tuple[Any, Any]
+    table: pd.DataFrame
+    status_md: str
+
+
+def _paths(files: Any) -> list[str]:
+    """Gradio gives a path, a list of paths, or objects with `.name`; normalise to a list of str."""
+    if files is None:
+        return []
+    if isinstance(files, (str, Path)):
+        files = [files]
+    return [str(getattr(f, "name", f)) for f in files]
+
+
+class Controller:
+    """The app's operations; one instance shared by all sessions (state lives in the pool only)."""
+
+    def __init__(
+        self,
+        pool: ScorerPool,
+        *,
+        ab_roots: Sequence[str | Path] = (),
+        limits: UploadLimits | None = None,
+        max_pairs: int = 500,
+        ci_method: str = "wilson",
+        out_dir: str | Path | None = None,
+        generator: Any = None,
+    ) -> None:
+        self.pool = pool
+        self.ab_roots = [Path(r).resolve() for r in ab_roots]
+        self.limits = limits or UploadLimits()
+        self.max_pairs = max_pairs
+        self.ci_method = ci_method
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="icthp_app_"))
+        self.generator = generator
+
+    def _csv(self, df: pd.DataFrame, name: str) -> Path:
+        return logic.write_csv(df, self.out_dir / uuid.uuid4().hex[:12] / name)
+
+    # ------------------------------------------------------------------ tab 1
+    def compare(
+        self, files: Any, prompt: str, metrics: Sequence[str], progress: ProgressFn | None = None
+    ) -> CompareResult:
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise InputError("Type the prompt the images were generated for.")
+        metrics = [m for m in self.pool.metrics if m in (metrics or [])]
+        if not metrics:
+            raise InputError("Select at least one metric.")
+        paths, rejected = logic.validate_images(_paths(files), self.limits)
+        names = logic.unique_names(paths)
+        scores = self.pool.score(paths, prompt, metrics, progress)
+        table = logic.comparison_table(names, scores)
+        key = PRIMARY if PRIMARY in scores else metrics[0]
+        top = logic.winners(scores[key])
+        lines = [f"**Winner ({label(key)}): {', '.join(names[i] for i in top)}**"]
+        others = [f"{label(m)}: {', '.join(names[i] for i in logic.winners(scores[m]))}" for m in metrics if m != key]
+        if others:
+            lines.append("Other metrics' winners — " + "; ".join(others))
+        paradox = logic.paradox_markdown(logic.detect_paradox(scores), names)
+        if paradox:
+            lines.append(paradox)
+        elif PRIMARY in scores and any(m in scores for m in logic.CLIP_FAMILY):
+            lines.append("CLIP-family metrics and ICT-HP agree on the winner.")
+        if rejected:
+            lines.append("Rejected uploads: " + "; ".join(rejected))
+        csv_df = table.copy()
+        csv_df.insert(1, "prompt", prompt)
+        return CompareResult(
+            names=names,
+            paths=paths,
+            scores=scores,
+            table=table,
+            cards_html=render.cards_html(names, paths, scores),
+            status_md="\n\n".join(lines),
+            figure=charts.scores_figure(names, scores),
+            csv_path=self._csv(csv_df, "icthp_compare.csv"),
+        )
+
+    # ------------------------------------------------------------------ tab 2
+    def _side(self, files: Any, folder: str | None, side: str) -> tuple[list[Path], list[str]]:
+        if folder and folder.strip():
+            d = logic.resolve_allowed_dir(folder, self.ab_roots)
+            candidates = [str(p) for p in logic.list_folder(d, self.ab_roots)]
+        else:
+            candidates = _paths(files)
+        if not candidates:
+            raise InputError(f"Set {side}: upload its images or give a folder.")
+        images = [p for p in candidates if Path(p).suffix.lower() != ".txt"]
+        if len(images) > self.max_pairs:
+            raise InputError(f"Set {side}: {len(images)} images is over the limit of {self.max_pairs}.")
+        ok: list[Path] = [Path(p) for p in candidates if Path(p).suffix.lower() == ".txt"]
+        rejected = []
+        for p in images:
+            why = logic.check_image(p, self.limits)
+            if why:
+                rejected.append(f"{side}/{why}")
+            else:
+                ok.append(Path(p))
+        return ok, rejected
+
+    def compare_ab(
+        self,
+        a_files: Any,
+        b_files: Any,
+        a_dir: str | None,
+        b_dir: str | None,
+        index_file: Any,
+        default_prompt: str | None,
+        metrics: Sequence[str],
+        ci_method: str | None = None,
+        a_name: str = "A",
+        b_name: str = "B",
+        progress: ProgressFn | None = None,
+    ) -> ABResult:
+        metrics = [m for m in self.pool.metrics if m in (metrics or [])]
+        if not metrics:
+            raise InputError("Select at least one metric.")
+        a_name, b_name = (a_name or "A").strip() or "A", (b_name or "B").strip() or "B"
+        a, rej_a = self._side(a_files, a_dir, "A")
+        b, rej_b = self._side(b_files, b_dir, "B")
+        idx = _paths(index_file)
+        index = logic.read_index(idx[0]) if idx else None
+        match = logic.match_pairs(a, b, index=index, default_prompt=default_prompt)
+        pairs = match.pairs
+        if len(pairs) > self.max_pairs:
+            raise InputError(f"{len(pairs)} pairs is over the limit of {self.max_pairs}.")
+        prompts = [p.prompt for p in pairs]
+
+        def part(lo: float, hi: float) -> ProgressFn | None:
+            return None if progress is None else (lambda f, d: progress(lo + (hi - lo) * f, d))
+
+        sa = self.pool.score([p.a for p in pairs], prompts, metrics, part(0.0, 0.5))
+        sb = self.pool.score([p.b for p in pairs], prompts, metrics, part(0.5, 1.0))
+        frame = logic.ab_frame(pairs, sa, sb)
+        frame = frame.rename(columns={c: c.replace("A ", f"{a_name} ", 1) for c in frame if c.startswith("A ")})
+        frame = frame.rename(columns={c: c.replace("B ", f"{b_name} ", 1) for c in frame if c.startswith("B ")})
+        wins = logic.win_rate_table(sa, sb, method=ci_method or self.ci_method)
+        status = [f"**{a_name}** vs **{b_name}**: " + match.summary()]
+        if PRIMARY in sa:
+            r = wins.set_index("metric").loc[label(PRIMARY)]
+            status.append(
+                f"{a_name} wins {r['A win rate']:.1%} of pairs under ICT-HP "
+                f"(95% CI {r['CI low']:.1%}–{r['CI high']:.1%}, ties count ½)."
+            )
+        if rej_a or rej_b:
+            status.append("Rejected: " + "; ".join(rej_a + rej_b))
+        return ABResult(
+            frame=frame,
+            wins=wins,
+            pairs_html=render.pairs_html(
+                prompts, [p.a for p in pairs], [p.b for p in pairs], sa, sb, a_name=a_name, b_name=b_name
+            ),
+            status_md="\n\n".join(status),
+            figure=charts.win_rate_figure(wins, a_name, b_name),
+            csv_path=self._csv(frame, "icthp_ab_scores.csv"),
+        )
+
+    # ------------------------------------------------------------------ tab 3
+    def generate(
+        self,
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance: float,
+        size: int,
+        metrics: Sequence[str],
+        progress: ProgressFn | None = None,
+    ) -> GenResult:
+        if self.generator is None:
+            raise InputError("Generation is not configured (see the explanation in this tab).")
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise InputError("Type a prompt.")
+        if progress:
+            progress(0.05, "Generating base and LoRA images (same seed) …")
+        base, lora = self.generator.generate(prompt, int(seed), int(steps), float(guidance), int(size))
+        metrics = [m for m in self.pool.metrics if m in (metrics or [])]
+        scores = self.pool.score([base, lora], prompt, metrics, progress) if metrics else {}
+        table = logic.comparison_table(["base", "base + LoRA"], scores) if scores else pd.DataFrame()
+        md = ""
+        if PRIMARY in scores:
+            d = float(scores[PRIMARY][1] - scores[PRIMARY][0])
+            md = f"ICT-HP of LoRA − base: **{d:+.4f}** (seed {int(seed)})"
+        return GenResult(images=(base, lora), table=table, status_md=md)
+
+
+def gradio_progress(progress: Any) -> Callable[[float, str], None]:
+    def fn(frac: float, desc: str) -> None:
+        progress(frac, desc=desc)
+
+    return fn

@@ -1,0 +1,245 @@
+"""Real-browser test: headless Debian chromium driven by Playwright against `python -m gradio_app` on
+loopback with tiny models. Checks the scores shown, the winner, the CSVs and the folder sandbox against
+the core (`load_scorer`, `MultiScorer`) and `icthp_core.stats`; saves screenshots of both modes.
+
+Needs /usr/bin/chromium (run tests/app/setup_browser.sh). Screenshots go to $ICTHP_APP_SCREENSHOTS
+(default: the test's tmp dir; the committed ones in docs/screenshots/ come from this test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from icthp_core import MultiScorer, load_scorer
+from icthp_core.stats import win_rate
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("ICTHP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+PROMPT = "a red balloon over a green field"
+METRICS = ("ict", "hp", "ict_hp", "clip")
+WAIT_MS = 60_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app_server")
+    root = tmp / "generations"
+    root.mkdir()
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "gradio_app",
+        "--ict", tiny_models["ict"], "--hp", tiny_models["hp"], "--source", f"clip={tiny_models['clip']}",
+        "--metrics", ",".join(METRICS), "--default-metrics", ",".join(METRICS),
+        "--ab-root", str(root), "--port", str(port), "--max-images", "8", "--device", "cpu",
+    ]  # fmt: skip
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    log = open(tmp / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app exited with {proc.returncode}:\n{(tmp / 'server.log').read_text()}")
+            try:
+                urllib.request.urlopen(url, timeout=2).read(100)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"app did not answer on {url} in 90 s:\n{(tmp / 'server.log').read_text()}")
+                time.sleep(0.5)
+        yield {"url": url, "root": root, "tmp": tmp}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: run tests/app/setup_browser.sh (Debian chromium) first")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        pg.set_default_timeout(30_000)
+        pg.goto(server["url"])
+        pg.wait_for_selector("#cmp-run", timeout=WAIT_MS)
+        yield pg
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("ICTHP_APP_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _reference(tiny_models, paths, prompts) -> dict[str, np.ndarray]:
+    files = [str(p) for p in paths]
+    ref = load_scorer(tiny_models["ict"], tiny_models["hp"]).score(files, prompts)
+    ref["clip"] = MultiScorer(["clip"], {"clip": tiny_models["clip"]}).score(files, prompts)["clip"]
+    return {m: v.numpy().astype(np.float64) for m, v in ref.items()}
+
+
+def _wait_listed(pg, selector: str, stems: list[str]) -> None:
+    """Wait until an upload box lists every file (Gradio shows the stem and extension separately)."""
+    from playwright.sync_api import expect
+
+    for stem in stems:
+        expect(pg.locator(selector)).to_contain_text(stem, timeout=WAIT_MS)
+
+
+def _download(pg, selector: str, dest: Path) -> Path:
+    link = pg.locator(f"{selector} a[download]").first
+    link.wait_for(timeout=WAIT_MS)
+    with pg.expect_download(timeout=WAIT_MS) as dl:
+        link.click()
+    dl.value.save_as(dest)
+    return dest
+
+
+def test_compare_images_in_browser(page, server, tiny_models, make_scenes, tmp_path, shots):
+    pg = page
+    names = ["meadow.png", "dusk.png", "night.png", "snow.png", "lake.png"]
+    paths = make_scenes(tmp_path / "up", names)
+    junk = tmp_path / "up" / "notes.png"
+    junk.write_text("these are notes, not pixels")
+    pg.locator("#cmp-files input[type=file]").set_input_files([*map(str, paths), str(junk)])
+    _wait_listed(pg, "#cmp-files", [Path(n).stem for n in names] + ["notes"])
+    pg.fill("#cmp-prompt textarea", PROMPT)
+    pg.click("#cmp-run")
+    pg.wait_for_selector("#icthp-cards .icthp-card", timeout=WAIT_MS)
+    pg.wait_for_selector("#cmp-chart img, #cmp-chart svg", timeout=WAIT_MS)
+
+    ref = _reference(tiny_models, paths, PROMPT)
+    cards = pg.locator("#icthp-cards .icthp-card")
+    assert cards.count() == len(names)
+    for i in range(len(names)):
+        card = cards.nth(i)
+        assert card.get_attribute("data-name") == names[i]
+        for m in METRICS:
+            shown = float(card.locator(f'.icthp-score[data-metric="{m}"]').inner_text())
+            assert shown == pytest.approx(ref[m][i], abs=5e-5 + 1e-7), (names[i], m)
+    best = int(np.argmax(ref["ict_hp"]))
+    winner = pg.locator("#icthp-cards .icthp-card.winner")
+    assert winner.count() == 1 and winner.get_attribute("data-name") == names[best]
+    status = pg.locator("#cmp-status").inner_text()
+    assert f"Winner (ICT-HP): {names[best]}" in status
+    assert "notes.png: not an image" in status
+    assert ("Scoring paradox" in status) == (int(np.argmax(ref["clip"])) != best)
+
+    csv = pd.read_csv(_download(pg, "#cmp-csv", tmp_path / "compare.csv"))
+    assert csv["image"].tolist() == names and set(csv["prompt"]) == {PROMPT}
+    for m, col in (("ict", "ICT"), ("hp", "HP"), ("ict_hp", "ICT-HP"), ("clip", "CLIP")):
+        np.testing.assert_allclose(csv[col].to_numpy(), ref[m], rtol=1e-5, atol=1e-7)
+    assert csv["ICT-HP rank"].tolist() == [int((ref["ict_hp"] > v).sum()) + 1 for v in ref["ict_hp"]]
+    pg.screenshot(path=str(shots / "compare_images.png"), full_page=True)
+
+
+def test_ab_models_in_browser(page, server, tiny_models, make_scenes, tmp_path, shots):
+    pg = page
+    names = [f"{i:03d}.png" for i in range(6)]
+    prompts = [f"{c} balloon over a field" for c in ("red", "blue", "yellow", "white", "striped", "tiny")]
+    a = make_scenes(tmp_path / "A", names)
+    b = make_scenes(server["root"] / "lora_run", names, offset=3)
+    index = tmp_path / "prompts.csv"
+    pd.DataFrame({"prompt": prompts, "file": names}).to_csv(index, index=False)
+
+    pg.get_by_role("tab", name="A/B models").click()
+    pg.fill("#ab-name-A input, #ab-name-A textarea", "base")
+    pg.fill("#ab-name-B input, #ab-name-B textarea", "lora")
+    pg.locator("#ab-files-A input[type=file]").set_input_files([str(p) for p in a])
+    _wait_listed(pg, "#ab-files-A", [Path(n).stem for n in names])
+    pg.fill("#ab-dir-B input, #ab-dir-B textarea", "lora_run")
+    pg.locator("#ab-index input[type=file]").set_input_files(str(index))
+    _wait_listed(pg, "#ab-index", ["prompts"])
+    pg.click("#ab-run")
+    pg.wait_for_selector("#icthp-pairs .icthp-pair img", timeout=WAIT_MS)
+    pg.wait_for_selector("#ab-chart img, #ab-chart svg", timeout=WAIT_MS)
+
+    ra, rb = _reference(tiny_models, a, prompts), _reference(tiny_models, b, prompts)
+    status = pg.locator("#ab-status").inner_text()
+    w = win_rate(ra["ict_hp"], rb["ict_hp"])
+    assert "6 pair(s) matched" in status
+    assert f"base wins {w.rate:.1%} of pairs under ICT-HP (95% CI {w.low:.1%}–{w.high:.1%}" in status
+    rows = {}
+    for text in pg.locator("#ab-wins [role=row]").all_inner_texts():
+        cells = text.split()
+        rows[cells[0]] = cells
+    for m, lab in (("ict_hp", "ICT-HP"), ("clip", "CLIP")):
+        wm = win_rate(ra[m], rb[m])
+        row = rows[lab]
+        assert row[:5] == [lab, "6", str(wm.wins), str(wm.ties), str(wm.losses)], row
+        assert [float(x) for x in row[5:8]] == pytest.approx([wm.rate, wm.low, wm.high], abs=5e-5)
+
+    csv = pd.read_csv(_download(pg, "#ab-csv", tmp_path / "ab.csv"))
+    assert csv["prompt"].tolist() == prompts and csv["b_file"].tolist() == names
+    np.testing.assert_allclose(csv["base ICT-HP"].to_numpy(), ra["ict_hp"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(csv["lora CLIP"].to_numpy(), rb["clip"], rtol=1e-5, atol=1e-7)
+    pg.screenshot(path=str(shots / "ab_models.png"), full_page=True)
+
+    # A folder outside the configured root is refused with a message, nothing is read.
+    pg.fill("#ab-dir-B input, #ab-dir-B textarea", str(tmp_path / "A"))
+    pg.click("#ab-run")
+    pg.get_by_text("outside the allowed roots").first.wait_for(timeout=WAIT_MS)
+
+
+def test_generate_tab_explains_requirements(page):
+    page.get_by_role("tab", name="Generate: base vs LoRA").click()
+    note = page.locator("#gen-note")
+    note.wait_for(timeout=WAIT_MS)
+    text = note.inner_text()
+    assert "--base-model" in text and "--lora" in text
+    assert ("CUDA GPU" in text) == (not torch.cuda.is_available())
+
+
+def test_api_refuses_server_paths_not_uploaded(server, tiny_models):
+    """A crafted API call naming a server file (not uploaded) is refused before our code reads it."""
+    secret = Path(tiny_models["ict"]) / "config.json"
+    body = {
+        "data": [[{"path": str(secret), "meta": {"_type": "gradio.FileData"}}] * 2, PROMPT, ["hp"]],
+    }
+    req = urllib.request.Request(
+        server["url"] + "gradio_api/call/compare",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    event = json.loads(urllib.request.urlopen(req, timeout=10).read())["event_id"]
+    with urllib.request.urlopen(f"{server['url']}gradio_api/call/compare/{event}", timeout=60) as r:
+        stream = r.read().decode()
+    assert "event: error" in stream and "not uploaded by a user" in stream, stream

@@ -1,0 +1,148 @@
+"""Controller + ScorerPool: with a fake scorer (loading/sharing behaviour) and with tiny real models
+(scores equal the core's `load_scorer` / `MultiScorer` for the same images)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gradio_app.controller import Controller
+from gradio_app.logic import InputError
+from gradio_app.pool import ScorerPool
+from icthp_core import MultiScorer, load_scorer
+from icthp_core.stats import win_rate
+
+
+class FakeScorer:
+    """Score = a per-metric function of the image file's size and the prompt length."""
+
+    def __init__(self, metrics, sources, device, dtype, calls):
+        self.metrics = metrics
+        calls.append((tuple(metrics), sources))
+        time.sleep(0.05)
+
+    def score(self, images, prompts):
+        out = {}
+        for k, m in enumerate(self.metrics):
+            v = [
+                ((hash(str(getattr(i, "name", i))) % 1000) / 1000 + k + len(p))
+                for i, p in zip(images, prompts, strict=True)
+            ]
+            out[m] = torch.tensor(v, dtype=torch.float32)
+        return out
+
+
+def fake_pool(metrics, calls, batch_size=2):
+    return ScorerPool(
+        metrics,
+        {"ict": "I", "hp": "H", "clip": "C"},
+        batch_size=batch_size,
+        factory=lambda m, s, d, t: FakeScorer(m, s, d, t, calls),
+    )
+
+
+def test_pool_groups_and_loads_each_group_once_across_threads(tmp_path, make_scenes):
+    calls: list = []
+    pool = fake_pool(["ict", "hp", "ict_hp", "clip", "pickscore"], calls)
+    assert pool.groups(["hp", "clip"]) == [("ict", "hp", "ict_hp"), ("clip",)]
+    with pytest.raises(InputError, match="aesthetic"):
+        pool.groups(["aesthetic"])
+    imgs = make_scenes(tmp_path, [f"{i}.png" for i in range(5)])
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(pool.score(imgs, "p", ["hp", "clip"]))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(c[0] for c in calls) == [("clip",), ("ict", "hp", "ict_hp")]  # one load per group
+    assert dict(calls)[("ict", "hp", "ict_hp")] == {"ict": "I", "hp": "H"}
+    assert dict(calls)[("clip",)] == {"clip": "C"}
+    assert all(np.array_equal(r["clip"], results[0]["clip"]) for r in results)
+    assert list(results[0]) == ["hp", "clip"] and results[0]["hp"].shape == (5,)
+    # batches (size 2) concatenate back in order
+    ref = FakeScorer(["ict", "hp"], None, None, None, []).score(imgs, ["p"] * 5)["hp"].numpy()
+    np.testing.assert_allclose(results[0]["hp"], ref, rtol=1e-6)
+    steps = []
+    pool.score(imgs, "p", ["ict_hp"], lambda f, d: steps.append(f))
+    assert steps[-1] == pytest.approx(1.0) and steps == sorted(steps)
+
+
+def test_compare_with_fake_scorer_validation(tmp_path, make_scenes):
+    pool = fake_pool(["ict", "hp", "ict_hp", "clip"], [])
+    c = Controller(pool, out_dir=tmp_path / "out")
+    imgs = make_scenes(tmp_path / "in", ["a.png", "b.png"])
+    junk = tmp_path / "in" / "junk.png"
+    junk.write_bytes(b"\x00" * 50)
+    r = c.compare([str(p) for p in [*imgs, junk]], "x", ["ict_hp", "clip"])
+    assert r.names == ["a.png", "b.png"] and "junk.png: not an image" in r.status_md
+    with pytest.raises(InputError, match="prompt"):
+        c.compare([str(p) for p in imgs], "  ", ["ict"])
+    with pytest.raises(InputError, match="metric"):
+        c.compare([str(p) for p in imgs], "x", [])
+    with pytest.raises(InputError, match="at least 2"):
+        c.compare([str(imgs[0])], "x", ["ict"])
+
+
+def test_compare_matches_core_scores(tiny_models, tmp_path, make_scenes):
+    pool = ScorerPool(["ict", "hp", "ict_hp", "clip"], tiny_models)
+    c = Controller(pool, out_dir=tmp_path / "out")
+    imgs = make_scenes(tmp_path / "in", [f"s{i}.png" for i in range(4)])
+    prompt = "a red balloon over a field"
+    r = c.compare([str(p) for p in imgs], prompt, ["ict", "hp", "ict_hp", "clip"])
+    ref = load_scorer(tiny_models["ict"], tiny_models["hp"]).score([str(p) for p in imgs], prompt)
+    ref["clip"] = MultiScorer(["clip"], {"clip": tiny_models["clip"]}).score([str(p) for p in imgs], prompt)["clip"]
+    for m in ("ict", "hp", "ict_hp", "clip"):
+        np.testing.assert_allclose(r.scores[m], ref[m].numpy(), rtol=1e-5, atol=1e-6)
+    best = int(torch.argmax(ref["ict_hp"]))
+    assert f"Winner (ICT-HP): {imgs[best].name}" in r.status_md
+    paradox = int(torch.argmax(ref["clip"])) != best
+    assert ("Scoring paradox" in r.status_md) == paradox
+    assert r.cards_html.count('class="icthp-card winner"') == 1
+    csv = pd.read_csv(r.csv_path)
+    assert csv["image"].tolist() == [p.name for p in imgs] and set(csv["prompt"]) == {prompt}
+    np.testing.assert_allclose(csv["ICT-HP"], ref["ict_hp"].numpy(), rtol=1e-6)
+    assert len(pool.loaded()) == 2
+    c.compare([str(p) for p in imgs[:2]], prompt, ["hp"])
+    assert len(pool.loaded()) == 2  # nothing reloaded
+
+
+def test_ab_with_folders_index_and_roots(tiny_models, tmp_path, make_scenes):
+    root = tmp_path / "runs"
+    names = [f"{i:03d}.png" for i in range(5)]
+    a = make_scenes(root / "A", names)
+    b = make_scenes(root / "B", names, offset=3)
+    (root / "B" / "readme.png").write_text("oops")  # not an image: rejected, not fatal
+    idx = tmp_path / "idx.json"
+    prompts = [f"prompt {i}" for i in range(5)]
+    idx.write_text(pd.Series(dict(zip(prompts, names, strict=True))).to_json())
+    pool = ScorerPool(["ict", "hp", "ict_hp"], tiny_models)
+    c = Controller(pool, ab_roots=[root], out_dir=tmp_path / "out")
+    r = c.compare_ab(None, None, "A", str(root / "B"), str(idx), None, ["ict_hp", "hp"], a_name="base", b_name="lora")
+    sc = load_scorer(tiny_models["ict"], tiny_models["hp"])
+    ra, rb = sc.score([str(p) for p in a], prompts), sc.score([str(p) for p in b], prompts)
+    np.testing.assert_allclose(r.frame["base ICT-HP"], ra["ict_hp"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(r.frame["lora HP"], rb["hp"].numpy(), rtol=1e-5)
+    w = win_rate(ra["ict_hp"].numpy(), rb["ict_hp"].numpy())
+    row = r.wins.set_index("metric").loc["ICT-HP"]
+    assert row["A win rate"] == pytest.approx(w.rate) and row["CI high"] == pytest.approx(w.high, abs=1e-5)
+    assert "B/readme.png: not an image" in r.status_md and "5 pair(s)" in r.status_md
+    csv = pd.read_csv(r.csv_path)
+    assert csv["prompt"].tolist() == prompts and "lora ICT-HP" in csv.columns
+    with pytest.raises(InputError, match="outside the allowed roots"):
+        c.compare_ab(None, None, "A", str(tmp_path), str(idx), None, ["hp"])
+    with pytest.raises(InputError, match="disabled"):
+        Controller(pool).compare_ab(None, None, "A", "B", None, "p", ["hp"])
+    # uploads: sidecar prompts, default prompt
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "000.txt").write_text("from sidecar")
+    r2 = c.compare_ab(
+        [*map(str, a[:2]), str(tmp_path / "up" / "000.txt")], [str(p) for p in b[:2]], "", "", None, "shared", ["hp"]
+    )
+    assert r2.frame["prompt"].tolist() == ["from sidecar", "shared"]
+    with pytest.raises(InputError, match="over the limit"):
+        Controller(pool, max_pairs=3).compare_ab([str(p) for p in a], [str(p) for p in b], "", "", None, "p", ["hp"])

@@ -1,0 +1,116 @@
+"""CLI wiring, the generation tab (fake pipeline), HTML escaping and charts."""
+
+from __future__ import annotations
+
+import argparse
+import types
+
+import gradio as gr
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from gradio_app import add_app_arguments, build_app, make_app
+from gradio_app.charts import scores_figure, win_rate_figure
+from gradio_app.cli import _sources
+from gradio_app.controller import Controller
+from gradio_app.generate import Generator, explanation, requirements_missing
+from gradio_app.logic import InputError
+from gradio_app.pool import ScorerPool
+from gradio_app.render import cards_html, pairs_html
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    return add_app_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_cli_arguments_and_sources():
+    a = _parse("--ict", "/m/ict", "--hp", "none", "--source", "pickscore=/m/ps", "--ab-root", "/data")
+    assert _sources(a) == {"ict": "/m/ict", "pickscore": "/m/ps"}
+    assert a.host == "127.0.0.1" and a.max_images == 16 and a.ab_root == ["/data"]
+    with pytest.raises(SystemExit, match="BASELINE=SRC"):
+        _sources(_parse("--source", "ict=/x"))
+    with pytest.raises(SystemExit, match="BASELINE=SRC"):
+        _sources(_parse("--source", "clip"))
+
+
+def test_make_app_builds_blocks_without_loading_models(tmp_path):
+    calls = []
+    args = _parse("--hp", "none", "--metrics", "ict,hp,ict_hp,clip", "--ab-root", str(tmp_path), "--port", "0")
+    demo, launch = make_app(args, factory=lambda *a: calls.append(a))
+    assert isinstance(demo, gr.Blocks) and calls == []  # lazy: nothing loaded at build time
+    assert launch["server_name"] == "127.0.0.1" and launch["max_file_size"] == "20mb"
+    cfg = demo.get_config_file()
+    labels = [c.get("props", {}).get("label") for c in cfg["components"]]
+    assert "Metrics" in labels
+    choices = next(c["props"]["choices"] for c in cfg["components"] if c["props"].get("elem_id") == "cmp-metrics")
+    assert [v for _, v in choices] == ["ict", "clip"]  # --hp none drops hp and ict_hp
+    with pytest.raises(SystemExit, match="--ab-root"):
+        make_app(_parse("--ab-root", str(tmp_path / "missing")), factory=lambda *a: None)
+    with pytest.raises(SystemExit, match="unknown metric"):
+        make_app(_parse("--metrics", "ict,imagereward"), factory=lambda *a: None)
+
+
+def test_generation_requirements_and_explanation(tmp_path):
+    lora = tmp_path / "l.safetensors"
+    lora.write_bytes(b"x")
+    assert requirements_missing("base", str(lora), cuda=True) == []
+    miss = requirements_missing(None, str(tmp_path / "nope.safetensors"), cuda=False)
+    assert len(miss) == 3 and "CUDA" in miss[0] and "not found" in miss[2]
+    assert "--base-model" in explanation(miss)
+
+
+class FakePipe:
+    def __init__(self):
+        self.lora = True
+        self.calls = []
+
+    def enable_lora(self):
+        self.lora = True
+
+    def disable_lora(self):
+        self.lora = False
+
+    def __call__(self, prompt, num_inference_steps, guidance_scale, height, width, generator):
+        seed_draw = int(torch.randint(0, 10**6, (1,), generator=generator))
+        self.calls.append((self.lora, seed_draw, num_inference_steps, height))
+        return types.SimpleNamespace(images=[Image.new("RGB", (width, height), (255 * self.lora, 0, 0))])
+
+
+def test_generator_same_seed_base_then_lora_and_controller(tmp_path):
+    pipe = FakePipe()
+    loads = []
+    gen = Generator("base", "l.safetensors", device="cpu", loader=lambda *a: loads.append(a) or pipe)
+    base, lora = gen.generate("a cat", seed=7, steps=3, size=32)
+    assert [c[0] for c in pipe.calls] == [False, True] and pipe.calls[0][1] == pipe.calls[1][1]
+    assert base.getpixel((0, 0)) == (0, 0, 0) and lora.getpixel((0, 0)) == (255, 0, 0)
+    gen.generate("a dog", seed=8, steps=3, size=32)
+    assert len(loads) == 1 and pipe.lora  # loaded once, LoRA left enabled
+    pool = ScorerPool(
+        ["hp"], factory=lambda m, s, d, t: types.SimpleNamespace(score=lambda i, p: {"hp": torch.tensor([0.1, 0.4])})
+    )
+    c = Controller(pool, generator=gen, out_dir=tmp_path)
+    r = c.generate("a cat", 1, 2, 3.0, 32, ["hp"])
+    assert r.table["HP rank"].tolist() == [2, 1]
+    with pytest.raises(InputError, match="not configured"):
+        Controller(pool).generate("a cat", 1, 2, 3.0, 32, ["hp"])
+
+
+def test_cards_escape_names_and_mark_winner(tmp_path):
+    p = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(p)
+    html = cards_html(["<script>alert(1)</script>.png", "b.png"], [p, p], {"ict_hp": [0.1, 0.2], "clip": [0.3, 0.1]})
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert html.count("icthp-card winner") == 1 and 'data-name="b.png"' in html.split("icthp-card winner")[1][:30]
+    assert html.count("data:image/jpeg;base64,") == 2
+    ph = pairs_html(["<b>p</b>"] * 3, [p] * 3, [p] * 3, {"hp": [1, 2, 3]}, {"hp": [0, 5, 3]}, limit=2)
+    assert "&lt;b&gt;p&lt;/b&gt;" in ph and "1 more pair" in ph and ph.count("<b>HP") == 2
+
+
+def test_charts_have_one_panel_per_metric():
+    fig = scores_figure(["a", "b", "c"], {"ict": [0.1, 0.3, 0.2], "clip": [-0.3, -0.2, float("nan")]})
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["ICT", "CLIP"]
+    t = pd.DataFrame({"metric": ["ICT"], "A win rate": [0.6], "CI low": [0.4], "CI high": [0.8]})
+    assert win_rate_figure(t).axes[0].get_xlim() == (0.0, 1.0)
+    assert build_app is not None

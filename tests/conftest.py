@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny ICT/HP checkpoints in the published layouts and a folder of test images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))  # for `reference`
+
+
+@pytest.fixture(scope="session")
+def tiny_ict(tmp_path_factory) -> Path:
+    from icthp_core.testing import save_tiny_ict
+
+    return save_tiny_ict(tmp_path_factory.mktemp("models") / "ICT", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hp(tmp_path_factory) -> Path:
+    from icthp_core.testing import save_tiny_hp
+
+    return save_tiny_hp(tmp_path_factory.mktemp("models") / "HP", seed=1)
+
+
+def make_image(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A smooth random RGB image (w, h) with structure at several scales."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    small = rng.integers(0, 256, (max(h // 16, 2), max(w // 16, 2), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-20, 21, (h, w, 3))
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    """Five images of different sizes/aspects/formats (incl. grayscale and RGBA)."""
+    d = tmp_path_factory.mktemp("images")
+    sizes = [(224, 224), (320, 240), (200, 500), (1024, 768), (97, 131)]
+    for i, s in enumerate(sizes):
+        img = make_image(i, s)
+        if i == 3:
+            img.save(d / f"img{i}.jpg", quality=92)
+        elif i == 4:
+            img.convert("L").save(d / f"img{i}.png")
+        else:
+            img.save(d / f"img{i}.png")
+    make_image(9, (150, 150)).convert("RGBA").save(d / "img5_rgba.png")
+    return d
