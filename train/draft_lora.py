@@ -183,7 +183,20 @@ def load_pipeline(base_model: str, dtype: torch.dtype):
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) training; returns the path of the final LoRA file."""
+    """Run (or resume) training; returns the path of the final LoRA file.
+
+    accelerate's process-wide state is reset afterwards, so several runs (with different precisions) can share
+    one Python process (tests, notebooks).
+    """
+    from accelerate.state import AcceleratorState
+
+    try:
+        return _train(cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _train(cfg: TrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -304,6 +317,7 @@ def train(cfg: TrainConfig) -> Path:
         rng = random.Random(cfg.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
         gen = torch.Generator().manual_seed(rng.randrange(2**63))
         t0 = time.time()
+        micro: list[tuple[float, float, float | None]] = []
         for _ in range(cfg.gradient_accumulation_steps):
             batch = [rng.choice(prompts) for _ in range(cfg.batch_size)]
             cond = cond_all.select([index[p] for p in batch])
@@ -317,10 +331,13 @@ def train(cfg: TrainConfig) -> Path:
                                                         else math.inf)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            micro.append((res.rewards.float().mean().item(), res.loss.item(),
+                          None if res.kl is None else res.kl.item()))
         step += 1
-        window.append({"reward": res.rewards.float().mean().item(), "loss": res.loss.item(),
+        window.append({"reward": sum(m[0] for m in micro) / len(micro), "loss": sum(m[1] for m in micro) / len(micro),
                        "grad_norm": float(gnorm) if gnorm is not None else float("nan"),
-                       "kl": None if res.kl is None else res.kl.item(), "sec": time.time() - t0})
+                       "kl": None if micro[0][2] is None else sum(m[2] for m in micro) / len(micro),
+                       "sec": time.time() - t0})
         if step % cfg.log_every == 0 or step == cfg.iterations:
             row = {"step": step, **{k: sum(w[k] for w in window) / len(window)
                                     for k in ("reward", "loss", "grad_norm", "sec")}}

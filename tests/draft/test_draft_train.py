@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -97,3 +98,22 @@ def test_weighted_reward_spec(tiny_rewards):
     r.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(not p.requires_grad for m in s.models.values() for p in m.parameters())
+
+
+@pytest.mark.parametrize("kw", [dict(mixed_precision="bf16"),
+                                dict(variant="draft_lv", lv_copies=2, kl_weight=0.1, reward_hinge=0.5),
+                                dict(variant="refl", gradient_accumulation_steps=2, reward="ict:1,hp:0.5")])
+def test_trainer_variants_run(kw, tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
+    final = train(_cfg(tiny_pipeline_dirs["flux"], prompt_file, tiny_rewards, tmp_path, iterations=2, log_every=1,
+                       sample_every=0, learning_rate=1e-3, **kw))
+    rows = [r for r in _log(tmp_path) if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+    assert ("kl" in rows[0]) == ("kl_weight" in kw)
+    sd = load_file(final)
+    assert all(v.dtype == torch.float32 for v in sd.values())
+    from icthp_core.lora import read_lora_metadata
+
+    meta = read_lora_metadata(final)
+    assert meta["icthp.variant"] == kw.get("variant", "draft") and meta["icthp.base_arch"] == "flux"
+    assert meta["icthp.reward"] == kw.get("reward", "ict_hp") and meta["icthp.steps"] == "4"
