@@ -218,6 +218,8 @@ def _train(cfg: TrainConfig) -> Path:
     pipe = load_pipeline(cfg.base_model, wdtype)
     arch = detect_arch(pipe.transformer)
     cfg = cfg.resolve(arch)
+    if arch == "flux" and cfg.max_sequence_length is None and not pipe.transformer.config.guidance_embeds:
+        cfg = dataclasses.replace(cfg, max_sequence_length=256)  # FLUX.1-schnell's T5 length
     dcfg = DraftConfig(num_steps=cfg.num_steps, k=cfg.k, variant=cfg.variant, height=cfg.resolution,
                        width=cfg.resolution, refl_range=tuple(cfg.refl_range), lv_copies=cfg.lv_copies,
                        kl_weight=cfg.kl_weight, reward_hinge=cfg.reward_hinge)
@@ -243,8 +245,10 @@ def _train(cfg: TrainConfig) -> Path:
                              dtype=cfg.reward_dtype or ("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision))
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    model.transformer, opt = accelerator.prepare(model.transformer, opt)
-    transformer = accelerator.unwrap_model(model.transformer)
+    # The transformer is not wrapped in DDP (it runs several forwards per backward, some without graph): the
+    # LoRA gradients are averaged across processes by hand before each optimizer step.
+    opt = accelerator.prepare(opt)
+    transformer = model.transformer
 
     # --- resume
     step, start = 0, time.time()
@@ -322,11 +326,16 @@ def _train(cfg: TrainConfig) -> Path:
             batch = [rng.choice(prompts) for _ in range(cfg.batch_size)]
             cond = cond_all.select([index[p] for p in batch])
             noise = model.noise(cfg.batch_size, cfg.resolution, cfg.resolution, gen).to(device)
-            with accelerator.accumulate(model.transformer), accelerator.autocast():
+            with accelerator.accumulate(), accelerator.autocast():
                 res = draft_step(model, reward_fn, batch, cond, noise, dcfg, rng=rng, generator=gen)
                 accelerator.backward(res.loss)
                 gnorm = None
                 if accelerator.sync_gradients:
+                    if accelerator.num_processes > 1:
+                        for p in params:
+                            if p.grad is None:
+                                p.grad = torch.zeros_like(p)
+                            p.grad = accelerator.reduce(p.grad, reduction="mean")
                     gnorm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0
                                                         else math.inf)
                 opt.step()
