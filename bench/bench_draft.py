@@ -63,31 +63,34 @@ def _randomize(module: torch.nn.Module, std: float = 0.02) -> None:
                     t.normal_(0, std)
 
 
-def build_real(arch: str, device, dtype):
-    """(FlowModel, TextConditioning factory, reward_fn) at the published sizes, random weights."""
+def build_real(arch: str, device, dtype, transformer_cfg: dict | None = None, vae_cfg: dict | None = None,
+               clip_cfg: dict | None = None, text: tuple[int, int, int] | None = None):
+    """(FlowModel, TextConditioning factory, reward_fn) at the published sizes (or the given configs), random
+    weights."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 
     from icthp_core.draft import FlowModel, TextConditioning
 
     with _default(device, dtype):
-        tr = SD3Transformer2DModel(**SD35_LARGE) if arch == "sd3" else FluxTransformer2DModel(**FLUX1)
-        vae = AutoencoderKL(**VAE16, scaling_factor=1.5305 if arch == "sd3" else 0.3611,
+        tcfg = transformer_cfg or (SD35_LARGE if arch == "sd3" else FLUX1)
+        tr = SD3Transformer2DModel(**tcfg) if arch == "sd3" else FluxTransformer2DModel(**tcfg)
+        vae = AutoencoderKL(**(vae_cfg or VAE16), scaling_factor=1.5305 if arch == "sd3" else 0.3611,
                             shift_factor=0.0609 if arch == "sd3" else 0.1159)
     tr.eval()
     vae.eval()
     model = FlowModel(tr, vae, {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
                                 **SCHED[arch]})
-    t, d, p = TEXT[arch]
+    t, d, p = text or TEXT[arch]
 
     def cond(b):
         ids = torch.zeros(t, 3, device=device) if arch == "flux" else None
         return TextConditioning(torch.randn(b, t, d, device=device, dtype=dtype) * 0.1,
                                 torch.randn(b, p, device=device, dtype=dtype) * 0.1, ids)
 
-    return model, cond, real_reward(device, dtype)
+    return model, cond, real_reward(device, dtype, clip_cfg)
 
 
-def real_reward(device, dtype):
+def real_reward(device, dtype, clip_cfg: dict | None = None):
     """ICT-HP with two CLIP ViT-H/14 towers (ICT full CLIP, HP vision tower + head), random weights."""
     from icthp_core.config import VIT_H_14
     from icthp_core.draft import weighted_reward
@@ -95,12 +98,13 @@ def real_reward(device, dtype):
     from icthp_core.models import HPHead, HPModel, ICTModel
     from icthp_core.scorer import MultiScorer
 
-    clip = build_clip(VIT_H_14).to_empty(device=device)
-    visual = build_clip(VIT_H_14, vision_only=True).to_empty(device=device)
+    cfg = clip_cfg or VIT_H_14
+    clip = build_clip(cfg).to_empty(device=device)
+    visual = build_clip(cfg, vision_only=True).to_empty(device=device)
     for m in (clip, visual):
         _randomize(m)
     with torch.device(device):
-        head = HPHead()
+        head = HPHead((cfg["projection_dim"], 1024, 128, 64, 16, 1))
     models = {"ict": ICTModel(clip.to(dtype)), "hp": HPModel(visual.to(dtype), head.to(dtype))}
     for m in models.values():
         m.eval().requires_grad_(False)
