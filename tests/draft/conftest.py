@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from draft_common import PROMPTS
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -65,9 +66,6 @@ def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("pipes")
     return {a: save_tiny_pipeline(a, root / a) for a in ("sd3", "flux")}
-
-
-PROMPTS = ["a photo of a cat", "a red car", "a blue house", "a dog on grass"]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import PROMPTS
+from draft_common import PROMPTS
 
 from icthp_core.draft import DraftConfig, FlowModel, draft_step, encode_prompts, reward_loss, sample
 from icthp_core.lora import add_lora

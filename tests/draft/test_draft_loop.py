@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS
+from draft_common import PROMPTS
 
 from icthp_core.draft import FlowModel, encode_prompts, generate, latent_image_ids, pack_latents, unpack_latents
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS
+from draft_common import PROMPTS
 from safetensors import safe_open
 
 from icthp_core.diffusion_testing import tiny_flux_pipeline, tiny_sd3_pipeline
