@@ -133,6 +133,7 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
 
     cfg = DraftConfig(num_steps=steps, k=k, height=size, width=size)
     cuda = torch.device(device).type == "cuda"
+    amp = next(model.transformer.parameters()).dtype
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -144,7 +145,8 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         noise = model.noise(batch, size, size, gen).to(device)
-        res = draft_step(model, reward_fn, ["a photo of a cat"] * batch, cond_fn(batch), noise, cfg, rng=rng)
+        with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp != torch.float32):  # as the trainer
+            res = draft_step(model, reward_fn, ["a photo of a cat"] * batch, cond_fn(batch), noise, cfg, rng=rng)
         res.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -56,8 +56,9 @@ def test_example_configs_parse(name):
     assert (cfg.num_steps, cfg.k) in ((8, 3), (4, 1))
 
 
-@pytest.mark.parametrize("arch", ["sd3", "flux"])
-def test_bench_real_path_with_small_configs(arch):
+@pytest.mark.parametrize(("arch", "dtype_name"), [("sd3", "float32"), ("flux", "float32"), ("sd3", "bfloat16"),
+                                                  ("flux", "bfloat16")])
+def test_bench_real_path_with_small_configs(arch, dtype_name):
     """The GPU code path of the benchmark (meta-free random init, real-size reward construction) on small configs."""
     import torch
 
@@ -65,13 +66,14 @@ def test_bench_real_path_with_small_configs(arch):
     from icthp_core.testing import tiny_clip_config
 
     bench = _load("bench/bench_draft.py")
+    dtype = getattr(torch, dtype_name)
     tcfg = (dict(bench.SD35_LARGE, num_layers=1, num_attention_heads=2, caption_projection_dim=128,
                  joint_attention_dim=32, pooled_projection_dim=16, pos_embed_max_size=16)
             if arch == "sd3" else dict(bench.FLUX1, num_layers=1, num_single_layers=1, num_attention_heads=1,
                                         joint_attention_dim=32, pooled_projection_dim=16))
     vcfg = dict(bench.VAE16, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                 up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4)
-    model, cond_fn, reward = bench.build_real(arch, "cpu", torch.float32, tcfg, vcfg, tiny_clip_config(),
+    model, cond_fn, reward = bench.build_real(arch, "cpu", dtype, tcfg, vcfg, tiny_clip_config(),
                                               text=(8, 32, 16))
     params = add_lora(model.transformer, 2)
     opt = torch.optim.AdamW(params, lr=1e-3)

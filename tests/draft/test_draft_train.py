@@ -54,6 +54,12 @@ def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_r
     assert [r["step"] for r in _log(part) if "reward" in r] == [2, 4]
 
 
+def test_sd3_cfg_training_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
+    final = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path, iterations=1, num_steps=2,
+                       k=1, guidance_scale=3.0, sample_every=1, learning_rate=1e-3))
+    assert final.is_file() and [r["step"] for r in _log(tmp_path) if "eval_reward" in r] == [0, 1]
+
+
 def test_parse_config_yaml_and_overrides(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("prompts: p.txt\nreward: 'ict:1,hp:0.5'\nrank: 8\nreward_sources: {ict: /x}\n"
@@ -76,9 +82,14 @@ def test_load_prompts_formats(tmp_path):
     assert load_prompts(tmp_path / "a.txt") == ["one", "two"]
     assert load_prompts(tmp_path / "b.jsonl") == ["x", "y"]
     assert load_prompts(tmp_path / "c.tsv") == ["hello"]
-    (tmp_path / "d.pkl").write_bytes(b"")
+    import pandas as pd
+
+    pd.DataFrame({"easy_prompt": ["easy one"], "refine_prompt": ["a refined, detailed one"]}).to_pickle(
+        tmp_path / "d.pkl")
     with pytest.raises(ValueError, match="allow_pickle"):
         load_prompts(tmp_path / "d.pkl")
+    assert load_prompts(tmp_path / "d.pkl", allow_pickle=True) == ["easy one"]
+    assert load_prompts(tmp_path / "d.pkl", "refine_prompt", allow_pickle=True) == ["a refined, detailed one"]
     with pytest.raises(KeyError, match="nope"):
         load_prompts(tmp_path / "b.jsonl", column="nope")
 
