@@ -71,7 +71,10 @@ def encode_prompts(pipe, prompts: Sequence[str], max_sequence_length: int | None
 
     `negative=True` (SD3 only) also stores the empty-prompt embeddings for classifier-free guidance.
     """
-    arch = detect_arch(pipe.transformer)
+    name = type(pipe).__name__
+    arch = "sd3" if name.startswith("StableDiffusion3") else "flux" if name.startswith("Flux") else None
+    if arch is None:
+        raise ValueError(f"encode_prompts: {name} is not an SD3 or FLUX pipeline")
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i:i + batch_size])
@@ -87,6 +90,77 @@ def encode_prompts(pipe, prompts: Sequence[str], max_sequence_length: int | None
             pe, pp, ids = pipe.encode_prompt(chunk, chunk, **kw)
             out.append(TextConditioning(pe.cpu(), pp.cpu(), ids.cpu()))
     return TextConditioning.cat(out)
+
+
+_COND_FIELDS = ("prompt_embeds", "pooled", "negative_prompt_embeds", "negative_pooled")
+
+
+def save_conditioning_cache(chunks, n: int, cache_dir, key: str) -> TextConditioning:
+    """Write TextConditioning chunks (an iterable, `n` rows in all) into memory-mapped files in `cache_dir`
+    (one `<field>.bin` per tensor, `meta.json` with shapes and `key`); returns the memory-mapped conditioning."""
+    import json
+    from pathlib import Path
+
+    d = Path(cache_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "meta.json").unlink(missing_ok=True)  # invalid until complete
+    maps: dict[str, Tensor] = {}
+    meta: dict = {"key": key, "n": n, "fields": {}}
+    row = 0
+    text_ids = None
+    for c in chunks:
+        for f in _COND_FIELDS:
+            t = getattr(c, f)
+            if t is None:
+                continue
+            if f not in maps:
+                shape = (n, *t.shape[1:])
+                (d / f"{f}.bin").unlink(missing_ok=True)
+                maps[f] = torch.from_file(str(d / f"{f}.bin"), shared=True, size=math.prod(shape),
+                                          dtype=t.dtype).view(shape)
+                meta["fields"][f] = {"shape": list(shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            maps[f][row:row + len(c)] = t
+        if c.text_ids is not None:
+            text_ids = c.text_ids
+        row += len(c)
+    if row != n:
+        raise ValueError(f"expected {n} rows of embeddings, got {row}")
+    if text_ids is not None:
+        torch.save(text_ids, d / "text_ids.pt")
+    del maps
+    (d / "meta.json").write_text(json.dumps(meta))
+    out = load_conditioning_cache(d, key)
+    assert out is not None
+    return out
+
+
+def load_conditioning_cache(cache_dir, key: str) -> TextConditioning | None:
+    """The memory-mapped conditioning in `cache_dir` if it was written with the same `key`, else None."""
+    import json
+    from pathlib import Path
+
+    d = Path(cache_dir)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if meta.get("key") != key:
+        return None
+    tensors = {}
+    for f, info in meta["fields"].items():
+        shape = tuple(info["shape"])
+        tensors[f] = torch.from_file(str(d / f"{f}.bin"), shared=False, size=math.prod(shape),
+                                     dtype=getattr(torch, info["dtype"])).view(shape)
+    ids = torch.load(d / "text_ids.pt", weights_only=True) if (d / "text_ids.pt").is_file() else None
+    return TextConditioning(tensors["prompt_embeds"], tensors["pooled"], ids, tensors.get("negative_prompt_embeds"),
+                            tensors.get("negative_pooled"))
+
+
+def iter_encode_prompts(pipe, prompts: Sequence[str], max_sequence_length: int | None = None,
+                        negative: bool = False, batch_size: int = 16):
+    """`encode_prompts` chunk by chunk (for `save_conditioning_cache`)."""
+    for i in range(0, len(prompts), batch_size):
+        yield encode_prompts(pipe, prompts[i:i + batch_size], max_sequence_length, negative, batch_size)
 
 
 def pack_latents(x: Tensor) -> Tensor:

@@ -50,7 +50,8 @@ class TrainConfig:
     lv_copies: int = 2
     kl_weight: float = 0.0
     reward_hinge: float | None = None
-    max_sequence_length: int | None = None
+    max_sequence_length: int | None = None  # T5 tokens; default SD3 256, FLUX-schnell 256, FLUX-dev 512
+    text_cache: bool = True  # embeddings memory-mapped in output_dir/text_cache, reused on resume
     rank: int = 16
     lora_alpha: float | None = None  # default = rank
     learning_rate: float = 5e-6
@@ -172,14 +173,77 @@ def _checkpoints(out: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- training
 
-def load_pipeline(base_model: str, dtype: torch.dtype):
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+def pipeline_info(base_model: str) -> tuple[str, bool]:
+    """(arch, guidance_embeds) of a diffusers pipeline from its configs only (nothing big is loaded)."""
+    from diffusers import DiffusionPipeline, FluxTransformer2DModel
+
+    name = DiffusionPipeline.load_config(base_model)["_class_name"]
+    if name.startswith("StableDiffusion3"):
+        return "sd3", False
+    if name.startswith("Flux"):
+        tcfg = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
+        return "flux", bool(tcfg.get("guidance_embeds", False))
+    raise ValueError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
+
+
+def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denoiser: bool = True):
+    """The pipeline with frozen eval components; `text=False` skips the text encoders, `denoiser=False` the
+    transformer and VAE."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(base_model, dtype=dtype)
+    index = DiffusionPipeline.load_config(base_model)
+    kwargs = {k: None for k in TEXT_COMPONENTS if k in index and not text}
+    kwargs.update({k: None for k in ("transformer", "vae") if not denoiser})
+
+    pipe = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **kwargs)
     for c in pipe.components.values():
         if isinstance(c, torch.nn.Module):
             c.eval().requires_grad_(False)
     return pipe
+
+
+def text_conditioning(cfg: TrainConfig, prompts: list[str], negative: bool, dtype: torch.dtype, accelerator):
+    """Embeddings of `prompts`: from `output_dir/text_cache` when it matches (memory-mapped; the text encoders are
+    then never loaded), else encoded by the main process (written to the cache when `text_cache`)."""
+    import hashlib
+
+    from icthp_core.draft import encode_prompts, iter_encode_prompts, load_conditioning_cache, save_conditioning_cache
+
+    key = hashlib.sha256(json.dumps({"base": cfg.base_model, "prompts": prompts, "msl": cfg.max_sequence_length,
+                                     "negative": negative, "dtype": str(dtype)}).encode()).hexdigest()
+    cache = Path(cfg.output_dir) / "text_cache"
+    cond = load_conditioning_cache(cache, key) if cfg.text_cache else None
+    if cond is not None:
+        return cond
+
+    def encoder():
+        pipe = load_pipeline(cfg.base_model, dtype, denoiser=False)
+        for name in TEXT_COMPONENTS[:3]:
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(accelerator.device)
+        return pipe
+
+    if not cfg.text_cache:
+        pipe = encoder()
+        cond = encode_prompts(pipe, prompts, cfg.max_sequence_length, negative=negative)
+    else:
+        pipe = None
+        if accelerator.is_main_process:
+            pipe = encoder()
+            save_conditioning_cache(iter_encode_prompts(pipe, prompts, cfg.max_sequence_length, negative),
+                                    len(prompts), cache, key)
+        accelerator.wait_for_everyone()
+        cond = load_conditioning_cache(cache, key)
+        if cond is None:
+            raise RuntimeError(f"{cache}: the text-embedding cache was not written")
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return cond
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -200,7 +264,7 @@ def _train(cfg: TrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from icthp_core.draft import DraftConfig, FlowModel, build_reward, draft_step, encode_prompts, generate
+    from icthp_core.draft import DraftConfig, FlowModel, build_reward, draft_step, generate
     from icthp_core.lora import add_lora, detect_arch, save_lora
     from icthp_core.prompts import load_prompts
 
@@ -214,27 +278,23 @@ def _train(cfg: TrainConfig) -> Path:
     prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.allow_pickle)
     sample_prompts = cfg.sample_prompts or prompts[:4]
 
-    # --- model, text embeddings (encoders freed afterwards)
-    pipe = load_pipeline(cfg.base_model, wdtype)
-    arch = detect_arch(pipe.transformer)
+    # --- text embeddings first (text encoders loaded only for this, then freed), then the denoiser
+    arch, guidance_embeds = pipeline_info(cfg.base_model)
     cfg = cfg.resolve(arch)
-    if arch == "flux" and cfg.max_sequence_length is None and not pipe.transformer.config.guidance_embeds:
+    if arch == "flux" and cfg.max_sequence_length is None and not guidance_embeds:
         cfg = dataclasses.replace(cfg, max_sequence_length=256)  # FLUX.1-schnell's T5 length
     dcfg = DraftConfig(num_steps=cfg.num_steps, k=cfg.k, variant=cfg.variant, height=cfg.resolution,
                        width=cfg.resolution, refl_range=tuple(cfg.refl_range), lv_copies=cfg.lv_copies,
                        kl_weight=cfg.kl_weight, reward_hinge=cfg.reward_hinge)
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-        if getattr(pipe, name, None) is not None:
-            getattr(pipe, name).to(device)
     neg = arch == "sd3" and cfg.guidance_scale > 1
     all_prompts = list(dict.fromkeys(prompts + sample_prompts))
-    cond_all = encode_prompts(pipe, all_prompts, cfg.max_sequence_length, negative=neg)
     index = {p: i for i, p in enumerate(all_prompts)}
+    cond_all = text_conditioning(cfg, all_prompts, neg, wdtype, accelerator)
+    pipe = load_pipeline(cfg.base_model, wdtype, text=False)
+    if detect_arch(pipe.transformer) != arch:
+        raise ValueError(f"{cfg.base_model}: pipeline class and transformer disagree")
     model = FlowModel.from_pipeline(pipe, cfg.guidance_scale)
     del pipe
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     model.vae.to(device)
     model.transformer.to(device)
     params = add_lora(model.transformer, cfg.rank, cfg.lora_alpha)

@@ -41,12 +41,18 @@ def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_
     assert (cfg["num_steps"], cfg["k"]) == ((8, 3) if arch == "sd3" else (4, 1))  # paper defaults
 
 
-def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
+def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path, monkeypatch):
+    import train.draft_lora as mod
+
     kw = dict(sample_every=0, num_steps=4, k=2)
     full = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path / "a", iterations=4, **kw))
     part = tmp_path / "b"
     train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, iterations=2, **kw))
+    calls = []
+    real = mod.load_pipeline
+    monkeypatch.setattr(mod, "load_pipeline", lambda *a, **k: calls.append(k) or real(*a, **k))
     resumed = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, iterations=4, **kw))
+    assert calls == [{"text": False}]  # text embeddings came from the cache: no text encoder loaded
     a, b = load_file(full), load_file(resumed)
     assert a.keys() == b.keys()
     for k in a:
@@ -128,3 +134,17 @@ def test_trainer_variants_run(kw, tiny_pipeline_dirs, prompt_file, tiny_rewards,
     meta = read_lora_metadata(final)
     assert meta["icthp.variant"] == kw.get("variant", "draft") and meta["icthp.base_arch"] == "flux"
     assert meta["icthp.reward"] == kw.get("reward", "ict_hp") and meta["icthp.steps"] == "4"
+
+
+def test_conditioning_cache_roundtrip(sd3_pipe, tmp_path):
+    from icthp_core.draft import encode_prompts, iter_encode_prompts, load_conditioning_cache, save_conditioning_cache
+
+    prompts = ["a cat", "a dog", "a red car", "a blue house", "grass"]
+    ref = encode_prompts(sd3_pipe, prompts, 16, negative=True)
+    got = save_conditioning_cache(iter_encode_prompts(sd3_pipe, prompts, 16, True, batch_size=2), 5, tmp_path, "k1")
+    for f in ("prompt_embeds", "pooled", "negative_prompt_embeds", "negative_pooled"):
+        torch.testing.assert_close(getattr(got, f), getattr(ref, f), rtol=1e-5, atol=1e-5)  # batch 2 vs 5
+    again = load_conditioning_cache(tmp_path, "k1")
+    assert torch.equal(again.select([4, 1]).prompt_embeds, got.prompt_embeds[[4, 1]])
+    assert load_conditioning_cache(tmp_path, "other") is None
+    assert load_conditioning_cache(tmp_path / "missing", "k1") is None
