@@ -88,3 +88,43 @@ def test_instantstyle_scales():
                                                            "up": {"block_0": [0.0, 0.5, 0.0]}}
     with pytest.raises(ValueError, match="mode"):
         instantstyle_scale("composition-ish")
+
+
+def test_ip_adapter_end_to_end_with_hp_encoder(tiny_rewards, tmp_path):
+    """A (random) IP-Adapter loaded with `load_ip_adapter(..., image_encoder_folder=None)` runs on the HP image
+    tower, with InstantStyle-like block scales restricting it to one up block."""
+    from safetensors.torch import save_file
+
+    pipe = tiny_sd2_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    set_ip_adapter_image_encoder(pipe, tiny_rewards["hp"])
+    embed_dim = pipe.image_encoder.config.projection_dim
+    cross = pipe.unet.config.cross_attention_dim
+    g = torch.Generator().manual_seed(0)
+    sd = {"image_proj.proj.weight": torch.randn(4 * cross, embed_dim, generator=g) * 0.2,
+          "image_proj.proj.bias": torch.zeros(4 * cross), "image_proj.norm.weight": torch.ones(cross),
+          "image_proj.norm.bias": torch.zeros(cross)}
+    key = 1
+    for name in pipe.unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            blk = name.split(".")[0]
+            idx = int(name.split(".")[1]) if blk != "mid_block" else -1
+            chans = pipe.unet.config.block_out_channels
+            hidden = chans[-1] if idx < 0 else (chans[idx] if blk == "down_blocks" else chans[::-1][idx])
+            sd[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=g) * 0.2
+            sd[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=g) * 0.2
+            key += 2
+    save_file(sd, tmp_path / "ip.safetensors")
+    pipe.load_ip_adapter(str(tmp_path), subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
+    assert pipe.image_encoder is not None  # our tower was kept
+    img = Image.fromarray((np.random.default_rng(1).random((48, 48, 3)) * 255).astype("uint8"))
+
+    def run(scale):
+        pipe.set_ip_adapter_scale(scale)
+        return pipe("a cat", ip_adapter_image=img, num_inference_steps=2, height=32, width=32, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    off = run(0.0)
+    style_only = run({"up": {"block_0": [0.0, 1.0]}})
+    full = run(1.0)
+    assert (style_only - off).abs().max() > 1e-4 and (full - style_only).abs().max() > 1e-4
