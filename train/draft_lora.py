@@ -424,6 +424,10 @@ def _train(cfg: TrainConfig) -> Path:
         if accelerator.is_main_process and log_path.exists() and step % cfg.log_every == 0:
             plot_rewards(log_path, out / "reward_curve.png")
 
+    if accelerator.num_processes > 1:  # the replicas must have stayed identical (gradients all-reduced)
+        sums = accelerator.gather(torch.stack([p.detach().double().sum() for p in params]).unsqueeze(0))
+        if not torch.equal(sums, sums[:1].expand_as(sums)):
+            raise RuntimeError("LoRA replicas diverged across processes")
     checkpoint(step)
     final = out / "pytorch_lora_weights.safetensors"
     if accelerator.is_main_process:
