@@ -157,9 +157,14 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_fil
     import sys
     from pathlib import Path
 
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "train.draft_lora", "--base_model", str(tiny_pipeline_dirs["flux"]), "--prompts", str(prompt_file),
            "--reward", "ict_hp", "--reward_sources", json.dumps(tiny_rewards), "--output_dir", str(out),
            "--resolution", "32", "--iterations", "2", "--mixed_precision", "no", "--log_every", "1",
