@@ -153,11 +153,10 @@ def test_conditioning_cache_roundtrip(sd3_pipe, tmp_path):
 def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     """torchrun with 2 CPU processes (gloo): LoRA gradients are all-reduced, replicas checked equal at the end."""
     import os
+    import socket
     import subprocess
     import sys
     from pathlib import Path
-
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
