@@ -300,7 +300,7 @@ class DraftConfig:
     num_steps: int = 8
     k: int = 3
     variant: str = "draft"
-    height: int = 1024
+    height: int = 1024  # image size callers draw noise for (`FlowModel.noise`); `sample` follows the noise
     width: int = 1024
     refl_range: tuple[float, float] = (0.75, 1.0)  # ReFL: step index drawn from [lo·N, hi·N) ∩ [0, N)
     lv_copies: int = 2
