@@ -51,16 +51,20 @@ def _default(device, dtype):
         torch.set_default_dtype(old)
 
 
-def _randomize(module: torch.nn.Module, std: float = 0.02) -> None:
-    with torch.no_grad():
-        for n, t in module.state_dict().items():
-            if t.is_floating_point():
-                if n.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_post.weight", "ln_final.weight")):
-                    t.fill_(1.0)
-                elif n.endswith("bias"):
-                    t.zero_()
-                else:
-                    t.normal_(0, std)
+def _random_state_dict(meta_model: torch.nn.Module, device) -> dict[str, torch.Tensor]:
+    """Random weights (LayerNorm scales 1, biases 0, the rest N(0, 0.02²)) for every key of a meta-device model."""
+    sd = {}
+    for n, t in meta_model.state_dict().items():
+        x = torch.empty(t.shape, device=device, dtype=torch.float32)
+        if n.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
+                       "ln_final.weight")):
+            x.fill_(1.0)
+        elif n.endswith("bias"):
+            x.zero_()
+        else:
+            x.normal_(0, 0.02)
+        sd[n] = x
+    return sd
 
 
 def build_real(arch: str, device, dtype, transformer_cfg: dict | None = None, vae_cfg: dict | None = None,
@@ -76,8 +80,8 @@ def build_real(arch: str, device, dtype, transformer_cfg: dict | None = None, va
         tr = SD3Transformer2DModel(**tcfg) if arch == "sd3" else FluxTransformer2DModel(**tcfg)
         vae = AutoencoderKL(**(vae_cfg or VAE16), scaling_factor=1.5305 if arch == "sd3" else 0.3611,
                             shift_factor=0.0609 if arch == "sd3" else 0.1159)
-    tr.eval()
-    vae.eval()
+    tr.to(device).eval()  # buffers made outside the default-device context too
+    vae.to(device).eval()
     model = FlowModel(tr, vae, {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
                                 **SCHED[arch]})
     t, d, p = text or TEXT[arch]
@@ -94,15 +98,14 @@ def real_reward(device, dtype, clip_cfg: dict | None = None):
     """ICT-HP with two CLIP ViT-H/14 towers (ICT full CLIP, HP vision tower + head), random weights."""
     from icthp_core.config import VIT_H_14
     from icthp_core.draft import weighted_reward
-    from icthp_core.loading import build_clip
+    from icthp_core.loading import build_clip, load_into
     from icthp_core.models import HPHead, HPModel, ICTModel
     from icthp_core.scorer import MultiScorer
 
     cfg = clip_cfg or VIT_H_14
-    clip = build_clip(cfg).to_empty(device=device)
-    visual = build_clip(cfg, vision_only=True).to_empty(device=device)
-    for m in (clip, visual):
-        _randomize(m)
+    clip, visual = build_clip(cfg), build_clip(cfg, vision_only=True)  # meta device, as the core loads them
+    load_into(clip, _random_state_dict(clip, device), "<random ICT>")
+    load_into(visual, _random_state_dict(visual, device), "<random HP backbone>")
     with torch.device(device):
         head = HPHead((cfg["projection_dim"], 1024, 128, 64, 16, 1))
     models = {"ict": ICTModel(clip.to(dtype)), "hp": HPModel(visual.to(dtype), head.to(dtype))}

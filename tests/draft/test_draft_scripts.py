@@ -75,6 +75,8 @@ def test_bench_real_path_with_small_configs(arch, dtype_name):
                 up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4)
     model, cond_fn, reward = bench.build_real(arch, "cpu", dtype, tcfg, vcfg, tiny_clip_config(),
                                               text=(8, 32, 16))
+    r = reward(torch.rand(2, 3, 40, 40), ["a cat", "a dog"])
+    assert r.shape == (2,) and torch.isfinite(r).all() and r[0] != r[1]  # all buffers initialised
     params = add_lora(model.transformer, 2)
     opt = torch.optim.AdamW(params, lr=1e-3)
     sec, peak = bench.run_config(model, cond_fn, reward, params, opt, 32, 1, 1, 2, 1, 0, "cpu")
