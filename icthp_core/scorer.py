@@ -56,6 +56,17 @@ class MultiScorer:
         self._text_cache: dict[str, OrderedDict[str, torch.Tensor]] = {m: OrderedDict() for m in self.models}
         self._text_cache_size = text_cache_size
 
+    def to(self, device: str | torch.device) -> MultiScorer:
+        """Move every model to `device` (a no-op for weights already there) and drop cached text features."""
+        device = parse_device(device)
+        for model in self.models.values():
+            model.to(device)
+        if device != self.device:
+            for cache in self._text_cache.values():
+                cache.clear()
+        self.device = device
+        return self
+
     @property
     def needs_prompt(self) -> bool:
         return any(getattr(m, "needs_prompt", False) for m in self.models.values())

@@ -1,0 +1,106 @@
+"""Model folders and sources for the ICT-HP nodes (ComfyUI's ``models/icthp/`` and ``models/loras/``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+FOLDER = "icthp"
+ICT_HUB = "8y/ICT"
+HP_HUB = "8y/HP"
+_ICT_FILES = ("pytorch_model.bin", "model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def register_model_folder() -> None:
+    """Register ``<ComfyUI models>/icthp`` (idempotent; extra paths from extra_model_paths.yaml are kept)."""
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+
+
+def _roots() -> list[Path]:
+    register_model_folder()
+    return [Path(p) for p in folder_paths.get_folder_paths(FOLDER)]
+
+
+def is_ict_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in _ICT_FILES)
+
+
+def is_hp_dir(path: Path) -> bool:
+    return (path / "hp_backbone").is_dir() and (path / "hp_scorer").is_dir()
+
+
+def local_models(kind: str) -> list[str]:
+    """Sub-folder names of ``models/icthp`` holding an ICT (``kind="ict"``) or HP (``"hp"``) model."""
+    test = is_ict_dir if kind == "ict" else is_hp_dir
+    names: set[str] = set()
+    for root in _roots():
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir() if test(p))
+    return sorted(names)
+
+
+def source_options(kind: str) -> list[str]:
+    """Dropdown entries: local folders first, then the hub id."""
+    hub = ICT_HUB if kind == "ict" else HP_HUB
+    return [*local_models(kind), hub]
+
+
+def vision_source_options() -> list[str]:
+    return [
+        *(f"ICT: {n}" for n in local_models("ict")),
+        *(f"HP: {n}" for n in local_models("hp")),
+        f"ICT: {ICT_HUB}",
+        f"HP: {HP_HUB}",
+    ]
+
+
+def resolve_source(name: str) -> str:
+    """A dropdown entry → a local directory path (when it is a folder of ``models/icthp``) or the hub id."""
+    if not name or not name.strip():
+        raise ValueError("empty model source: pick a folder of models/icthp or a hub id such as 8y/ICT")
+    name = name.strip()
+    for root in _roots():
+        cand = root / name
+        if cand.is_dir():
+            return str(cand)
+    if os.path.isabs(name):
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"model folder not found: {name}")
+        return name
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # hub id, resolved (and downloaded) by icthp_core.hub
+    roots = ", ".join(str(r) for r in _roots())
+    raise FileNotFoundError(f"model folder {name!r} not found in models/{FOLDER} ({roots}) and not a hub id")
+
+
+def lora_options() -> list[str]:
+    return [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
+
+
+def lora_path(name: str) -> str:
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise FileNotFoundError(f"LoRA {name!r} not found in models/loras ({folder_paths.get_folder_paths('loras')})")
+    return path
+
+
+def source_fingerprint(name: str) -> tuple:
+    """Changes when a local model folder's files change (for ``fingerprint_inputs``); hub ids are constant."""
+    try:
+        path = Path(resolve_source(name))
+    except (FileNotFoundError, ValueError):
+        return (name, "missing")
+    if not path.exists():
+        return (name,)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return (name, tuple(sorted((str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+
+
+def lora_fingerprint(name: str) -> tuple:
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        return (name, "missing")
+    st = os.stat(path)
+    return (name, st.st_mtime_ns, st.st_size)

@@ -1,0 +1,176 @@
+"""train/draft_lora.py end to end on tiny pipelines with the core's tiny ICT-HP reward."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from icthp_core.prompts import load_prompts
+from train.draft_lora import TrainConfig, parse_config, train
+
+
+def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> TrainConfig:
+    base = dict(base_model=str(pipe_dir), prompts=str(prompt_file), reward="ict_hp", reward_sources=rewards,
+                output_dir=str(out), resolution=32, iterations=8, batch_size=2, learning_rate=1e-2, rank=4,
+                mixed_precision="no", max_sequence_length=16, log_every=2, sample_every=8, save_every=0,
+                sample_seeds=[0, 1])
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _log(out):
+    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
+    out = tmp_path / arch
+    final = train(_cfg(tiny_pipeline_dirs[arch], prompt_file, tiny_rewards, out))
+    evals = [r["eval_reward"] for r in _log(out) if "eval_reward" in r]
+    assert len(evals) == 2  # step 0 and the last step, same prompts and seeds
+    assert evals[1] > evals[0] + 1e-4, evals
+    train_rows = [r for r in _log(out) if "reward" in r]
+    assert len(train_rows) == 4 and all(r["grad_norm"] > 0 for r in train_rows)
+    assert final.is_file() and (out / "reward_curve.png").is_file()
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000.png", "step_000008.png"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["num_steps"], cfg["k"]) == ((8, 3) if arch == "sd3" else (4, 1))  # paper defaults
+
+
+def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path, monkeypatch):
+    import train.draft_lora as mod
+
+    kw = dict(sample_every=0, num_steps=4, k=2)
+    full = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path / "a", iterations=4, **kw))
+    part = tmp_path / "b"
+    train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, iterations=2, **kw))
+    calls = []
+    real = mod.load_pipeline
+    monkeypatch.setattr(mod, "load_pipeline", lambda *a, **k: calls.append(k) or real(*a, **k))
+    resumed = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, iterations=4, **kw))
+    assert calls == [{"text": False}]  # text embeddings came from the cache: no text encoder loaded
+    a, b = load_file(full), load_file(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    assert [r["step"] for r in _log(part) if "reward" in r] == [2, 4]
+
+
+def test_sd3_cfg_training_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
+    final = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path, iterations=1, num_steps=2,
+                       k=1, guidance_scale=3.0, sample_every=1, learning_rate=1e-3))
+    assert final.is_file() and [r["step"] for r in _log(tmp_path) if "eval_reward" in r] == [0, 1]
+
+
+def test_parse_config_yaml_and_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("prompts: p.txt\nreward: 'ict:1,hp:0.5'\nrank: 8\nreward_sources: {ict: /x}\n"
+                 "refl_range: [0.5, 1.0]\n")
+    cfg = parse_config(["--config", str(y), "--rank", "4", "--variant", "refl", "--reward_hinge", "0.9",
+                        "--gradient_checkpointing", "false", "--k", "None"])
+    assert (cfg.prompts, cfg.reward, cfg.rank, cfg.variant) == ("p.txt", "ict:1,hp:0.5", 4, "refl")
+    assert cfg.reward_sources == {"ict": "/x"} and cfg.refl_range == (0.5, 1.0)
+    assert cfg.reward_hinge == 0.9 and cfg.gradient_checkpointing is False and cfg.k is None
+    assert cfg.learning_rate == 5e-6  # paper default
+    y.write_text("prompts: p.txt\nrnak: 3\n")
+    with pytest.raises(SystemExit, match="rnak"):
+        parse_config(["--config", str(y)])
+
+
+def test_load_prompts_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\n two \n")
+    (tmp_path / "b.jsonl").write_text('{"prompt": "x"}\n"y"\n')
+    (tmp_path / "c.tsv").write_text("Prompt\tCategory\nhello\tA\n")
+    assert load_prompts(tmp_path / "a.txt") == ["one", "two"]
+    assert load_prompts(tmp_path / "b.jsonl") == ["x", "y"]
+    assert load_prompts(tmp_path / "c.tsv") == ["hello"]
+    import pandas as pd
+
+    pd.DataFrame({"easy_prompt": ["easy one"], "refine_prompt": ["a refined, detailed one"]}).to_pickle(
+        tmp_path / "d.pkl")
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_prompts(tmp_path / "d.pkl")
+    assert load_prompts(tmp_path / "d.pkl", allow_pickle=True) == ["easy one"]
+    assert load_prompts(tmp_path / "d.pkl", "refine_prompt", allow_pickle=True) == ["a refined, detailed one"]
+    with pytest.raises(KeyError, match="nope"):
+        load_prompts(tmp_path / "b.jsonl", column="nope")
+
+
+def test_weighted_reward_spec(tiny_rewards):
+    from icthp_core.draft import build_reward, parse_reward_spec
+
+    assert parse_reward_spec("ict:1, hp:0.5") == {"ict": 1.0, "hp": 0.5}
+    fn = build_reward("ict:1,hp:0.5,ict_hp:2", tiny_rewards)
+    single = build_reward("ict_hp", tiny_rewards)
+    x = torch.rand(2, 3, 40, 48, requires_grad=True)
+    r = fn(x, ["a cat", "a dog"])
+    s = fn.scorer
+    expect = s.reward(x, ["a cat", "a dog"], "ict") + 0.5 * s.reward(x, ["a cat", "a dog"], "hp") + 2 * single(
+        x, ["a cat", "a dog"])
+    torch.testing.assert_close(r, expect)
+    r.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(not p.requires_grad for m in s.models.values() for p in m.parameters())
+
+
+@pytest.mark.parametrize("kw", [dict(mixed_precision="bf16"),
+                                dict(variant="draft_lv", lv_copies=2, kl_weight=0.1, reward_hinge=0.5),
+                                dict(variant="refl", gradient_accumulation_steps=2, reward="ict:1,hp:0.5")])
+def test_trainer_variants_run(kw, tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
+    final = train(_cfg(tiny_pipeline_dirs["flux"], prompt_file, tiny_rewards, tmp_path, iterations=2, log_every=1,
+                       sample_every=0, learning_rate=1e-3, **kw))
+    rows = [r for r in _log(tmp_path) if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+    assert ("kl" in rows[0]) == ("kl_weight" in kw)
+    sd = load_file(final)
+    assert all(v.dtype == torch.float32 for v in sd.values())
+    from icthp_core.lora import read_lora_metadata
+
+    meta = read_lora_metadata(final)
+    assert meta["icthp.variant"] == kw.get("variant", "draft") and meta["icthp.base_arch"] == "flux"
+    assert meta["icthp.reward"] == kw.get("reward", "ict_hp") and meta["icthp.steps"] == "4"
+
+
+def test_conditioning_cache_roundtrip(sd3_pipe, tmp_path):
+    from icthp_core.draft import encode_prompts, iter_encode_prompts, load_conditioning_cache, save_conditioning_cache
+
+    prompts = ["a cat", "a dog", "a red car", "a blue house", "grass"]
+    ref = encode_prompts(sd3_pipe, prompts, 16, negative=True)
+    got = save_conditioning_cache(iter_encode_prompts(sd3_pipe, prompts, 16, True, batch_size=2), 5, tmp_path, "k1")
+    for f in ("prompt_embeds", "pooled", "negative_prompt_embeds", "negative_pooled"):
+        torch.testing.assert_close(getattr(got, f), getattr(ref, f), rtol=1e-5, atol=1e-5)  # batch 2 vs 5
+    again = load_conditioning_cache(tmp_path, "k1")
+    assert torch.equal(again.select([4, 1]).prompt_embeds, got.prompt_embeds[[4, 1]])
+    assert load_conditioning_cache(tmp_path, "other") is None
+    assert load_conditioning_cache(tmp_path / "missing", "k1") is None
+
+
+def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
+    """torchrun with 2 CPU processes (gloo): LoRA gradients are all-reduced, replicas checked equal at the end."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "train.draft_lora", "--base_model", str(tiny_pipeline_dirs["flux"]), "--prompts", str(prompt_file),
+           "--reward", "ict_hp", "--reward_sources", json.dumps(tiny_rewards), "--output_dir", str(out),
+           "--resolution", "32", "--iterations", "2", "--mixed_precision", "no", "--log_every", "1",
+           "--sample_every", "0", "--save_every", "0", "--rank", "4", "--learning_rate", "1e-2"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert [r["step"] for r in _log(out) if "reward" in r] == [1, 2]
