@@ -11,6 +11,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+def _ensure_train_package() -> None:
+    """Make `train` the repository's training package.
+
+    The repository root has an `__init__.py` (ComfyUI entry point), so pytest may put the checkout's *parent* on
+    sys.path; in a checkout directory named "train" the root package would then shadow `train`.
+    """
+    if str(REPO) in sys.path:
+        sys.path.remove(str(REPO))
+    sys.path.insert(0, str(REPO))
+    mod = sys.modules.get("train")
+    if mod is not None and Path(getattr(mod, "__file__", "") or "").parent != REPO / "train":
+        for name in [m for m in sys.modules if m == "train" or m.startswith("train.")]:
+            del sys.modules[name]
+
+
+_ensure_train_package()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _train_package():
+    _ensure_train_package()
+
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:

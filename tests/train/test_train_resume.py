@@ -20,10 +20,18 @@ def _losses(run_dir):
     return out
 
 
-@pytest.mark.parametrize("module", ["train.train_hp", "train.train_ict"])
-def test_kill_and_resume_matches_uninterrupted(module, tiny_base, synth, tmp_path):
+@pytest.mark.parametrize("module,accum", [("train.train_hp", 1), ("train.train_ict", 1), ("train.train_ict", 2)])
+def test_kill_and_resume_matches_uninterrupted(module, accum, tiny_base, synth, tmp_path):
     # 48 triplets / batch 8 = 6 steps per epoch: the crash (step 8) and the resume (step 4) fall mid-epoch.
-    extra = {"max_steps": 12, "checkpoint_every": 4, "log_every": 1, "checkpoints_total_limit": None, "plot": False}
+    extra = {
+        "max_steps": 12,
+        "checkpoint_every": 4,
+        "log_every": 1,
+        "checkpoints_total_limit": None,
+        "plot": False,
+        "gradient_accumulation_steps": accum,
+        "batch_size": 8 // accum,
+    }
     if module == "train.train_hp":
         extra["head_dims"] = "[32,16,8,4]"  # the head has dropout: the random stream must be restored too
     full = run_module(module, common_overrides(tiny_base, synth["train"], tmp_path / "full", **extra))
