@@ -381,10 +381,13 @@ def run(stage: Stage) -> dict[str, Any]:
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    module, opt, train_loader, sched = acc.prepare(module, opt, train_loader, sched)
+    module, opt, train_loader = acc.prepare(module, opt, train_loader)
+    # The schedule counts optimizer steps whatever the number of processes (accelerate's prepared scheduler would
+    # step once per process), so it is stepped here on every synchronised step and checkpointed by us.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer if hasattr(opt, "optimizer") else opt, lr_lambda(cfg))
     state = TrainState()
     acc.register_for_checkpointing(state)
+    acc.register_for_checkpointing(sched)
 
     micro_per_epoch = len(train_loader)
     steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
@@ -450,7 +453,8 @@ def run(stage: Stage) -> dict[str, Any]:
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
-                sched.step()
+                if acc.sync_gradients:
+                    sched.step()
                 opt.zero_grad(set_to_none=True)
             micro += 1
             for k, v in {"loss": loss.detach().float().item(), **logs}.items():

@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+
 def _ensure_train_package() -> None:
     """Make `train` the repository's training package.
 

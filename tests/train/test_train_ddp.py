@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from icthp_core import load_scorer
@@ -33,7 +34,14 @@ def test_two_process_cpu_training(tiny_base, synth, tmp_path):
     ict = run_module(
         "train.train_ict",
         common_overrides(
-            tiny_base, unlabelled, tmp_path / "ict", max_steps=6, batch_size=4, checkpoint_every=3, theta=0.1
+            tiny_base,
+            unlabelled,
+            tmp_path / "ict",
+            max_steps=6,
+            batch_size=4,
+            checkpoint_every=3,
+            theta=0.1,
+            log_every=1,
         ),
         env,
         LAUNCH,
@@ -46,6 +54,13 @@ def test_two_process_cpu_training(tiny_base, synth, tmp_path):
     summary = json.loads((tmp_path / "ict" / "ict_summary.json").read_text())
     assert summary["steps"] == 6 and summary["num_processes"] == 2 and summary["exported"]
     assert summary["theta"] == 0.1 and (tmp_path / "ict" / "labels" / "train_labeled.jsonl").is_file()
+    # warmup counts optimizer steps, not steps x processes: lr after step k = lr * (k + 1) / warmup_steps
+    lrs = {
+        r["step"]: r["train/lr"]
+        for r in map(json.loads, (tmp_path / "ict" / "metrics.jsonl").read_text().splitlines())
+        if "train/lr" in r
+    }
+    assert lrs[2] == pytest.approx(1e-3 * 3 / 5) and lrs[6] == pytest.approx(1e-3)
 
     hp = run_module(
         "train.train_hp",
