@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .errors import CheckpointError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def load_state_dict(path: str | Path, nested_key: str | None = None) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path, nested_key: str | None = None,
+                    keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """Load a flat tensor dict from `.safetensors` or a torch file (never running pickled code).
 
     `nested_key`: for torch files holding `{nested_key: state_dict, ...}` (e.g. HPSv2's `state_dict`).
+    `keep`: load only keys it accepts (safetensors reads nothing else; torch files are memory-mapped).
     Raises `CheckpointError` naming the file when it is missing, truncated, or not a tensor dict.
     """
     path = Path(path)
@@ -29,7 +31,8 @@ def load_state_dict(path: str | Path, nested_key: str | None = None) -> dict[str
         raise CheckpointError(f"{path}: checkpoint file is empty")
     try:
         if path.suffix == ".safetensors":
-            sd = load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                sd = {k: fh.get_tensor(k) for k in fh.keys() if keep is None or keep(k)}
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except (SafetensorError, RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as e:
@@ -38,7 +41,7 @@ def load_state_dict(path: str | Path, nested_key: str | None = None) -> dict[str
         sd = sd[nested_key]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
-    return {str(k): v for k, v in sd.items()}
+    return {str(k): v for k, v in sd.items() if keep is None or keep(str(k))}
 
 
 def _is_zip(path: Path) -> bool:

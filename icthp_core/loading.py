@@ -53,11 +53,12 @@ def read_clip_state_dict(file: Path, vision_only: bool = False,
 
     Raises CheckpointError naming `file` and any key that belongs to neither layout.
     """
-    sd = load_state_dict(file, nested_key=nested_key)
+    text = _TEXT_PREFIXES + _HF_TEXT_PREFIXES
+    # vision only: the text tower is never read into memory
+    sd = load_state_dict(file, nested_key=nested_key,
+                         keep=(lambda k: not k.removeprefix("module.").startswith(text)) if vision_only else None)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    if vision_only:  # never keep the text tower in memory
-        sd = {k: v for k, v in sd.items() if not k.startswith(_TEXT_PREFIXES + _HF_TEXT_PREFIXES)}
     if is_hf_clip(sd):
         sd, unknown = hf_to_open_clip(sd)
         if unknown:

@@ -105,9 +105,9 @@ class MultiScorer:
     def score_pixels(self, pixels: dict[str, torch.Tensor], prompts: list[str] | None) -> dict[str, torch.Tensor]:
         """Scores from preprocessed pixels (mode -> normalised [B,3,224,224]); float32 CPU tensors."""
         scores = {}
+        on_device = {mode: x.to(self.device, self.dtype, non_blocking=True) for mode, x in pixels.items()}
         for m, model in self.models.items():
-            x = pixels[getattr(model, "preprocess_mode", "crop")].to(self.device, self.dtype, non_blocking=True)
-            feats = model.encode_image(x)
+            feats = model.encode_image(on_device[getattr(model, "preprocess_mode", "crop")])
             if getattr(model, "needs_prompt", False):
                 if prompts is None:
                     raise ValueError(f"prompts: metric {m!r} needs a prompt")

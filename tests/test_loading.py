@@ -172,3 +172,35 @@ def test_offline_with_cached_weights_makes_no_network_call(monkeypatch, tmp_path
 def test_bad_dtype_argument():
     with pytest.raises(ValueError, match="dtype='fp8'"):
         load_scorer("x/y", None, dtype="fp8")
+
+
+def test_hp_from_safetensors_never_reads_the_text_tower(tmp_path, monkeypatch):
+    import safetensors
+
+    from icthp_core.testing import save_tiny_hp
+
+    d = save_tiny_hp(tmp_path / "HP", fmt="safetensors")
+    read: list[str] = []
+    real_open = safetensors.safe_open
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self._fh = real_open(*a, **k)
+
+        def __enter__(self):
+            self._inner = self._fh.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._fh.__exit__(*exc)
+
+        def keys(self):
+            return self._inner.keys()
+
+        def get_tensor(self, k):
+            read.append(k)
+            return self._inner.get_tensor(k)
+
+    monkeypatch.setattr("icthp_core.checkpoints.safe_open", Spy)
+    HPModel.from_pretrained(d, device="cpu")
+    assert read and [k for k in read if not k.startswith(("vision_model.", "visual_projection", "layers."))] == []
