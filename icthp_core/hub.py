@@ -19,8 +19,8 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def _how_to(src: str, candidates: Sequence[str]) -> str:
     return (
-        f"download them with `huggingface-cli download {src}` (or `hf download {src}`) while online, "
-        f"or pass a local directory holding one of {list(candidates)}"
+        f"download them with `hf download {src}` (or `huggingface-cli download {src}`) while online, "
+        f"or pass a local directory holding one of {list(candidates)} (no local path {src!r} exists)"
     )
 
 
