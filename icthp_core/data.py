@@ -429,7 +429,15 @@ class _RobustDataset(torch.utils.data.Dataset):
     `cache=True` keeps every decoded, preprocessed item in memory (small data sets and tests only).
     """
 
-    def __init__(self, records: Sequence, report: LoadReport | None, cache: bool = False):
+    def __init__(
+        self,
+        records: Sequence,
+        transform: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        report: LoadReport | None = None,
+        cache: bool = False,
+    ):
+        self.transform, self.tokenizer = transform, tokenizer
         if not records:
             why = f": {report.summary()}" if report else ""
             raise ValueError("dataset is empty (every row was skipped?)" + why)
@@ -469,17 +477,6 @@ class TripletDataset(_RobustDataset):
     """Items: `pixels_1/2/3` [3,H,W], `easy_tokens`, `ref_tokens` [77], `labels_easy`, `labels_ref` [3]
     (NaN when the record has no labels), `index`."""
 
-    def __init__(
-        self,
-        records: Sequence[TripletRecord],
-        transform: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
-        report: LoadReport | None = None,
-        cache: bool = False,
-    ):
-        super().__init__(records, report, cache)
-        self.transform, self.tokenizer = transform, tokenizer
-
     def _item(self, idx: int) -> dict[str, Any]:
         r: TripletRecord = self.records[idx]
         item = {f"pixels_{k + 1}": self.transform(open_image(ref)) for k, ref in enumerate(r.images)}
@@ -494,17 +491,6 @@ class TripletDataset(_RobustDataset):
 
 class PairDataset(_RobustDataset):
     """Items: `pixels_0`, `pixels_1` [3,H,W], `tokens` [77], `label_0` scalar, `index`."""
-
-    def __init__(
-        self,
-        records: Sequence[PairRecord],
-        transform: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
-        report: LoadReport | None = None,
-        cache: bool = False,
-    ):
-        super().__init__(records, report, cache)
-        self.transform, self.tokenizer = transform, tokenizer
 
     def _item(self, idx: int) -> dict[str, Any]:
         r: PairRecord = self.records[idx]
