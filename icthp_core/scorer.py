@@ -91,30 +91,37 @@ class MultiScorer:
             cache.popitem(last=False)
         return out
 
-    def _derive(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for m in self.metrics:
-            if m in DERIVED:
-                inputs, fn = DERIVED[m]
-                out[m] = fn(*(scores[i] for i in inputs))
+    @staticmethod
+    def _derive(metric: str, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        if metric in DERIVED:
+            inputs, fn = DERIVED[metric]
+            return fn(*(scores[i] for i in inputs))
+        return scores[metric]
+
+    def _base_scores(self, metrics: Iterable[str], pixels: dict[str, torch.Tensor],
+                     prompts: list[str] | None) -> dict[str, torch.Tensor]:
+        """Scores of base `metrics` from normalised pixels on the device (mode -> [B,3,224,224])."""
+        scores = {}
+        for m in metrics:
+            model = self.models[m]
+            feats = model.encode_image(pixels[getattr(model, "preprocess_mode", "crop")])
+            if getattr(model, "needs_prompt", False):
+                if prompts is None:
+                    raise ValueError(f"prompts: metric {m!r} needs a prompt")
+                text = self._text_features(m, prompts)
+                if not torch.is_inference_mode_enabled():
+                    text = text.clone()  # cached inference tensors cannot enter an autograd graph
+                scores[m] = model.score_features(feats, text)
             else:
-                out[m] = scores[m]
-        return out
+                scores[m] = model.score_features(feats)
+        return scores
 
     @torch.inference_mode()
     def score_pixels(self, pixels: dict[str, torch.Tensor], prompts: list[str] | None) -> dict[str, torch.Tensor]:
         """Scores from preprocessed pixels (mode -> normalised [B,3,224,224]); float32 CPU tensors."""
-        scores = {}
         on_device = {mode: x.to(self.device, self.dtype, non_blocking=True) for mode, x in pixels.items()}
-        for m, model in self.models.items():
-            feats = model.encode_image(on_device[getattr(model, "preprocess_mode", "crop")])
-            if getattr(model, "needs_prompt", False):
-                if prompts is None:
-                    raise ValueError(f"prompts: metric {m!r} needs a prompt")
-                scores[m] = model.score_features(feats, self._text_features(m, prompts))
-            else:
-                scores[m] = model.score_features(feats)
-        return {k: v.float().cpu() for k, v in self._derive(scores).items()}
+        scores = self._base_scores(self.models, on_device, prompts)
+        return {m: self._derive(m, scores).float().cpu() for m in self.metrics}
 
     def preprocess(self, images: ImageInput | Sequence[ImageInput] | torch.Tensor) -> dict[str, torch.Tensor]:
         """Preprocess user images for every mode the models need (tensors on the torch path, others via PIL)."""
@@ -153,23 +160,12 @@ class MultiScorer:
         metric = metric or self.metrics[-1]
         if metric not in self.metrics:
             raise ValueError(f"metric={metric!r}: this scorer computes {self.metrics}")
-        n = images.shape[0]
-        plist = prompts_for(prompts, n)
-        scores = {}
-        for m in (DERIVED[metric][0] if metric in DERIVED else (metric,)):
-            model = self.models[m]
-            x = preprocess_tensor(images.to(self.device), getattr(model, "preprocess_mode", "crop")).to(self.dtype)
-            feats = model.encode_image(x)
-            if getattr(model, "needs_prompt", False):
-                if plist is None:
-                    raise ValueError(f"prompts: metric {m!r} needs a prompt")
-                scores[m] = model.score_features(feats, self._text_features(m, plist).clone())
-            else:
-                scores[m] = model.score_features(feats)
-        if metric in DERIVED:
-            inputs, fn = DERIVED[metric]
-            return fn(*(scores[i] for i in inputs))
-        return scores[metric]
+        plist = prompts_for(prompts, images.shape[0])
+        needed = DERIVED[metric][0] if metric in DERIVED else (metric,)
+        x = images.to(self.device)
+        modes = {getattr(self.models[m], "preprocess_mode", "crop") for m in needed}
+        pixels = {mode: preprocess_tensor(x, mode).to(self.dtype) for mode in modes}
+        return self._derive(metric, self._base_scores(needed, pixels, plist))
 
     def score_files(self, items: Iterable[tuple[str, str | None]], batch_size: int = 32, num_workers: int = 2,
                     progress: bool = False, total: int | None = None) -> Iterator[dict]:
