@@ -21,20 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from browser_support import launch_chromium
 
 from icthp_core import MultiScorer, load_scorer
 from icthp_core.stats import win_rate
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("ICTHP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 PROMPT = "a red balloon over a green field"
 METRICS = ("ict", "hp", "ict_hp", "clip")
 WAIT_MS = 60_000
@@ -88,12 +80,10 @@ def server(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: run tests/app/setup_browser.sh (Debian chromium) first")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        browser = launch_chromium(p, timeout=30_000)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         pg.set_default_timeout(30_000)
         pg.goto(server["url"])

@@ -189,12 +189,21 @@ def _init_random(module, seed: int) -> None:
                 t.copy_(torch.randn(t.shape, generator=g) * 0.05)
 
 
+def _tiny_patcher(model_config, seed: int):
+    """A CPU fp32 ``ModelPatcher`` of a tiny ``comfy.supported_models`` config, randomly initialised."""
+    import comfy.model_patcher
+    import torch
+
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device=torch.device("cpu"))
+    _init_random(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
 @pytest.fixture(scope="session")
 def make_sd3_model(comfy_root):
     """Factory: a tiny SD3 MMDiT ``ModelPatcher`` (comfy.supported_models.SD3, depth 2 → width 128)."""
-    import comfy.model_patcher
     import comfy.supported_models
-    import torch
 
     def make(seed: int = 0):
         cfg = {
@@ -213,13 +222,7 @@ def make_sd3_model(comfy_root):
             },
             "x_block_self_attn_layers": [],
         }
-        mc = comfy.supported_models.SD3(cfg)
-        mc.set_inference_dtype(torch.float32, None)
-        model = mc.get_model({}, device=torch.device("cpu"))
-        _init_random(model.diffusion_model, seed)
-        return comfy.model_patcher.ModelPatcher(
-            model, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
-        )
+        return _tiny_patcher(comfy.supported_models.SD3(cfg), seed)
 
     return make
 
@@ -227,9 +230,7 @@ def make_sd3_model(comfy_root):
 @pytest.fixture(scope="session")
 def make_flux_model(comfy_root):
     """Factory: a tiny FLUX ``ModelPatcher`` (comfy.supported_models.Flux; width 32, 1 double + 1 single block)."""
-    import comfy.model_patcher
     import comfy.supported_models
-    import torch
 
     def make(seed: int = 0):
         cfg = {
@@ -249,13 +250,7 @@ def make_flux_model(comfy_root):
             "depth_single_blocks": 1,
             "guidance_embed": False,
         }
-        mc = comfy.supported_models.Flux(cfg)
-        mc.set_inference_dtype(torch.float32, None)
-        model = mc.get_model({}, device=torch.device("cpu"))
-        _init_random(model.diffusion_model, seed)
-        return comfy.model_patcher.ModelPatcher(
-            model, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
-        )
+        return _tiny_patcher(comfy.supported_models.Flux(cfg), seed)
 
     return make
 

@@ -2,22 +2,13 @@
 convert to API prompts, and the pack's web extension shows the node results as text."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from browser_support import launch_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "comfyui"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 TIMEOUT_MS = 120_000
 
 
@@ -27,7 +18,7 @@ def page(server):
 
     url, _ = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch_chromium(p)
         try:
             pg = browser.new_page()
             pg.set_default_timeout(TIMEOUT_MS)
