@@ -24,18 +24,55 @@ from contextlib import contextmanager
 import torch
 
 # Published configs (transformer/config.json, vae/config.json of the hub repos)
-SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
-                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
-                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm")
-FLUX1 = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=False,
-             axes_dims_rope=(16, 56, 56))
-VAE16 = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-             layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False)
-SCHED = {"sd3": {"shift": 3.0},
-         "flux": {"shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
-                  "base_image_seq_len": 256, "max_image_seq_len": 4096}}
+SD35_LARGE = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=38,
+    attention_head_dim=64,
+    num_attention_heads=38,
+    joint_attention_dim=4096,
+    caption_projection_dim=2432,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=192,
+    qk_norm="rms_norm",
+)
+FLUX1 = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=False,
+    axes_dims_rope=(16, 56, 56),
+)
+VAE16 = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+SCHED = {
+    "sd3": {"shift": 3.0},
+    "flux": {
+        "shift": 1.0,
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+    },
+}
 TEXT = {"sd3": (333, 4096, 2048), "flux": (256, 4096, 768)}  # tokens, width, pooled width
 DEFAULTS = {"sd3": (8, "SD3.5-Large"), "flux": (4, "FLUX.1-schnell")}
 
@@ -56,8 +93,9 @@ def _random_state_dict(meta_model: torch.nn.Module, device) -> dict[str, torch.T
     sd = {}
     for n, t in meta_model.state_dict().items():
         x = torch.empty(t.shape, device=device, dtype=torch.float32)
-        if n.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
-                       "ln_final.weight")):
+        if n.endswith(
+            ("norm.weight", "ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")
+        ):
             x.fill_(1.0)
         elif n.endswith("bias"):
             x.zero_()
@@ -67,40 +105,54 @@ def _random_state_dict(meta_model: torch.nn.Module, device) -> dict[str, torch.T
     return sd
 
 
-def build_real(arch: str, device, dtype, transformer_cfg: dict | None = None, vae_cfg: dict | None = None,
-               clip_cfg: dict | None = None, text: tuple[int, int, int] | None = None):
+def build_real(
+    arch: str,
+    device,
+    dtype,
+    transformer_cfg: dict | None = None,
+    vae_cfg: dict | None = None,
+    clip_cfg: dict | None = None,
+    text: tuple[int, int, int] | None = None,
+):
     """(FlowModel, TextConditioning factory, reward_fn) at the published sizes (or the given configs), random
     weights."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 
-    from icthp_core.draft import FlowModel, TextConditioning
+    from icthp_core.diffusion.draft import FlowModel, TextConditioning
 
     with _default(device, dtype):
         tcfg = transformer_cfg or (SD35_LARGE if arch == "sd3" else FLUX1)
         tr = SD3Transformer2DModel(**tcfg) if arch == "sd3" else FluxTransformer2DModel(**tcfg)
-        vae = AutoencoderKL(**(vae_cfg or VAE16), scaling_factor=1.5305 if arch == "sd3" else 0.3611,
-                            shift_factor=0.0609 if arch == "sd3" else 0.1159)
+        vae = AutoencoderKL(
+            **(vae_cfg or VAE16),
+            scaling_factor=1.5305 if arch == "sd3" else 0.3611,
+            shift_factor=0.0609 if arch == "sd3" else 0.1159,
+        )
     tr.to(device).eval()  # buffers made outside the default-device context too
     vae.to(device).eval()
-    model = FlowModel(tr, vae, {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
-                                **SCHED[arch]})
+    model = FlowModel(
+        tr, vae, {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, **SCHED[arch]}
+    )
     t, d, p = text or TEXT[arch]
 
     def cond(b):
         ids = torch.zeros(t, 3, device=device) if arch == "flux" else None
-        return TextConditioning(torch.randn(b, t, d, device=device, dtype=dtype) * 0.1,
-                                torch.randn(b, p, device=device, dtype=dtype) * 0.1, ids)
+        return TextConditioning(
+            torch.randn(b, t, d, device=device, dtype=dtype) * 0.1,
+            torch.randn(b, p, device=device, dtype=dtype) * 0.1,
+            ids,
+        )
 
     return model, cond, real_reward(device, dtype, clip_cfg)
 
 
 def real_reward(device, dtype, clip_cfg: dict | None = None):
     """ICT-HP with two CLIP ViT-H/14 towers (ICT full CLIP, HP vision tower + head), random weights."""
-    from icthp_core.config import VIT_H_14
-    from icthp_core.draft import weighted_reward
-    from icthp_core.loading import build_clip, load_into
-    from icthp_core.models import HPHead, HPModel, ICTModel
-    from icthp_core.scorer import MultiScorer
+    from icthp_core.checkpoints.config import VIT_H_14
+    from icthp_core.checkpoints.loading import build_clip, load_into
+    from icthp_core.diffusion.draft import weighted_reward
+    from icthp_core.scoring.models import HPHead, HPModel, ICTModel
+    from icthp_core.scoring.scorer import MultiScorer
 
     cfg = clip_cfg or VIT_H_14
     clip, visual = build_clip(cfg), build_clip(cfg, vision_only=True)  # meta device, as the core loads them
@@ -116,9 +168,9 @@ def real_reward(device, dtype, clip_cfg: dict | None = None):
 
 
 def build_tiny(arch: str, device, dtype):
-    from icthp_core.diffusion_testing import tiny_flux_pipeline, tiny_sd3_pipeline
-    from icthp_core.draft import FlowModel, build_reward, encode_prompts
-    from icthp_core.testing import save_tiny_hp, save_tiny_ict
+    from icthp_core.diffusion.draft import FlowModel, build_reward, encode_prompts
+    from icthp_core.testing.diffusion import tiny_flux_pipeline, tiny_sd3_pipeline
+    from icthp_core.testing.tiny import save_tiny_hp, save_tiny_ict
 
     pipe = (tiny_sd3_pipeline if arch == "sd3" else tiny_flux_pipeline)()
     all_cond = encode_prompts(pipe, ["a photo of a cat"], max_sequence_length=16)
@@ -126,13 +178,17 @@ def build_tiny(arch: str, device, dtype):
     model.transformer.to(device, dtype)
     model.vae.to(device, dtype)
     tmp = tempfile.mkdtemp()
-    reward = build_reward("ict_hp", {"ict": str(save_tiny_ict(f"{tmp}/ict")), "hp": str(save_tiny_hp(f"{tmp}/hp"))},
-                          device=device, dtype=dtype)
+    reward = build_reward(
+        "ict_hp",
+        {"ict": str(save_tiny_ict(f"{tmp}/ict")), "hp": str(save_tiny_hp(f"{tmp}/hp"))},
+        device=device,
+        dtype=dtype,
+    )
     return model, lambda b: all_cond.select([0] * b).to(device, dtype), reward
 
 
 def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, iters, warmup, device):
-    from icthp_core.draft import DraftConfig, draft_step
+    from icthp_core.diffusion.draft import DraftConfig, draft_step
 
     cfg = DraftConfig(num_steps=steps, k=k, height=size, width=size)
     cuda = torch.device(device).type == "cuda"
@@ -179,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
 
-    from icthp_core.lora import add_lora
+    from icthp_core.diffusion.lora import add_lora
 
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
@@ -200,17 +256,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
             model.vae.enable_gradient_checkpointing()
         opt = torch.optim.AdamW(params, lr=5e-6)
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
-        print(f"# {arch}: transformer {n_params:.2f}B params (LoRA {sum(p.numel() for p in params) / 1e6:.1f}M), "
-              f"built in {time.time() - t0:.0f}s on {device}", flush=True)
+        print(
+            f"# {arch}: transformer {n_params:.2f}B params (LoRA {sum(p.numel() for p in params) / 1e6:.1f}M), "
+            f"built in {time.time() - t0:.0f}s on {device}",
+            flush=True,
+        )
         for size in [int(s) for s in a.sizes.split(",")]:
             for k in [int(x) for x in a.ks.split(",")]:
                 for b in [int(x) for x in a.batches.split(",")]:
-                    row = {"arch": arch, "model": "tiny" if a.tiny else DEFAULTS[arch][1], "size": size, "k": k,
-                           "batch": b, "steps": steps, "dtype": str(dtype).removeprefix("torch."),
-                           "checkpointing": not a.no_checkpointing}
+                    row = {
+                        "arch": arch,
+                        "model": "tiny" if a.tiny else DEFAULTS[arch][1],
+                        "size": size,
+                        "k": k,
+                        "batch": b,
+                        "steps": steps,
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "checkpointing": not a.no_checkpointing,
+                    }
                     try:
-                        sec, peak = run_config(model, cond_fn, reward_fn, params, opt, size, min(k, steps), b,
-                                               steps, a.iters, a.warmup, device)
+                        sec, peak = run_config(
+                            model,
+                            cond_fn,
+                            reward_fn,
+                            params,
+                            opt,
+                            size,
+                            min(k, steps),
+                            b,
+                            steps,
+                            a.iters,
+                            a.warmup,
+                            device,
+                        )
                         row.update(sec_per_iter=round(sec, 3), peak_gib=round(peak, 2))
                     except torch.cuda.OutOfMemoryError:
                         row.update(sec_per_iter=None, peak_gib="OOM")
@@ -228,8 +306,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}\n")
     print("| model | res | steps | K | batch | s/iter | peak GiB |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['size']}² | {r['steps']} | {r['k']} | {r['batch']} | {r['sec_per_iter']} "
-              f"| {r['peak_gib']} |")
+        print(
+            f"| {r['model']} | {r['size']}² | {r['steps']} | {r['k']} | {r['batch']} | {r['sec_per_iter']} "
+            f"| {r['peak_gib']} |"
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "rows": rows}, f, indent=2)

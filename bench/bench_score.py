@@ -22,15 +22,29 @@ import time
 from pathlib import Path
 
 CONFIGS = {
-    "vit-h": None,  # icthp_core.config.VIT_H_14
+    "vit-h": None,  # icthp_core.checkpoints.config.VIT_H_14
     "small": {  # ViT-B/16-sized towers, for CPU runs
         "projection_dim": 512,
-        "text_config": {"vocab_size": 49408, "max_position_embeddings": 77, "hidden_size": 512,
-                        "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8,
-                        "hidden_act": "gelu", "projection_dim": 512},
-        "vision_config": {"image_size": 224, "patch_size": 16, "hidden_size": 768, "intermediate_size": 3072,
-                          "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_act": "gelu",
-                          "projection_dim": 512},
+        "text_config": {
+            "vocab_size": 49408,
+            "max_position_embeddings": 77,
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+            "hidden_act": "gelu",
+            "projection_dim": 512,
+        },
+        "vision_config": {
+            "image_size": 224,
+            "patch_size": 16,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "hidden_act": "gelu",
+            "projection_dim": 512,
+        },
     },
 }
 
@@ -41,9 +55,9 @@ def make_fixture(root: Path, config_name: str, n_images: int) -> None:
     import torch
     from PIL import Image
 
-    from icthp_core.checkpoints import save_state_dict
-    from icthp_core.config import VIT_H_14
-    from icthp_core.testing import save_tiny_clip, tiny_head
+    from icthp_core.checkpoints.config import VIT_H_14
+    from icthp_core.checkpoints.files import save_state_dict
+    from icthp_core.testing.tiny import save_tiny_clip, tiny_head
 
     cfg = CONFIGS[config_name] or VIT_H_14
     if not (root / "ICT" / "pytorch_model.bin").exists():
@@ -86,7 +100,7 @@ def run_upstream(root: Path, device: str, n: int) -> dict:
     from torch import nn
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from icthp_core.text import tokenize  # the same open_clip tokens upstream used
+    from icthp_core.scoring.text import tokenize  # the same open_clip tokens upstream used
 
     def load(d: Path) -> CLIPModel:
         cfg = json.loads((d / "config.json").read_text())
@@ -97,10 +111,17 @@ def run_upstream(root: Path, device: str, n: int) -> dict:
     ict, hp = load(root / "ICT"), load(root / "HP" / "hp_backbone")
     sd = torch.load(root / "HP" / "hp_scorer" / "mlp_pytorch_model.bin", weights_only=True)
     dims = [sd["layers.0.weight"].shape[1]] + [sd[f"layers.{i}.weight"].shape[0] for i in (0, 2, 4, 6, 7)]
-    mlp = nn.Sequential(nn.Linear(dims[0], dims[1]), nn.Dropout(0.2), nn.Linear(dims[1], dims[2]), nn.Dropout(0.2),
-                        nn.Linear(dims[2], dims[3]), nn.Dropout(0.1), nn.Linear(dims[3], dims[4]),
-                        nn.Linear(dims[4], dims[5]))
-    mlp.load_state_dict({k.removeprefix('layers.'): v for k, v in sd.items()})
+    mlp = nn.Sequential(
+        nn.Linear(dims[0], dims[1]),
+        nn.Dropout(0.2),
+        nn.Linear(dims[1], dims[2]),
+        nn.Dropout(0.2),
+        nn.Linear(dims[2], dims[3]),
+        nn.Dropout(0.1),
+        nn.Linear(dims[3], dims[4]),
+        nn.Linear(dims[4], dims[5]),
+    )
+    mlp.load_state_dict({k.removeprefix("layers."): v for k, v in sd.items()})
     mlp = mlp.to(device).eval()
     try:
         from transformers import CLIPImageProcessorPil as Proc
@@ -131,8 +152,14 @@ def run_upstream(root: Path, device: str, n: int) -> dict:
         one(p)
     _sync(device)
     dt = time.perf_counter() - t
-    return {"side": "upstream", "batch": 1, "images": len(paths), "seconds": dt, "img_per_s": len(paths) / dt,
-            "peak_gib": _peak_mem(device)}
+    return {
+        "side": "upstream",
+        "batch": 1,
+        "images": len(paths),
+        "seconds": dt,
+        "img_per_s": len(paths) / dt,
+        "peak_gib": _peak_mem(device),
+    }
 
 
 def run_ours(root: Path, device: str, dtype: str, batch: int, n: int, workers: int) -> dict:
@@ -159,8 +186,16 @@ def run_ours(root: Path, device: str, dtype: str, batch: int, n: int, workers: i
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         scorer.models["ict"].encode_image(x)
         scorer.models["hp"].encode_image(x)
-    return {"side": "ours", "batch": batch, "dtype": dtype, "images": len(rows), "seconds": dt,
-            "img_per_s": len(rows) / dt, "peak_gib": _peak_mem(device), "flops_per_img": fc.get_total_flops()}
+    return {
+        "side": "ours",
+        "batch": batch,
+        "dtype": dtype,
+        "images": len(rows),
+        "seconds": dt,
+        "img_per_s": len(rows) / dt,
+        "peak_gib": _peak_mem(device),
+        "flops_per_img": fc.get_total_flops(),
+    }
 
 
 def main() -> None:
@@ -187,8 +222,18 @@ def main() -> None:
         return
     root = Path(args.root or tempfile.mkdtemp(prefix="icthp_bench_"))
     make_fixture(root, args.config, args.images)
-    base = [sys.executable, __file__, "--root", str(root), "--device", args.device, "--images", str(args.images),
-            "--workers", str(args.workers)]
+    base = [
+        sys.executable,
+        __file__,
+        "--root",
+        str(root),
+        "--device",
+        args.device,
+        "--images",
+        str(args.images),
+        "--workers",
+        str(args.workers),
+    ]
     if args.upstream_images:
         base += ["--upstream-images", str(args.upstream_images)]
 
@@ -199,12 +244,16 @@ def main() -> None:
     up = child(["--role", "upstream"])
     results = [child(["--role", "ours", "--batch", str(b), "--dtype", args.dtype]) for b in args.batch_sizes]
     print(f"config={args.config} device={args.device} images={args.images}")
-    print(f"{'side':10s} {'batch':>5s} {'dtype':>5s} {'img/s':>9s} {'peak GiB':>9s} {'speed-up':>9s} {'mem ratio':>9s}"
-          + ("  bf16-peak%" if args.device.startswith("cuda") else ""))
+    print(
+        f"{'side':10s} {'batch':>5s} {'dtype':>5s} {'img/s':>9s} {'peak GiB':>9s} {'speed-up':>9s} {'mem ratio':>9s}"
+        + ("  bf16-peak%" if args.device.startswith("cuda") else "")
+    )
     print(f"{'upstream':10s} {1:5d} {'fp32':>5s} {up['img_per_s']:9.2f} {up['peak_gib']:9.2f} {1.0:9.2f} {1.0:9.2f}")
     for r in results:
-        line = (f"{'icthp':10s} {r['batch']:5d} {r['dtype']:>5s} {r['img_per_s']:9.2f} {r['peak_gib']:9.2f} "
-                f"{r['img_per_s'] / up['img_per_s']:9.2f} {r['peak_gib'] / up['peak_gib']:9.2f}")
+        line = (
+            f"{'icthp':10s} {r['batch']:5d} {r['dtype']:>5s} {r['img_per_s']:9.2f} {r['peak_gib']:9.2f} "
+            f"{r['img_per_s'] / up['img_per_s']:9.2f} {r['peak_gib'] / up['peak_gib']:9.2f}"
+        )
         if args.device.startswith("cuda"):
             line += f"  {100 * r['flops_per_img'] * r['img_per_s'] / (args.peak_tflops * 1e12):9.1f}"
         print(line)

@@ -78,7 +78,7 @@ def text_swap_patches(clip, hf_sd: dict[str, torch.Tensor], source: str) -> dict
 
 def swap_text_encoder(clip, source: str):
     """A clone of ``clip`` whose text tower is the ICT text tower (the input CLIP is left unchanged)."""
-    from icthp_core.transfer import text_encoder_state_dict
+    from icthp_core.checkpoints.transfer import text_encoder_state_dict
 
     layers = sd2_text_layers(clip)
     try:
@@ -129,7 +129,7 @@ def clip_vision_config(source: str, config_path: str | None = None) -> dict:
         with open(config_path) as f:
             cfg = json.load(f)
     else:
-        from icthp_core.transfer import hf_clip_config
+        from icthp_core.checkpoints.transfer import hf_clip_config
 
         cfg = hf_clip_config(source)
     vision = dict(cfg.get("vision_config", cfg))
@@ -182,7 +182,7 @@ def load_clip_vision(
     source: str, dtype: str = "default", config_path: str | None = None
 ) -> comfy.clip_vision.ClipVisionModel:
     """ComfyUI ClipVisionModel holding the ICT or HP image encoder; every weight must load."""
-    from icthp_core.transfer import vision_encoder_state_dict
+    from icthp_core.checkpoints.transfer import vision_encoder_state_dict
 
     cfg = clip_vision_config(source, config_path)
     sd = vision_encoder_state_dict(source)

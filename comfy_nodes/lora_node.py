@@ -10,7 +10,7 @@ import comfy.lora
 import comfy.model_base
 from comfy_api.latest import io, ui
 
-from icthp_core.lora_io import LoraFile, describe, read_lora, to_comfy_state_dict
+from icthp_core.diffusion.lora_io import LoraFile, describe, read_lora, to_comfy_state_dict
 
 from .paths import lora_fingerprint, lora_options, lora_path
 

@@ -12,12 +12,19 @@ import comfy.utils
 import numpy as np
 import torch
 
-from icthp_core.scorer import MultiScorer
+from icthp_core.scoring.registry import list_metrics
+from icthp_core.scoring.scorer import MultiScorer
 
 from .paths import resolve_source, source_fingerprint
 
 MODEL_CHOICES = ["ICT-HP", "ICT", "HP"]
-BASELINES = ["clip", "pickscore", "hpsv2", "hpsv2.1", "aesthetic"]
+
+
+def baselines() -> list[str]:
+    """Every registered metric other than ICT, HP and ICT-HP, read from the core registry at each call."""
+    return [m for m in list_metrics() if m not in ("ict", "hp", "ict_hp")]
+
+
 DTYPES = ["fp32", "fp16", "bf16"]
 DEVICES = ["default", "cpu"]
 _CACHE_SIZE = 4
@@ -131,8 +138,9 @@ def load_reward_model(
     dtype: str = "fp32",
 ) -> RewardModel:
     """Load (or fetch from the in-process cache) a reward model wrapped in a ComfyUI ModelPatcher."""
-    if model not in MODEL_CHOICES + BASELINES:
-        raise ValueError(f"unknown reward model {model!r}; choose one of {MODEL_CHOICES + BASELINES}")
+    choices = MODEL_CHOICES + baselines()
+    if model not in choices:
+        raise ValueError(f"unknown reward model {model!r}; choose one of {choices}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {DTYPES}")
     if device not in DEVICES:
@@ -142,7 +150,7 @@ def load_reward_model(
         sources["ict"] = resolve_source(ict_source)
     if model in ("ICT-HP", "HP"):
         sources["hp"] = resolve_source(hp_source)
-    if model in BASELINES and baseline_source.strip():
+    if model not in MODEL_CHOICES and baseline_source.strip():
         sources["baseline"] = baseline_source.strip()
     key = (model, tuple(sorted((k, v, source_fingerprint(v)) for k, v in sources.items())), device, dtype)
     with _lock:
@@ -152,7 +160,7 @@ def load_reward_model(
 
     load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
     offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
-    if model in BASELINES:
+    if model not in MODEL_CHOICES:
         metrics = [model]
         core_sources = {model: sources["baseline"]} if "baseline" in sources else None
     else:

@@ -70,7 +70,7 @@ def resolve_source(name: str) -> str:
             raise FileNotFoundError(f"model folder not found: {name}")
         return name
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return name  # hub id, resolved (and downloaded) by icthp_core.hub
+        return name  # hub id, resolved (and downloaded) by icthp_core.checkpoints.hub
     roots = ", ".join(str(r) for r in _roots())
     raise FileNotFoundError(f"model folder {name!r} not found in models/{FOLDER} ({roots}) and not a hub id")
 

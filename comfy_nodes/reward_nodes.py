@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from icthp_core.selection import rank, select_batch, select_latent, select_mask
+from icthp_core.scoring.selection import rank, select_batch, select_latent, select_mask
 
-from .models import BASELINES, DEVICES, DTYPES, MODEL_CHOICES, RewardModel, load_reward_model, split_prompts
+from .models import DEVICES, DTYPES, MODEL_CHOICES, RewardModel, baselines, load_reward_model, split_prompts
 from .paths import source_fingerprint, source_options
 
 CATEGORY = "ICT-HP"
 RewardModelType = io.Custom("ICTHP_MODEL")
-METRICS = ["auto", "ict_hp", "ict", "hp", *BASELINES]
+
+
+def metric_options() -> list[str]:
+    return ["auto", "ict_hp", "ict", "hp", *baselines()]
 
 
 def _format_table(scores: dict[str, torch.Tensor], metrics: list[str], prompts: list[str]) -> str:
@@ -38,7 +41,7 @@ class ICTHPLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "model",
-                    options=MODEL_CHOICES + BASELINES,
+                    options=MODEL_CHOICES + baselines(),
                     default="ICT-HP",
                     tooltip="ICT-HP = ICT x HP (both models); or one model; or a baseline",
                 ),
@@ -151,7 +154,7 @@ class ICTHPBestOfN(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="", tooltip="not needed by HP and aesthetic"),
                 io.Int.Input("k", default=1, min=1, max=4096),
                 io.Combo.Input(
-                    "metric", options=METRICS, default="auto", tooltip="auto = the loaded model's main metric"
+                    "metric", options=metric_options(), default="auto", tooltip="auto = the loaded model's main metric"
                 ),
                 io.Boolean.Input("one_prompt_per_line", default=False),
                 io.Int.Input("batch_size", default=8, min=1, max=256),

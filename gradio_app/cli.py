@@ -7,36 +7,24 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-ALL_METRICS = ("ict", "hp", "ict_hp", "clip", "pickscore", "hpsv2", "hpsv2.1", "aesthetic")
+from icthp_core.options import add_model_arguments, parse_sources
+from icthp_core.scoring.registry import list_metrics, parse_metrics
 
 
 def add_app_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the app's options to `parser` (shared with the `icthp app` subcommand)."""
-    g = parser.add_argument_group("reward models")
-    g.add_argument(
-        "--ict", default="8y/ICT", help="ICT weights: hub id or local dir (published layout); 'none' to skip"
-    )
-    g.add_argument("--hp", default="8y/HP", help="HP weights: hub id or local dir (published layout); 'none' to skip")
-    g.add_argument(
-        "--source",
-        action="append",
-        default=[],
-        metavar="METRIC=SRC",
-        help="weights for a baseline, e.g. pickscore=/models/PickScore_v1 (repeatable; default: its hub id)",
-    )
+    add_model_arguments(parser)
+    g = parser.add_argument_group("app metrics")
     g.add_argument(
         "--metrics",
-        default=",".join(ALL_METRICS),
-        help="comma-separated metrics offered in the UI (default: all). Models load on first use.",
+        default="all",
+        help="comma-separated metrics offered in the UI, or 'all' (default). Models load on first use.",
     )
     g.add_argument(
         "--default-metrics",
         default="ict,hp,ict_hp,clip,pickscore",
         help="metrics ticked by default",
     )
-    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--preload", action="store_true", help="load the default metrics' models before serving")
     s = parser.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -60,10 +48,8 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def _metrics(text: str, ict: str | None, hp: str | None) -> list[str]:
-    ms = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in ms if m not in ALL_METRICS]
-    if bad:
-        raise SystemExit(f"--metrics: unknown metric(s) {bad}; choose from {', '.join(ALL_METRICS)}")
+    """Metrics offered: `--metrics` less those whose ICT/HP weights were switched off with 'none'."""
+    ms = parse_metrics(text)
     drop = set()
     if ict is None:
         drop |= {"ict", "ict_hp"}
@@ -71,22 +57,14 @@ def _metrics(text: str, ict: str | None, hp: str | None) -> list[str]:
         drop |= {"hp", "ict_hp"}
     ms = [m for m in ms if m not in drop]
     if not ms:
-        raise SystemExit("no metric left to offer (check --metrics, --ict and --hp)")
+        raise ValueError(
+            f"no metric left to offer (check --metrics, --ict and --hp); known: {', '.join(list_metrics())}"
+        )
     return ms
 
 
 def _sources(args: argparse.Namespace) -> dict[str, str]:
-    src: dict[str, str] = {}
-    for k in ("ict", "hp"):
-        v = getattr(args, k)
-        if v is not None and v.lower() != "none":
-            src[k] = v
-    for item in args.source:
-        key, sep, val = item.partition("=")
-        if not sep or key.strip() not in ALL_METRICS or key.strip() in ("ict", "hp", "ict_hp") or not val:
-            raise SystemExit(f"--source {item!r}: expected BASELINE=SRC with BASELINE one of {ALL_METRICS[3:]}")
-        src[key.strip()] = val.strip()
-    return src
+    return parse_sources(args.ict, args.hp, args.source)
 
 
 def make_app(args: argparse.Namespace, factory: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -111,7 +89,7 @@ def make_app(args: argparse.Namespace, factory: Any = None) -> tuple[Any, dict[s
     limits = UploadLimits(max_count=args.max_images, max_bytes=args.max_upload_mb * 2**20)
     for r in args.ab_root:
         if not os.path.isdir(r):
-            raise SystemExit(f"--ab-root {r}: not a directory")
+            raise ValueError(f"--ab-root {r}: not a directory")
     controller = Controller(
         pool,
         ab_roots=args.ab_root,

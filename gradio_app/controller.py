@@ -104,7 +104,7 @@ class Controller:
         paradox = logic.paradox_markdown(logic.detect_paradox(scores), names)
         if paradox:
             lines.append(paradox)
-        elif PRIMARY in scores and any(m in scores for m in logic.CLIP_FAMILY):
+        elif PRIMARY in scores and any(m in scores for m in logic.alignment_baselines()):
             lines.append("CLIP-family metrics and ICT-HP agree on the winner.")
         if rejected:
             lines.append("Rejected uploads: " + "; ".join(rejected))

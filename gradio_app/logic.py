@@ -15,20 +15,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from icthp_core.stats import win_rate
+from icthp_core.evaluation.stats import win_rate
+from icthp_core.scoring.registry import list_metrics, metric_label
 
-METRIC_LABELS: dict[str, str] = {
-    "ict": "ICT",
-    "hp": "HP",
-    "ict_hp": "ICT-HP",
-    "clip": "CLIP",
-    "pickscore": "PickScore",
-    "hpsv2": "HPSv2",
-    "hpsv2.1": "HPSv2.1",
-    "aesthetic": "Aesthetic",
-}
+#: ICT, HP and ICT-HP: the metrics of the two published models (they share one scorer in the app)
 CORE_METRICS: tuple[str, ...] = ("ict", "hp", "ict_hp")
-CLIP_FAMILY: tuple[str, ...] = ("clip", "pickscore", "hpsv2", "hpsv2.1")
 PRIMARY = "ict_hp"
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_PROMPT_FILE_BYTES = 64 * 1024
@@ -39,7 +30,12 @@ class InputError(ValueError):
 
 
 def label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
+    return metric_label(metric)
+
+
+def alignment_baselines() -> list[str]:
+    """Registered text-image alignment metrics other than ICT / ICT-HP (the scoring paradox compares against them)."""
+    return [m for m in list_metrics("alignment") if m not in CORE_METRICS]
 
 
 # --------------------------------------------------------------------------- ranking / winners
@@ -81,7 +77,7 @@ def detect_paradox(scores: Mapping[str, Sequence[float]], primary: str = PRIMARY
     if not top:
         return []
     out = []
-    for m in CLIP_FAMILY:
+    for m in alignment_baselines():
         if m in scores:
             w = winners(scores[m])
             if w and not set(w) & set(top):

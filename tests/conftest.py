@@ -14,14 +14,14 @@ sys.path.insert(0, str(Path(__file__).parent))  # for `reference`
 
 @pytest.fixture(scope="session")
 def tiny_ict(tmp_path_factory) -> Path:
-    from icthp_core.testing import save_tiny_ict
+    from icthp_core.testing.tiny import save_tiny_ict
 
     return save_tiny_ict(tmp_path_factory.mktemp("models") / "ICT", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_hp(tmp_path_factory) -> Path:
-    from icthp_core.testing import save_tiny_hp
+    from icthp_core.testing.tiny import save_tiny_hp
 
     return save_tiny_hp(tmp_path_factory.mktemp("models") / "HP", seed=1)
 

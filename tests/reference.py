@@ -26,14 +26,20 @@ STD = [0.26862954, 0.26130258, 0.27577711]
 def hf_tokenizer(tmp: str = "/tmp/icthp_ref_tokenizer") -> CLIPTokenizer:
     """HF CLIPTokenizer from open_clip's packaged BPE file (no hub)."""
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges]
     from open_clip.tokenizer import bytes_to_unicode
 
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges, bos_token="<|startoftext|>",
-                         eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return CLIPTokenizer(
+        vocab={v: i for i, v in enumerate(vocab)},
+        merges=merges,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
 
 
 def ref_tokens(prompts: list[str]) -> torch.Tensor:
@@ -44,15 +50,23 @@ def ref_tokens(prompts: list[str]) -> torch.Tensor:
         ids = tok(p, add_special_tokens=True)["input_ids"]
         if len(ids) > 77:
             ids = ids[:76] + [ids[-1]]
-        out[i, :len(ids)] = torch.tensor(ids)
+        out[i, : len(ids)] = torch.tensor(ids)
     return out
 
 
 def ref_processor(pil: bool = True):
     """CLIP preprocessing as upstream ran it (PIL backend); `pil=False`: transformers 5's torchvision backend."""
     cls = _PilProcessor if pil else CLIPImageProcessor
-    return cls(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_resize=True,
-                              do_center_crop=True, resample=3, image_mean=MEAN, image_std=STD, do_convert_rgb=True)
+    return cls(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        do_resize=True,
+        do_center_crop=True,
+        resample=3,
+        image_mean=MEAN,
+        image_std=STD,
+        do_convert_rgb=True,
+    )
 
 
 def ref_pixels(images, pil: bool = True) -> torch.Tensor:
@@ -86,9 +100,16 @@ class UpstreamMLP(nn.Module):
     def __init__(self, dims):
         super().__init__()
         d = dims
-        self.layers = nn.Sequential(nn.Linear(d[0], d[1]), nn.Dropout(0.2), nn.Linear(d[1], d[2]), nn.Dropout(0.2),
-                                    nn.Linear(d[2], d[3]), nn.Dropout(0.1), nn.Linear(d[3], d[4]),
-                                    nn.Linear(d[4], d[5]))
+        self.layers = nn.Sequential(
+            nn.Linear(d[0], d[1]),
+            nn.Dropout(0.2),
+            nn.Linear(d[1], d[2]),
+            nn.Dropout(0.2),
+            nn.Linear(d[2], d[3]),
+            nn.Dropout(0.1),
+            nn.Linear(d[3], d[4]),
+            nn.Linear(d[4], d[5]),
+        )
 
     def forward(self, x):
         return self.layers(x)

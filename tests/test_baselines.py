@@ -11,8 +11,8 @@ from PIL import Image
 from reference import MEAN, STD, load_hf_clip, load_mlp, ref_aesthetic, ref_cosine, ref_pixels, ref_tokens
 
 from icthp_core import MultiScorer, create_reward_model, list_metrics
-from icthp_core.checkpoints import save_state_dict
-from icthp_core.testing import save_tiny_clip, tiny_clip_config, tiny_head
+from icthp_core.checkpoints.files import save_state_dict
+from icthp_core.testing.tiny import save_tiny_clip, tiny_clip_config, tiny_head
 
 PROMPTS = ["a photo of a cat", "a watercolor of a lighthouse in a storm", "red cube on a blue sphere"]
 
@@ -54,7 +54,7 @@ def _letterbox_reference(img: Image.Image) -> torch.Tensor:
 def test_hpsv2_matches_open_clip_with_letterbox(tmp_path, image_dir):
     """HPSv2 ships open_clip keys under `state_dict`: load via our path, compare with plain open_clip."""
     cfg = tiny_clip_config()
-    from icthp_core.config import open_clip_cfg
+    from icthp_core.checkpoints.config import open_clip_cfg
 
     torch.manual_seed(11)
     ref = open_clip.model.CLIP(**open_clip_cfg(cfg)).eval()

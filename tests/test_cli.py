@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
+from icthp_cli.main import main
 from icthp_core import load_scorer
-from icthp_core.cli import main
 
 PROMPT = "a tiny dragon taking a bath in a teacup"
 
@@ -78,15 +78,15 @@ def test_prompts_file_many_prompts(tiny_ict, tiny_hp, images, tmp_path):
     assert torch.allclose(torch.tensor([r["ict"] for r in rows]), ref["ict"], atol=1e-6)
 
 
-def test_resume_skips_written_rows_and_duplicates_nothing(tiny_ict, tiny_hp, images, tmp_path):
+def test_resume_skips_written_rows_and_duplicates_nothing(tiny_ict, tiny_hp, images, tmp_path, capsys):
     out = tmp_path / "o.jsonl"
     full = tmp_path / "full.jsonl"
     assert main(_args(tiny_ict, tiny_hp, "--prompt", PROMPT, str(images), "-o", str(full))) == 0
     lines = full.read_text().splitlines()
     # a run killed after 2 rows, in the middle of writing the third
     out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])
-    with pytest.raises(SystemExit, match="--resume"):
-        main(_args(tiny_ict, tiny_hp, "--prompt", PROMPT, str(images), "-o", str(out)))
+    assert main(_args(tiny_ict, tiny_hp, "--prompt", PROMPT, str(images), "-o", str(out))) == 2
+    assert "--resume" in capsys.readouterr().err
     assert main(_args(tiny_ict, tiny_hp, "--prompt", PROMPT, str(images), "-o", str(out), "--resume")) == 0
     got = [json.loads(x) for x in out.read_text().splitlines()]
     want = [json.loads(x) for x in lines]
@@ -95,24 +95,24 @@ def test_resume_skips_written_rows_and_duplicates_nothing(tiny_ict, tiny_hp, ima
         assert a["ict_hp"] == pytest.approx(b["ict_hp"], abs=1e-6)
 
 
-def test_empty_prompt_is_an_error(tiny_ict, tiny_hp, images):
-    with pytest.raises(SystemExit, match="empty"):
-        main(_args(tiny_ict, tiny_hp, "--prompt", "  ", str(images)))
+def test_empty_prompt_is_an_error(tiny_ict, tiny_hp, images, capsys):
+    assert main(_args(tiny_ict, tiny_hp, "--prompt", "  ", str(images))) == 2
+    assert "empty" in capsys.readouterr().err
 
 
 def test_long_prompt_warns_and_truncates(tiny_ict, tiny_hp):
-    from icthp_core.text import PromptTruncatedWarning
+    from icthp_core.scoring.text import PromptTruncatedWarning
 
     s = load_scorer(tiny_ict, tiny_hp, device="cpu")
     with pytest.warns(PromptTruncatedWarning, match="truncated to 77"):
         s.score(torch.rand(1, 3, 224, 224), "very " * 200 + "long")
 
 
-def test_unknown_metric_and_missing_prompt(tiny_ict, tiny_hp, images):
-    with pytest.raises(SystemExit, match="unknown"):
-        main(_args(tiny_ict, tiny_hp, "--metrics", "ict,foo", "--prompt", "x", str(images)))
-    with pytest.raises(SystemExit, match="need a prompt"):
-        main(_args(tiny_ict, tiny_hp, str(images)))
+def test_unknown_metric_and_missing_prompt(tiny_ict, tiny_hp, images, capsys):
+    assert main(_args(tiny_ict, tiny_hp, "--metrics", "ict,foo", "--prompt", "x", str(images))) == 2
+    assert "unknown" in capsys.readouterr().err
+    assert main(_args(tiny_ict, tiny_hp, str(images))) == 2
+    assert "need a prompt" in capsys.readouterr().err
 
 
 def test_hp_only_needs_no_prompt(tiny_ict, tiny_hp, images, capsys):
@@ -130,7 +130,16 @@ def test_console_script_runs(tiny_ict, tiny_hp, images):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "icthp_core.cli", *_args(tiny_ict, tiny_hp, "--prompt", PROMPT,
-                        str(images / "img0.png"))], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "icthp_cli",
+            *_args(tiny_ict, tiny_hp, "--prompt", PROMPT, str(images / "img0.png")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "img0.png" in r.stdout

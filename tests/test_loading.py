@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from icthp_core import CheckpointError, WeightsNotFoundError, load_scorer
-from icthp_core.checkpoints import load_state_dict, save_state_dict
-from icthp_core.convert import hf_to_open_clip, open_clip_to_hf
-from icthp_core.hub import resolve_file
-from icthp_core.models import HPModel, ICTModel
-from icthp_core.testing import save_tiny_clip, tiny_hf_clip
+from icthp_core.checkpoints.convert import hf_to_open_clip, open_clip_to_hf
+from icthp_core.checkpoints.files import load_state_dict, save_state_dict
+from icthp_core.checkpoints.hub import resolve_file
+from icthp_core.scoring.models import HPModel, ICTModel
+from icthp_core.testing.tiny import save_tiny_clip, tiny_hf_clip
 
 
 def _copy_ict(src, dst, edit):
@@ -40,6 +40,7 @@ def test_unexpected_key_is_an_error(tiny_ict, tmp_path):
 def test_wrong_shape_is_an_error(tiny_ict, tmp_path):
     def edit(sd):
         sd["visual_projection.weight"] = torch.zeros(8, 32)
+
     bad = _copy_ict(tiny_ict, tmp_path / "bad", edit)
     with pytest.raises(CheckpointError, match="size mismatch"):
         ICTModel.from_pretrained(bad, device="cpu")
@@ -102,7 +103,7 @@ def test_hp_accepts_vision_only_backbone(tiny_hp, tmp_path):
 
 def test_architecture_from_config_json(tmp_path):
     """Heads are not recoverable from shapes: config.json decides (4 heads vs 2 heads give different scores)."""
-    from icthp_core.testing import tiny_clip_config
+    from icthp_core.testing.tiny import tiny_clip_config
 
     cfg = tiny_clip_config(vision_config={"num_attention_heads": 4}, text_config={"num_attention_heads": 4})
     d = save_tiny_clip(tmp_path / "h4", seed=3, config=cfg)
@@ -177,7 +178,7 @@ def test_bad_dtype_argument():
 def test_hp_from_safetensors_never_reads_the_text_tower(tmp_path, monkeypatch):
     import safetensors
 
-    from icthp_core.testing import save_tiny_hp
+    from icthp_core.testing.tiny import save_tiny_hp
 
     d = save_tiny_hp(tmp_path / "HP", fmt="safetensors")
     read: list[str] = []
@@ -201,6 +202,6 @@ def test_hp_from_safetensors_never_reads_the_text_tower(tmp_path, monkeypatch):
             read.append(k)
             return self._inner.get_tensor(k)
 
-    monkeypatch.setattr("icthp_core.checkpoints.safe_open", Spy)
+    monkeypatch.setattr("icthp_core.checkpoints.files.safe_open", Spy)
     HPModel.from_pretrained(d, device="cpu")
     assert read and [k for k in read if not k.startswith(("vision_model.", "visual_projection", "layers."))] == []

@@ -9,11 +9,16 @@ from PIL import Image
 from reference import load_hf_clip, load_mlp, ref_cosine, ref_hp, ref_pixels, ref_tokens
 
 from icthp_core import load_scorer
-from icthp_core.preprocess import preprocess_pil, preprocess_tensor
+from icthp_core.scoring.preprocess import preprocess_pil, preprocess_tensor
 
-PROMPTS = ["a tiny dragon taking a bath in a teacup", "a red bicycle leaning on a brick wall at sunset",
-           "portrait of an old fisherman, dramatic light", "two cats", "an astronaut riding a horse on mars",
-           "a bowl of ramen"]
+PROMPTS = [
+    "a tiny dragon taking a bath in a teacup",
+    "a red bicycle leaning on a brick wall at sunset",
+    "portrait of an old fisherman, dramatic light",
+    "two cats",
+    "an astronaut riding a horse on mars",
+    "a bowl of ramen",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,7 @@ def test_comfy_layout_and_nchw_give_same_scores(scorer):
 
 
 def test_safetensors_checkpoint_scores_equal_bin(tmp_path, tiny_ict, images):
-    from icthp_core.testing import save_tiny_ict
+    from icthp_core.testing.tiny import save_tiny_ict
 
     st = save_tiny_ict(tmp_path / "ict_st", seed=0, fmt="safetensors")
     a = load_scorer(tiny_ict, None, device="cpu").score(images, "x")["ict"]

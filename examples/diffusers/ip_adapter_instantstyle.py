@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from torchvision.utils import save_image
     from transformers import CLIPVisionModelWithProjection
 
-    from icthp_core.diffusers_transfer import instantstyle_scale, set_ip_adapter_image_encoder
+    from icthp_core.diffusion.transfer import instantstyle_scale, set_ip_adapter_image_encoder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe.set_ip_adapter_scale(instantstyle_scale(a.mode, a.scale))
     style = Image.open(a.style).convert("RGB")
     outs = []
-    base = CLIPVisionModelWithProjection.from_pretrained(a.base_encoder, subfolder="models/image_encoder",
-                                                         dtype=dtype).to(device)
-    from icthp_core.diffusers_transfer import clip_image_processor
+    base = CLIPVisionModelWithProjection.from_pretrained(
+        a.base_encoder, subfolder="models/image_encoder", dtype=dtype
+    ).to(device)
+    from icthp_core.diffusion.transfer import clip_image_processor
 
     for enc in ("base", a.encoder):
         if enc == "base":
@@ -60,8 +61,18 @@ def main(argv: list[str] | None = None) -> None:
         else:
             set_ip_adapter_image_encoder(pipe, enc)
         g = torch.Generator(device).manual_seed(a.seed)
-        outs.append(pipe(a.prompt, ip_adapter_image=style, num_inference_steps=a.steps, guidance_scale=a.guidance,
-                         generator=g, output_type="pt").images.float().cpu())
+        outs.append(
+            pipe(
+                a.prompt,
+                ip_adapter_image=style,
+                num_inference_steps=a.steps,
+                guidance_scale=a.guidance,
+                generator=g,
+                output_type="pt",
+            )
+            .images.float()
+            .cpu()
+        )
     h = outs[0].shape[-1]
     ref = resize(pil_to_tensor(style).float() / 255, [h, h]).unsqueeze(0)
     save_image(torch.cat([ref, *outs]), a.out, nrow=3)

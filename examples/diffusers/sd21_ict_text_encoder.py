@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from torchvision.utils import save_image
 
-    from icthp_core.diffusers_transfer import set_text_encoder
+    from icthp_core.diffusion.transfer import set_text_encoder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if a.tiny:
-        from icthp_core.diffusion_testing import tiny_sd2_pipeline
-        from icthp_core.testing import save_tiny_ict
+        from icthp_core.testing.diffusion import tiny_sd2_pipeline
+        from icthp_core.testing.tiny import save_tiny_ict
 
         pipe = tiny_sd2_pipeline(text_layers=1)
         a.ict = str(save_tiny_ict(tempfile.mkdtemp() + "/ict"))
@@ -43,15 +43,25 @@ def main(argv: list[str] | None = None) -> None:
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(
-            a.model, dtype=torch.float16 if device == "cuda" else torch.float32)
+            a.model, dtype=torch.float16 if device == "cuda" else torch.float32
+        )
     pipe = pipe.to(device)
     images = []
     for swap in (False, True):
         if swap:
             set_text_encoder(pipe, a.ict)
         g = torch.Generator(device).manual_seed(a.seed)
-        images.append(pipe(a.prompt, num_inference_steps=a.steps, guidance_scale=a.guidance, height=a.size,
-                           width=a.size, generator=g, output_type="pt").images)
+        images.append(
+            pipe(
+                a.prompt,
+                num_inference_steps=a.steps,
+                guidance_scale=a.guidance,
+                height=a.size,
+                width=a.size,
+                generator=g,
+                output_type="pt",
+            ).images
+        )
     save_image(torch.cat(images).float(), a.out, nrow=2)
     print(f"wrote {a.out} (left: original text encoder, right: ICT text tower)")
 

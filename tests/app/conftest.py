@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from icthp_core.testing import save_tiny_clip, save_tiny_hp, save_tiny_ict
+from icthp_core.testing.tiny import save_tiny_clip, save_tiny_hp, save_tiny_ict
 
 SKY = [(110, 170, 235), (250, 190, 120), (40, 40, 80), (200, 220, 240), (150, 200, 255), (90, 60, 120)]
 GROUND = [(70, 150, 60), (180, 160, 90), (30, 80, 40), (230, 230, 230), (60, 120, 170), (120, 90, 60)]

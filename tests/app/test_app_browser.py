@@ -1,6 +1,6 @@
 """Real-browser test: headless Debian chromium driven by Playwright against `python -m gradio_app` on
 loopback with tiny models. Checks the scores shown, the winner, the CSVs and the folder sandbox against
-the core (`load_scorer`, `MultiScorer`) and `icthp_core.stats`; saves screenshots of both modes.
+the core (`load_scorer`, `MultiScorer`) and `icthp_core.evaluation.stats`; saves screenshots of both modes.
 
 Needs /usr/bin/chromium (run tests/app/setup_browser.sh). Screenshots go to $ICTHP_APP_SCREENSHOTS
 (default: the test's tmp dir; the committed ones in docs/screenshots/ come from this test).
@@ -24,7 +24,7 @@ import torch
 from browser_support import launch_chromium
 
 from icthp_core import MultiScorer, load_scorer
-from icthp_core.stats import win_rate
+from icthp_core.evaluation.stats import win_rate
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a red balloon over a green field"

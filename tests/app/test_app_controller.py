@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from icthp_app.controller import Controller
+from icthp_app.logic import InputError
+from icthp_app.pool import ScorerPool
 
-from gradio_app.controller import Controller
-from gradio_app.logic import InputError
-from gradio_app.pool import ScorerPool
 from icthp_core import MultiScorer, load_scorer
-from icthp_core.stats import win_rate
+from icthp_core.evaluation.stats import win_rate
 
 
 class FakeScorer:

@@ -81,7 +81,7 @@ def _tiny_lora(pipe, path):
 
 
 def test_generator_with_real_tiny_sd3_and_lora(tmp_path):
-    from gradio_app.generate import Generator
+    from icthp_app.generate import Generator
 
     base_dir = tmp_path / "sd3"
     pipe = _tiny_sd3(base_dir)

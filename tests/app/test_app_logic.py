@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from icthp_app import logic
+from icthp_app.logic import InputError, UploadLimits
 from PIL import Image
 
-from gradio_app import logic
-from gradio_app.logic import InputError, UploadLimits
-from icthp_core.stats import win_rate
+from icthp_core.evaluation.stats import win_rate
 
 
 def _img(path: Path, color=(255, 0, 0), size=(16, 12)) -> Path:

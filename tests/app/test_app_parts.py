@@ -9,16 +9,15 @@ import gradio as gr
 import pandas as pd
 import pytest
 import torch
+from icthp_app import add_app_arguments, build_app, make_app
+from icthp_app.charts import scores_figure, win_rate_figure
+from icthp_app.cli import _sources
+from icthp_app.controller import Controller
+from icthp_app.generate import Generator, explanation, requirements_missing
+from icthp_app.logic import InputError
+from icthp_app.pool import ScorerPool
+from icthp_app.render import cards_html, pairs_html
 from PIL import Image
-
-from gradio_app import add_app_arguments, build_app, make_app
-from gradio_app.charts import scores_figure, win_rate_figure
-from gradio_app.cli import _sources
-from gradio_app.controller import Controller
-from gradio_app.generate import Generator, explanation, requirements_missing
-from gradio_app.logic import InputError
-from gradio_app.pool import ScorerPool
-from gradio_app.render import cards_html, pairs_html
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -29,9 +28,10 @@ def test_cli_arguments_and_sources():
     a = _parse("--ict", "/m/ict", "--hp", "none", "--source", "pickscore=/m/ps", "--ab-root", "/data")
     assert _sources(a) == {"ict": "/m/ict", "pickscore": "/m/ps"}
     assert a.host == "127.0.0.1" and a.max_images == 16 and a.ab_root == ["/data"]
-    with pytest.raises(SystemExit, match="BASELINE=SRC"):
-        _sources(_parse("--source", "ict=/x"))
-    with pytest.raises(SystemExit, match="BASELINE=SRC"):
+    assert _sources(_parse("--source", "ict=/x"))["ict"] == "/x"  # the same as --ict /x
+    with pytest.raises(ValueError, match="not a metric with weights"):
+        _sources(_parse("--source", "ict_hp=/x"))
+    with pytest.raises(ValueError, match="METRIC=SRC"):
         _sources(_parse("--source", "clip"))
 
 
@@ -46,10 +46,10 @@ def test_make_app_builds_blocks_without_loading_models(tmp_path):
     assert "Metrics" in labels
     choices = next(c["props"]["choices"] for c in cfg["components"] if c["props"].get("elem_id") == "cmp-metrics")
     assert [v for _, v in choices] == ["ict", "clip"]  # --hp none drops hp and ict_hp
-    with pytest.raises(SystemExit, match="--ab-root"):
+    with pytest.raises(ValueError, match="--ab-root"):
         make_app(_parse("--ab-root", str(tmp_path / "missing")), factory=lambda *a: None)
-    with pytest.raises(SystemExit, match="unknown metric"):
-        make_app(_parse("--metrics", "ict,imagereward"), factory=lambda *a: None)
+    with pytest.raises(ValueError, match="unknown metric"):
+        make_app(_parse("--metrics", "ict,nosuchmetric"), factory=lambda *a: None)
 
 
 def test_generation_requirements_and_explanation(tmp_path):

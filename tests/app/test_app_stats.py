@@ -1,4 +1,4 @@
-"""icthp_core.stats: Wilson interval checked by inverting the score test numerically (independent
+"""icthp_core.evaluation.stats: Wilson interval checked by inverting the score test numerically (independent
 of the closed form), bootstrap coverage, and win counting with ties as ½."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from icthp_core.stats import bootstrap_interval, wilson_interval, win_rate
+from icthp_core.evaluation.stats import bootstrap_interval, wilson_interval, win_rate
 
 
 def _score_test_bounds(s: float, n: int, z: float) -> tuple[float, float]:

@@ -82,7 +82,7 @@ def pack(comfy_root):
 @pytest.fixture(scope="session")
 def tiny_icthp_dir(tmp_path_factory) -> Path:
     """``<dir>/ict`` and ``<dir>/hp``: tiny ICT / HP models in the published layouts (a models/icthp folder)."""
-    from icthp_core.testing import save_tiny_clip, save_tiny_hp, tiny_clip_config
+    from icthp_core.testing.tiny import save_tiny_clip, save_tiny_hp, tiny_clip_config
 
     root = tmp_path_factory.mktemp("icthp_models")
     # 3 text layers: ComfyUI's SD2 CLIP reads the penultimate layer and needs more than 2

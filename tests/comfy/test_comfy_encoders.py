@@ -61,7 +61,7 @@ def test_text_encoder_swap_keeps_clip_skip(icthp_folder, make_sd2_clip):
 
 def test_text_encoder_swap_errors(icthp_folder, make_sd2_clip, tmp_path):
     from comfy_nodes.encoder_nodes import ICTHPTextEncoderSwap, swap_text_encoder
-    from icthp_core.testing import save_tiny_ict
+    from icthp_core.testing.tiny import save_tiny_ict
 
     small = save_tiny_ict(tmp_path / "ict2", seed=3)  # 2 text layers: does not fit the 3-layer CLIP
     with pytest.raises(ValueError, match="does not fit this CLIP"):

@@ -56,7 +56,7 @@ def test_lora_deltas_equal_strength_scale_BA_and_unpatch_restores(
     import comfy.lora
 
     from comfy_nodes.lora_node import apply_lora
-    from icthp_core.lora_io import read_lora
+    from icthp_core.diffusion.lora_io import read_lora
 
     model = make_sd3_model() if arch == "sd3" else make_flux_model()
     path = make_lora_file(tmp_path / f"{arch}.safetensors", arch, rank=4, alpha=8.0)
@@ -84,7 +84,7 @@ def test_alpha_from_tensors_metadata_or_default(make_sd3_model, make_lora_file, 
     import comfy.lora
 
     from comfy_nodes.lora_node import apply_lora
-    from icthp_core.lora_io import read_lora
+    from icthp_core.diffusion.lora_io import read_lora
 
     model = make_sd3_model()
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
@@ -110,7 +110,7 @@ def test_alpha_from_tensors_metadata_or_default(make_sd3_model, make_lora_file, 
 
 def test_flux_lora_on_sd3_fails_listing_keys(make_sd3_model, make_flux_model, make_lora_file, tmp_path):
     from comfy_nodes.lora_node import apply_lora
-    from icthp_core.lora_io import read_lora
+    from icthp_core.diffusion.lora_io import read_lora
 
     flux_lora = make_lora_file(tmp_path / "f.safetensors", "flux")
     with pytest.raises(ValueError, match="trained for flux .* MODEL is sd3"):
@@ -125,7 +125,7 @@ def test_flux_lora_on_sd3_fails_listing_keys(make_sd3_model, make_flux_model, ma
 
 def test_text_encoder_weights_need_clip(make_sd3_model, make_lora_file, tmp_path):
     from comfy_nodes.lora_node import apply_lora
-    from icthp_core.lora_io import read_lora
+    from icthp_core.diffusion.lora_io import read_lora
 
     path = make_lora_file(tmp_path / "t.safetensors", "sd3")
     tensors, meta = _file_tensors(path)
@@ -137,7 +137,7 @@ def test_text_encoder_weights_need_clip(make_sd3_model, make_lora_file, tmp_path
 
 
 def test_lora_io_rejects_bad_files(make_lora_file, tmp_path):
-    from icthp_core.lora_io import LoraFormatError, describe, read_lora
+    from icthp_core.diffusion.lora_io import LoraFormatError, describe, read_lora
 
     good = make_lora_file(tmp_path / "ok.safetensors", "sd3", rank=4)
     text = describe(read_lora(good))
@@ -184,7 +184,7 @@ def test_text_encoder_lora_patches_the_clip(make_sd3_model, make_sd2_clip, make_
     import comfy.lora
 
     from comfy_nodes.lora_node import apply_lora
-    from icthp_core.lora_io import read_lora
+    from icthp_core.diffusion.lora_io import read_lora
 
     path = make_lora_file(tmp_path / "te.safetensors", "sd3", rank=4, alpha=8.0)
     tensors, meta = _file_tensors(path)

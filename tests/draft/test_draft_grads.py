@@ -8,8 +8,8 @@ import pytest
 import torch
 from draft_common import PROMPTS
 
-from icthp_core.draft import DraftConfig, FlowModel, draft_step, encode_prompts, reward_loss, sample
-from icthp_core.lora import add_lora
+from icthp_core.diffusion.draft import DraftConfig, FlowModel, draft_step, encode_prompts, reward_loss, sample
+from icthp_core.diffusion.lora import add_lora
 
 
 def mean_reward(images, prompts):
@@ -58,8 +58,11 @@ def test_gradients_reach_only_lora(pipe):
     dead = {n for n, p in model.transformer.named_parameters() if p.requires_grad and p.grad.abs().sum() == 0}
     # SD3's last block is context_pre_only: its context-query projection does not reach the output
     last = len(model.transformer.transformer_blocks) - 1
-    expected = ({f"transformer_blocks.{last}.attn.add_q_proj.lora_{x}.default.weight" for x in "AB"}
-                if model.arch == "sd3" else set())
+    expected = (
+        {f"transformer_blocks.{last}.attn.add_q_proj.lora_{x}.default.weight" for x in "AB"}
+        if model.arch == "sd3"
+        else set()
+    )
     assert dead == expected
 
 
@@ -94,16 +97,27 @@ def test_lora_gradient_equals_detached_diffusers_reference(sd3_pipe):
             captured["x"] = kw["latents"].detach().clone()
         return {}
 
-    sd3_pipe(PROMPTS[:2], num_inference_steps=n, guidance_scale=0.0, height=32, width=32, latents=noise,
-             max_sequence_length=16, output_type="latent", callback_on_step_end=grab)
-    pe, _, pp, _ = sd3_pipe.encode_prompt(PROMPTS[:2], PROMPTS[:2], PROMPTS[:2], do_classifier_free_guidance=False,
-                                          max_sequence_length=16)
+    sd3_pipe(
+        PROMPTS[:2],
+        num_inference_steps=n,
+        guidance_scale=0.0,
+        height=32,
+        width=32,
+        latents=noise,
+        max_sequence_length=16,
+        output_type="latent",
+        callback_on_step_end=grab,
+    )
+    pe, _, pp, _ = sd3_pipe.encode_prompt(
+        PROMPTS[:2], PROMPTS[:2], PROMPTS[:2], do_classifier_free_guidance=False, max_sequence_length=16
+    )
     sched = type(sd3_pipe.scheduler).from_config(sd3_pipe.scheduler.config)
     sched.set_timesteps(n)
     x = captured["x"]
-    for t in sched.timesteps[n - k:]:
-        v = sd3_pipe.transformer(hidden_states=x, timestep=t.expand(2), encoder_hidden_states=pe,
-                                 pooled_projections=pp, return_dict=False)[0]
+    for t in sched.timesteps[n - k :]:
+        v = sd3_pipe.transformer(
+            hidden_states=x, timestep=t.expand(2), encoder_hidden_states=pe, pooled_projections=pp, return_dict=False
+        )[0]
         x = sched.step(v, t, x, return_dict=False)[0]
     vae = sd3_pipe.vae
     img = vae.decode(x / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
@@ -163,7 +177,8 @@ def test_kl_regulariser_against_base(sd3_pipe):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     # the adapters are back on after the base pass
     assert not model.transformer._hf_peft_config_loaded or all(
-        not m.disable_adapters for m in model.transformer.modules() if hasattr(m, "lora_A"))
+        not m.disable_adapters for m in model.transformer.modules() if hasattr(m, "lora_A")
+    )
 
 
 def test_reward_hinge():

@@ -10,17 +10,32 @@ import pytest
 import torch
 from draft_common import PROMPTS
 
-from icthp_core.draft import FlowModel, encode_prompts, generate, latent_image_ids, pack_latents, unpack_latents
+from icthp_core.diffusion.draft import (
+    FlowModel,
+    encode_prompts,
+    generate,
+    latent_image_ids,
+    pack_latents,
+    unpack_latents,
+)
 
 TOL = 1e-5
 
 
 def _pipeline_images(pipe, prompts, noise, steps, h, w, guidance):
-    from icthp_core.lora import detect_arch
+    from icthp_core.diffusion.lora import detect_arch
 
     lat = pack_latents(noise) if detect_arch(pipe.transformer) == "flux" else noise
-    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=h, width=w,
-                output_type="pt", max_sequence_length=16, latents=lat).images
+    return pipe(
+        prompts,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=h,
+        width=w,
+        output_type="pt",
+        max_sequence_length=16,
+        latents=lat,
+    ).images
 
 
 @pytest.mark.parametrize(("h", "w", "steps"), [(32, 32, 4), (64, 32, 8)])
@@ -57,7 +72,7 @@ def test_sd3_dynamic_shift_matches_pipeline(sd3_pipe):
 
 
 def test_flux_dev_guidance_matches_pipeline():
-    from icthp_core.diffusion_testing import tiny_flux_pipeline
+    from icthp_core.testing.diffusion import tiny_flux_pipeline
 
     pipe = tiny_flux_pipeline(seed=3, guidance_embeds=True)
     pipe.set_progress_bar_config(disable=True)
@@ -83,11 +98,17 @@ def test_schedule_matches_scheduler_for_real_configs():
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-
     sd3 = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
-    flux = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
-            "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
-            "max_image_seq_len": 4096}
+    flux = {
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+    }
     m = FlowModel.__new__(FlowModel)
     m.scheduler_config, m.arch = sd3, "sd3"
     sig, ts = m.schedule(8, 128, 128)

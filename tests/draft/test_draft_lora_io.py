@@ -7,9 +7,9 @@ import torch
 from draft_common import PROMPTS
 from safetensors import safe_open
 
-from icthp_core.diffusion_testing import tiny_flux_pipeline, tiny_sd3_pipeline
-from icthp_core.draft import FlowModel, encode_prompts, generate
-from icthp_core.lora import METADATA_KEYS, add_lora, read_lora_metadata, save_lora
+from icthp_core.diffusion.draft import FlowModel, encode_prompts, generate
+from icthp_core.diffusion.lora import METADATA_KEYS, add_lora, read_lora_metadata, save_lora
+from icthp_core.testing.diffusion import tiny_flux_pipeline, tiny_sd3_pipeline
 
 MAKE = {"sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
 
@@ -27,16 +27,22 @@ def _trained(arch: str, rank: int, alpha: float | None):
     return pipe, model
 
 
-@pytest.mark.parametrize(("arch", "alpha", "alpha_keys"),
-                         [("sd3", None, False), ("sd3", 16.0, False), ("flux", None, False),
-                          ("flux", 2.0, False), ("flux", 2.0, True)])
+@pytest.mark.parametrize(
+    ("arch", "alpha", "alpha_keys"),
+    [("sd3", None, False), ("sd3", 16.0, False), ("flux", None, False), ("flux", 2.0, False), ("flux", 2.0, True)],
+)
 def test_lora_reloads_in_diffusers_identically(arch, alpha, alpha_keys, tmp_path):
     pipe, model = _trained(arch, 4, alpha)
     cond = encode_prompts(pipe, PROMPTS[:2], max_sequence_length=16)
     noise = model.noise(2, 32, 32, torch.Generator().manual_seed(0))
     ours = generate(model, noise, cond, 4)
-    meta = {"icthp.base_model": "tiny", "icthp.reward": "ict_hp", "icthp.variant": "draft", "icthp.k": 1,
-            "icthp.steps": 4}
+    meta = {
+        "icthp.base_model": "tiny",
+        "icthp.reward": "ict_hp",
+        "icthp.variant": "draft",
+        "icthp.k": 1,
+        "icthp.steps": 4,
+    }
     path = save_lora(model.transformer, tmp_path, meta, alpha_keys=alpha_keys)
 
     fresh = MAKE[arch](seed=0)

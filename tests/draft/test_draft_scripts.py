@@ -20,10 +20,29 @@ def _load(rel: str):
 
 def test_bench_tiny_smoke(tmp_path):
     bench = _load("bench/bench_draft.py")
-    rows = bench.main(["--tiny", "--sizes", "32", "--ks", "1,3", "--batches", "2", "--iters", "1", "--warmup", "0",
-                       "--json", str(tmp_path / "b.json")])
-    assert [(r["arch"], r["k"], r["batch"]) for r in rows] == [("sd3", 1, 2), ("sd3", 3, 2), ("flux", 1, 2),
-                                                               ("flux", 3, 2)]
+    rows = bench.main(
+        [
+            "--tiny",
+            "--sizes",
+            "32",
+            "--ks",
+            "1,3",
+            "--batches",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    assert [(r["arch"], r["k"], r["batch"]) for r in rows] == [
+        ("sd3", 1, 2),
+        ("sd3", 3, 2),
+        ("flux", 1, 2),
+        ("flux", 3, 2),
+    ]
     assert all(r["sec_per_iter"] > 0 and math.isnan(r["peak_gib"]) for r in rows)
     assert (tmp_path / "b.json").is_file()
 
@@ -49,32 +68,54 @@ def test_sd21_example_tiny(tmp_path):
 
 @pytest.mark.parametrize("name", ["draft_sd35_large_turbo_icthp.yaml", "draft_flux_schnell_hp.yaml"])
 def test_example_configs_parse(name):
-    from train.draft_lora import parse_config
+    from icthp_core.diffusion.draft_train import parse_config
 
     cfg = parse_config(["--config", str(ROOT / "examples" / "diffusers" / name)])
     assert cfg.learning_rate == 5e-6 and cfg.guidance_scale == 0.0
     assert (cfg.num_steps, cfg.k) in ((8, 3), (4, 1))
 
 
-@pytest.mark.parametrize(("arch", "dtype_name"), [("sd3", "float32"), ("flux", "float32"), ("sd3", "bfloat16"),
-                                                  ("flux", "bfloat16")])
+@pytest.mark.parametrize(
+    ("arch", "dtype_name"), [("sd3", "float32"), ("flux", "float32"), ("sd3", "bfloat16"), ("flux", "bfloat16")]
+)
 def test_bench_real_path_with_small_configs(arch, dtype_name):
     """The GPU code path of the benchmark (meta-free random init, real-size reward construction) on small configs."""
     import torch
 
-    from icthp_core.lora import add_lora
-    from icthp_core.testing import tiny_clip_config
+    from icthp_core.diffusion.lora import add_lora
+    from icthp_core.testing.tiny import tiny_clip_config
 
     bench = _load("bench/bench_draft.py")
     dtype = getattr(torch, dtype_name)
-    tcfg = (dict(bench.SD35_LARGE, num_layers=1, num_attention_heads=2, caption_projection_dim=128,
-                 joint_attention_dim=32, pooled_projection_dim=16, pos_embed_max_size=16)
-            if arch == "sd3" else dict(bench.FLUX1, num_layers=1, num_single_layers=1, num_attention_heads=1,
-                                        joint_attention_dim=32, pooled_projection_dim=16))
-    vcfg = dict(bench.VAE16, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4)
-    model, cond_fn, reward = bench.build_real(arch, "cpu", dtype, tcfg, vcfg, tiny_clip_config(),
-                                              text=(8, 32, 16))
+    tcfg = (
+        dict(
+            bench.SD35_LARGE,
+            num_layers=1,
+            num_attention_heads=2,
+            caption_projection_dim=128,
+            joint_attention_dim=32,
+            pooled_projection_dim=16,
+            pos_embed_max_size=16,
+        )
+        if arch == "sd3"
+        else dict(
+            bench.FLUX1,
+            num_layers=1,
+            num_single_layers=1,
+            num_attention_heads=1,
+            joint_attention_dim=32,
+            pooled_projection_dim=16,
+        )
+    )
+    vcfg = dict(
+        bench.VAE16,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=4,
+    )
+    model, cond_fn, reward = bench.build_real(arch, "cpu", dtype, tcfg, vcfg, tiny_clip_config(), text=(8, 32, 16))
     r = reward(torch.rand(2, 3, 40, 40), ["a cat", "a dog"])
     assert r.shape == (2,) and torch.isfinite(r).all() and r[0] != r[1]  # all buffers initialised
     params = add_lora(model.transformer, 2)

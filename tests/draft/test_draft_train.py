@@ -9,15 +9,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icthp_core.prompts import load_prompts
-from train.draft_lora import TrainConfig, parse_config, train
+from icthp_core.data.prompts import load_prompts
+from icthp_core.diffusion.draft_train import TrainConfig, parse_config, train
 
 
 def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> TrainConfig:
-    base = dict(base_model=str(pipe_dir), prompts=str(prompt_file), reward="ict_hp", reward_sources=rewards,
-                output_dir=str(out), resolution=32, iterations=8, batch_size=2, learning_rate=1e-2, rank=4,
-                mixed_precision="no", max_sequence_length=16, log_every=2, sample_every=8, save_every=0,
-                sample_seeds=[0, 1])
+    base = dict(
+        base_model=str(pipe_dir),
+        prompts=str(prompt_file),
+        reward="ict_hp",
+        reward_sources=rewards,
+        output_dir=str(out),
+        resolution=32,
+        iterations=8,
+        batch_size=2,
+        learning_rate=1e-2,
+        rank=4,
+        mixed_precision="no",
+        max_sequence_length=16,
+        log_every=2,
+        sample_every=8,
+        save_every=0,
+        sample_seeds=[0, 1],
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -42,7 +56,7 @@ def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_
 
 
 def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path, monkeypatch):
-    import train.draft_lora as mod
+    import icthp_core.diffusion.draft_train as mod
 
     kw = dict(sample_every=0, num_steps=4, k=2)
     full = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path / "a", iterations=4, **kw))
@@ -61,17 +75,42 @@ def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_r
 
 
 def test_sd3_cfg_training_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
-    final = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path, iterations=1, num_steps=2,
-                       k=1, guidance_scale=3.0, sample_every=1, learning_rate=1e-3))
+    final = train(
+        _cfg(
+            tiny_pipeline_dirs["sd3"],
+            prompt_file,
+            tiny_rewards,
+            tmp_path,
+            iterations=1,
+            num_steps=2,
+            k=1,
+            guidance_scale=3.0,
+            sample_every=1,
+            learning_rate=1e-3,
+        )
+    )
     assert final.is_file() and [r["step"] for r in _log(tmp_path) if "eval_reward" in r] == [0, 1]
 
 
 def test_parse_config_yaml_and_overrides(tmp_path):
     y = tmp_path / "c.yaml"
-    y.write_text("prompts: p.txt\nreward: 'ict:1,hp:0.5'\nrank: 8\nreward_sources: {ict: /x}\n"
-                 "refl_range: [0.5, 1.0]\n")
-    cfg = parse_config(["--config", str(y), "--rank", "4", "--variant", "refl", "--reward_hinge", "0.9",
-                        "--gradient_checkpointing", "false", "--k", "None"])
+    y.write_text("prompts: p.txt\nreward: 'ict:1,hp:0.5'\nrank: 8\nreward_sources: {ict: /x}\nrefl_range: [0.5, 1.0]\n")
+    cfg = parse_config(
+        [
+            "--config",
+            str(y),
+            "--rank",
+            "4",
+            "--variant",
+            "refl",
+            "--reward_hinge",
+            "0.9",
+            "--gradient_checkpointing",
+            "false",
+            "--k",
+            "None",
+        ]
+    )
     assert (cfg.prompts, cfg.reward, cfg.rank, cfg.variant) == ("p.txt", "ict:1,hp:0.5", 4, "refl")
     assert cfg.reward_sources == {"ict": "/x"} and cfg.refl_range == (0.5, 1.0)
     assert cfg.reward_hinge == 0.9 and cfg.gradient_checkpointing is False and cfg.k is None
@@ -91,7 +130,8 @@ def test_load_prompts_formats(tmp_path):
     import pandas as pd
 
     pd.DataFrame({"easy_prompt": ["easy one"], "refine_prompt": ["a refined, detailed one"]}).to_pickle(
-        tmp_path / "d.pkl")
+        tmp_path / "d.pkl"
+    )
     with pytest.raises(ValueError, match="allow_pickle"):
         load_prompts(tmp_path / "d.pkl")
     assert load_prompts(tmp_path / "d.pkl", allow_pickle=True) == ["easy one"]
@@ -101,7 +141,7 @@ def test_load_prompts_formats(tmp_path):
 
 
 def test_weighted_reward_spec(tiny_rewards):
-    from icthp_core.draft import build_reward, parse_reward_spec
+    from icthp_core.diffusion.draft import build_reward, parse_reward_spec
 
     assert parse_reward_spec("ict:1, hp:0.5") == {"ict": 1.0, "hp": 0.5}
     fn = build_reward("ict:1,hp:0.5,ict_hp:2", tiny_rewards)
@@ -109,27 +149,46 @@ def test_weighted_reward_spec(tiny_rewards):
     x = torch.rand(2, 3, 40, 48, requires_grad=True)
     r = fn(x, ["a cat", "a dog"])
     s = fn.scorer
-    expect = s.reward(x, ["a cat", "a dog"], "ict") + 0.5 * s.reward(x, ["a cat", "a dog"], "hp") + 2 * single(
-        x, ["a cat", "a dog"])
+    expect = (
+        s.reward(x, ["a cat", "a dog"], "ict")
+        + 0.5 * s.reward(x, ["a cat", "a dog"], "hp")
+        + 2 * single(x, ["a cat", "a dog"])
+    )
     torch.testing.assert_close(r, expect)
     r.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(not p.requires_grad for m in s.models.values() for p in m.parameters())
 
 
-@pytest.mark.parametrize("kw", [dict(mixed_precision="bf16"),
-                                dict(variant="draft_lv", lv_copies=2, kl_weight=0.1, reward_hinge=0.5),
-                                dict(variant="refl", gradient_accumulation_steps=2, reward="ict:1,hp:0.5")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(mixed_precision="bf16"),
+        dict(variant="draft_lv", lv_copies=2, kl_weight=0.1, reward_hinge=0.5),
+        dict(variant="refl", gradient_accumulation_steps=2, reward="ict:1,hp:0.5"),
+    ],
+)
 def test_trainer_variants_run(kw, tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
-    final = train(_cfg(tiny_pipeline_dirs["flux"], prompt_file, tiny_rewards, tmp_path, iterations=2, log_every=1,
-                       sample_every=0, learning_rate=1e-3, **kw))
+    final = train(
+        _cfg(
+            tiny_pipeline_dirs["flux"],
+            prompt_file,
+            tiny_rewards,
+            tmp_path,
+            iterations=2,
+            log_every=1,
+            sample_every=0,
+            learning_rate=1e-3,
+            **kw,
+        )
+    )
     rows = [r for r in _log(tmp_path) if "reward" in r]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
     assert ("kl" in rows[0]) == ("kl_weight" in kw)
     sd = load_file(final)
     assert all(v.dtype == torch.float32 for v in sd.values())
-    from icthp_core.lora import read_lora_metadata
+    from icthp_core.diffusion.lora import read_lora_metadata
 
     meta = read_lora_metadata(final)
     assert meta["icthp.variant"] == kw.get("variant", "draft") and meta["icthp.base_arch"] == "flux"
@@ -137,7 +196,12 @@ def test_trainer_variants_run(kw, tiny_pipeline_dirs, prompt_file, tiny_rewards,
 
 
 def test_conditioning_cache_roundtrip(sd3_pipe, tmp_path):
-    from icthp_core.draft import encode_prompts, iter_encode_prompts, load_conditioning_cache, save_conditioning_cache
+    from icthp_core.diffusion.draft import (
+        encode_prompts,
+        iter_encode_prompts,
+        load_conditioning_cache,
+        save_conditioning_cache,
+    )
 
     prompts = ["a cat", "a dog", "a red car", "a blue house", "grass"]
     ref = encode_prompts(sd3_pipe, prompts, 16, negative=True)
@@ -163,13 +227,49 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_fil
         port = str(sock.getsockname()[1])
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "train.draft_lora", "--base_model", str(tiny_pipeline_dirs["flux"]), "--prompts", str(prompt_file),
-           "--reward", "ict_hp", "--reward_sources", json.dumps(tiny_rewards), "--output_dir", str(out),
-           "--resolution", "32", "--iterations", "2", "--mixed_precision", "no", "--log_every", "1",
-           "--sample_every", "0", "--save_every", "0", "--rank", "4", "--learning_rate", "1e-2"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        "-m",
+        "icthp_core.diffusion.draft_train",
+        "--base_model",
+        str(tiny_pipeline_dirs["flux"]),
+        "--prompts",
+        str(prompt_file),
+        "--reward",
+        "ict_hp",
+        "--reward_sources",
+        json.dumps(tiny_rewards),
+        "--output_dir",
+        str(out),
+        "--resolution",
+        "32",
+        "--iterations",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--log_every",
+        "1",
+        "--sample_every",
+        "0",
+        "--save_every",
+        "0",
+        "--rank",
+        "4",
+        "--learning_rate",
+        "1e-2",
+    ]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "pytorch_lora_weights.safetensors").is_file()

@@ -12,33 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _ensure_train_package() -> None:
-    """Make `train` the repository's training package.
-
-    The repository root has an `__init__.py` (ComfyUI entry point), so pytest may put the checkout's *parent* on
-    sys.path; in a checkout directory named "train" the root package would then shadow `train`.
-    """
-    if str(REPO) in sys.path:
-        sys.path.remove(str(REPO))
-    sys.path.insert(0, str(REPO))
-    mod = sys.modules.get("train")
-    if mod is not None and Path(getattr(mod, "__file__", "") or "").parent != REPO / "train":
-        for name in [m for m in sys.modules if m == "train" or m.startswith("train.")]:
-            del sys.modules[name]
-
-
-_ensure_train_package()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _train_package():
-    _ensure_train_package()
-
-
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A tiny random CLIPModel checkpoint (HF layout + config.json) used as `base_model`."""
-    from icthp_core.testing import save_tiny_clip
+    from icthp_core.testing.tiny import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("base") / "clip", seed=0)
 
@@ -46,7 +23,7 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> dict[str, Path]:
     """Synthetic train/val triplets and pairs (quality = brightness + sharpness)."""
-    from train.synthetic import make_dataset
+    from icthp_core.testing.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("synth")
     train = make_dataset(root / "train", triplets=48, pairs=48, seed=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from icthp_core.data import (
+from icthp_core.data.datasets import (
     DataFormatError,
     PairDataset,
     TripletDataset,
@@ -214,7 +214,7 @@ def test_convert_pick_high(tmp_path, fmt, embed):
 
 
 def test_synthetic_dataset_loads(tmp_path):
-    from train.synthetic import make_dataset
+    from icthp_core.testing.synthetic import make_dataset
 
     paths = make_dataset(tmp_path, triplets=4, pairs=6)
     recs, rep = load_triplets(paths["triplets"], require_labels=True, verify_images=True)

@@ -7,15 +7,18 @@ import json
 import pytest
 import torch
 
-from icthp_core.data import load_triplets, open_image
-from icthp_core.labels import auto_theta, ict_labels
-from icthp_core.loading import load_clip
-from icthp_core.preprocess import preprocess_pil
-from icthp_core.text import tokenize
+from icthp_core.checkpoints.loading import load_clip
+from icthp_core.data import convert_pick_high
+from icthp_core.data.datasets import load_triplets, open_image
+from icthp_core.evaluation import preference as eval_preference
+from icthp_core.scoring.preprocess import preprocess_pil
+from icthp_core.scoring.text import tokenize
+from icthp_core.training import engine
+from icthp_core.training import ict as train_ict
+from icthp_core.training.hp import HPConfig, freeze_first_half, new_head
+from icthp_core.training.ict import ICTConfig
+from icthp_core.training.labels import auto_theta, ict_labels
 from tests.train.conftest import REPO, common_overrides
-from train import convert_pick_high, engine, eval_preference, train_ict
-from train.train_hp import HPConfig, freeze_first_half, new_head
-from train.train_ict import ICTConfig
 
 
 def test_yaml_configs_load_with_overrides(tmp_path):
@@ -143,7 +146,7 @@ def test_plot_and_metrics_dedup(tmp_path):
 
 @pytest.mark.parametrize("module", ["ict", "hp"])
 def test_bf16_and_gradient_checkpointing_run(module, tiny_base, synth, tmp_path):
-    from train import train_hp
+    from icthp_core.training import hp as train_hp
 
     extra = {"max_steps": 2, "mixed_precision": "bf16", "gradient_checkpointing": True, "plot": False}
     if module == "hp":

@@ -10,12 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from icthp_core import load_scorer
-from icthp_core.data import load_triplets
-from icthp_core.loading import load_clip
-from icthp_core.models import HPHead, HPModel, ICTModel
-from icthp_core.preprocess import preprocess_pil
+from icthp_core.checkpoints.loading import load_clip
+from icthp_core.data.datasets import load_triplets
+from icthp_core.evaluation import preference as eval_preference
+from icthp_core.scoring.models import HPHead, HPModel, ICTModel
+from icthp_core.scoring.preprocess import preprocess_pil
+from icthp_core.training import hp as train_hp
+from icthp_core.training import ict as train_ict
 from tests.train.conftest import common_overrides
-from train import eval_preference, train_hp, train_ict
 
 HP_SEED = 5  # a head whose random initial direction ranks the triplets backwards (accuracy ~0)
 
@@ -124,8 +126,8 @@ def test_exported_models_match_trained_weights_in_scorer(trained, tiny_base, syn
     recs, _ = load_triplets(synth["val"])
     paths = [r.images[k] for r in recs[:6] for k in range(3)]
     prompts = [r.easy_prompt for r in recs[:6] for _ in range(3)]
-    from icthp_core.data import open_image
-    from icthp_core.text import tokenize
+    from icthp_core.data.datasets import open_image
+    from icthp_core.scoring.text import tokenize
 
     px = torch.stack([preprocess_pil(open_image(p)) for p in paths])
     with torch.no_grad():

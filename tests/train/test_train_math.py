@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icthp_core.labels import alignment_score, auto_theta, build_ict_labels, ict_labels
-from icthp_core.losses import hp_margin_loss, ict_loss, ict_loss_from_scores, negative_weight, pair_margin_loss
-from icthp_core.metrics import (
+from icthp_core.evaluation.metrics import (
     choose_tie_threshold,
     pairwise_accuracy,
     tie_aware_accuracy,
     tie_aware_credit,
     triplet_accuracy,
 )
+from icthp_core.training.labels import alignment_score, auto_theta, build_ict_labels, ict_labels
+from icthp_core.training.losses import hp_margin_loss, ict_loss, ict_loss_from_scores, negative_weight, pair_margin_loss
 
 
 def test_alignment_score_clamps():

@@ -20,7 +20,9 @@ def _losses(run_dir):
     return out
 
 
-@pytest.mark.parametrize("module,accum", [("train.train_hp", 1), ("train.train_ict", 1), ("train.train_ict", 2)])
+@pytest.mark.parametrize(
+    "module,accum", [("icthp_core.training.hp", 1), ("icthp_core.training.ict", 1), ("icthp_core.training.ict", 2)]
+)
 def test_kill_and_resume_matches_uninterrupted(module, accum, tiny_base, synth, tmp_path):
     # 48 triplets / batch 8 = 6 steps per epoch: the crash (step 8) and the resume (step 4) fall mid-epoch.
     extra = {
@@ -32,7 +34,7 @@ def test_kill_and_resume_matches_uninterrupted(module, accum, tiny_base, synth, 
         "gradient_accumulation_steps": accum,
         "batch_size": 8 // accum,
     }
-    if module == "train.train_hp":
+    if module == "icthp_core.training.hp":
         extra["head_dims"] = "[32,16,8,4]"  # the head has dropout: the random stream must be restored too
     full = run_module(module, common_overrides(tiny_base, synth["train"], tmp_path / "full", **extra))
     assert full.returncode == 0, full.stderr[-3000:]

@@ -1,0 +1,5 @@
+import sys
+
+from icthp_cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""`icthp metrics`: the registered metrics with their family, range, default weights and description."""
+
+from __future__ import annotations
+
+import argparse
+
+from icthp_core.scoring.registry import METRICS
+
+
+def table() -> str:
+    heads = ("metric", "label", "family", "prompt", "range", "default weights", "description")
+    rows = [
+        (
+            s.name,
+            s.label,
+            s.family,
+            "yes" if s.needs_prompt else "no",
+            s.value_range,
+            s.default_source or "from " + " x ".join(s.inputs),
+            s.description,
+        )
+        for s in METRICS.values()
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [heads, *rows]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="icthp metrics", description=__doc__).parse_args(argv)
+    print(table())
+    return 0

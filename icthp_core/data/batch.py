@@ -1,0 +1,79 @@
+"""Background decoding and preprocessing of image files for batch scoring (torch DataLoader workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from icthp_core.data.images import load_image
+from icthp_core.errors import ImageLoadError
+from icthp_core.scoring.preprocess import preprocess_pil
+
+
+class FileItems(Dataset):
+    """(image path, prompt) items -> (path, prompt, {mode: pixels} | None, error | None); never raises on bad files."""
+
+    def __init__(self, items: Sequence[tuple[str, str | None]], modes: Sequence[str]):
+        self.items, self.modes = list(items), list(modes)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, prompt = self.items[i]
+        try:
+            img = load_image(path)
+            return path, prompt, {m: preprocess_pil(img, m) for m in self.modes}, None
+        except ImageLoadError as e:
+            return path, prompt, None, str(e)
+
+
+def _collate(samples: list) -> dict:
+    rows, pix = [], {}
+    for path, prompt, pixels, error in samples:
+        rows.append({"image": path, "prompt": prompt, "error": error})
+        for m, t in (pixels or {}).items():
+            pix.setdefault(m, []).append(t)
+    return {"rows": rows, "pixels": {m: torch.stack(v) for m, v in pix.items()}}
+
+
+def iter_file_batches(
+    items: Sequence[tuple[str, str | None]],
+    modes: Sequence[str],
+    batch_size: int = 32,
+    num_workers: int = 2,
+    pin_memory: bool = False,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[dict]:
+    """Batches `{"rows": [...], "pixels": {mode: [b,3,224,224]}}` in item order, decoded in worker processes.
+
+    Unreadable files come back as rows with an `error` message naming the file (and no pixels).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    data = FileItems(items, modes)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total if total is not None else len(data), unit="img", desc="scoring")
+    try:
+        for batch in loader:
+            yield batch
+            if bar is not None:
+                bar.update(len(batch["rows"]))
+    finally:
+        if bar is not None:
+            bar.close()

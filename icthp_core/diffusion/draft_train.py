@@ -1,0 +1,510 @@
+"""DRaFT-K / ReFL / DRaFT-LV LoRA training of SD3 / SD3.5 and FLUX.1 against ICT, HP, ICT-HP or baseline rewards.
+
+    accelerate launch -m icthp_cli draft --config cfg.yaml [--key value ...]
+    icthp draft --base_model stabilityai/stable-diffusion-3.5-large-turbo --prompts p.txt \\
+        --reward ict_hp --output_dir out/sd35-icthp
+
+Defaults follow the paper (§4.3, A.2, A.4): SD3.5 8 steps, guidance 0, K=3; FLUX 4 steps, K=1; LoRA on the
+attention (FLUX also ff); AdamW 5e-6. Text embeddings are precomputed and the text encoders freed. The math lives
+in `icthp_core.diffusion.draft` / `icthp_core.diffusion.lora`; this file is configuration, logging and checkpoints.
+
+Outputs in `output_dir`: `pytorch_lora_weights.safetensors` (diffusers + ComfyUI), `log.jsonl`,
+`reward_curve.png`, `samples/step_XXXXXX.png` (fixed seeds), `checkpoints/step_XXXXXX/` (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ARCH_DEFAULTS = {"sd3": {"num_steps": 8, "k": 3}, "flux": {"num_steps": 4, "k": 1}}
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = "stabilityai/stable-diffusion-3.5-large-turbo"  # hub id or local diffusers dir
+    prompts: str = ""  # .txt / .jsonl / .json / .csv / .tsv / .parquet / Pick-High .pkl
+    prompt_column: str | None = None
+    allow_pickle: bool = False  # needed for Pick-High .pkl splits
+    reward: str = "ict_hp"  # metric or weighted sum "ict:1,hp:0.5"
+    reward_sources: dict[str, str] = field(default_factory=dict)  # metric -> hub id / local dir
+    reward_dtype: str | None = None  # default: the mixed-precision dtype
+    output_dir: str = "draft-lora"
+    variant: str = "draft"  # draft | refl | draft_lv
+    num_steps: int | None = None  # default 8 (SD3) / 4 (FLUX)
+    k: int | None = None  # default 3 (SD3) / 1 (FLUX)
+    guidance_scale: float = 0.0
+    resolution: int = 1024
+    refl_range: tuple[float, float] = (0.75, 1.0)
+    lv_copies: int = 2
+    kl_weight: float = 0.0
+    reward_hinge: float | None = None
+    max_sequence_length: int | None = None  # T5 tokens; default SD3 256, FLUX-schnell 256, FLUX-dev 512
+    text_cache: bool = True  # embeddings memory-mapped in output_dir/text_cache, reused on resume
+    rank: int = 16
+    lora_alpha: float | None = None  # default = rank
+    learning_rate: float = 5e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    iterations: int = 3000
+    mixed_precision: str = "bf16"  # no | fp16 | bf16
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 100
+    sample_prompts: list[str] = field(default_factory=list)  # default: first 4 training prompts
+    sample_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the newest checkpoint in output_dir
+    report_to: str | None = None  # e.g. "tensorboard"
+
+    def resolve(self, arch: str) -> TrainConfig:
+        d = ARCH_DEFAULTS[arch]
+        return dataclasses.replace(
+            self, num_steps=self.num_steps or d["num_steps"], k=d["k"] if self.k is None else self.k
+        )
+
+
+# ---------------------------------------------------------------- config parsing
+
+
+def _parse_value(ftype: Any, raw: str):
+    t = str(ftype)
+    if "bool" in t and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return raw.lower() in ("true", "1", "yes")
+    if raw.lower() in ("none", "null") and "None" in t:
+        return None
+    if t.startswith(("list", "dict", "tuple")):
+        import yaml
+
+        return yaml.safe_load(raw)
+    for cast in (int, float):
+        if cast.__name__ in t:
+            try:
+                return cast(raw)
+            except ValueError:
+                pass
+    return raw
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """`--config file.yaml` (keys = TrainConfig fields) then `--field value` overrides."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file with TrainConfig fields")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name, f in fields.items():
+        ap.add_argument(f"--{name}", default=None, help=f"({f.type}) default {getattr(TrainConfig(), name)!r}")
+    ns = ap.parse_args(argv)
+    values: dict[str, Any] = {}
+    if ns.config:
+        import yaml
+
+        data = yaml.safe_load(Path(ns.config).read_text()) or {}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise SystemExit(f"{ns.config}: unknown keys {unknown}")
+        values.update(data)
+    for name, f in fields.items():
+        raw = getattr(ns, name)
+        if raw is not None:
+            values[name] = _parse_value(f.type, raw)
+    if "refl_range" in values:
+        values["refl_range"] = tuple(values["refl_range"])
+    cfg = TrainConfig(**values)
+    if not cfg.prompts:
+        raise SystemExit("--prompts is required (a .txt/.jsonl/.csv/.tsv/.parquet/.pkl prompt file)")
+    return cfg
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 4) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.float().cpu(), path, nrow=nrow)
+
+
+def plot_rewards(log_path: Path, out_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
+    train = [(r["step"], r["reward"]) for r in rows if "reward" in r]
+    evals = [(r["step"], r["eval_reward"]) for r in rows if "eval_reward" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train reward (batch mean)", alpha=0.7)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="fixed-seed sample reward")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reward")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+# ---------------------------------------------------------------- training
+
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+def pipeline_info(base_model: str) -> tuple[str, bool]:
+    """(arch, guidance_embeds) of a diffusers pipeline from its configs only (nothing big is loaded)."""
+    from diffusers import DiffusionPipeline, FluxTransformer2DModel
+
+    name = DiffusionPipeline.load_config(base_model)["_class_name"]
+    if name.startswith("StableDiffusion3"):
+        return "sd3", False
+    if name.startswith("Flux"):
+        tcfg = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
+        return "flux", bool(tcfg.get("guidance_embeds", False))
+    raise ValueError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
+
+
+def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denoiser: bool = True):
+    """The pipeline with frozen eval components; `text=False` skips the text encoders, `denoiser=False` the
+    transformer and VAE."""
+    from diffusers import DiffusionPipeline
+
+    index = DiffusionPipeline.load_config(base_model)
+    kwargs = {k: None for k in TEXT_COMPONENTS if k in index and not text}
+    kwargs.update({k: None for k in ("transformer", "vae") if not denoiser})
+
+    pipe = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **kwargs)
+    for c in pipe.components.values():
+        if isinstance(c, torch.nn.Module):
+            c.eval().requires_grad_(False)
+    return pipe
+
+
+def text_conditioning(cfg: TrainConfig, prompts: list[str], negative: bool, dtype: torch.dtype, accelerator):
+    """Embeddings of `prompts`: from `output_dir/text_cache` when it matches (memory-mapped; the text encoders are
+    then never loaded), else encoded by the main process (written to the cache when `text_cache`)."""
+    import hashlib
+
+    from icthp_core.diffusion.draft import (
+        encode_prompts,
+        iter_encode_prompts,
+        load_conditioning_cache,
+        save_conditioning_cache,
+    )
+
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "base": cfg.base_model,
+                "prompts": prompts,
+                "msl": cfg.max_sequence_length,
+                "negative": negative,
+                "dtype": str(dtype),
+            }
+        ).encode()
+    ).hexdigest()
+    cache = Path(cfg.output_dir) / "text_cache"
+    cond = load_conditioning_cache(cache, key) if cfg.text_cache else None
+    if cond is not None:
+        return cond
+
+    def encoder():
+        pipe = load_pipeline(cfg.base_model, dtype, denoiser=False)
+        for name in TEXT_COMPONENTS[:3]:
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(accelerator.device)
+        return pipe
+
+    if not cfg.text_cache:
+        pipe = encoder()
+        cond = encode_prompts(pipe, prompts, cfg.max_sequence_length, negative=negative)
+    else:
+        pipe = None
+        if accelerator.is_main_process:
+            pipe = encoder()
+            save_conditioning_cache(
+                iter_encode_prompts(pipe, prompts, cfg.max_sequence_length, negative), len(prompts), cache, key
+            )
+        accelerator.wait_for_everyone()
+        cond = load_conditioning_cache(cache, key)
+        if cond is None:
+            raise RuntimeError(f"{cache}: the text-embedding cache was not written")
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return cond
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) training; returns the path of the final LoRA file.
+
+    accelerate's process-wide state is reset afterwards, so several runs (with different precisions) can share
+    one Python process (tests, notebooks).
+    """
+    from accelerate.state import AcceleratorState
+
+    try:
+        return _train(cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _train(cfg: TrainConfig) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from icthp_core.data.prompts import load_prompts
+    from icthp_core.diffusion.draft import DraftConfig, FlowModel, build_reward, draft_step, generate
+    from icthp_core.diffusion.lora import add_lora, detect_arch, save_lora
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=cfg.report_to,
+        project_dir=str(out),
+    )
+    set_seed(cfg.seed)
+    device = accelerator.device
+    wdtype = _dtype(cfg.mixed_precision)
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.allow_pickle)
+    sample_prompts = cfg.sample_prompts or prompts[:4]
+
+    # --- text embeddings first (text encoders loaded only for this, then freed), then the denoiser
+    arch, guidance_embeds = pipeline_info(cfg.base_model)
+    cfg = cfg.resolve(arch)
+    if arch == "flux" and cfg.max_sequence_length is None and not guidance_embeds:
+        cfg = dataclasses.replace(cfg, max_sequence_length=256)  # FLUX.1-schnell's T5 length
+    dcfg = DraftConfig(
+        num_steps=cfg.num_steps,
+        k=cfg.k,
+        variant=cfg.variant,
+        height=cfg.resolution,
+        width=cfg.resolution,
+        refl_range=tuple(cfg.refl_range),
+        lv_copies=cfg.lv_copies,
+        kl_weight=cfg.kl_weight,
+        reward_hinge=cfg.reward_hinge,
+    )
+    neg = arch == "sd3" and cfg.guidance_scale > 1
+    all_prompts = list(dict.fromkeys(prompts + sample_prompts))
+    index = {p: i for i, p in enumerate(all_prompts)}
+    cond_all = text_conditioning(cfg, all_prompts, neg, wdtype, accelerator)
+    pipe = load_pipeline(cfg.base_model, wdtype, text=False)
+    if detect_arch(pipe.transformer) != arch:
+        raise ValueError(f"{cfg.base_model}: pipeline class and transformer disagree")
+    model = FlowModel.from_pipeline(pipe, cfg.guidance_scale)
+    del pipe
+    model.vae.to(device)
+    model.transformer.to(device)
+    params = add_lora(model.transformer, cfg.rank, cfg.lora_alpha)
+    if cfg.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+        model.vae.enable_gradient_checkpointing()
+    reward_fn = build_reward(
+        cfg.reward,
+        cfg.reward_sources or None,
+        device=device,
+        dtype=cfg.reward_dtype or ("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision),
+    )
+    opt = torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+    )
+    # The transformer is not wrapped in DDP (it runs several forwards per backward, some without graph): the
+    # LoRA gradients are averaged across processes by hand before each optimizer step.
+    opt = accelerator.prepare(opt)
+    transformer = model.transformer
+
+    # --- resume
+    step, start = 0, time.time()
+    cks = _checkpoints(out)
+    if cfg.resume and cks:
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        ck = cks[-1]
+        lora_sd = {k.removeprefix("transformer."): v for k, v in load_file(ck / "lora.safetensors").items()}
+        res = set_peft_model_state_dict(transformer, lora_sd)
+        if getattr(res, "unexpected_keys", None):
+            raise RuntimeError(f"{ck}/lora.safetensors: unexpected keys {res.unexpected_keys[:5]}")
+        opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
+        step = json.loads((ck / "state.json").read_text())["step"]
+        accelerator.print(f"resumed from {ck} at step {step}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    if cfg.report_to:
+        accelerator.init_trackers("draft_lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+    log_path = out / "log.jsonl"
+    meta = {
+        "icthp.base_model": cfg.base_model,
+        "icthp.reward": cfg.reward,
+        "icthp.variant": cfg.variant,
+        "icthp.k": cfg.k,
+        "icthp.steps": cfg.num_steps,
+    }
+
+    def log(row: dict) -> None:
+        if accelerator.is_main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        if cfg.report_to:
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def sample_grid(at: int) -> None:
+        cond = cond_all.select([index[p] for p in sample_prompts for _ in cfg.sample_seeds])
+        noise = torch.cat(
+            [
+                model.noise(1, cfg.resolution, cfg.resolution, torch.Generator().manual_seed(s))
+                for _ in sample_prompts
+                for s in cfg.sample_seeds
+            ]
+        ).to(device)
+        imgs = []
+        with accelerator.autocast():
+            for i in range(0, noise.shape[0], max(cfg.batch_size, 1)):
+                imgs.append(
+                    generate(
+                        model,
+                        noise[i : i + cfg.batch_size],
+                        cond.select(range(i, min(i + cfg.batch_size, noise.shape[0]))),
+                        cfg.num_steps,
+                    )
+                )
+            imgs = torch.cat(imgs)
+            with torch.no_grad():
+                rp = [p for p in sample_prompts for _ in cfg.sample_seeds]
+                r = reward_fn(imgs, rp).float().mean().item()
+        if accelerator.is_main_process:
+            save_grid(imgs, out / "samples" / f"step_{at:06d}.png", nrow=len(cfg.sample_seeds))
+        log({"step": at, "eval_reward": r})
+
+    def checkpoint(at: int) -> None:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        ck = out / "checkpoints" / f"step_{at:06d}"
+        tmp = ck.with_name(ck.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_lora(transformer, tmp, meta, weight_name="lora.safetensors")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": at}))
+        shutil.rmtree(ck, ignore_errors=True)
+        tmp.rename(ck)
+        for old in _checkpoints(out)[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    if step == 0 and cfg.sample_every > 0:
+        sample_grid(0)
+    window: list[dict] = []
+    while step < cfg.iterations:
+        rng = random.Random(cfg.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
+        gen = torch.Generator().manual_seed(rng.randrange(2**63))
+        t0 = time.time()
+        micro: list[tuple[float, float, float | None]] = []
+        for _ in range(cfg.gradient_accumulation_steps):
+            batch = [rng.choice(prompts) for _ in range(cfg.batch_size)]
+            cond = cond_all.select([index[p] for p in batch])
+            noise = model.noise(cfg.batch_size, cfg.resolution, cfg.resolution, gen).to(device)
+            with accelerator.accumulate(), accelerator.autocast():
+                res = draft_step(model, reward_fn, batch, cond, noise, dcfg, rng=rng, generator=gen)
+                accelerator.backward(res.loss)
+                gnorm = None
+                if accelerator.sync_gradients:
+                    if accelerator.num_processes > 1:
+                        for p in params:
+                            if p.grad is None:
+                                p.grad = torch.zeros_like(p)
+                            p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    gnorm = accelerator.clip_grad_norm_(
+                        params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+                    )
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            micro.append(
+                (res.rewards.float().mean().item(), res.loss.item(), None if res.kl is None else res.kl.item())
+            )
+        step += 1
+        window.append(
+            {
+                "reward": sum(m[0] for m in micro) / len(micro),
+                "loss": sum(m[1] for m in micro) / len(micro),
+                "grad_norm": float(gnorm) if gnorm is not None else float("nan"),
+                "kl": None if micro[0][2] is None else sum(m[2] for m in micro) / len(micro),
+                "sec": time.time() - t0,
+            }
+        )
+        if step % cfg.log_every == 0 or step == cfg.iterations:
+            row = {
+                "step": step,
+                **{k: sum(w[k] for w in window) / len(window) for k in ("reward", "loss", "grad_norm", "sec")},
+            }
+            if window[-1]["kl"] is not None:
+                row["kl"] = sum(w["kl"] for w in window) / len(window)
+            if torch.cuda.is_available():
+                row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            log(row)
+            accelerator.print(json.dumps(row))
+            window = []
+        if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.iterations):
+            sample_grid(step)
+        if cfg.save_every > 0 and step % cfg.save_every == 0:
+            checkpoint(step)
+        if accelerator.is_main_process and log_path.exists() and step % cfg.log_every == 0:
+            plot_rewards(log_path, out / "reward_curve.png")
+
+    if accelerator.num_processes > 1:  # the replicas must have stayed identical (gradients all-reduced)
+        sums = accelerator.gather(torch.stack([p.detach().double().sum() for p in params]).unsqueeze(0))
+        if not torch.equal(sums, sums[:1].expand_as(sums)):
+            raise RuntimeError("LoRA replicas diverged across processes")
+    checkpoint(step)
+    final = out / "pytorch_lora_weights.safetensors"
+    if accelerator.is_main_process:
+        save_lora(transformer, out, meta)
+        if log_path.exists():
+            plot_rewards(log_path, out / "reward_curve.png")
+        accelerator.print(f"saved {final} after {step} iterations ({time.time() - start:.0f}s)")
+    accelerator.end_training()
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_config(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The model options every command shares (`--ict`, `--hp`, `--source`, `--device`, `--dtype`, `--batch-size`,
+`--workers`, `--output`): defined once, with the same names and defaults in `score`, `eval` and `app`."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from icthp_core.scoring.registry import METRICS, get_metric
+
+DTYPES = ("fp32", "fp16", "bf16")
+DEFAULT_DTYPE = "fp32"
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_WORKERS = 2
+
+
+@dataclass
+class ModelOptions:
+    """What the shared options resolve to: weight sources per base metric, device, dtype and batching."""
+
+    sources: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str = DEFAULT_DTYPE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = DEFAULT_WORKERS
+    output: str | None = None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, output_help: str | None = None) -> argparse.ArgumentParser:
+    """Add the shared model options to `parser` (one group); `output_help` adds `--output/-o` too."""
+    g = parser.add_argument_group("models")
+    g.add_argument(
+        "--ict",
+        default=get_metric("ict").default_source,
+        help="ICT weights: hub id or local dir in the published layout ('none' to skip)",
+    )
+    g.add_argument(
+        "--hp",
+        default=get_metric("hp").default_source,
+        help="HP weights: hub id or local dir in the published layout ('none' to skip)",
+    )
+    g.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="METRIC=SRC",
+        help="weights of another metric, e.g. pickscore=/models/PickScore_v1 (repeatable)",
+    )
+    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPES, help=f"weights and activations ({DEFAULT_DTYPE})")
+    g.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per batch ({DEFAULT_BATCH_SIZE})"
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"background image-decoding processes, 0 = none ({DEFAULT_WORKERS})",
+    )
+    if output_help:
+        g.add_argument("--output", "-o", help=output_help)
+    return parser
+
+
+def parse_sources(ict: str | None, hp: str | None, items: list[str]) -> dict[str, str]:
+    """Sources by base metric from `--ict`, `--hp` and repeated `--source METRIC=SRC` (checked against the registry)."""
+    sources: dict[str, str] = {}
+    for name, value in (("ict", ict), ("hp", hp)):
+        if value is not None and value.strip().lower() != "none":
+            sources[name] = value.strip()
+    for item in items:
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not value:
+            raise ValueError(f"--source {item!r}: expected METRIC=SRC")
+        spec = METRICS.get(name)
+        if spec is None or spec.derived:
+            bases = [n for n, s in METRICS.items() if not s.derived]
+            raise ValueError(
+                f"--source {item!r}: {name!r} is not a metric with weights; choose from {', '.join(bases)}"
+            )
+        sources[name] = value
+    return sources
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """Resolve the parsed shared options (after `add_model_arguments`) with one-line errors for bad values."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.workers < 0:
+        raise ValueError(f"--workers {args.workers}: must be >= 0")
+    return ModelOptions(
+        sources=parse_sources(args.ict, args.hp, args.source),
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        output=getattr(args, "output", None),
+    )

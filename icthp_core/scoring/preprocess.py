@@ -1,0 +1,94 @@
+"""CLIP image preprocessing, for PIL images (upstream-faithful) and for tensors (differentiable).
+
+"crop" (ICT, HP, CLIP, PickScore, aesthetic): resize the shortest side to 224 with bicubic, center crop, scale
+to [0, 1], normalise with the OpenAI mean/std — as `CLIPImageProcessor`.
+"letterbox" (HPSv2): resize the longest side to 224 with bicubic, pad with black to a square, normalise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+MODES = ("crop", "letterbox")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(OPENAI_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(OPENAI_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess_pil(img: Image.Image, mode: str = "crop", size: int = 224) -> torch.Tensor:
+    """A normalised float32 tensor [3, size, size] from a PIL image."""
+    _check_mode(mode)
+    img = img.convert("RGB")
+    w, h = img.size
+    if mode == "crop":
+        # shortest side to `size`, the other rounded as CLIPImageProcessor does
+        if w <= h:
+            new = (size, int(size * h / w))
+        else:
+            new = (int(size * w / h), size)
+        img = img.resize(new, Image.Resampling.BICUBIC)
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2  # as transformers' center_crop
+        img = img.crop((left, top, left + size, top + size))
+    else:
+        scale = size / max(w, h)
+        new = (round(w * scale), round(h * scale))
+        img = img.resize(new, Image.Resampling.BICUBIC)
+        canvas = Image.new("RGB", (size, size), (0, 0, 0))
+        canvas.paste(img, ((size - new[0]) // 2, (size - new[1]) // 2))
+        img = canvas
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return _normalize(x)
+
+
+def to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """Accept [B,3,H,W] or ComfyUI-style [B,H,W,3] (or a single image without B); return float [B,3,H,W]."""
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ValueError(f"images: expected a 4-D tensor [B,3,H,W] or [B,H,W,3], got shape {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3, 4):
+        images = images[..., :3].permute(0, 3, 1, 2)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[1] != 3:
+        raise ValueError(f"images: expected 3 channels, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images: expected a float tensor in 0..1, got {images.dtype}")
+    return images
+
+
+def preprocess_tensor(images: torch.Tensor, mode: str = "crop", size: int = 224) -> torch.Tensor:
+    """Differentiable preprocessing of float images in 0..1 ([B,3,H,W] or [B,H,W,3]) to normalised [B,3,size,size].
+
+    Bicubic with antialiasing (like PIL when downscaling); gradients flow to the input pixels.
+    """
+    _check_mode(mode)
+    x = to_nchw(images)
+    h, w = x.shape[-2:]
+    if mode == "crop":
+        new = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+        if (h, w) != new:
+            x = F.interpolate(x, size=new, mode="bicubic", align_corners=False, antialias=True)
+        top, left = (new[0] - size) // 2, (new[1] - size) // 2
+        x = x[..., top : top + size, left : left + size]
+    else:
+        scale = size / max(h, w)
+        new = (round(h * scale), round(w * scale))
+        if (h, w) != new:
+            x = F.interpolate(x, size=new, mode="bicubic", align_corners=False, antialias=True)
+        pad_h, pad_w = size - new[0], size - new[1]
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    return _normalize(x.clamp(0, 1))

@@ -1,0 +1,261 @@
+"""One registry of reward models: ICT, HP, ICT-HP and the baselines, each loading its own published weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from icthp_core.checkpoints.config import VIT_H_14, VIT_L_14_OPENAI
+from icthp_core.checkpoints.hub import resolve_file
+from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, load_clip, parse_device, parse_dtype
+from icthp_core.scoring.models import HPModel, ICTModel, ImageHeadModel, TextImageModel, load_head
+
+#: metric families, as the front ends group them
+FAMILIES = ("alignment", "image-only", "aesthetic")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: the single source of its metadata for the CLI, the app, the ComfyUI nodes and eval.
+
+    `model`: key of the model that computes it (metrics sharing a model share one instance); `inputs`/`combine`:
+    for a metric derived from others (e.g. ICT-HP = ICT x HP) instead of a model of its own.
+    """
+
+    name: str
+    label: str
+    family: str  # one of FAMILIES
+    description: str
+    value_range: str  # documented range, e.g. "(0, 1)"
+    needs_prompt: bool = True
+    preprocess: str = "crop"  # "crop" (CLIP processor) or "letterbox" (HPSv2)
+    model: str = ""
+    default_source: str | None = None
+    higher_is_better: bool = True
+    inputs: tuple[str, ...] = ()
+    combine: Callable[..., torch.Tensor] | None = field(default=None, compare=False)
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.inputs)
+
+
+METRICS: dict[str, MetricSpec] = {}
+_LOADERS: dict[str, Callable[..., nn.Module]] = {}
+#: metrics computed from other metrics: name -> (inputs, function) (a view of the derived entries of METRICS)
+DERIVED: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]] = {}
+
+
+def register(spec: MetricSpec, loader: Callable[..., nn.Module] | None = None) -> None:
+    """Add a metric; `loader(source, device, dtype)` builds its model (omit it to reuse another metric's model).
+
+    A derived metric (``spec.inputs`` and ``spec.combine`` set) needs no loader.
+    """
+    if spec.family not in FAMILIES:
+        raise ValueError(f"metric {spec.name!r}: family {spec.family!r} is not one of {FAMILIES}")
+    if spec.derived:
+        if spec.combine is None:
+            raise ValueError(f"metric {spec.name!r}: a derived metric needs `combine`")
+        DERIVED[spec.name] = (spec.inputs, spec.combine)
+    elif not spec.model:
+        raise ValueError(f"metric {spec.name!r}: `model` is required for a metric that is not derived")
+    METRICS[spec.name] = spec
+    if loader is not None:
+        _LOADERS[spec.model] = loader
+
+
+def unregister(name: str) -> None:
+    """Remove a metric (tests and plugins); its model loader stays if another metric uses it."""
+    spec = METRICS.pop(name)
+    DERIVED.pop(name, None)
+    if spec.model and not any(s.model == spec.model for s in METRICS.values()):
+        _LOADERS.pop(spec.model, None)
+
+
+def list_metrics(family: str | None = None) -> list[str]:
+    """Names of the registered metrics (base and derived), optionally of one family, in registration order."""
+    return [n for n, s in METRICS.items() if family is None or s.family == family]
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The spec of `name`; a one-line error naming the choices if it is not registered."""
+    if name not in METRICS:
+        raise ValueError(f"metric {name!r} is not registered; choose from {', '.join(list_metrics())}")
+    return METRICS[name]
+
+
+def metric_label(name: str) -> str:
+    """Display label of a metric (the name itself for unknown names)."""
+    spec = METRICS.get(name)
+    return spec.label if spec else name
+
+
+def parse_metrics(text: str | None, what: str = "--metrics") -> list[str]:
+    """A comma-separated metric list ('all' = every metric) checked against the registry."""
+    names = list_metrics() if (text or "").strip() == "all" else [m.strip() for m in (text or "").split(",")]
+    names = list(dict.fromkeys(m for m in names if m))
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"{what}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(list_metrics())}")
+    if not names:
+        raise ValueError(f"{what}: no metric given; choose from {', '.join(list_metrics())}")
+    return names
+
+
+def _clip_metric(mode: str = "crop", logit_scaled: bool = False, filenames=CLIP_WEIGHT_NAMES, nested_key=None):
+    def load(source, device, dtype):
+        clip = load_clip(
+            source, device=device, dtype=dtype, filenames=filenames, nested_key=nested_key, default_config=VIT_H_14
+        )
+        return TextImageModel(clip, preprocess_mode=mode, logit_scaled=logit_scaled)
+
+    return load
+
+
+AESTHETIC_HEAD_NAMES = ("sac+logos+ava1-l14-linearMSE.pth", "aesthetic_head.safetensors")
+AESTHETIC_BACKBONE = "openai/clip-vit-large-patch14"
+
+
+def _load_aesthetic(source, device, dtype) -> ImageHeadModel:
+    """LAION aesthetic predictor v2: head(L2-normalised OpenAI CLIP ViT-L/14 image features), about 1..10.
+
+    `source`: a head file, or a directory with the head file (and optionally a ViT-L/14 CLIP checkpoint,
+    else `openai/clip-vit-large-patch14` is used), or a hub repo holding the head file.
+    """
+    backbone_src: str | os.PathLike = AESTHETIC_BACKBONE
+    if os.path.isdir(source) and resolve_file(source, CLIP_WEIGHT_NAMES, required=False):
+        backbone_src = source
+    visual = load_clip(backbone_src, vision_only=True, device=device, dtype=dtype, default_config=VIT_L_14_OPENAI)
+    head = load_head(source, AESTHETIC_HEAD_NAMES).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return ImageHeadModel(visual, head, normalize=True, sigmoid=False)
+
+
+register(
+    MetricSpec(
+        "ict",
+        "ICT",
+        "alignment",
+        "ICT: how much of the prompt the image contains (cosine)",
+        "[-1, 1], trained towards [0, 1]",
+        model="ict",
+        default_source="8y/ICT",
+    ),
+    lambda src, device, dtype: ICTModel.from_pretrained(src, device=device, dtype=dtype),
+)
+register(
+    MetricSpec(
+        "hp",
+        "HP",
+        "image-only",
+        "HP: prompt-free high-preference score (sigmoid)",
+        "(0, 1)",
+        needs_prompt=False,
+        model="hp",
+        default_source="8y/HP",
+    ),
+    lambda src, device, dtype: HPModel.from_pretrained(src, device=device, dtype=dtype),
+)
+register(
+    MetricSpec(
+        "ict_hp",
+        "ICT-HP",
+        "alignment",
+        "ICT x HP (paper §5)",
+        "[-1, 1], in practice (0, 1)",
+        inputs=("ict", "hp"),
+        combine=lambda ict, hp: ict * hp,
+    )
+)
+register(
+    MetricSpec(
+        "clip",
+        "CLIP",
+        "alignment",
+        "CLIP score: LAION CLIP-H cosine",
+        "[-1, 1], typically 0.2..0.4",
+        model="clip",
+        default_source="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    ),
+    _clip_metric(),
+)
+register(
+    MetricSpec(
+        "pickscore",
+        "PickScore",
+        "alignment",
+        "PickScore v1: logit_scale.exp() x cosine",
+        "about [-100, 100], typically 18..24",
+        model="pickscore",
+        default_source="yuvalkirstain/PickScore_v1",
+    ),
+    _clip_metric(logit_scaled=True),
+)
+register(
+    MetricSpec(
+        "hpsv2",
+        "HPSv2",
+        "alignment",
+        "HPSv2: cosine of the HPS CLIP-H, letterboxed input",
+        "[-1, 1], typically 0.2..0.3",
+        preprocess="letterbox",
+        model="hpsv2",
+        default_source="xswu/HPSv2",
+    ),
+    _clip_metric("letterbox", filenames=("HPS_v2_compressed.pt",), nested_key="state_dict"),
+)
+register(
+    MetricSpec(
+        "hpsv2.1",
+        "HPSv2.1",
+        "alignment",
+        "HPSv2.1: as HPSv2 with the v2.1 weights",
+        "[-1, 1], typically 0.2..0.35",
+        preprocess="letterbox",
+        model="hpsv2.1",
+        default_source="xswu/HPSv2",
+    ),
+    _clip_metric("letterbox", filenames=("HPS_v2.1_compressed.pt",), nested_key="state_dict"),
+)
+register(
+    MetricSpec(
+        "aesthetic",
+        "Aesthetic",
+        "aesthetic",
+        "LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP)",
+        "unbounded, typically 1..10",
+        needs_prompt=False,
+        model="aesthetic",
+        default_source="camenduru/improved-aesthetic-predictor",
+    ),
+    _load_aesthetic,
+)
+
+
+def model_key(metric: str) -> str:
+    spec = get_metric(metric)
+    if spec.derived:
+        raise ValueError(f"metric {metric!r} is derived from {spec.inputs}; it has no model of its own")
+    return spec.model
+
+
+def create_reward_model(metric: str, source: str | os.PathLike | None = None, device=None, dtype="fp32") -> nn.Module:
+    """Load the model that computes `metric` (a base metric), from `source` or the metric's default hub id."""
+    key = model_key(metric)
+    src = source if source is not None else METRICS[metric].default_source
+    return _LOADERS[key](src, parse_device(device), parse_dtype(dtype))
+
+
+def required_base_metrics(metrics: list[str]) -> list[str]:
+    """Base metrics needed to compute `metrics` (derived ones expanded), in a stable order."""
+    out: list[str] = []
+    for m in metrics:
+        parts = DERIVED[m][0] if m in DERIVED else (m,)
+        for p in parts:
+            model_key(p)
+            if p not in out:
+                out.append(p)
+    return out

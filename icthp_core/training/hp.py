@@ -1,0 +1,221 @@
+"""Stage 2: train the HP model (paper §4.2.3) with the ICT model frozen.
+
+    accelerate launch -m icthp_cli train-hp --config train/configs/hp.yaml [key=value ...]
+
+HP backbone = the vision tower of `base_model` (LAION CLIP-H) with its first `freeze_fraction` (half) frozen:
+patch/position embeddings, pre-LayerNorm and the first half of the transformer blocks. The latter half, the
+post-LayerNorm, the projection and the MLP head are trained with the margin ranking loss (eq. 13, m = 0.2) on
+I1 < I2 < I3 (or, for a pairs table, on winner > loser with ties skipped). The frozen ICT model (`ict_model`,
+optional) is only used to report ICT-HP validation accuracy.
+Exported to `<output_dir>/HP` (`hp_backbone/`, `hp_scorer/`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from icthp_core.checkpoints.export import save_hp
+from icthp_core.checkpoints.loading import load_clip
+from icthp_core.data.datasets import PairDataset, detect_kind, load_pairs
+from icthp_core.evaluation.metrics import pairwise_accuracy
+from icthp_core.scoring.models import HPHead, HPModel, ICTModel
+from icthp_core.scoring.text import tokenize
+from icthp_core.training import engine
+from icthp_core.training.common import (
+    image_size,
+    load_triplet_records,
+    make_transform,
+    score_triplet_loader,
+    triplet_dataset,
+    triplet_metrics,
+)
+from icthp_core.training.losses import hp_margin_loss, pair_margin_loss
+
+logger = logging.getLogger("icthp.train.hp")
+
+
+@dataclass
+class HPConfig(engine.TrainConfig):
+    output_dir: str = "runs/hp"
+    lr: float = 3e-6
+    margin: float = 0.2
+    freeze_fraction: float = 0.5  # fraction of the vision transformer blocks (from the input side) kept frozen
+    score_space: str = "logit"  # margin on the head output before the sigmoid ("logit", as upstream) or after
+    head_dims: tuple[int, ...] = (1024, 128, 64, 16)  # hidden sizes of the head (published HP: 1024,128,64,16)
+    init_hp: str | None = None  # continue from a published-layout HP dir instead of base_model + a new head
+    ict_model: str | None = None  # frozen ICT (dir/hub id) for ICT-HP validation accuracy
+    preprocess_mode: str = "crop"
+    export_name: str = "HP"
+
+
+def new_head(in_dim: int, hidden: tuple[int, ...], seed: int) -> HPHead:
+    """A head initialised as upstream: weights N(0, 1/(in_dim + 1)), biases 0; `hidden` = 4 layer widths."""
+    if len(hidden) != 4:
+        raise ValueError(f"head_dims must list 4 hidden widths (the published head is 1024,128,64,16), got {hidden}")
+    head = HPHead((in_dim, *hidden, 1))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("weight"):
+                p.copy_(torch.randn(p.shape, generator=g) / (in_dim + 1))
+            else:
+                p.zero_()
+    return head
+
+
+def freeze_first_half(visual: nn.Module, fraction: float) -> int:
+    """Freeze the stem and the first `fraction` of the transformer blocks of an open_clip VisionTransformer.
+
+    Returns the number of frozen blocks. Everything after them (blocks, ln_post, proj) stays trainable.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"freeze_fraction must be in [0, 1], got {fraction}")
+    visual.requires_grad_(True)
+    blocks = visual.transformer.resblocks
+    n_frozen = int(len(blocks) * fraction)
+    if n_frozen > 0:
+        for name, p in visual.named_parameters():
+            if not (name.startswith("transformer.") or name.startswith(("ln_post", "proj", "attn_pool"))):
+                p.requires_grad_(False)  # conv1, class/positional embedding, ln_pre, patch dropout
+        for blk in blocks[:n_frozen]:
+            blk.requires_grad_(False)
+    return n_frozen
+
+
+class HPTrainModule(nn.Module):
+    """DDP-wrapped forward: raw head outputs [N] (before the sigmoid) for a batch of images."""
+
+    def __init__(self, hp: HPModel):
+        super().__init__()
+        self.hp = hp
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.hp.head(self.hp.encode_image(pixels)).squeeze(-1)
+
+
+class HPStage(engine.Stage):
+    name = "hp"
+
+    def __init__(self, cfg: HPConfig):
+        if cfg.score_space not in ("logit", "sigmoid"):
+            raise ValueError(f"score_space={cfg.score_space!r}: expected 'logit' or 'sigmoid'")
+        self.config = cfg
+        self.out = Path(cfg.output_dir)
+        self.reports: dict[str, Any] = {}
+
+    def build(self, accelerator) -> nn.Module:
+        cfg = self.config
+        if cfg.init_hp:
+            hp = HPModel.from_pretrained(cfg.init_hp, device="cpu")
+        else:
+            visual = load_clip(cfg.base_model, vision_only=True, device="cpu", dtype="fp32")
+            in_dim = visual.output_dim if hasattr(visual, "output_dim") else visual.proj.shape[1]
+            hp = HPModel(visual, new_head(in_dim, tuple(cfg.head_dims), cfg.seed))
+        self.n_frozen = freeze_first_half(hp.visual, cfg.freeze_fraction)
+        hp.head.requires_grad_(True)
+        hp.fold_head = False
+        if cfg.gradient_checkpointing:
+            hp.visual.set_grad_checkpointing(True)
+        self.size = image_size(hp.visual)
+        logger.info("HP backbone: %d of %d blocks frozen", self.n_frozen, len(hp.visual.transformer.resblocks))
+        self.module = HPTrainModule(hp).train()
+        self.ict = None
+        if cfg.ict_model:
+            self.ict = ICTModel.from_pretrained(cfg.ict_model, device=accelerator.device).eval().requires_grad_(False)
+        return self.module
+
+    def _dataset(self, path: str, limit: int | None, tag: str):
+        """Triplets (eq. 13) or preference pairs (winner > loser, ties skipped), by the table's columns."""
+        cfg = self.config
+        if detect_kind(path, cfg.trust_pickle) == "pairs":
+            records, report = load_pairs(path, image_root=cfg.image_root, verify_images=cfg.verify_images, limit=limit)
+            (self.out / f"data_report_{tag}.json").write_text(json.dumps(report.to_dict(), indent=2))
+            ds = PairDataset(
+                records, make_transform(self.size, cfg.preprocess_mode), tokenize, report, cache=cfg.cache_images
+            )
+        else:
+            records, report = load_triplet_records(path, cfg, limit, report_dir=self.out, tag=tag, use_labels=False)
+            ds = triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+        self.reports[tag] = report.to_dict()
+        return ds
+
+    def train_dataset(self, accelerator):
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self._dataset(self.config.train_data, self.config.limit_train, "train")
+
+    def val_dataset(self, accelerator):
+        if not self.config.val_data:
+            return None
+        self._val_ict = None
+        return self._dataset(self.config.val_data, self.config.limit_val, "val")
+
+    def loss(self, module, batch, accelerator):
+        cfg = self.config
+        if "pixels_0" in batch:  # preference pairs
+            s = module(torch.cat([batch["pixels_0"], batch["pixels_1"]])).float()
+            if cfg.score_space == "sigmoid":
+                s = torch.sigmoid(s)
+            s0, s1 = s.chunk(2)
+            lab = batch["label_0"].float()
+            loss = pair_margin_loss(s0, s1, lab, cfg.margin)
+            decisive = lab != 0.5
+            right = ((s0 > s1) == (lab > 0.5))[decisive].float()
+            return loss, {"acc_pairs": right.mean().item() if right.numel() else float("nan")}
+        pixels = torch.cat([batch["pixels_1"], batch["pixels_2"], batch["pixels_3"]])
+        s = module(pixels).float()
+        if cfg.score_space == "sigmoid":
+            s = torch.sigmoid(s)
+        s1, s2, s3 = s.chunk(3)
+        loss = hp_margin_loss(s1, s2, s3, cfg.margin)
+        return loss, {"acc_I2>I1": (s2 > s1).float().mean().item(), "acc_I3>I2": (s3 > s2).float().mean().item()}
+
+    def evaluate(self, module, loader, accelerator):
+        hp = module.hp
+        dev = accelerator.device
+        if isinstance(loader.dataset, PairDataset):
+            s0, s1, lab = [], [], []
+            for batch in loader:
+                s0.append(module(batch["pixels_0"].to(dev)).float().cpu())
+                s1.append(module(batch["pixels_1"].to(dev)).float().cpu())
+                lab.append(batch["label_0"].float())
+            s0, s1, lab = torch.cat(s0), torch.cat(s1), torch.cat(lab)
+            d = lab != 0.5
+            better, worse = torch.where(lab > 0.5, s0, s1)[d], torch.where(lab > 0.5, s1, s0)[d]
+            return {"pairs_no_ties": pairwise_accuracy(better, worse)}
+        hp_s = score_triplet_loader(loader, lambda b, k: torch.sigmoid(module(b[f"pixels_{k}"])), dev)
+        res = triplet_metrics(*hp_s)
+        if self.ict is not None:
+            if getattr(self, "_val_ict", None) is None:
+                self._val_ict = score_triplet_loader(
+                    loader, lambda b, k: self.ict(b[f"pixels_{k}"], b["easy_tokens"]), dev
+                )
+            prod = [a * b for a, b in zip(self._val_ict, hp_s, strict=True)]
+            res.update(triplet_metrics(*prod, prefix="ict_hp/"))
+        del hp
+        return res
+
+    def export(self, module, accelerator):
+        hp = module.hp.float().cpu().eval()
+        hp.fold_head = True
+        path = save_hp(hp, self.out / self.config.export_name, config=getattr(hp.visual, "hf_config", None))
+        logger.info("exported HP to %s", path)
+        return path
+
+    def summary(self):
+        return {"frozen_blocks": self.n_frozen, "data": self.reports}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = engine.parse_args(HPConfig, argv, "Train the HP reward model (stage 2, ICT frozen).")
+    return engine.run(HPStage(cfg))
+
+
+if __name__ == "__main__":
+    main()
