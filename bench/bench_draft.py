@@ -160,11 +160,14 @@ def real_reward(device, dtype, clip_cfg: dict | None = None):
     load_into(visual, _random_state_dict(visual, device), "<random HP backbone>")
     with torch.device(device):
         head = HPHead((cfg["projection_dim"], 1024, 128, 64, 16, 1))
-    models = {"ict": ICTModel(clip.to(dtype)), "hp": HPModel(visual.to(dtype), head.to(dtype))}
+    clip, visual = clip.to(device, dtype), visual.to(device, dtype)  # buffers made on the CPU (attn_mask) too
+    models = {"ict": ICTModel(clip), "hp": HPModel(visual, head.to(dtype))}
     for m in models.values():
         m.eval().requires_grad_(False)
     scorer = MultiScorer(["ict_hp"], device=device, dtype=dtype, models=models)
-    return weighted_reward({"ict_hp": lambda im, pr: scorer.reward(im, list(pr), metric="ict_hp")}, {"ict_hp": 1.0})
+    fn = weighted_reward({"ict_hp": lambda im, pr: scorer.reward(im, list(pr), metric="ict_hp")}, {"ict_hp": 1.0})
+    fn.scorer = scorer  # type: ignore[attr-defined]
+    return fn
 
 
 def build_tiny(arch: str, device, dtype):
@@ -233,11 +236,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke test): sizes 32/64")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
     a = ap.parse_args(argv)
 
     from icthp_core.diffusion.lora import add_lora
+    from icthp_core.diffusion.memory import estimate_draft_memory
 
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    if device == "cuda" and not a.cudnn_sdpa:
+        # torch 2.11 on an H200 picks cuDNN attention, whose backward failed for FLUX at 1024² ("mha_graph.execute
+        # ... is_good()", then illegal memory access); flash / memory-efficient SDPA kernels are used instead
+        torch.backends.cuda.enable_cudnn_sdp(False)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     if a.tiny:
         dtype = torch.float32
@@ -255,6 +264,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             model.transformer.enable_gradient_checkpointing()
             model.vae.enable_gradient_checkpointing()
         opt = torch.optim.AdamW(params, lr=5e-6)
+        reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+        text_tokens = cond_fn(1).prompt_embeds.shape[1]
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
         print(
             f"# {arch}: transformer {n_params:.2f}B params (LoRA {sum(p.numel() for p in params) / 1e6:.1f}M), "
@@ -274,6 +285,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "dtype": str(dtype).removeprefix("torch."),
                         "checkpointing": not a.no_checkpointing,
                     }
+                    est = estimate_draft_memory(
+                        model.transformer,
+                        model.vae,
+                        reward_models,
+                        height=size,
+                        width=size,
+                        k=min(k, steps),
+                        batch=b,
+                        text_tokens=text_tokens,
+                        act_bytes=torch.empty((), dtype=dtype).element_size(),
+                        checkpointing=not a.no_checkpointing,
+                    )
+                    row["est_gib"] = round(est.total, 2)
+                    row["estimate"] = est.as_dict()
                     try:
                         sec, peak = run_config(
                             model,
@@ -304,11 +329,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     print(f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}\n")
-    print("| model | res | steps | K | batch | s/iter | peak GiB |\n|---|---|---|---|---|---|---|")
+    print("| model | res | steps | K | batch | s/iter | peak GiB | estimated GiB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['size']}² | {r['steps']} | {r['k']} | {r['batch']} | {r['sec_per_iter']} "
-            f"| {r['peak_gib']} |"
+            f"| {r['peak_gib']} | {r['est_gib']} |"
         )
     if a.json:
         with open(a.json, "w") as f:

@@ -4,8 +4,10 @@ Upstream style (BarretBa/ICTHP eval script): two full transformers CLIPModels in
 one image per call, text encoded every call. Ours: `icthp_core.MultiScorer.score_files` (DataLoader decoding,
 batching, cached text features, SDPA, optional bf16).
 
-    python bench/bench_score.py --config vit-h --device cuda --dtype bf16 --batch-sizes 1 8 32 64 --images 512
+    python bench/bench_score.py --config vit-h --device cuda --dtype bf16 --batch-sizes 1 8 32 64 128 --images 512 \
+        --decodes cpu gpu --compile-batches 64
     python bench/bench_score.py --config small --device cpu --images 32        # CPU-sized smoke run
+    python bench/bench_score.py --config tiny --device cpu --images 8          # seconds (dry run)
 
 Each side runs in its own subprocess (clean peak-memory numbers); the parent prints the table and ratios.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 
 CONFIGS = {
     "vit-h": None,  # icthp_core.checkpoints.config.VIT_H_14
+    "tiny": "tiny",  # icthp_core.testing.TINY_CLIP, for dry runs
     "small": {  # ViT-B/16-sized towers, for CPU runs
         "projection_dim": 512,
         "text_config": {
@@ -57,12 +59,19 @@ def make_fixture(root: Path, config_name: str, n_images: int) -> None:
 
     from icthp_core.checkpoints.config import VIT_H_14
     from icthp_core.checkpoints.files import save_state_dict
+    from icthp_core.testing import tiny_clip_config
     from icthp_core.testing.tiny import save_tiny_clip, tiny_head
 
     cfg = CONFIGS[config_name] or VIT_H_14
+    if cfg == "tiny":
+        cfg = tiny_clip_config()
     if not (root / "ICT" / "pytorch_model.bin").exists():
-        save_tiny_clip(root / "ICT", seed=0, config=cfg, with_position_ids=False)
-        save_tiny_clip(root / "HP" / "hp_backbone", seed=1, config=cfg, with_position_ids=False)
+        if config_name == "vit-h":  # ~1B parameters per tower: initialise fast (on the GPU if any), store in bf16
+            _save_random_clip(root / "ICT", cfg, seed=0)
+            _save_random_clip(root / "HP" / "hp_backbone", cfg, seed=1)
+        else:
+            save_tiny_clip(root / "ICT", seed=0, config=cfg, with_position_ids=False)
+            save_tiny_clip(root / "HP" / "hp_backbone", seed=1, config=cfg, with_position_ids=False)
         head = tiny_head(cfg["projection_dim"], seed=2, dims=(1024, 128, 64, 16, 1))
         save_state_dict(head.state_dict(), root / "HP" / "hp_scorer" / "mlp_pytorch_model.bin")
     img_dir = root / "images"
@@ -76,6 +85,23 @@ def make_fixture(root: Path, config_name: str, n_images: int) -> None:
             small = rng.integers(0, 256, (h // 32, w // 32, 3), dtype=np.uint8)
             Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).save(p, quality=90)
     torch.manual_seed(0)
+
+
+def _save_random_clip(directory: Path, cfg: dict, seed: int) -> None:
+    """A randomly initialised transformers CLIPModel of `cfg`, saved in bf16 in the published layout."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from icthp_core.checkpoints.files import save_state_dict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = CLIPModel(CLIPConfig(**cfg))
+    save_state_dict(
+        {k: v.to(torch.bfloat16).cpu() for k, v in model.state_dict().items()}, directory / "pytorch_model.bin"
+    )
+    (directory / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"], "model_type": "clip", **cfg}))
 
 
 def _sync(device: str) -> None:
@@ -104,7 +130,8 @@ def run_upstream(root: Path, device: str, n: int) -> dict:
 
     def load(d: Path) -> CLIPModel:
         cfg = json.loads((d / "config.json").read_text())
-        m = CLIPModel(CLIPConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}))
+        with torch.device(device):  # initialise where it will run (the weights are then loaded over it)
+            m = CLIPModel(CLIPConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}))
         m.load_state_dict(torch.load(d / "pytorch_model.bin", weights_only=True), strict=False)
         return m.to(device).eval()
 
@@ -162,40 +189,74 @@ def run_upstream(root: Path, device: str, n: int) -> dict:
     }
 
 
-def run_ours(root: Path, device: str, dtype: str, batch: int, n: int, workers: int) -> dict:
+def _model_only(scorer, batch: int, device: str, reps: int) -> float:
+    """Images/s of the model part alone (both towers + heads) on preprocessed device tensors, cached text."""
     import torch
+
+    px = {m: torch.randn(batch, 3, 224, 224, device=device) for m in scorer.preprocess_modes}
+    prompts = ["a tiny dragon taking a bath in a teacup"] * batch if scorer.needs_prompt else None
+    scorer.score_pixels(px, prompts)  # warm-up (and compile for this shape)
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        scorer.score_pixels(px, prompts)
+    _sync(device)
+    return reps * batch / (time.perf_counter() - t)
+
+
+def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, workers: int | None) -> list[dict]:
+    """Each config {batch, decode, compile} on one loaded scorer (compiled configs last: compiling is in place)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from icthp_core import load_scorer
 
     scorer = load_scorer(root / "ICT", root / "HP", device=device, dtype=dtype)
-    paths = [str(p) for p in sorted((root / "images").iterdir())[:n]]
-    items = [(p, "a tiny dragon taking a bath in a teacup") for p in paths]
-    list(scorer.score_files(items[:batch], batch_size=batch, num_workers=0))  # warm-up
-    _sync(device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    rows = list(scorer.score_files(items, batch_size=batch, num_workers=workers))
-    _sync(device)
-    dt = time.perf_counter() - t
-    assert all(r["error"] is None for r in rows)
-    # model FLOPs per image (both image towers + head; text is encoded once per distinct prompt)
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = torch.randn(1, 3, 224, 224, device=device, dtype=scorer.dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:  # both image towers (text: once per prompt)
         scorer.models["ict"].encode_image(x)
         scorer.models["hp"].encode_image(x)
-    return {
-        "side": "ours",
-        "batch": batch,
-        "dtype": dtype,
-        "images": len(rows),
-        "seconds": dt,
-        "img_per_s": len(rows) / dt,
-        "peak_gib": _peak_mem(device),
-        "flops_per_img": fc.get_total_flops(),
-    }
+    flops = fc.get_total_flops()
+    paths = [str(p) for p in sorted((root / "images").iterdir())[:n]]
+    items = [(p, "a tiny dragon taking a bath in a teacup") for p in paths]
+    out, compiled = [], False
+    for cfg in sorted(configs, key=lambda c: bool(c.get("compile"))):
+        batch, decode = cfg["batch"], cfg.get("decode", "cpu")
+        res = {"side": "ours", "batch": batch, "dtype": dtype, "decode": decode, "compile": bool(cfg.get("compile"))}
+        try:
+            compile_s = None
+            if cfg.get("compile") and not compiled:
+                t0 = time.perf_counter()
+                scorer.compile()
+                compiled = True
+                list(scorer.score_files(items[:batch], batch_size=batch, num_workers=0, decode=decode))
+                _sync(device)
+                compile_s = time.perf_counter() - t0
+            list(scorer.score_files(items[:batch], batch_size=batch, num_workers=0, decode=decode))  # warm-up
+            _sync(device)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            rows = list(scorer.score_files(items, batch_size=batch, num_workers=workers, decode=decode))
+            _sync(device)
+            dt = time.perf_counter() - t
+            bad = [r for r in rows if r["error"] is not None]
+            if bad:
+                raise RuntimeError(f"{len(bad)} images failed, first: {bad[0]['error']}")
+            res.update(
+                images=len(rows),
+                seconds=dt,
+                img_per_s=len(rows) / dt,
+                peak_gib=_peak_mem(device),
+                flops_per_img=flops,
+                compile_s=compile_s,
+                model_img_per_s=_model_only(scorer, batch, device, reps=max(2, min(20, 256 // batch))),
+            )
+        except Exception as e:  # one failing config must not hide the others
+            res["error"] = f"{type(e).__name__}: {e}"[:500]
+        out.append(res)
+        print("ROW " + json.dumps(res), flush=True)
+    return out
 
 
 def main() -> None:
@@ -204,60 +265,79 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
+    ap.add_argument("--decodes", nargs="+", default=["cpu"], choices=["cpu", "gpu"], help="decode paths to time")
+    ap.add_argument("--compile-batches", type=int, nargs="*", default=[], help="batch sizes also timed with --compile")
+    ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--no-upstream", action="store_true", help="skip the upstream-style loop")
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--upstream-images", type=int, default=None, help="images for the slow loop (default: --images)")
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--workers", type=int, default=None, help="decode workers (default: sized from the core count)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=790.0, help="dense bf16 peak (790: 8192³ bf16 matmul measured on the H200)"
+    )
     ap.add_argument("--root", default=None, help="fixture folder (default: a temp dir)")
     ap.add_argument("--role", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--configs", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
         root = Path(args.root)
         if args.role == "upstream":
             res = run_upstream(root, args.device, args.upstream_images or args.images)
         else:
-            res = run_ours(root, args.device, args.dtype, args.batch, args.images, args.workers)
+            res = run_ours(root, args.device, args.dtype, json.loads(args.configs), args.images, args.workers)
         print("RESULT " + json.dumps(res))
         return
     root = Path(args.root or tempfile.mkdtemp(prefix="icthp_bench_"))
     make_fixture(root, args.config, args.images)
-    base = [
-        sys.executable,
-        __file__,
-        "--root",
-        str(root),
-        "--device",
-        args.device,
-        "--images",
-        str(args.images),
-        "--workers",
-        str(args.workers),
-    ]
+    base = [sys.executable, __file__, "--root", str(root), "--device", args.device, "--images", str(args.images)]
+    if args.workers is not None:
+        base += ["--workers", str(args.workers)]
     if args.upstream_images:
         base += ["--upstream-images", str(args.upstream_images)]
 
     def child(extra):
-        out = subprocess.run(base + extra, capture_output=True, text=True, check=True).stdout
-        return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        proc = subprocess.run(base + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"child {extra[:2]} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
-    up = child(["--role", "upstream"])
-    results = [child(["--role", "ours", "--batch", str(b), "--dtype", args.dtype]) for b in args.batch_sizes]
+    configs = [{"batch": b, "decode": d} for d in args.decodes for b in args.batch_sizes]
+    configs += [{"batch": b, "decode": args.decodes[-1], "compile": True} for b in args.compile_batches]
+    up = None if args.no_upstream else child(["--role", "upstream"])
+    results = child(["--role", "ours", "--dtype", args.dtype, "--configs", json.dumps(configs)])
+    cuda = args.device.startswith("cuda")
     print(f"config={args.config} device={args.device} images={args.images}")
-    print(
-        f"{'side':10s} {'batch':>5s} {'dtype':>5s} {'img/s':>9s} {'peak GiB':>9s} {'speed-up':>9s} {'mem ratio':>9s}"
-        + ("  bf16-peak%" if args.device.startswith("cuda") else "")
+    head = f"{'side':8s} {'batch':>5s} {'dtype':>5s} {'decode':>6s} {'compile':>7s} {'img/s':>9s} {'model img/s':>11s}"
+    head += f" {'peak GiB':>9s} {'speed-up':>9s} {'mem ratio':>9s}" + (
+        "  end-to-end %peak  model %peak" if cuda else ""
     )
-    print(f"{'upstream':10s} {1:5d} {'fp32':>5s} {up['img_per_s']:9.2f} {up['peak_gib']:9.2f} {1.0:9.2f} {1.0:9.2f}")
-    for r in results:
-        line = (
-            f"{'icthp':10s} {r['batch']:5d} {r['dtype']:>5s} {r['img_per_s']:9.2f} {r['peak_gib']:9.2f} "
-            f"{r['img_per_s'] / up['img_per_s']:9.2f} {r['peak_gib'] / up['peak_gib']:9.2f}"
+    print(head)
+    if up:
+        print(
+            f"{'upstream':8s} {1:5d} {'fp32':>5s} {'pil':>6s} {'no':>7s} {up['img_per_s']:9.2f} {'':>11s} "
+            f"{up['peak_gib']:9.2f} {1.0:9.2f} {1.0:9.2f}"
         )
-        if args.device.startswith("cuda"):
-            line += f"  {100 * r['flops_per_img'] * r['img_per_s'] / (args.peak_tflops * 1e12):9.1f}"
+    up_ips, up_gib = (up["img_per_s"], up["peak_gib"]) if up else (float("nan"), float("nan"))
+    for r in results:
+        if "error" in r:
+            print(
+                f"{'icthp':8s} {r['batch']:5d} {r['dtype']:>5s} {r['decode']:>6s} {str(r['compile']):>7s} {r['error']}"
+            )
+            continue
+        line = (
+            f"{'icthp':8s} {r['batch']:5d} {r['dtype']:>5s} {r['decode']:>6s} {str(r['compile']):>7s} "
+            f"{r['img_per_s']:9.2f} {r['model_img_per_s']:11.2f} {r['peak_gib']:9.2f} "
+            f"{r['img_per_s'] / up_ips:9.2f} {r['peak_gib'] / up_gib:9.2f}"
+        )
+        if cuda:
+            tf = r["flops_per_img"] / (args.peak_tflops * 1e12)
+            line += f"  {100 * tf * r['img_per_s']:16.1f}  {100 * tf * r['model_img_per_s']:11.1f}"
         print(line)
-    print("JSON " + json.dumps({"upstream": up, "ours": results}))
+    summary = {"config": args.config, "device": args.device, "images": args.images, "upstream": up, "ours": results}
+    summary["peak_tflops"] = args.peak_tflops
+    print("JSON " + json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated metrics or 'all' (see `icthp metrics`); default ict,hp,ict_hp",
     )
     add_model_arguments(p, output_help="write rows to .jsonl or .csv, incrementally")
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "cpu", "gpu"],
+        help="image decoding: cpu = PIL-exact; gpu = nvjpeg + torch resize on the device (within 2/255 mean of PIL); "
+        "auto = gpu on CUDA (default)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the image towers (pays off on large jobs)")
     p.add_argument("--resume", action="store_true", help="append to --output, skipping rows already written")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--no-progress", action="store_true")
@@ -78,6 +86,16 @@ def cmd_score(args) -> int:
         raise ValueError("no images given (pass files/folders, or --prompts-file)")
     device = parse_device(opts.device)
     scorer = MultiScorer(metrics, opts.sources, device=device, dtype=opts.dtype)
+    from icthp_core.scoring.gpu_preprocess import default_workers, resolve_decode
+
+    decode = resolve_decode(args.decode, device)
+    workers = opts.workers if opts.workers is not None else default_workers(device, decode)
+    if args.compile:
+        scorer.compile()
+    print(
+        f"scoring on {device} in {opts.dtype}, decode={decode}, workers={workers}, compile={args.compile}",
+        file=sys.stderr,
+    )
     if scorer.needs_prompt and any(p is None for _, p in items):
         raise ValueError(f"metrics {metrics} need a prompt: pass --prompt or --prompts-file")
     writer = None
@@ -99,7 +117,7 @@ def cmd_score(args) -> int:
     try:
         batch: list[dict] = []
         for row in scorer.score_files(
-            items, batch_size=opts.batch_size, num_workers=opts.workers, progress=not args.no_progress
+            items, batch_size=opts.batch_size, num_workers=workers, progress=not args.no_progress, decode=decode
         ):
             if row["error"] is not None:
                 n_err += 1

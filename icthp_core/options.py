@@ -11,7 +11,7 @@ from icthp_core.scoring.registry import METRICS, get_metric
 DTYPES = ("fp32", "fp16", "bf16")
 DEFAULT_DTYPE = "fp32"
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_WORKERS = 2
+DEFAULT_WORKERS = None  # sized from the core count (icthp_core.scoring.gpu_preprocess.default_workers)
 
 
 @dataclass
@@ -22,7 +22,7 @@ class ModelOptions:
     device: str | None = None
     dtype: str = DEFAULT_DTYPE
     batch_size: int = DEFAULT_BATCH_SIZE
-    workers: int = DEFAULT_WORKERS
+    workers: int | None = DEFAULT_WORKERS
     output: str | None = None
 
 
@@ -55,7 +55,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, output_help: str | None
         "--workers",
         type=int,
         default=DEFAULT_WORKERS,
-        help=f"background image-decoding processes, 0 = none ({DEFAULT_WORKERS})",
+        help="background image-decoding processes, 0 = none (default: from the core count; none on 2 CPU cores)",
     )
     if output_help:
         g.add_argument("--output", "-o", help=output_help)
@@ -87,7 +87,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
     """Resolve the parsed shared options (after `add_model_arguments`) with one-line errors for bad values."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers {args.workers}: must be >= 0")
     return ModelOptions(
         sources=parse_sources(args.ict, args.hp, args.source),

@@ -76,6 +76,18 @@ class MultiScorer:
         self.device = device
         return self
 
+    def compile(self, **kwargs) -> MultiScorer:
+        """`torch.compile` every image tower in place (state-dict keys unchanged); the first batch of each new
+        shape pays the compile time, so warm up before timing. `kwargs` go to `torch.compile`."""
+        for model in self.models.values():
+            tower = getattr(model, "visual", None)
+            if tower is None and getattr(model, "clip", None) is not None:
+                tower = getattr(model.clip, "visual", None)
+            if tower is None:
+                raise ValueError(f"compile: no image tower found on {type(model).__name__}")
+            tower.compile(**kwargs)
+        return self
+
     @property
     def needs_prompt(self) -> bool:
         return any(getattr(m, "needs_prompt", False) for m in self.models.values())
@@ -183,26 +195,40 @@ class MultiScorer:
         self,
         items: Iterable[tuple[str, str | None]],
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         progress: bool = False,
         total: int | None = None,
+        decode: str = "cpu",
     ) -> Iterator[dict]:
         """Score (image path, prompt) items with a background DataLoader; yields one row per item, in order.
 
         Rows: {"image", "prompt", <metric>: float ..., "error": None} or, for an unreadable image,
         {"image", "prompt", "error": "<message naming the file>"} (other images are scored as usual).
+        `decode`: "cpu" = PIL-exact preprocessing (default); "gpu" = nvjpeg decode and torch preprocessing on the
+        device (within `gpu_preprocess.DECODE_TOLERANCE` of the PIL path); "auto" = gpu on CUDA, else cpu.
+        `num_workers`: decoding processes (None: sized from the core count, see `default_workers`).
         """
         from icthp_core.data.batch import iter_file_batches
+        from icthp_core.scoring.gpu_preprocess import default_workers, iter_gpu_batches, resolve_decode
 
-        for batch in iter_file_batches(
-            items,
-            self.preprocess_modes,
-            batch_size,
-            num_workers,
-            pin_memory=self.device.type == "cuda",
-            progress=progress,
-            total=total,
-        ):
+        decode = resolve_decode(decode, self.device)
+        if num_workers is None:
+            num_workers = default_workers(self.device, decode)
+        if decode == "gpu":
+            batches = iter_gpu_batches(
+                items, self.preprocess_modes, self.device, batch_size, num_workers, progress=progress, total=total
+            )
+        else:
+            batches = iter_file_batches(
+                items,
+                self.preprocess_modes,
+                batch_size,
+                num_workers,
+                pin_memory=self.device.type == "cuda",
+                progress=progress,
+                total=total,
+            )
+        for batch in batches:
             ok = [r for r in batch["rows"] if r["error"] is None]
             scores = {}
             if ok:
