@@ -170,6 +170,35 @@ def plot_rewards(log_path: Path, out_path: Path) -> None:
     plt.close(fig)
 
 
+def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> None:
+    """Print the expected peak memory (icthp_core.diffusion.memory) before training starts."""
+    from icthp_core.diffusion.memory import estimate_draft_memory
+
+    if torch.device(accelerator.device).type == "cuda":
+        # cuDNN attention's backward failed for FLUX at 1024² on an H200 (torch 2.11, see docs/benchmarks.md);
+        # the flash / memory-efficient SDPA kernels are used instead
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    k = {"draft": cfg.k, "refl": 1}.get(cfg.variant, 1)
+    copies = cfg.lv_copies if cfg.variant == "draft_lv" else 1
+    reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+    est = estimate_draft_memory(
+        model.transformer,
+        model.vae,
+        reward_models,
+        height=cfg.resolution,
+        width=cfg.resolution,
+        k=k,
+        batch=cfg.batch_size * copies,
+        text_tokens=cond_all.prompt_embeds.shape[1],
+        act_bytes=torch.empty((), dtype=wdtype).element_size(),
+        checkpointing=cfg.gradient_checkpointing,
+    )
+    accelerator.print(
+        f"expected peak GPU memory per process: {est.total:.1f} GiB (allow ~15% more: measured 7-13% above the "
+        f"estimate on an H200)\n{est.table()}"
+    )
+
+
 def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
@@ -343,6 +372,7 @@ def _train(cfg: TrainConfig) -> Path:
         weight_decay=cfg.adam_weight_decay,
         eps=cfg.adam_epsilon,
     )
+    _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator)
     # The transformer is not wrapped in DDP (it runs several forwards per backward, some without graph): the
     # LoRA gradients are averaged across processes by hand before each optimizer step.
     opt = accelerator.prepare(opt)

@@ -58,13 +58,34 @@ def _bytes_of(module: nn.Module | None, only_frozen: bool = True) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters() if not (only_frozen and p.requires_grad))
 
 
-def transformer_shape(transformer: nn.Module, height: int, width: int) -> tuple[int, int, int]:
-    """(image tokens, hidden width, number of blocks) of an SD3 or FLUX transformer at an image size (8× VAE,
-    2×2 patches for both: SD3 patchifies, FLUX packs)."""
+def transformer_shape(transformer: nn.Module, height: int, width: int, vae_scale: int = 8) -> tuple[int, int, int]:
+    """(image tokens, hidden width, number of blocks) of an SD3 or FLUX transformer at an image size (`vae_scale`×
+    smaller latents, then 2×2 patches for both: SD3 patchifies, FLUX packs)."""
     cfg = transformer.config
     d = cfg.num_attention_heads * cfg.attention_head_dim
     blocks = cfg.num_layers + getattr(cfg, "num_single_layers", 0)
-    return (height // 16) * (width // 16), d, blocks
+    f = 2 * vae_scale
+    return (height // f) * (width // f), d, blocks
+
+
+def transformer_activation_bytes(
+    transformer: nn.Module,
+    height: int,
+    width: int,
+    k: int,
+    batch: int,
+    text_tokens: int,
+    act_bytes: int,
+    checkpointing: bool,
+    vae_scale: int = 8,
+) -> tuple[float, float]:
+    """(bytes kept for the backward over the K differentiated steps, transient bytes of one block's recompute)."""
+    img_tokens, d, blocks = transformer_shape(transformer, height, width, vae_scale)
+    tokens = (img_tokens + text_tokens) * batch
+    full_block = ACT_PER_TOKEN_WIDTH * tokens * d * act_bytes / 2
+    if checkpointing:
+        return k * blocks * tokens * d * act_bytes, full_block
+    return k * blocks * full_block, 0.0
 
 
 def vae_decode_bytes(vae: nn.Module, height: int, width: int, batch: int, act: int, checkpointing: bool) -> int:
@@ -109,13 +130,11 @@ def estimate_draft_memory(
     lora = count_params(transformer, trainable=True)
     lora_opt = lora * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer])  # params + grads + moments
 
-    img_tokens, d, blocks = transformer_shape(transformer, height, width)
-    tokens = (img_tokens + text_tokens) * batch
-    full_block = ACT_PER_TOKEN_WIDTH * tokens * d * act_bytes / 2
-    if checkpointing:
-        acts = k * blocks * tokens * d * act_bytes + full_block
-    else:
-        acts = k * blocks * full_block
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    stored, transient = transformer_activation_bytes(
+        transformer, height, width, k, batch, text_tokens, act_bytes, checkpointing, vae_scale
+    )
+    acts = stored + transient
     vae_b = vae_decode_bytes(vae, height, width, batch, act_bytes, vae_checkpointing) if k > 0 else 0
 
     reward_act = 0.0
