@@ -1,4 +1,4 @@
-"""`icthp download`: fetch and verify the ICT, HP and baseline weights (manifest: icthp_core/checkpoints/manifest.json)."""
+"""`icthp download`: fetch and verify the ICT, HP and baseline weights (icthp_core/checkpoints/manifest.json)."""
 
 from __future__ import annotations
 
