@@ -29,7 +29,7 @@ def cmd_from_metadata(args) -> int:
         rows.append({"image": str(path), **record})
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\\n" for r in rows)
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     if not args.quiet:
         for r in rows:
             scores = "  ".join(f"{m}={v:.4f}" for m, v in r["scores"].items())

@@ -168,7 +168,7 @@ def _one(name, m, entry, root, offline, convert, force, endpoint, revision, prog
         except Exception as e:  # one bad file must not stop the others; the row says why
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             return FileReport(name, repo, path, None, "missing", f"download failed: {type(e).__name__}: {msg}")
-    state, message, digest = verify(local, entry)
+    state, message, digest = verify(local, entry, hash_it=not offline)
     report = FileReport(name, repo, path, local, state, message, digest)
     target = entry.get("safetensors")
     if convert and target and state in ("ok", "unverified"):

@@ -61,6 +61,11 @@ def test_pack_registers_in_server(server):
         "ICTHPLoraLoader",
         "ICTHPTextEncoderSwap",
         "ICTHPCLIPVision",
+        "ICTHPEarlyBestOfN",
+        "ICTHPRewardMix",
+        "ICTHPSelect",
+        "ICTHPSaveWithScores",
+        "ICTHPModelManager",
     ):
         assert node in info, node
     # the dropdowns list the model folders of <base>/models/icthp
