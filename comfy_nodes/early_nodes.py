@@ -15,6 +15,7 @@ import comfy.model_management as mm
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
@@ -90,15 +91,21 @@ def early_best_of_n(
     sigmas = ks.sigmas.cpu()
     sampler = comfy.samplers.sampler_object(sampler_name)
     base = comfy.sample.fix_empty_latent_channels(model, _candidates(latent, n))
-    noise = torch.cat([comfy.sample.prepare_noise(base[i : i + 1], seed + i) for i in range(n)])
+    seeds = [(seed + i) % 2**64 for i in range(n)]
+    noise = torch.cat([comfy.sample.prepare_noise(base[i : i + 1], s_i) for i, s_i in enumerate(seeds)])
     mask = latent.get("noise_mask")
     total = len(sigmas) - 1
     pbar = comfy.utils.ProgressBar(total)
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
     captured: dict[str, torch.Tensor] = {}
+
+    def progress(step: int, x0: torch.Tensor) -> None:
+        image = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+        pbar.update_absolute(step, total, image)
 
     def phase1_cb(step, x0, x, _total):
         captured["x0"] = x0
-        pbar.update_absolute(step + 1, total)
+        progress(step + 1, x0)
 
     x_s = comfy.sample.sample_custom(
         model, noise, cfg, sampler, sigmas[: s + 1], positive, negative, base, mask, phase1_cb, True, seed
@@ -120,7 +127,7 @@ def early_best_of_n(
     if s < total:
 
         def phase2_cb(step, x0, x, _total):
-            pbar.update_absolute(s + step + 1, total)
+            progress(s + step + 1, x0)
 
         final = comfy.sample.sample_custom(
             model,
@@ -148,7 +155,7 @@ def early_best_of_n(
     return EarlyResult(
         images=images,
         latent=out_latent,
-        seeds=[seed + i for i in kept],
+        seeds=[seeds[i] for i in kept],
         kept=kept,
         preview_scores=sel.scores,
         final_scores=final_scores,
