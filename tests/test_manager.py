@@ -105,3 +105,13 @@ def test_cli_download(tmp_path, hub_files, manifest, capsys):
     assert cli(["download", "nope", "--offline"]) == 2
     assert "unknown model(s) ['nope']" in capsys.readouterr().err
     assert cli(["download", "--list"]) == 0 and "8y/ICT" in capsys.readouterr().out
+
+
+def test_hf_cache_target(tmp_path, hub_files, manifest):
+    """Without a folder the files land in the Hugging Face cache, where a later offline run finds them."""
+    cache = tmp_path / "hf"
+    with FakeHub(hub_files) as hub:
+        (first,) = fetch(["ict"], None, endpoint=hub.url, manifest=manifest, cache_dir=cache, progress=False)
+    assert first.state == "ok" and str(first.local).startswith(str(cache))
+    (again,) = fetch(["ict"], None, offline=True, manifest=manifest, cache_dir=cache)
+    assert again.state == "present" and again.local == first.local

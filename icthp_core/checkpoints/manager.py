@@ -100,13 +100,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def _cached(repo: str, path: str, root: Path | None, folder: str, revision: str | None) -> Path | None:
+def _cached(repo: str, path: str, root: Path | None, folder: str, revision: str | None, cache_dir) -> Path | None:
     if root is not None:
         p = root / folder / path
         return p if p.is_file() else None
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(repo, path, revision=revision)
+    hit = try_to_load_from_cache(repo, path, revision=revision, cache_dir=cache_dir)
     return Path(hit) if isinstance(hit, str) else None
 
 
@@ -121,8 +121,12 @@ def fetch(
     revision: str | None = None,
     manifest: str | os.PathLike | None = None,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[FileReport]:
     """Download (or, offline, look up) the files of ``names`` and verify them; one report per file.
+
+    ``root=None``: the Hugging Face cache (``cache_dir``, default huggingface_hub's), where the toolkit's hub ids
+    resolve without a download.
 
     Errors of one file (network, missing on the hub, bad hash) are reported in its row; the others proceed.
     """
@@ -145,14 +149,15 @@ def fetch(
                     endpoint,
                     revision or m.get("revision"),
                     progress,
+                    cache_dir,
                 )
             )
     return reports
 
 
-def _one(name, m, entry, root, offline, convert, force, endpoint, revision, progress) -> FileReport:
+def _one(name, m, entry, root, offline, convert, force, endpoint, revision, progress, cache_dir) -> FileReport:
     repo, path = m["repo"], entry["path"]
-    local = None if force else _cached(repo, path, root, m["folder"], revision)
+    local = None if force else _cached(repo, path, root, m["folder"], revision, cache_dir)
     if local is None and offline:
         return FileReport(name, repo, path, None, "missing", "offline: not present; run `icthp download` online")
     if local is None:
@@ -162,6 +167,8 @@ def _one(name, m, entry, root, offline, convert, force, endpoint, revision, prog
         kwargs: dict[str, Any] = {"revision": revision, "endpoint": endpoint, "force_download": force}
         if root is not None:
             kwargs["local_dir"] = root / m["folder"]
+        elif cache_dir is not None:
+            kwargs["cache_dir"] = cache_dir
         (enable_progress_bars if progress else disable_progress_bars)()
         try:
             local = Path(hf_hub_download(repo, path, **kwargs))
