@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -18,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="hub endpoint (default: huggingface_hub's, HF_ENDPOINT)")
     p.add_argument("--manifest", help="another manifest JSON")
     p.add_argument("--list", action="store_true", help="list the manifest's models and exit")
+    p.add_argument(
+        "--print-hashes",
+        action="store_true",
+        help="print the manifest with the sizes and SHA-256 of the files present (to fill in a verified manifest)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -44,7 +50,24 @@ def main(argv: list[str] | None = None) -> int:
         manifest=args.manifest,
         progress=not args.no_progress,
     )
+    if args.print_hashes:
+        print(json.dumps(filled_manifest(args.manifest, reports), indent=2))
+        return 0
     for r in reports:
         print(r.line())
     print(summary(reports), file=sys.stderr)
     return 1 if any(r.state in ("missing", "bad") for r in reports) else 0
+
+
+def filled_manifest(path: str | None, reports) -> dict:
+    """The manifest with ``size``/``sha256`` of every file a report hashed (others left as they are)."""
+    from icthp_core.checkpoints.manager import load_manifest, sha256_file
+
+    models = load_manifest(path)
+    for r in reports:
+        if r.local is None or r.state == "bad":
+            continue
+        entry = next(f for f in models[r.model]["files"] if f["path"] == r.path)
+        entry["size"] = r.local.stat().st_size
+        entry["sha256"] = r.sha256 or sha256_file(r.local)
+    return {"format": 1, "models": models}

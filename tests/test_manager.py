@@ -105,6 +105,17 @@ def test_cli_download(tmp_path, hub_files, manifest, capsys):
     assert cli(["download", "nope", "--offline"]) == 2
     assert "unknown model(s) ['nope']" in capsys.readouterr().err
     assert cli(["download", "--list"]) == 0 and "8y/ICT" in capsys.readouterr().out
+    # --print-hashes: the manifest with the present files' sizes and hashes, usable as a verified manifest
+    args = ["download", "ict", "--comfyui", str(comfy), "--offline", "--manifest", str(manifest), "--print-hashes"]
+    assert cli(args) == 0
+    filled = json.loads(capsys.readouterr().out)
+    data = (comfy / "models/icthp/ict/pytorch_model.bin").read_bytes()
+    assert filled["models"]["ict"]["files"][0] | {"safetensors": None} == {
+        "path": "pytorch_model.bin",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "safetensors": None,
+    }
 
 
 def test_hf_cache_target(tmp_path, hub_files, manifest):
