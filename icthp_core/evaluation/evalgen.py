@@ -36,7 +36,7 @@ from icthp_core.evaluation.generation import (
 from icthp_core.evaluation.image_stats import jpeg_size_kb
 from icthp_core.evaluation.prompt_sets import load_prompt_set
 
-__all__ = ["EvalGenConfig", "run_evalgen", "score_images", "default_steps_guidance"]
+__all__ = ["EvalGenConfig", "run_evalgen", "score_images", "unscored", "default_steps_guidance"]
 
 DEFAULT_METRICS = ("ict", "hp", "ict_hp", "aesthetic")
 
@@ -109,10 +109,24 @@ def _complete(row: dict | None, metrics: list[str]) -> bool:
     return row is not None and row.get("error") is None and all(row.get(m) is not None for m in [JPEG, *metrics])
 
 
+def unscored(outdir: str | Path, models: list[str], items: list[ImageItem], metrics: list[str]):
+    """(model, item) pairs whose score row is missing, failed, lacks one of `metrics`, or is older than the image
+    file (an image generated again after a row was written), in canonical order."""
+    out = Path(outdir)
+    done = {(r["model"], r["index"], r["n"]): r for r in read_score_rows(out / "scores")}
+    todo = []
+    for m in models:
+        for it in items:
+            row = done.get((m, it.index, it.n))
+            path = image_path(out / "images", m, it.index, it.n)
+            if not _complete(row, metrics) or row.get("image_mtime_ns") != path.stat().st_mtime_ns:
+                todo.append((m, it))
+    return todo
+
+
 def score_images(
     outdir: str | Path,
-    models: list[str],
-    items: list[ImageItem],
+    todo: list[tuple[str, ImageItem]],
     metrics: list[str],
     make_scorer,
     rank: int = 0,
@@ -121,11 +135,10 @@ def score_images(
     workers: int = 2,
     progress: bool = False,
 ) -> int:
-    """Score this process's share of the images without a complete row; appends rows to
-    `scores/part-<rank>.jsonl` as it goes. `make_scorer()` builds the MultiScorer (only when there is work)."""
+    """Score this process's share (every `world`-th from `rank`) of `todo` (from `unscored`, listed by every
+    process before any scores); appends rows to `scores/part-<rank>.jsonl` as it goes. `make_scorer()` builds
+    the MultiScorer (only when there is work)."""
     out = Path(outdir)
-    done = {(r["model"], r["index"], r["n"]): r for r in read_score_rows(out / "scores")}
-    todo = [(m, it) for m in models for it in items if not _complete(done.get((m, it.index, it.n)), metrics)]
     mine = todo[rank::world]
     if not mine:
         return 0
@@ -142,6 +155,7 @@ def score_images(
         for (model, it), path, srow in zip(mine, paths, scored, strict=True):
             row = {"model": model, "index": it.index, "n": it.n, "seed": it.seed, "prompt": it.prompt}
             row["image"] = str(path.relative_to(out))
+            row["image_mtime_ns"] = path.stat().st_mtime_ns
             row["error"] = srow.get("error")
             if row["error"] is None:
                 row[JPEG] = jpeg_size_kb(path)
@@ -233,10 +247,11 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
         device = cfg.score_device or str(state.device)
         return MultiScorer(metrics, cfg.sources, device=device, dtype=cfg.score_dtype)
 
+    todo_scores = unscored(out, names, items, metrics)
+    state.wait_for_everyone()
     score_images(
         out,
-        names,
-        items,
+        todo_scores,
         metrics,
         make_scorer or default_scorer,
         rank,
