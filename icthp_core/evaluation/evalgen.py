@@ -172,10 +172,12 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
     Process rank/count come from accelerate (`accelerate launch`) unless given. `make_scorer`: a function that
     returns a MultiScorer (default: built from `cfg.metrics`/`cfg.sources`)."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from icthp_core.diffusion.draft_train import load_pipeline, pipeline_info
 
-    state = PartialState()
+    # PartialState reads no ACCELERATE_USE_CPU; without CUDA, several processes meet over gloo
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     rank = state.process_index if rank is None else rank
     world = state.num_processes if world is None else world
     main = rank == 0
