@@ -90,7 +90,7 @@ def _check_run(out: Path, record: dict, overwrite: bool) -> None:
     f = out / "evalgen.json"
     if f.is_file() and not overwrite:
         old = json.loads(f.read_text())
-        diff = [k for k in record if k != "loras" and old.get(k) != record[k]]
+        diff = [k for k in record if k not in ("loras", "prompts") and old.get(k) != record[k]]
         diff += [f"lora {n}" for n, v in record["loras"].items() if n in old.get("loras", {}) and old["loras"][n] != v]
         if diff:
             raise ValueError(

@@ -139,7 +139,9 @@ def _plot(summary, metrics: Sequence[str], models: Sequence[str], path: Path) ->
     for ax, m in zip(axes[0], metrics, strict=True):
         sub = summary[summary["metric"] == m].set_index("model").loc[list(models)]
         err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
-        ax.bar(range(len(models)), sub["mean"], yerr=np.nan_to_num(err), capsize=3, color="C0")
+        ax.errorbar(range(len(models)), sub["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=4, color="C0")
+        ax.set_xlim(-0.5, len(models) - 0.5)
+        ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(range(len(models)), list(models), rotation=30, ha="right", fontsize=8)
         ax.set_title(metric_title(m), fontsize=9)
         lo, hi = np.nanmin(sub["ci_low"].fillna(sub["mean"])), np.nanmax(sub["ci_high"].fillna(sub["mean"]))
