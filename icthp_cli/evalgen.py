@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=int, default=1024, help="height and width in pixels (1024)")
     g.add_argument("--height", type=int, help="height (overrides --size)")
     g.add_argument("--width", type=int, help="width (overrides --size)")
-    g.add_argument("--max-sequence-length", type=int, help="T5 tokens (pipeline default)")
+    g.add_argument("--max-sequence-length", type=int, help="T5 tokens (pipeline default; 256 for FLUX-schnell)")
     g.add_argument("--gen-batch-size", type=int, default=4, help="images per pipeline call (4)")
     g.add_argument("--gen-dtype", choices=("fp32", "fp16", "bf16"), help="pipeline dtype (bf16 on CUDA, else fp32)")
     g.add_argument("--cpu-offload", action="store_true", help="diffusers model CPU offload (small GPUs)")

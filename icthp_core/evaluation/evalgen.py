@@ -55,7 +55,7 @@ class EvalGenConfig:
     guidance: float | None = None  # default: 0 (SD3.5-Turbo, FLUX-schnell), 3.5 for guidance-distilled FLUX-dev
     height: int = 1024
     width: int = 1024
-    max_sequence_length: int | None = None
+    max_sequence_length: int | None = None  # T5 tokens; default: the pipeline's (256 for FLUX-schnell, as DRaFT)
     gen_batch_size: int = 4
     gen_dtype: str | None = None  # fp32 | fp16 | bf16; default bf16 on CUDA, else fp32
     cpu_offload: bool = False
@@ -198,7 +198,7 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
         width=cfg.width,
         seed=cfg.seed,
         seeds_per_prompt=cfg.seeds_per_prompt,
-        max_sequence_length=cfg.max_sequence_length,
+        max_sequence_length=cfg.max_sequence_length or (256 if arch == "flux" and not guidance_embeds else None),
         dtype=gen_dtype,
     )
     prompts_sha = hashlib.sha256(json.dumps([r.metadata for r in records], sort_keys=True).encode()).hexdigest()

@@ -158,6 +158,8 @@ def test_flux_jpeg_only_and_sharded_scoring(pipeline_dirs, lora_files, prompt_tx
     single = pd.read_csv(out / "per_image.csv")
     assert list(single.columns[:5]) == ["model", "index", "n", "seed", "prompt"] and "jpeg_kb" in single
     assert set(single["model"]) == {"base", "flux"}  # LoRA named after its folder
+    settings = json.loads((out / "evalgen.json").read_text())
+    assert settings["max_sequence_length"] == 256 and settings["steps"] == 2 and settings["guidance"] == 0.0
     # the same images scored by two processes (ranks 0 and 1, one after the other) merge into the same rows
     items = plan_items(load_prompt_set(prompt_txt), 2)
     two = tmp_path / "two"
