@@ -48,6 +48,9 @@ def test_fixed_seeds_and_lora_difference(arch, lora_files, tmp_path):
         assert np.abs(_px(tmp_path, "icthp", it.index, it.n) - _px(tmp_path, "base", it.index, it.n)).mean() > 0.5
     generate_images(pipe, SETTINGS, ModelSpec("after"), items[:1], tmp_path, arch)
     assert np.array_equal(_px(tmp_path, "after", 0, 0), _px(tmp_path, "base", 0, 0))
+    # the LoRA scale is applied: scale 0 gives the base image
+    generate_images(pipe, SETTINGS, ModelSpec("zero", str(lora_files[arch]), 0.0), items[:1], tmp_path, arch)
+    assert np.abs(_px(tmp_path, "zero", 0, 0) - _px(tmp_path, "base", 0, 0)).max() <= 1
 
 
 def test_lora_for_other_arch_is_refused(lora_files, tmp_path):
