@@ -1,4 +1,4 @@
-"""Fixtures for `icthp evalgen` tests: tiny SD3/FLUX pipelines (in memory and saved), LoRAs that change the output."""
+"""Fixtures for `icthp evalgen` tests: tiny SD3/FLUX pipelines (saved), LoRAs that change the output, prompts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-PROMPTS = ["a photo of a cat", "a red car", "a blue house"]
+from evalgen_common import PROMPTS, save_random_lora
 
 
 @pytest.fixture(autouse=True)
@@ -17,28 +16,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tiny_pipe(arch: str):
-    from icthp_core.testing.diffusion import tiny_flux_pipeline, tiny_sd3_pipeline
-
-    pipe = {"sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}[arch](seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def save_random_lora(arch: str, out_dir: Path, seed: int = 0) -> Path:
-    """A rank-4 LoRA for the tiny `arch` transformer with random (non-zero) A and B, saved as diffusers writes it."""
-    from icthp_core.diffusion.lora import add_lora, save_lora
-
-    transformer = tiny_pipe(arch).transformer
-    add_lora(transformer, rank=4)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in transformer.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return save_lora(transformer, out_dir, metadata={"icthp.reward": "ict_hp"})
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import PROMPTS, tiny_pipe
+from evalgen_common import PROMPTS, tiny_pipe
 from PIL import Image
 
 from icthp_core.evaluation.generation import (
