@@ -236,10 +236,13 @@ def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, w
     )
     paths = [str(p) for p in sorted((root / "images").iterdir())[:n]]
     items = [(p, "a tiny dragon taking a bath in a teacup") for p in paths]
-    out, compiled = [], False
+    out, compiled, first = [], False, None
     for cfg in sorted(configs, key=lambda c: bool(c.get("compile"))):
         batch, decode = cfg["batch"], cfg.get("decode", "cpu")
-        res = {"side": "ours", "batch": batch, "dtype": dtype, "decode": decode, "compile": bool(cfg.get("compile"))}
+        kw = {"gpu_prefetch": 0} if decode == "gpu-serial" else {}
+        decode = "gpu" if decode == "gpu-serial" else decode
+        res = {"side": "ours", "batch": batch, "dtype": dtype, "decode": cfg.get("decode", "cpu")}
+        res["compile"] = bool(cfg.get("compile"))
         try:
             compile_s = None
             if cfg.get("compile") and not compiled:
@@ -254,12 +257,15 @@ def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, w
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             t = time.perf_counter()
-            rows = list(scorer.score_files(items, batch_size=batch, num_workers=workers, decode=decode))
+            rows = list(scorer.score_files(items, batch_size=batch, num_workers=workers, decode=decode, **kw))
             _sync(device)
             dt = time.perf_counter() - t
             bad = [r for r in rows if r["error"] is not None]
             if bad:
                 raise RuntimeError(f"{len(bad)} images failed, first: {bad[0]['error']}")
+            scores = [r["ict_hp"] for r in rows]
+            first = first if first is not None else scores  # the scores of the first config, for agreement
+            res["ict_hp_max_abs_vs_first_config"] = max(abs(a - b) for a, b in zip(scores, first, strict=True))
             res.update(
                 images=len(rows),
                 seconds=dt,
@@ -283,7 +289,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
-    ap.add_argument("--decodes", nargs="+", default=["cpu"], choices=["cpu", "gpu"], help="decode paths to time")
+    ap.add_argument(
+        "--decodes",
+        nargs="+",
+        default=["cpu"],
+        choices=["cpu", "gpu", "gpu-serial"],
+        help="decode paths to time (gpu-serial: no overlap)",
+    )
     ap.add_argument("--compile-batches", type=int, nargs="*", default=[], help="batch sizes also timed with --compile")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--no-upstream", action="store_true", help="skip the upstream-style loop")

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode",
         default="auto",
         choices=["auto", "cpu", "gpu"],
-        help="image decoding: cpu = PIL-exact; gpu = nvjpeg + torch resize on the device (within 2/255 mean of PIL); "
+        help="image decoding: cpu = PIL-exact; gpu = nvjpeg + torch resize on the device (within 1/255 mean of PIL); "
         "auto = gpu on CUDA (default)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the image towers (pays off on large jobs)")

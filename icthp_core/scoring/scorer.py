@@ -199,6 +199,7 @@ class MultiScorer:
         progress: bool = False,
         total: int | None = None,
         decode: str = "cpu",
+        gpu_prefetch: int = 2,
     ) -> Iterator[dict]:
         """Score (image path, prompt) items with a background DataLoader; yields one row per item, in order.
 
@@ -207,6 +208,7 @@ class MultiScorer:
         `decode`: "cpu" = PIL-exact preprocessing (default); "gpu" = nvjpeg decode and torch preprocessing on the
         device (within `gpu_preprocess.DECODE_TOLERANCE` of the PIL path); "auto" = gpu on CUDA, else cpu.
         `num_workers`: decoding processes (None: sized from the core count, see `default_workers`).
+        `gpu_prefetch`: with decode on the GPU, batches prepared ahead on a side CUDA stream (0: in series).
         """
         from icthp_core.data.batch import iter_file_batches
         from icthp_core.scoring.gpu_preprocess import default_workers, iter_gpu_batches, resolve_decode
@@ -216,7 +218,14 @@ class MultiScorer:
             num_workers = default_workers(self.device, decode)
         if decode == "gpu":
             batches = iter_gpu_batches(
-                items, self.preprocess_modes, self.device, batch_size, num_workers, progress=progress, total=total
+                items,
+                self.preprocess_modes,
+                self.device,
+                batch_size,
+                num_workers,
+                progress=progress,
+                total=total,
+                prefetch=gpu_prefetch,
             )
         else:
             batches = iter_file_batches(
