@@ -3,7 +3,8 @@
 `--decode gpu` (or `auto` on a CUDA device): background workers only read file bytes (and decode non-JPEG formats
 with PIL), a thread decodes each batch of JPEGs at once with `torchvision.io.decode_jpeg(device="cuda")` and
 preprocesses it on the device with the same torch ops as `preprocess_tensor` (bicubic with antialiasing, as PIL
-downscales), on a side CUDA stream, up to `prefetch` batches ahead of the model. The default `cpu` path is the PIL-exact one (`preprocess_pil`), which evaluation keeps.
+downscales), on a side CUDA stream, up to `prefetch` batches ahead of the model. The default `cpu` path is the
+PIL-exact one (`preprocess_pil`), which evaluation keeps.
 
 Tolerance against the PIL path (`DECODE_TOLERANCE`): the two paths differ by PIL's rounding of the resized image to
 uint8 and by the JPEG decoders' chroma upsampling (nvjpeg vs libjpeg). Measured on an H200 (`bench/gpu_check.py`,
