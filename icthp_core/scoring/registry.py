@@ -106,12 +106,14 @@ def parse_metrics(text: str | None, what: str = "--metrics") -> list[str]:
     return names
 
 
-def _clip_metric(mode: str = "crop", logit_scaled: bool = False, filenames=CLIP_WEIGHT_NAMES, nested_key=None):
+def _clip_metric(
+    mode: str = "crop", logit_scaled: bool = False, filenames=CLIP_WEIGHT_NAMES, nested_key=None, tokenizer="open_clip"
+):
     def load(source, device, dtype):
         clip = load_clip(
             source, device=device, dtype=dtype, filenames=filenames, nested_key=nested_key, default_config=VIT_H_14
         )
-        return TextImageModel(clip, preprocess_mode=mode, logit_scaled=logit_scaled)
+        return TextImageModel(clip, preprocess_mode=mode, logit_scaled=logit_scaled, tokenizer=tokenizer)
 
     return load
 
@@ -192,7 +194,7 @@ register(
         model="pickscore",
         default_source="yuvalkirstain/PickScore_v1",
     ),
-    _clip_metric(logit_scaled=True),
+    _clip_metric(logit_scaled=True, tokenizer="hf"),  # PickScore's reference code: the HF CLIP fast tokenizer
 )
 register(
     MetricSpec(
