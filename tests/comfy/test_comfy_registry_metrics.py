@@ -114,3 +114,26 @@ def test_imagereward_through_loader_and_score_cli(pack, tmp_path, capsys):
     args += ["--metrics", "imagereward", "--source", f"imagereward={d}", "--device", "cpu", "--workers", "0"]
     assert icthp(args) == 0
     assert "ImageReward" in capsys.readouterr().out
+
+
+def test_one_dtype_default_everywhere(pack):
+    """score, eval, app, the Python API and the ComfyUI loader share one default precision (docs/evaluation.md)."""
+    import argparse
+    import inspect
+
+    from icthp_app.cli import add_app_arguments
+
+    from comfy_nodes.reward_nodes import ICTHPLoader
+    from icthp_cli.eval import build_parser as eval_parser
+    from icthp_cli.score import build_parser as score_parser
+    from icthp_core.options import DEFAULT_DTYPE
+    from icthp_core.scoring.scorer import MultiScorer, load_scorer
+
+    assert DEFAULT_DTYPE == "fp32"
+    assert score_parser().parse_args([]).dtype == DEFAULT_DTYPE
+    assert eval_parser().parse_args(["--data", "x"]).dtype == DEFAULT_DTYPE
+    assert add_app_arguments(argparse.ArgumentParser()).parse_args([]).dtype == DEFAULT_DTYPE
+    assert inspect.signature(MultiScorer).parameters["dtype"].default == DEFAULT_DTYPE
+    assert inspect.signature(load_scorer).parameters["dtype"].default == DEFAULT_DTYPE
+    combo = next(i for i in ICTHPLoader.GET_SCHEMA().inputs if i.id == "dtype")
+    assert combo.default == DEFAULT_DTYPE
