@@ -1,13 +1,15 @@
 """Precision table: max |Δ| and pairwise ranking flips of fp16 and bf16 against fp32, per metric, one command.
 
-    python bench/precision.py --device cpu --prompts 4 --per-prompt 8       # CPU (docs/evaluation.md)
-    python bench/precision.py --device cuda --prompts 16 --per-prompt 16    # on a GPU
+    python bench/precision.py --device cpu --prompts 4 --per-prompt 6                    # CPU (docs/evaluation.md)
+    python bench/precision.py --device cuda --config small --prompts 16 --per-prompt 16  # on a GPU
 
-Random weights in the published layouts: ICT/HP on the "small" (ViT-B/16-sized) CLIP towers of
-bench/bench_score.py, CLIP and PickScore reuse the ICT folder (same architecture, their own tokenizer and scale),
-ImageReward and BLIP ITC/ITM on the tiny random BLIP models of `icthp_core.testing.blip`. Images: JPEGs of mixed
-sizes; each prompt scores its own group of images. A flip = a pair of images of one prompt whose order (strict
-sign of the score difference) differs from fp32's; ties in fp32 are left out. Prints Markdown.
+Random weights in the published layouts: ICT/HP on mid-size CLIP towers (`--config mid`: width 256, 4 layers,
+patch 32 — half-precision matmuls are ~50x slower than fp32 on CPUs without AVX512-BF16/FP16; `small` = the
+ViT-B/16-sized towers of bench/bench_score.py), CLIP and PickScore reuse the ICT folder (same architecture, their
+own tokenizer and scale), ImageReward and BLIP ITC/ITM on the tiny random BLIP models of
+`icthp_core.testing.blip`. Images: JPEGs of mixed sizes; each prompt scores its own group of images. A flip = a
+pair of images of one prompt whose order (strict sign of the score difference) differs from fp32's; ties in fp32
+are left out. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -25,12 +27,39 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def fixture(root: Path, n_images: int) -> dict[str, str]:
+MID = {
+    "projection_dim": 256,
+    "text_config": {
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "hidden_act": "gelu",
+        "projection_dim": 256,
+    },
+    "vision_config": {
+        "image_size": 224,
+        "patch_size": 32,
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "hidden_act": "gelu",
+        "projection_dim": 256,
+    },
+}
+
+
+def fixture(root: Path, n_images: int, config: str) -> dict[str, str]:
+    import bench_score
     from bench_score import make_fixture
 
     from icthp_core.testing.blip import save_tiny_blip_retrieval, save_tiny_imagereward
 
-    make_fixture(root, "small", n_images)
+    bench_score.CONFIGS.setdefault("mid", MID)
+    make_fixture(root, config, n_images)
     ir = save_tiny_imagereward(root / "ImageReward", seed=0)
     blip = save_tiny_blip_retrieval(root / "BLIP", seed=0)
     ict = str(root / "ICT")
@@ -63,6 +92,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--per-prompt", type=int, default=8)
     ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"])
+    ap.add_argument("--config", choices=["mid", "small"], default="mid", help="size of the ICT/HP/CLIP towers")
     args = ap.parse_args()
     from icthp_core.scoring.scorer import MultiScorer
 
@@ -73,7 +103,7 @@ def main() -> None:
     groups = [list(range(p * args.per_prompt, (p + 1) * args.per_prompt)) for p in range(args.prompts)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sources = fixture(root, n)
+        sources = fixture(root, n, args.config)
         files = sorted(str(f) for f in (root / "images").iterdir())[:n]
         metrics = ["ict", "hp", "ict_hp", "clip", "pickscore", "imagereward", "blip_itc", "blip_itm"]
         scores, seconds = {}, {}
@@ -82,9 +112,11 @@ def main() -> None:
             t0 = time.perf_counter()
             rows = list(scorer.score_files(list(zip(files, prompts, strict=True)), batch_size=16, num_workers=0))
             seconds[dtype] = time.perf_counter() - t0
+            print(f"{dtype}: {seconds[dtype]:.1f} s", file=sys.stderr, flush=True)
             scores[dtype] = {m: np.array([r[m] for r in rows], dtype=np.float64) for m in metrics}
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} thr)"
-    print(f"device: {dev}; {n} images, {args.prompts} prompts x {args.per_prompt}; torch {torch.__version__}")
+    print(f"config {args.config}; device: {dev}; {n} images, {args.prompts} prompts x {args.per_prompt}", end="")
+    print(f"; torch {torch.__version__}")
     print(f"seconds per pass: {', '.join(f'{k} {v:.1f}' for k, v in seconds.items())}\n")
     head = "| metric | fp32 range | " + " | ".join(f"{d} max abs diff | {d} flips" for d in args.dtypes) + " |"
     print(head)
