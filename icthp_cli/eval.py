@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     opts = model_options(args)
     metrics = _metrics(args.metrics, opts.sources)
+    if args.protocol == "upstream" and "ict_hp" in metrics:  # its ICT-HP is rebuilt from the ICT and HP scores
+        metrics = [m for m in ("ict", "hp") if m not in metrics] + metrics
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
     check_writable(opts.output, "--output")

@@ -42,6 +42,10 @@ def test_protocols_on_triplets(data, tiny_ict, tiny_hp, tmp_path, capsys):
     odds = hp / (1 - hp)  # softmax of logits = odds / sum of odds
     assert up["results"]["ict_hp"]["avg"] == pytest.approx(_strict(ict * odds / odds.sum(axis=1, keepdims=True)))
     assert up["results"]["ict"]["avg"] == pytest.approx(_strict(ict))
+    only, _, _ = _run(
+        tmp_path, "--data", str(data["triplets"]), *models, "--protocol", "upstream", "--metrics", "ict_hp"
+    )
+    assert only["results"]["ict_hp"]["avg"] == up["results"]["ict_hp"]["avg"]  # ICT and HP scored for it
     for res in (paper, up):
         rows = res["results"]
         assert list(rows) == ["ict", "hp", "ict_hp", "random", "ict_groundtruth"]
