@@ -97,8 +97,14 @@ def cmd_score(args) -> int:
     workers = opts.workers if opts.workers is not None else default_workers(device, decode)
     if args.compile:
         scorer.compile()
+    note = ""
+    if device.type == "cpu" and opts.dtype in ("bf16", "fp16"):
+        from icthp_core.scoring.cpu import native_bf16
+
+        if not native_bf16():
+            note = " (this CPU has no AVX512-BF16/AMX: half precision is emulated and slower than fp32)"
     print(
-        f"scoring on {device} in {opts.dtype}, decode={decode}, workers={workers}, compile={args.compile}",
+        f"scoring on {device} in {opts.dtype}, decode={decode}, workers={workers}, compile={args.compile}{note}",
         file=sys.stderr,
     )
     if scorer.needs_prompt and any(p is None for _, p in items):
