@@ -86,6 +86,8 @@ def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
         try:
             if k == "resume" and isinstance(v, bool):
                 v = "auto" if v else None  # `resume: true/false` reads naturally
+            elif k == "mixed_precision" and v is False:
+                v = "no"  # YAML 1.1 reads an unquoted `no` as false
             elif v is None or type(v) in args:
                 pass
             elif float in args and isinstance(v, str | int) and not isinstance(v, bool):
@@ -128,10 +130,13 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         k, v = item.split("=", 1)
+        hint = typing.get_type_hints(cls).get(k.strip())
         try:
             value = yaml.safe_load(v)
         except yaml.YAMLError:
             value = v
+        if hint in (str, str | None) and v not in ("null", "~", "None"):
+            value = v  # a text option keeps its text (`mixed_precision=no`, `reward=ict:1,hp:0.5`)
         data.update(_coerce(cls, {k.strip(): value}, "command line"))
     recipes = getattr(cls, "RECIPES", None) or {}
     recipe = data.get("recipe")

@@ -1,6 +1,6 @@
 """Stage 2: train the HP model (paper §4.2.3) with the ICT model frozen.
 
-    accelerate launch -m icthp_cli train-hp --config train/configs/hp.yaml [key=value ...]
+    accelerate launch -m icthp_cli train-hp --config train/configs/hp_upstream.yaml [key=value ...]
 
 HP backbone = the vision tower of `base_model` (LAION CLIP-H) + an MLP head, trained on I1 < I2 < I3 (or, for a
 pairs table, on winner > loser with ties skipped). Two recipes (`recipe: paper | upstream`, docs/training.md):
@@ -41,7 +41,7 @@ from icthp_core.training.common import (
     triplet_dataset,
     triplet_metrics,
 )
-from icthp_core.training.losses import hp_stage_loss, pair_margin_loss
+from icthp_core.training.losses import gather_batch, hp_stage_loss, pair_margin_loss
 
 logger = logging.getLogger("icthp.train.hp")
 
@@ -147,18 +147,6 @@ class HPTrainModule(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.hp.head(self.hp.encode_image(pixels)).squeeze(-1)
-
-
-def gather_batch(hp: torch.Tensor, ict: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Every process's [B, 3] HP logits (differentiable all_gather, as upstream) and ICT scores, rank order."""
-    import torch.distributed.nn.functional as dist_fn
-
-    hp = torch.cat(dist_fn.all_gather(hp.contiguous()))
-    if ict is not None:
-        parts = [torch.empty_like(ict) for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather(parts, ict.contiguous())
-        ict = torch.cat(parts)
-    return hp, ict
 
 
 class HPStage(engine.Stage):

@@ -1,6 +1,6 @@
 """Stage 1: train the ICT model (full fine-tuning of a CLIP on ICT labels, paper §4.2.2).
 
-    accelerate launch -m icthp_cli train-ict --config train/configs/ict.yaml [key=value ...]
+    accelerate launch -m icthp_cli train-ict --config train/configs/ict_upstream.yaml [key=value ...]
 
 Missing ICT labels are built first (eq. 2-8) with the base CLIP (`label_model`), theta from `theta` or
 automatically from the `theta_percentile` of CLIP(I3, P_easy); they are written to

@@ -40,6 +40,7 @@ __all__ = [
     "pair_margin_loss",
     "icthp_margin_loss",
     "hp_stage_loss",
+    "gather_batch",
 ]
 
 
@@ -178,3 +179,15 @@ def hp_stage_loss(
         raise ValueError("the ICT-HP loss term needs the frozen ICT model's scores (set ict_model)")
     icthp = icthp_margin_loss(ict, hp_logits, margin)
     return hp_weight * hp + icthp_weight * icthp, hp.detach(), icthp.detach()
+
+
+def gather_batch(hp: torch.Tensor, ict: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every process's [B, 3] HP logits (differentiable all_gather, as upstream) and ICT scores, rank order."""
+    import torch.distributed.nn.functional as dist_fn
+
+    hp = torch.cat(dist_fn.all_gather(hp.contiguous()))
+    if ict is not None:
+        parts = [torch.empty_like(ict) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, ict.contiguous())
+        ict = torch.cat(parts)
+    return hp, ict

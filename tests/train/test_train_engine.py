@@ -40,6 +40,7 @@ def test_yaml_configs_load_with_overrides(tmp_path):
     assert (ict_up.lr, ict_up.max_steps, ict_up.lam, ict_up.weight_decay) == (3e-6, 5000, 0.5, 0.01)
     with pytest.raises(ValueError, match="recipe='nope'"):
         engine.load_config(ICTConfig, None, ["recipe=nope"])
+    assert engine.load_config(ICTConfig, None, ["mixed_precision=no"]).mixed_precision == "no"  # not YAML's False
     with pytest.raises(ValueError, match="key=value"):
         engine.parse_args(ICTConfig, ["--max_steps", "3"], "x")
     bad = tmp_path / "bad.yaml"
