@@ -77,6 +77,11 @@ class DraftTrainConfig(CommonTrainConfig):
     sample_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     checkpoint_every: int = 500
     checkpoints_total_limit: int | None = 2
+    # reward-hacking monitors on the fixed-seed samples (every sample_every steps; docs/draft_lora.md "Monitors")
+    monitor: bool = True
+    gold_metrics: list[str] = field(default_factory=lambda: ["jpeg"])  # e.g. [aesthetic, clip, jpeg]
+    early_stop_metric: str | None = None  # e.g. "gold/aesthetic", "collapse/diversity" (None: never stop)
+    early_stop_drop: float = 0.0  # stop when the metric is below its step-0 value by more than this
 
     def resolve(self, arch: str) -> DraftTrainConfig:
         d = ARCH_DEFAULTS[arch]
@@ -269,6 +274,27 @@ def _train(cfg: DraftTrainConfig) -> Path:
         device=device,
         dtype=cfg.reward_dtype or ("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision),
     )
+    monitor = None
+    if cfg.monitor and cfg.sample_every > 0:
+        from icthp_core.diffusion.monitors import RewardHackingMonitor, gold_metric_fns
+        from icthp_core.scoring.preprocess import preprocess_tensor
+
+        rmodel = next(iter(reward_fn.scorer.models.values()))
+        rmode, rdtype = getattr(rmodel, "preprocess_mode", "crop"), reward_fn.scorer.dtype
+
+        def reward_features(im: torch.Tensor) -> torch.Tensor:
+            return rmodel.encode_image(preprocess_tensor(im.float().to(device), rmode).to(rdtype))
+
+        gold = gold_metric_fns(cfg.gold_metrics, cfg.reward_sources or None, device)
+        monitor = RewardHackingMonitor(gold, reward_features, cfg.early_stop_metric, cfg.early_stop_drop)
+        overlap = set(sample_prompts) & set(prompts)
+        if overlap:
+            accelerator.print(
+                f"monitor: {len(overlap)} of the {len(sample_prompts)} sample prompts are training prompts; "
+                "set sample_prompts to held-out prompts for an honest reward-hacking check"
+            )
+    elif cfg.early_stop_metric:
+        raise ConfigError("early_stop_metric needs the monitors (monitor=true and sample_every > 0)")
     opt = torch.optim.AdamW(
         params,
         lr=cfg.lr,
@@ -294,6 +320,8 @@ def _train(cfg: DraftTrainConfig) -> Path:
             raise RuntimeError(f"{ck}/lora.safetensors: unexpected keys {res.unexpected_keys[:5]}")
         opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
         step = json.loads((ck / "state.json").read_text())["step"]
+        if monitor is not None:
+            monitor.load(ck)
         accelerator.print(f"resumed from {ck} at step {step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +342,8 @@ def _train(cfg: DraftTrainConfig) -> Path:
     def log(row: dict) -> None:
         mlog.log({k: v for k, v in row.items() if k != "step"}, row["step"])
 
-    def sample_grid(at: int) -> None:
+    def sample_grid(at: int) -> str | None:
+        """Render the fixed-seed grid, log its reward and the monitors; a reason when early stopping fires."""
         cond = cond_all.select([index[p] for p in sample_prompts for _ in cfg.sample_seeds])
         noise = torch.cat(
             [
@@ -340,7 +369,14 @@ def _train(cfg: DraftTrainConfig) -> Path:
                 r = reward_fn(imgs, rp).float().mean().item()
         if accelerator.is_main_process:
             save_grid(imgs, out / "samples" / f"step_{at:06d}.png", nrow=len(cfg.sample_seeds))
-        log({"step": at, "val/reward": r})
+        row = {"step": at, "val/reward": r}
+        reason = None
+        if monitor is not None:
+            values = monitor.compute(imgs, rp, len(sample_prompts))
+            row.update({f"monitor/{k}": v for k, v in values.items()})
+            reason = monitor.stop_reason(values)
+        log(row)
+        return reason
 
     def checkpoint(at: int) -> None:
         accelerator.wait_for_everyone()
@@ -350,6 +386,8 @@ def _train(cfg: DraftTrainConfig) -> Path:
         def write(d: Path) -> None:
             save_lora(transformer, d, meta, weight_name="lora.safetensors")
             torch.save(opt.state_dict(), d / "optimizer.pt")
+            if monitor is not None:
+                monitor.save(d)
             (d / "state.json").write_text(json.dumps({"step": at}))
 
         write_checkpoint(out, at, write, cfg.checkpoints_total_limit)
@@ -357,6 +395,7 @@ def _train(cfg: DraftTrainConfig) -> Path:
     if step == 0 and cfg.sample_every > 0:
         sample_grid(0)
     window: list[dict] = []
+    stopped: str | None = None
     while step < cfg.max_steps:
         rng = random.Random(cfg.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
         gen = torch.Generator().manual_seed(rng.randrange(2**63))
@@ -408,11 +447,16 @@ def _train(cfg: DraftTrainConfig) -> Path:
             accelerator.print(json.dumps(row))
             window = []
         if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-            sample_grid(step)
+            stopped = sample_grid(step)
         if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
             checkpoint(step)
         if cfg.plot and accelerator.is_main_process and log_path.exists() and step % cfg.log_every == 0:
             plot_metrics(log_path, out / "curves.png", "DRaFT training", DRAFT_PANELS)
+        if stopped:
+            accelerator.print(f"early stop at step {step}: {stopped}")
+            if accelerator.is_main_process:
+                (out / "early_stop.json").write_text(json.dumps({"step": step, "reason": stopped}))
+            break
 
     if accelerator.num_processes > 1:  # the replicas must have stayed identical (gradients all-reduced)
         sums = accelerator.gather(torch.stack([p.detach().double().sum() for p in params]).unsqueeze(0))
