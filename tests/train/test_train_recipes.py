@@ -67,10 +67,18 @@ def test_trainable_parameters_follow_the_recipe_rule(ours, reference, tiny_base)
         assert not any(n.startswith("transformer.resblocks.0.") for n in got) and "ln_post.weight" in got
 
 
-def test_upstream_clip_h_blocks():
-    """On CLIP-H's 32 blocks the upstream rule freezes blocks 0-15 (int(33 * 0.5) = 16)."""
-    layers = [*range(32), "post"]
-    assert int(len(layers) * 0.5) == 16
+def test_upstream_rule_on_clip_h_depth():
+    """With CLIP-H's 32 blocks the upstream rule freezes blocks 0-15 (int(33 * 0.5) = 16) and the projection."""
+    from open_clip.transformer import VisionTransformer
+
+    v = VisionTransformer(image_size=32, patch_size=16, width=8, layers=32, heads=2, mlp_ratio=1.0, output_dim=4)
+    assert freeze_upstream(v, 0.5) == 16
+    frozen_blocks = [
+        i for i, b in enumerate(v.transformer.resblocks) if not any(p.requires_grad for p in b.parameters())
+    ]
+    assert frozen_blocks == list(range(16)) and not v.proj.requires_grad
+    assert v.ln_post.weight.requires_grad and v.ln_pre.weight.requires_grad and v.conv1.weight.requires_grad
+    assert freeze_upstream(v, 0.0) == 32 and not any(p.requires_grad for p in v.parameters())  # as upstream
 
 
 def test_log_warmup_linear_decay_matches_closed_form():
