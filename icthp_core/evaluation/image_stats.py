@@ -1,13 +1,18 @@
-"""Reference-free image statistics: JPEG compressibility (paper Table 2) and simple collapse signals.
+"""Per-image statistics that need no model: JPEG compressibility, and the collapse signals of the DRaFT monitors
+(saturation, colour histograms and their drift).
 
-JPEG compressibility is the size of the image encoded by PIL as JPEG at quality 95, in kB (1 kB = 1000 bytes),
-as in DDPO's ``jpeg_compressibility`` reward (Black et al. 2023, ``ddpo_pytorch/rewards.py``) that the ICT-HP
-paper's Table 2 reports (values ~270-375 for 1024x1024 images; higher = more visual information).
+JPEG compressibility (paper Table 2, "JPEG Compressibility ↑", values ~270-375 for 1024² images) is the size of the
+image encoded as JPEG, in kB (1 kB = 1000 bytes), exactly as DDPO (Black et al. 2023, "Training Diffusion Models with
+Reinforcement Learning") computes it in `ddpo_pytorch/rewards.py::jpeg_incompressibility`: the 8-bit RGB image is
+saved with Pillow, `image.save(buffer, format="JPEG", quality=95)` (Pillow's other defaults: 4:2:0 chroma
+subsampling, no `optimize`, baseline), and the byte count is divided by 1000. A larger file means more visual
+information (detail, texture, noise); DDPO's "compressibility" reward is the negative of this number.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,17 +25,30 @@ __all__ = ["JPEG_QUALITY", "jpeg_size_kb", "saturation", "color_histogram", "his
 JPEG_QUALITY = 95
 
 
-def jpeg_size_kb(image: object, quality: int = JPEG_QUALITY) -> float:
-    """Size in kB (1000 bytes) of the RGB image saved by PIL as JPEG at ``quality`` (default 95, paper Table 2)."""
+def _rgb(image: Image.Image | np.ndarray | str | os.PathLike) -> Image.Image:
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image: expected a uint8 [H, W, 3] array, got {image.dtype} {list(image.shape)}")
+        return Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    raise TypeError(f"image: expected a PIL image, a uint8 array or a path, got {type(image).__name__}")
+
+
+def jpeg_size_kb(image: Image.Image | np.ndarray | str | os.PathLike, quality: int = JPEG_QUALITY) -> float:
+    """Size in kB (bytes / 1000) of `image` as an RGB JPEG at Pillow `quality` (95: DDPO's and Table 2's setting)."""
     buf = io.BytesIO()
-    to_pil(image).convert("RGB").save(buf, format="JPEG", quality=quality)
+    _rgb(image).save(buf, format="JPEG", quality=quality)
     return buf.tell() / 1000.0
 
 
 def _rgb_array(image: object) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-    return np.asarray(to_pil(image), dtype=np.float64) / 255.0
+    """RGB floats in 0..1, [H, W, 3]."""
+    pil = image.convert("RGB") if isinstance(image, Image.Image) else to_pil(image)
+    return np.asarray(pil, dtype=np.float64) / 255.0
 
 
 def saturation(image: object) -> float:
