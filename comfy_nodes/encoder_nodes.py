@@ -13,6 +13,8 @@ import comfy.clip_vision
 import torch
 from comfy_api.latest import io
 
+from icthp_core.dtypes import parse_dtype
+
 from .paths import resolve_source, source_fingerprint, source_options, vision_source_options
 
 CATEGORY = "ICT-HP"
@@ -193,7 +195,7 @@ def load_clip_vision(
     finally:
         os.unlink(f.name)
     if dtype != "default":
-        cv.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        cv.dtype = parse_dtype(dtype)
         cv.model.to(cv.dtype)
     sd = {k: v for k, v in sd.items() if not k.endswith(_IGNORED)}
     model_keys = {k for k in cv.model.state_dict() if not k.endswith(_IGNORED)}

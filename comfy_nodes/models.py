@@ -12,6 +12,7 @@ import comfy.utils
 import numpy as np
 import torch
 
+from icthp_core.dtypes import parse_dtype
 from icthp_core.scoring.registry import list_metrics
 from icthp_core.scoring.scorer import MultiScorer
 
@@ -126,7 +127,7 @@ _lock = threading.Lock()
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return parse_dtype(dtype)
 
 
 def load_reward_model(

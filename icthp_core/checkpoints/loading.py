@@ -13,7 +13,8 @@ from icthp_core.checkpoints.config import VIT_H_14, open_clip_cfg, read_hf_confi
 from icthp_core.checkpoints.convert import hf_to_open_clip, is_hf_clip
 from icthp_core.checkpoints.files import WEIGHT_SUFFIXES, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.errors import CheckpointError
+from icthp_core.dtypes import DTYPES, parse_dtype  # noqa: F401 - re-exported
+from icthp_core.errors import CheckpointError, DeviceError
 
 CLIP_WEIGHT_NAMES = (
     "model.safetensors",
@@ -36,33 +37,23 @@ _TEXT_PREFIXES = (
 
 _HF_TEXT_PREFIXES = ("text_model.", "text_projection.")
 
-DTYPES = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """`"fp32" | "fp16" | "bf16"` (or a torch.dtype) to a torch.dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype={dtype!r}: expected one of fp32, fp16, bf16") from None
-
 
 def parse_device(device: str | torch.device | None) -> torch.device:
     """`None` → cuda when available, else cpu."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"--device {device}: MPS is not available here")
+    return dev
 
 
 def read_clip_state_dict(

@@ -28,6 +28,8 @@ class FileItems(Dataset):
             return path, prompt, {m: preprocess_pil(img, m) for m in self.modes}, None
         except ImageLoadError as e:
             return path, prompt, None, str(e)
+        except Exception as e:  # noqa: BLE001 - one bad file is that file's error row, never the run's
+            return path, prompt, None, f"{path}: cannot preprocess image ({type(e).__name__}: {e})"
 
 
 def _collate(samples: list) -> dict:

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from icthp_core.dtypes import parse_dtype
+
 ARCH_DEFAULTS = {"sd3": {"num_steps": 8, "k": 3}, "flux": {"num_steps": 4, "k": 1}}
 
 
@@ -137,7 +139,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return parse_dtype(name)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 4) -> None:
