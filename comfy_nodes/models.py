@@ -16,7 +16,7 @@ from icthp_core.dtypes import parse_dtype
 from icthp_core.scoring.registry import list_metrics
 from icthp_core.scoring.scorer import MultiScorer
 
-from .paths import resolve_source, source_fingerprint
+from .paths import free_text_source, resolve_source, source_fingerprint
 
 MODEL_CHOICES = ["ICT-HP", "ICT", "HP"]
 
@@ -152,7 +152,7 @@ def load_reward_model(
     if model in ("ICT-HP", "HP"):
         sources["hp"] = resolve_source(hp_source)
     if model not in MODEL_CHOICES and baseline_source.strip():
-        sources["baseline"] = baseline_source.strip()
+        sources["baseline"] = free_text_source(baseline_source)
     key = (model, tuple(sorted((k, v, source_fingerprint(v)) for k, v in sources.items())), device, dtype)
     with _lock:
         if key in _cache:

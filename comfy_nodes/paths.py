@@ -65,14 +65,47 @@ def resolve_source(name: str) -> str:
         cand = root / name
         if cand.is_dir():
             return str(cand)
-    if os.path.isabs(name):
-        if not os.path.exists(name):
-            raise FileNotFoundError(f"model folder not found: {name}")
-        return name
+    if os.path.isabs(name) or os.path.exists(name):
+        return check_local_source(name)
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # hub id, resolved (and downloaded) by icthp_core.checkpoints.hub
     roots = ", ".join(str(r) for r in _roots())
     raise FileNotFoundError(f"model folder {name!r} not found in models/{FOLDER} ({roots}) and not a hub id")
+
+
+#: set to 1 to allow model sources outside ComfyUI's model folders (free-text fields, absolute paths)
+ALLOW_ANY_PATH_ENV = "ICTHP_ALLOW_ANY_PATH"
+
+
+def allowed_roots() -> list[Path]:
+    """Folders a local model source may be in: ComfyUI's models folder and the registered icthp folders."""
+    return [Path(folder_paths.models_dir).resolve(), *(r.resolve() for r in _roots())]
+
+
+def check_local_source(name: str) -> str:
+    """`name` (a local file or folder) if it lies inside ComfyUI's model folders or $ICTHP_ALLOW_ANY_PATH=1.
+
+    A workflow is data that anyone can share: it must not make the server read arbitrary files.
+    """
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"model source not found: {os.path.basename(name.rstrip('/')) or name}")
+    if os.environ.get(ALLOW_ANY_PATH_ENV) == "1":
+        return name
+    real = Path(name).resolve()
+    if not any(real.is_relative_to(r) for r in allowed_roots()):
+        raise PermissionError(
+            f"model source {os.path.basename(name.rstrip('/')) or name!r} is outside ComfyUI's model folders; "
+            f"put it in models/{FOLDER}, or start ComfyUI with {ALLOW_ANY_PATH_ENV}=1 to allow any path"
+        )
+    return name
+
+
+def free_text_source(name: str) -> str:
+    """A free-text model source (hub id, or a local path under the model folders); see `check_local_source`."""
+    name = name.strip()
+    if os.path.isabs(name) or os.path.exists(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        return check_local_source(os.path.expanduser(name))
+    return name
 
 
 def lora_options() -> list[str]:
@@ -94,8 +127,33 @@ def source_fingerprint(name: str) -> tuple:
         return (name, "missing")
     if not path.exists():
         return (name,)
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return (name, tuple(sorted((str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+    return (name, _shallow_stat(path))
+
+
+def _shallow_stat(path: Path, depth: int = 2, limit: int = 256) -> tuple:
+    """(relative name, mtime, size) of the files at most `depth` levels down (at most `limit`): a model folder's
+    weights and configs, without walking a large tree on every run."""
+    if path.is_file():
+        st = path.stat()
+        return ((path.name, st.st_mtime_ns, st.st_size),)
+    out, level = [], [path]
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                entries = sorted(d.iterdir())
+            except OSError:
+                continue
+            for p in entries:
+                if len(out) >= limit:
+                    return tuple(out)
+                if p.is_file():
+                    st = p.stat()
+                    out.append((str(p.relative_to(path)), st.st_mtime_ns, st.st_size))
+                elif p.is_dir():
+                    nxt.append(p)
+        level = nxt
+    return tuple(out)
 
 
 def lora_fingerprint(name: str) -> tuple:

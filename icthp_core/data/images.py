@@ -130,7 +130,7 @@ def decode_image(
     except FileNotFoundError:
         raise ImageLoadError(f"{where}: no such file") from None
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"{where}: over Pillow's decompression-bomb limit ({e})") from None
+        raise ImageLoadError(f"{where}: over the limit of {limit:,} pixels (Pillow: {e})") from None
     except MemoryError:
         raise ImageLoadError(f"{where}: not enough memory to decode") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is this file's error, never the run's
