@@ -217,9 +217,9 @@ def prepare_resume(path: str | os.PathLike, metrics: Sequence[str], retry_errors
     rows = list(read_rows(path))
     if retry_errors and any(r.get("error") for r in rows):
         rows = [r for r in rows if not r.get("error")]
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f".{path.stem}.retry{path.suffix}")
         with ScoreWriter(tmp, list(metrics)) as w:
-            w.write([{k: _parse_number(v) for k, v in r.items()} for r in rows])
+            w.write([{k: _parse_number(v) if k in metrics else v for k, v in r.items()} for r in rows])
         os.replace(tmp, path)
     return {row_key(r["image"], r.get("prompt")) for r in rows if not (retry_errors and r.get("error"))}
 
