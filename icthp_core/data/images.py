@@ -111,8 +111,8 @@ def decode_image(
             if path.stat().st_size == 0:
                 raise ImageLoadError(f"{where}: empty file")
             fh = open(path, "rb")  # noqa: SIM115 - closed below
-        with fh, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with fh, warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # corrupt-EXIF and bomb warnings: the limit and errors below decide
             with Image.open(fh) as img:
                 w, h = img.size
                 if w < 1 or h < 1:
