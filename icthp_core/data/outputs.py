@@ -24,7 +24,9 @@ from pathlib import Path
 from icthp_core.errors import DataError, OutputError
 
 BASE_FIELDS = ["image", "prompt"]
-_SURROGATE = re.compile("[\ud800-\udfff]")
+#: written as \uXXXX in JSONL: lone surrogates (undecodable file-name bytes) and the characters that some
+#: line splitters (str.splitlines, JavaScript) take for line breaks
+_ESCAPED = re.compile("[\ud800-\udfff\u2028\u2029\u0085]")
 
 
 def score_fields(metrics: Sequence[str]) -> list[str]:
@@ -41,9 +43,9 @@ def _json_value(v):
 
 
 def json_line(obj: object) -> str:
-    """One JSON line (no newline): UTF-8 text, lone surrogates (undecodable file-name bytes) as \\uXXXX escapes."""
+    """One JSON line (no newline): UTF-8 text; lone surrogates and U+2028/U+2029/U+0085 as \\uXXXX escapes."""
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def check_writable(path: str | os.PathLike, what: str = "--output") -> Path:
