@@ -151,7 +151,8 @@ def check_image(path: str | os.PathLike, limits: UploadLimits) -> str | None:
     if size > limits.max_bytes:
         return f"{name}: {size / 2**20:.1f} MiB is over the {limits.max_bytes / 2**20:.0f} MiB limit"
     # the same decode-and-limit check as scoring (icthp_core.data.images), named by the upload's base name only
-    return core_check_image(p, name=display_name(name), max_pixels=limits.max_pixels)
+    why = core_check_image(p, name=display_name(name), max_pixels=limits.max_pixels)
+    return None if why is None else public_message(why)
 
 
 def validate_images(paths: Sequence[str | os.PathLike] | None, limits: UploadLimits) -> tuple[list[Path], list[str]]:
@@ -448,7 +449,7 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     safe = df.copy()
     safe.columns = [neutralise_cell(str(c)) for c in safe.columns]
     for c in safe.columns:
-        if safe[c].dtype == object:
+        if not pd.api.types.is_numeric_dtype(safe[c]):
             safe[c] = safe[c].map(neutralise_cell)
     safe.to_csv(p, index=False, float_format="%.8g")
     return p

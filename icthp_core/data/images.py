@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from icthp_core.errors import ImageLoadError
 
@@ -133,8 +133,12 @@ def decode_image(
         raise ImageLoadError(f"{where}: over the limit of {limit:,} pixels (Pillow: {e})") from None
     except MemoryError:
         raise ImageLoadError(f"{where}: not enough memory to decode") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{where}: not an image (unrecognised format)") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is this file's error, never the run's
         detail = str(e).splitlines()[0] if str(e) else ""
+        if not isinstance(source, (bytes, bytearray, memoryview)):
+            detail = detail.replace(os.fspath(source), where)  # the caller's name only (the app hides server paths)
         raise ImageLoadError(f"{where}: cannot decode image ({type(e).__name__}: {detail})") from e
 
 
