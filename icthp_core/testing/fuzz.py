@@ -62,6 +62,8 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     b = bytearray(data)
     kind = int(rng.integers(0, 7))
     n = len(b)
+    if n < 2:  # an earlier mutation emptied the file: a few random bytes
+        return rng.integers(0, 256, int(rng.integers(0, 16)), dtype=np.uint8).tobytes()
     if kind == 0:  # flip a few bytes (often in the header)
         for _ in range(int(rng.integers(1, 9))):
             i = int(rng.integers(0, min(n, 64))) if rng.random() < 0.5 else int(rng.integers(0, n))
