@@ -62,10 +62,10 @@ def resolve_source(name: str) -> str:
         raise ValueError("empty model source: pick a folder of models/icthp or a hub id such as 8y/ICT")
     name = name.strip()
     for root in _roots():
-        cand = root / name
-        if cand.is_dir():
+        cand = root / name  # an absolute `name` would replace `root`: only names that stay inside it count
+        if not os.path.isabs(name) and cand.is_dir() and cand.resolve().is_relative_to(root.resolve()):
             return str(cand)
-    if os.path.isabs(name) or os.path.exists(name):
+    if os.path.isabs(name) or os.path.exists(name) or ".." in Path(name).parts:
         return check_local_source(name)
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # hub id, resolved (and downloaded) by icthp_core.checkpoints.hub
@@ -87,16 +87,16 @@ def check_local_source(name: str) -> str:
 
     A workflow is data that anyone can share: it must not make the server read arbitrary files.
     """
+    shown = os.path.basename(name.rstrip("/")) or name
+    if os.environ.get(ALLOW_ANY_PATH_ENV) != "1":  # checked first: a refusal says nothing about what exists
+        real = Path(name).resolve()
+        if not any(real.is_relative_to(r) for r in allowed_roots()):
+            raise PermissionError(
+                f"model source {shown!r} is outside ComfyUI's model folders; "
+                f"put it in models/{FOLDER}, or start ComfyUI with {ALLOW_ANY_PATH_ENV}=1 to allow any path"
+            )
     if not os.path.exists(name):
-        raise FileNotFoundError(f"model source not found: {os.path.basename(name.rstrip('/')) or name}")
-    if os.environ.get(ALLOW_ANY_PATH_ENV) == "1":
-        return name
-    real = Path(name).resolve()
-    if not any(real.is_relative_to(r) for r in allowed_roots()):
-        raise PermissionError(
-            f"model source {os.path.basename(name.rstrip('/')) or name!r} is outside ComfyUI's model folders; "
-            f"put it in models/{FOLDER}, or start ComfyUI with {ALLOW_ANY_PATH_ENV}=1 to allow any path"
-        )
+        raise FileNotFoundError(f"model source not found: {shown}")
     return name
 
 
