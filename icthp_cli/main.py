@@ -28,6 +28,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("train-hp", "icthp_core.training.hp:main", "train the HP model (stage 2; accelerate)"),
     Command("build-labels", "icthp_core.training.build_labels:main", "build ICT labels (eq. 2-8) for triplets"),
     Command("draft", "icthp_core.diffusion.draft_train:main", "DRaFT-K LoRA fine-tuning of SD3/FLUX on a reward"),
+    Command("evalgen", "icthp_cli.evalgen:main", "generate a prompt set (base vs LoRAs) and score it (Table 2/3)"),
     Command(
         "convert-pick-high", "icthp_core.data.convert_pick_high:main", "convert Pick-High pickles to JSONL/parquet"
     ),
