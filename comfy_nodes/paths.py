@@ -125,6 +125,8 @@ def source_fingerprint(name: str) -> tuple:
         path = Path(resolve_source(name))
     except (FileNotFoundError, ValueError):
         return (name, "missing")
+    except PermissionError:
+        return (name, "refused")  # execute() reports it
     if not path.exists():
         return (name,)
     return (name, _shallow_stat(path))

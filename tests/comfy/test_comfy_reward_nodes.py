@@ -199,12 +199,15 @@ def test_baseline_through_the_loader(icthp_folder, reward_model):
     assert "hpsv2_1" in dict(_Holder({"hpsv2.1": torch.nn.Linear(1, 1)}).named_children())
 
 
-def test_changed_model_files_are_reloaded(icthp_folder, tmp_path):
+def test_changed_model_files_are_reloaded(icthp_folder, tmp_path, monkeypatch):
     """fingerprint_inputs (ComfyUI's re-run check) and the in-process cache both notice changed files."""
     import os
     import shutil
 
+    from comfy_nodes.paths import ALLOW_ANY_PATH_ENV
     from comfy_nodes.reward_nodes import ICTHPLoader
+
+    monkeypatch.setenv(ALLOW_ANY_PATH_ENV, "1")  # a folder outside models/icthp, allowed explicitly
 
     src = tmp_path / "ict_copy"
     shutil.copytree(icthp_folder / "ict", src)
