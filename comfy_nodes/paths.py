@@ -7,10 +7,12 @@ from pathlib import Path
 
 import folder_paths
 
+from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES
+from icthp_core.scoring.models import HP_BACKBONE_NAMES, HP_HEAD_NAMES
+
 FOLDER = "icthp"
 ICT_HUB = "8y/ICT"
 HP_HUB = "8y/HP"
-_ICT_FILES = ("pytorch_model.bin", "model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def register_model_folder() -> None:
@@ -24,11 +26,12 @@ def _roots() -> list[Path]:
 
 
 def is_ict_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).is_file() for f in _ICT_FILES)
+    """A folder the core loads as ICT (the core's weight-file names, so the dropdown lists what loads)."""
+    return path.is_dir() and any((path / f).is_file() for f in CLIP_WEIGHT_NAMES)
 
 
 def is_hp_dir(path: Path) -> bool:
-    return (path / "hp_backbone").is_dir() and (path / "hp_scorer").is_dir()
+    return any((path / f).is_file() for f in HP_BACKBONE_NAMES) and any((path / f).is_file() for f in HP_HEAD_NAMES)
 
 
 def local_models(kind: str) -> list[str]:

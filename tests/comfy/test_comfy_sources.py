@@ -44,3 +44,22 @@ def test_fingerprint_does_not_walk_deep_trees(tmp_path):
     (deep / "a" / "b" / "c" / "ignored.bin").write_bytes(b"x")
     names = [n for n, *_ in _shallow_stat(deep)]
     assert names == ["config.json", "a/w.bin"]
+
+
+def test_dropdown_lists_every_layout_the_core_loads(tmp_path):
+    from comfy_nodes.paths import is_hp_dir, is_ict_dir
+    from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES
+    from icthp_core.scoring.models import HP_BACKBONE_NAMES, HP_HEAD_NAMES
+
+    for name in CLIP_WEIGHT_NAMES:  # one list of weight-file names: the core's
+        d = tmp_path / name
+        d.mkdir()
+        (d / name).write_bytes(b"x")
+        assert is_ict_dir(d)
+    hp = tmp_path / "hp"
+    (hp / "hp_backbone").mkdir(parents=True)
+    (hp / "hp_scorer").mkdir()
+    assert not is_hp_dir(hp)  # empty folders are not a model
+    (hp / HP_BACKBONE_NAMES[-1]).write_bytes(b"x")
+    (hp / HP_HEAD_NAMES[0]).write_bytes(b"x")
+    assert is_hp_dir(hp)
