@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no table on stdout")
+    p.add_argument(
+        "--from-metadata",
+        action="store_true",
+        help="print the scores stored in the images' PNG metadata (ComfyUI node ICTHPSaveWithScores); no model",
+    )
     return p
 
 
@@ -164,4 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     warnings.simplefilter("default")
+    if args.from_metadata:
+        from icthp_cli.score_metadata import cmd_from_metadata
+
+        return cmd_from_metadata(args)
     return cmd_score(args)
