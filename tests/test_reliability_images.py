@@ -170,6 +170,13 @@ def test_alpha_is_composited_on_the_documented_background():
     assert decode_image(cmyk.getvalue()).mode == "RGB"
 
 
+def make_image(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A smooth random RGB image (w, h)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
+
+
 def _exif_jpeg(img: Image.Image, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -179,8 +186,6 @@ def _exif_jpeg(img: Image.Image, orientation: int) -> bytes:
 
 
 def test_exif_orientation_is_applied():
-    from conftest import make_image
-
     img = make_image(3, (120, 60))
     rotated = decode_image(_exif_jpeg(img, 6))  # "rotate 90 CW to view"
     assert rotated.size == (60, 120)
@@ -190,8 +195,6 @@ def test_exif_orientation_is_applied():
 
 
 def test_paths_and_bytes_decode_identically(tmp_path):
-    from conftest import make_image
-
     f = tmp_path / "x.png"
     make_image(1, (90, 70)).save(f)
     assert np.array_equal(np.asarray(decode_image(f)), np.asarray(decode_image(f.read_bytes())))
