@@ -23,7 +23,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("score", "icthp_cli.score:main", "score images with ICT, HP, ICT-HP and baselines"),
     Command("metrics", "icthp_cli.metrics:main", "list the registered metrics with their ranges"),
     Command("download", "icthp_cli.download:main", "download and verify ICT, HP and baseline weights (manifest)"),
-    Command("eval", "icthp_core.evaluation.preference:main", "preference accuracy (paper Table 1, Pick-a-Pic)"),
+    Command("eval", "icthp_cli.eval:main", "preference accuracy (paper Table 1, Pick-a-Pic)"),
     Command("app", "icthp_app.cli:main", "launch the Gradio comparison app"),
     Command("train-ict", "icthp_core.training.ict:main", "train the ICT model (stage 1; accelerate)"),
     Command("train-hp", "icthp_core.training.hp:main", "train the HP model (stage 2; accelerate)"),

@@ -1,21 +1,41 @@
-"""Background decoding and preprocessing of image files for batch scoring (torch DataLoader workers)."""
+"""Background decoding and preprocessing of images for batch scoring (torch DataLoader workers).
+
+An item's image is a file path or the encoded bytes of an image (as in Pick-a-Pic parquet files).
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from icthp_core.data.images import load_image
 from icthp_core.errors import ImageLoadError
 from icthp_core.scoring.preprocess import preprocess_pil
 
+ImageSource = str | bytes
+
+
+def decode_image(ref: ImageSource, where: str = "image") -> Image.Image:
+    """A path or encoded image bytes as a fully decoded RGB PIL image; ImageLoadError naming the item otherwise."""
+    if not isinstance(ref, (bytes, bytearray)):
+        return load_image(ref)
+    try:
+        with Image.open(io.BytesIO(ref)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ImageLoadError(f"{where}: cannot decode image bytes ({type(e).__name__}: {e})") from e
+
 
 class FileItems(Dataset):
-    """(image path, prompt) items -> (path, prompt, {mode: pixels} | None, error | None); never raises on bad files."""
+    """(image path or bytes, prompt) items -> (image, prompt, {mode: pixels} | None, error | None); never raises on
+    bad images (an error for bytes names the item's index)."""
 
-    def __init__(self, items: Sequence[tuple[str, str | None]], modes: Sequence[str]):
+    def __init__(self, items: Sequence[tuple[ImageSource, str | None]], modes: Sequence[str]):
         self.items, self.modes = list(items), list(modes)
 
     def __len__(self) -> int:
@@ -24,7 +44,7 @@ class FileItems(Dataset):
     def __getitem__(self, i: int):
         path, prompt = self.items[i]
         try:
-            img = load_image(path)
+            img = decode_image(path, f"item {i}")
             return path, prompt, {m: preprocess_pil(img, m) for m in self.modes}, None
         except ImageLoadError as e:
             return path, prompt, None, str(e)
@@ -42,7 +62,7 @@ def _collate(samples: list) -> dict:
 
 
 def iter_file_batches(
-    items: Sequence[tuple[str, str | None]],
+    items: Sequence[tuple[ImageSource, str | None]],
     modes: Sequence[str],
     batch_size: int = 32,
     num_workers: int = 2,

@@ -1,137 +1,153 @@
-"""Preference accuracy of ICT, HP, ICT-HP and the baseline reward models.
+"""Preference accuracy of any registered metrics on triplets (paper Table 1) or pairs (PickScore's protocol).
 
-    icthp eval --data test.jsonl --ict OUT/ICT --hp OUT/HP --metrics ict,hp,ict_hp,clip
-    icthp eval --data pickapic_test.parquet --val-data pickapic_val.parquet --metrics pickscore
+Library functions with explicit parameters; the command line is `icthp_cli/eval.py`.
 
-Triplet data (Pick-High style, see `icthp_core.data.datasets`): Table-1 protocol of the paper - every image of a triplet
-is scored with its basic prompt P_easy, and the accuracies I2>I1, I3>I2, I3>I1 and their average are reported.
-Pair data (Pick-a-Pic v2 style): PickScore's tie-aware accuracy, with the tie threshold chosen on `--val-data`
-(else on the evaluated data itself, flagged as optimistic), plus the plain accuracy on non-tied pairs.
-Prints a table and writes JSON (`--out`).
+- Triplets (Pick-High): every image is scored with its easy prompt; the rows of Table 1 (Average, I2>I1, I3>I2,
+  I3>I1) follow the chosen protocol of :mod:`icthp_core.evaluation.protocols` ("paper" or "upstream"), with
+  percentile-bootstrap intervals over triplets, plus a "Random" row (seeded uniform scores) and an
+  "ICT-groundtruth" row (the ICT labels E1, E2, E3 = 1) when the data carries them.
+- Pairs (Pick-a-Pic v2): PickScore's tie-aware accuracy with the threshold chosen on validation pairs.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import sys
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from icthp_core.data.datasets import LoadReport, UnsafeDataError, detect_kind, load_pairs, load_triplets, open_image
-from icthp_core.errors import ICTHPError
+from icthp_core.data.batch import iter_file_batches
+from icthp_core.data.datasets import LoadReport, PairRecord, TripletRecord
 from icthp_core.evaluation.metrics import (
     DEFAULT_TIE_GRID,
     choose_tie_threshold,
     pairwise_accuracy,
     relative_tie_grid,
     tie_aware_accuracy,
-    triplet_accuracy,
 )
-from icthp_core.scoring.preprocess import preprocess_pil
-from icthp_core.scoring.registry import list_metrics
+from icthp_core.evaluation.protocols import PAIR_KEYS, get_protocol, ict_hp_upstream, triplet_accuracy_table
+from icthp_core.scoring.registry import metric_label
 
 logger = logging.getLogger("icthp.eval")
 
+__all__ = [
+    "score_images",
+    "evaluate_triplets",
+    "evaluate_pairs",
+    "tie_grid",
+    "format_table",
+    "markdown_table",
+    "RANDOM",
+    "GROUNDTRUTH",
+]
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the evaluation options to `parser` (used by `icthp eval` and this module's `main`)."""
-    parser.add_argument("--data", required=True, help="triplets or pairs: .jsonl/.csv/.parquet (or Pick-High .pkl)")
-    parser.add_argument(
-        "--kind", choices=("auto", "triplets", "pairs"), default="auto", help="data kind (default: from the columns)"
-    )
-    parser.add_argument("--val-data", help="pairs used to choose the tie threshold (tie-aware protocol)")
-    parser.add_argument(
-        "--metrics",
-        default=None,
-        help="comma-separated metrics or 'all' "
-        f"({', '.join(list_metrics())}); "
-        "default: ict,hp,ict_hp for the models given",
-    )
-    parser.add_argument("--ict", help="ICT model: hub id or local dir (published layout)")
-    parser.add_argument("--hp", help="HP model: hub id or local dir (published layout)")
-    parser.add_argument(
-        "--source",
-        action="append",
-        default=[],
-        metavar="METRIC=PATH",
-        help="weights for a metric (hub id or local path); repeatable",
-    )
-    parser.add_argument("--image-root", help="folder for relative image paths (default: the data file's folder)")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow reading Pick-High .pkl files (pickle runs code: trusted files only)",
-    )
-    parser.add_argument("--limit", type=int, help="evaluate only the first N usable rows")
-    parser.add_argument(
-        "--tie-grid",
-        default="auto",
-        help="tie thresholds to try: 'pickscore' (0,0.1,...,1), 'relative' (quantiles of |p1-p0| on "
-        "the validation pairs), a comma list, or 'auto' (pickscore grid for pickscore, relative "
-        "for the others)",
-    )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--scores-out", help="write per-item scores (JSON lines) here")
-    return parser
-
-
-# ----------------------------------------------------------------------------------------------- scoring
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, refs: list, modes: list[str]):
-        self.refs, self.modes = refs, modes
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int):
-        try:
-            img = open_image(self.refs[i])
-            return i, {m: preprocess_pil(img, m) for m in self.modes}, None
-        except Exception as e:  # noqa: BLE001 - any decoder error: the item is reported and left out
-            return i, None, f"{type(e).__name__}: {e}"
-
-
-def _collate(items):
-    ok = [it for it in items if it[1] is not None]
-    pixels = {m: torch.stack([it[1][m] for it in ok]) for m in (ok[0][1] if ok else {})}
-    return [it[0] for it in ok], pixels, [(it[0], it[2]) for it in items if it[1] is None]
+RANDOM = "random"
+GROUNDTRUTH = "ict_groundtruth"
+_ROW_LABELS = {RANDOM: "Random", GROUNDTRUTH: "ICT-groundtruth"}
 
 
 def score_images(
-    scorer, refs: list, prompts: list[str], batch_size: int, num_workers: int, report: LoadReport | None = None
+    scorer,
+    images: Sequence[str | bytes],
+    prompts: Sequence[str],
+    batch_size: int = 32,
+    workers: int = 2,
+    report: LoadReport | None = None,
 ) -> dict[str, np.ndarray]:
-    """Scores [N] per metric (NaN where the image could not be decoded, counted in `report`)."""
-    n = len(refs)
+    """Scores [N] per metric of `scorer` (a MultiScorer); NaN where an image could not be decoded (counted)."""
+    n = len(images)
     out = {m: np.full(n, np.nan) for m in scorer.metrics}
-    loader = torch.utils.data.DataLoader(
-        _Images(refs, scorer.preprocess_modes), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
-    )
-    for idx, pixels, errors in loader:
-        for i, err in errors:
-            logger.warning("image %d unreadable: %s", i, err)
-            if report is not None:
-                report.decode_failures += 1
-        if not idx:
-            continue
-        scores = scorer.score_pixels(pixels, [prompts[i] for i in idx] if scorer.needs_prompt else None)
-        for m, v in scores.items():
-            out[m][idx] = v.numpy()
+    items = list(zip(images, prompts, strict=True))
+    k = 0
+    for batch in iter_file_batches(items, scorer.preprocess_modes, batch_size, workers):
+        rows = batch["rows"]
+        ok = [k + j for j, r in enumerate(rows) if r["error"] is None]
+        for j, r in enumerate(rows):
+            if r["error"] is not None:
+                logger.warning("image %d unreadable: %s", k + j, r["error"])
+                if report is not None:
+                    report.decode_failures += 1
+        if ok:
+            scores = scorer.score_pixels(batch["pixels"], [prompts[i] for i in ok] if scorer.needs_prompt else None)
+            for m, v in scores.items():
+                out[m][ok] = v.numpy()
+        k += len(rows)
     return out
 
 
-def _tie_grid(spec: str, metric: str, p0, p1) -> list[float]:
+def _hp_logits(hp: np.ndarray) -> np.ndarray:
+    """Raw HP logits from HP scores (sigmoid outputs): log(p) - log(1 - p) in float64."""
+    p = np.asarray(hp, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+def _flat_row(table: dict) -> dict[str, Any]:
+    """{"I2>I1": acc, ..., "avg": acc, "n": N, "ci": {key: [low, high]}} (flat accuracies for easy reading)."""
+    keys = (*PAIR_KEYS, "avg")
+    row: dict[str, Any] = {k: table[k]["acc"] for k in keys}
+    row["n"] = table["n"]
+    row["ci"] = {k: [table[k]["low"], table[k]["high"]] for k in keys}
+    return row
+
+
+def evaluate_triplets(
+    scorer,
+    records: Sequence[TripletRecord],
+    protocol: str = "paper",
+    batch_size: int = 32,
+    workers: int = 2,
+    report: LoadReport | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Table-1 accuracies of every metric of `scorer` on triplet records under `protocol` ("paper"/"upstream").
+
+    Returns {"kind", "protocol", "tie_credit", "n", "results": {row: {...}}, "items": [...]}; "results" holds
+    each metric, then "random" and (if every record has labels) "ict_groundtruth".
+    """
+    proto = get_protocol(protocol)
+    images = [ref for r in records for ref in r.images]
+    prompts = [r.easy_prompt for r in records for _ in range(3)]
+    flat = score_images(scorer, images, prompts, batch_size, workers, report)
+    scores = {m: s.reshape(-1, 3) for m, s in flat.items()}
+    used = dict(scores)
+    if proto.ict_hp == "triplet_softmax" and "ict_hp" in used:
+        if "ict" not in scores or "hp" not in scores:
+            raise ValueError("protocol upstream: ict_hp needs the ict and hp scores")
+        used["ict_hp"] = ict_hp_upstream(scores["ict"], _hp_logits(scores["hp"]))
+    if proto.ict_hp == "triplet_softmax" and "hp" in used:
+        used["hp"] = _hp_logits(scores["hp"])  # the trainer compares softmax(logits): same order as the logits
+    rows = {m: used[m] for m in scorer.metrics}
+    rows[RANDOM] = np.random.default_rng(seed).random((len(records), 3))
+    if records and all(r.labels for r in records):
+        rows[GROUNDTRUTH] = np.array([[r.labels["E1"], r.labels["E2"], 1.0] for r in records])
+    results = {
+        name: _flat_row(triplet_accuracy_table(s, proto.tie_credit, n_boot, confidence, seed))
+        for name, s in rows.items()
+    }
+    items = [
+        {"easy_prompt": r.easy_prompt, **{f"{m}_I{k + 1}": _num(scores[m][i, k]) for m in scores for k in range(3)}}
+        for i, r in enumerate(records)
+    ]
+    return {
+        "kind": "triplets",
+        "protocol": proto.name,
+        "protocol_description": proto.description,
+        "tie_credit": proto.tie_credit,
+        "confidence": confidence,
+        "n_boot": n_boot,
+        "n": len(records),
+        "results": results,
+        "items": items,
+    }
+
+
+def tie_grid(spec: str, metric: str, p0, p1) -> list[float]:
+    """Tie thresholds to try: 'pickscore' (0, 0.1, ..., 1), 'relative', a comma list, or 'auto'."""
     if spec == "auto":
         spec = "pickscore" if metric == "pickscore" else "relative"
     if spec == "pickscore":
@@ -144,60 +160,38 @@ def _tie_grid(spec: str, metric: str, p0, p1) -> list[float]:
         raise ValueError(f"--tie-grid {spec!r}: expected auto, pickscore, relative or a comma list") from None
 
 
-def evaluate_triplets(scorer, args) -> dict[str, Any]:
-    recs, report = load_triplets(
-        args.data, image_root=args.image_root, trust_pickle=args.trust_pickle, limit=args.limit, use_labels=False
-    )
-    refs = [ref for r in recs for ref in r.images]
-    prompts = [r.easy_prompt for r in recs for _ in range(3)]
-    scores = score_images(scorer, refs, prompts, args.batch_size, args.num_workers, report)
-    results = {}
-    per_item = []
-    for m, s in scores.items():
-        s = s.reshape(-1, 3)
-        ok = ~np.isnan(s).any(axis=1)
-        results[m] = {**triplet_accuracy(s[ok, 0], s[ok, 1], s[ok, 2]), "n": int(ok.sum())}
-    for i, r in enumerate(recs):
-        per_item.append(
-            {
-                "easy_prompt": r.easy_prompt,
-                **{f"{m}_I{k + 1}": _num(scores[m][3 * i + k]) for m in scores for k in range(3)},
-            }
-        )
-    return {
-        "kind": "triplets",
-        "protocol": "table1",
-        "n": len(recs),
-        "report": report.to_dict(),
-        "results": results,
-        "_items": per_item,
-    }
+def _pair_scores(scorer, records, batch_size, workers, report):
+    images = [ref for r in records for ref in r.images]
+    prompts = [r.prompt for r in records for _ in range(2)]
+    scores = score_images(scorer, images, prompts, batch_size, workers, report)
+    labels = np.array([r.label_0 for r in records], dtype=np.float64)
+    return {m: s.reshape(-1, 2) for m, s in scores.items()}, labels
 
 
-def _score_pairs(scorer, path, args):
-    recs, report = load_pairs(path, image_root=args.image_root, limit=args.limit)
-    refs = [ref for r in recs for ref in r.images]
-    prompts = [r.prompt for r in recs for _ in range(2)]
-    scores = score_images(scorer, refs, prompts, args.batch_size, args.num_workers, report)
-    labels = np.array([r.label_0 for r in recs], dtype=np.float64)
-    return recs, report, {m: s.reshape(-1, 2) for m, s in scores.items()}, labels
-
-
-def evaluate_pairs(scorer, args) -> dict[str, Any]:
-    recs, report, scores, labels = _score_pairs(scorer, args.data, args)
-    val = _score_pairs(scorer, args.val_data, args) if args.val_data else None
+def evaluate_pairs(
+    scorer,
+    records: Sequence[PairRecord],
+    val_records: Sequence[PairRecord] | None = None,
+    tie_grid_spec: str = "auto",
+    batch_size: int = 32,
+    workers: int = 2,
+    report: LoadReport | None = None,
+    val_report: LoadReport | None = None,
+) -> dict[str, Any]:
+    """PickScore's tie-aware accuracy (threshold from `val_records`, else from the data: optimistic)."""
+    scores, labels = _pair_scores(scorer, records, batch_size, workers, report)
+    val = _pair_scores(scorer, val_records, batch_size, workers, val_report) if val_records is not None else None
     results = {}
     for m, s in scores.items():
         ok = ~np.isnan(s).any(axis=1)
         p0, p1, lab = s[ok, 0], s[ok, 1], labels[ok]
         if val is not None:
-            vs, vlab = val[2][m], val[3]
+            vs, vlab = val[0][m], val[1]
             vok = ~np.isnan(vs).any(axis=1)
             vp0, vp1, vlab = vs[vok, 0], vs[vok, 1], vlab[vok]
         else:
             vp0, vp1, vlab = p0, p1, lab
-        grid = _tie_grid(args.tie_grid, m, vp0, vp1)
-        t, val_acc = choose_tie_threshold(vp0, vp1, vlab, grid)
+        t, val_acc = choose_tie_threshold(vp0, vp1, vlab, tie_grid(tie_grid_spec, m, vp0, vp1))
         decisive = lab != 0.5
         better = np.where(lab[decisive] > 0.5, p0[decisive], p1[decisive])
         worse = np.where(lab[decisive] > 0.5, p1[decisive], p0[decisive])
@@ -210,123 +204,78 @@ def evaluate_pairs(scorer, args) -> dict[str, Any]:
             "n": int(ok.sum()),
             "n_ties": int((lab == 0.5).sum()),
         }
-    per_item = [
+    items = [
         {
             "prompt": r.prompt,
             "label_0": r.label_0,
-            **{f"{m}_{k}": _num(scores[m][i, k]) for m in scores for k in range(2)},
+            **{f"{m}_{k}": _num(scores[m][i, k]) for m in scores for k in (0, 1)},
         }
-        for i, r in enumerate(recs)
+        for i, r in enumerate(records)
     ]
-    out = {
-        "kind": "pairs",
-        "protocol": "pickscore_tie_aware",
-        "n": len(recs),
-        "report": report.to_dict(),
-        "results": results,
-        "_items": per_item,
-    }
-    if val is not None:
-        out["val_report"] = val[1].to_dict()
-    return out
+    return {"kind": "pairs", "protocol": "pickscore_tie_aware", "n": len(records), "results": results, "items": items}
 
 
 def _num(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def _label(name: str) -> str:
+    return _ROW_LABELS.get(name) or metric_label(name)
+
+
+def _cell(row: dict, key: str) -> str:
+    lo, hi = row["ci"][key]
+    ci = "" if math.isnan(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{100 * row[key]:.2f}{ci}"
+
+
+_TABLE1_COLS = ("avg", *PAIR_KEYS)
+_TABLE1_HEADS = ("Average", *PAIR_KEYS)
+
+
 def format_table(res: dict[str, Any]) -> str:
+    """A plain-text table of `evaluate_triplets` / `evaluate_pairs` results (Table 1 layout for triplets)."""
     rows = res["results"]
     if res["kind"] == "triplets":
-        cols = ("I2>I1", "I3>I2", "I3>I1", "avg")
-        head = f"{'metric':<12}" + "".join(f"{c:>9}" for c in cols) + f"{'n':>8}"
+        cells = {name: [_cell(r, c) for c in _TABLE1_COLS] for name, r in rows.items()}
+        w = max(len(x) for c in cells.values() for x in c)
+        lw = max(16, *(len(_label(n)) for n in rows))
+        head = f"{'model':<{lw}}" + "".join(f"  {h:>{w}}" for h in _TABLE1_HEADS) + f"{'n':>8}"
         lines = [head, "-" * len(head)]
-        for m, r in rows.items():
-            lines.append(f"{m:<12}" + "".join(f"{100 * r[c]:>9.2f}" for c in cols) + f"{r['n']:>8}")
-    else:
-        head = f"{'metric':<12}{'tie-aware':>11}{'no-ties':>9}{'t':>9}{'n':>8}{'ties':>7}"
-        lines = [head, "-" * len(head)]
-        for m, r in rows.items():
-            lines.append(
-                f"{m:<12}{100 * r['tie_aware']:>11.2f}{100 * r['accuracy_no_ties']:>9.2f}"
-                f"{r['threshold']:>9.4g}{r['n']:>8}{r['n_ties']:>7}"
-            )
+        for name, r in rows.items():
+            lines.append(f"{_label(name):<{lw}}" + "".join(f"  {c:>{w}}" for c in cells[name]) + f"{r['n']:>8}")
+        lines.append(f"protocol {res['protocol']}: {res['protocol_description']}; [{100 * res['confidence']:.0f}% CI]")
+        return "\n".join(lines)
+    head = f"{'model':<16}{'tie-aware':>11}{'no-ties':>9}{'t':>9}{'n':>8}{'ties':>7}"
+    lines = [head, "-" * len(head)]
+    for m, r in rows.items():
+        lines.append(
+            f"{_label(m):<16}{100 * r['tie_aware']:>11.2f}{100 * r['accuracy_no_ties']:>9.2f}"
+            f"{r['threshold']:>9.4g}{r['n']:>8}{r['n_ties']:>7}"
+        )
     return "\n".join(lines)
 
 
-def resolve_metrics(args) -> tuple[list[str], dict[str, str]]:
-    sources: dict[str, str] = {}
-    for item in args.source:
-        if "=" not in item:
-            raise ValueError(f"--source {item!r}: expected METRIC=PATH")
-        k, v = item.split("=", 1)
-        sources[k.strip()] = v.strip()
-    if args.ict:
-        sources["ict"] = args.ict
-    if args.hp:
-        sources["hp"] = args.hp
-    if args.metrics in (None, ""):
-        metrics = [m for m in ("ict", "hp") if m in sources]
-        if len(metrics) == 2:
-            metrics.append("ict_hp")
-        metrics += [m for m in sources if m not in metrics and m not in ("ict", "hp")]
-        if not metrics:
-            raise ValueError("give --ict and/or --hp, or --metrics")
-    elif args.metrics == "all":
-        metrics = list_metrics()
-    else:
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    known = set(list_metrics())
-    bad = [m for m in metrics if m not in known]
-    if bad:
-        raise ValueError(f"--metrics: unknown {bad}; choose from {sorted(known)}")
-    return metrics, sources
-
-
-def run(args) -> dict[str, Any]:
-    from icthp_core.scoring.scorer import MultiScorer
-
-    metrics, sources = resolve_metrics(args)
-    kind = detect_kind(args.data, args.trust_pickle) if args.kind == "auto" else args.kind
-    scorer = MultiScorer(metrics, sources, device=args.device, dtype=args.dtype)
-    res = evaluate_triplets(scorer, args) if kind == "triplets" else evaluate_pairs(scorer, args)
-    res = {"data": str(args.data), "metrics": metrics, "sources": sources, **res}
-    items = res.pop("_items")
-    if args.scores_out:
-        Path(args.scores_out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.scores_out, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(it) + "\n" for it in items)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
-    return res
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; prints the table (and the data report), returns an exit code."""
-    parser = add_eval_arguments(
-        argparse.ArgumentParser(
-            prog="icthp eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        res = run(args)
-    except (ValueError, FileNotFoundError, UnsafeDataError, ICTHPError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rep = res["report"]
-    print(
-        f"{res['data']}: {res['kind']}, {rep['kept']}/{rep['total']} rows used"
-        + (f", skipped {rep['skipped']}" if rep["skipped"] else "")
-        + (f", {rep['decode_failures']} unreadable images" if rep["decode_failures"] else "")
-    )
-    print(format_table(res))
-    if args.out:
-        print(f"results written to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def markdown_table(res: dict[str, Any]) -> str:
+    """The results as a Markdown table (Table 1 layout for triplets, with the intervals)."""
+    rows = res["results"]
+    if res["kind"] == "triplets":
+        lines = [
+            f"Protocol `{res['protocol']}` ({res['protocol_description']}); n = {res['n']} triplets; "
+            f"{100 * res['confidence']:.0f}% percentile-bootstrap intervals ({res['n_boot']} resamples).",
+            "",
+            "| Model | " + " | ".join(_TABLE1_HEADS) + " | n |",
+            "|---|" + "---:|" * (len(_TABLE1_HEADS) + 1),
+        ]
+        lines += [
+            f"| {_label(n)} | " + " | ".join(_cell(r, c) for c in _TABLE1_COLS) + f" | {r['n']} |"
+            for n, r in rows.items()
+        ]
+        return "\n".join(lines) + "\n"
+    lines = ["| Model | tie-aware | no ties | threshold | n | ties |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| {_label(m)} | {100 * r['tie_aware']:.2f} | {100 * r['accuracy_no_ties']:.2f} | {r['threshold']:.4g} "
+        f"| {r['n']} | {r['n_ties']} |"
+        for m, r in rows.items()
+    ]
+    return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from icthp_core.checkpoints.files import check_finite, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
 from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, load_clip, parse_device, parse_dtype
 from icthp_core.errors import CheckpointError
+from icthp_core.scoring.text import tokenizer_for
 
 HP_HEAD_NAMES = ("hp_scorer/mlp.safetensors", "hp_scorer/mlp_pytorch_model.bin")
 HP_BACKBONE_NAMES = tuple(f"hp_backbone/{n}" for n in CLIP_WEIGHT_NAMES)
@@ -78,16 +79,25 @@ class HPHead(nn.Module):
 class TextImageModel(nn.Module):
     """Cosine similarity of a CLIP's text and image features (ICT, CLIP score, HPSv2; PickScore scales it).
 
-    `logit_scaled=True` multiplies by `logit_scale.exp()` (PickScore).
+    `logit_scaled=True` multiplies by `logit_scale.exp()` (PickScore). `tokenizer`: "open_clip" or "hf" (the
+    flavour the model was built with, see `icthp_core.scoring.text`).
     """
 
     needs_prompt = True
 
-    def __init__(self, clip: nn.Module, preprocess_mode: str = "crop", logit_scaled: bool = False):
+    def __init__(
+        self, clip: nn.Module, preprocess_mode: str = "crop", logit_scaled: bool = False, tokenizer: str = "open_clip"
+    ):
         super().__init__()
         self.clip = clip
         self.preprocess_mode = preprocess_mode
         self.logit_scaled = logit_scaled
+        self.tokenizer = tokenizer
+        tokenizer_for(tokenizer)  # validates the name
+
+    def tokenize(self, prompts) -> torch.Tensor:
+        """Token ids [B, 77] with this model's tokenizer flavour."""
+        return tokenizer_for(self.tokenizer)(prompts)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_image(pixels)

@@ -3,6 +3,8 @@
 "crop" (ICT, HP, CLIP, PickScore, aesthetic): resize the shortest side to 224 with bicubic, center crop, scale
 to [0, 1], normalise with the OpenAI mean/std — as `CLIPImageProcessor`.
 "letterbox" (HPSv2): resize the longest side to 224 with bicubic, pad with black to a square, normalise.
+"imagereward" (ImageReward): as "crop" but centred as torchvision's `CenterCrop` (offset round((s - 224) / 2)).
+"blip" (BLIP ITC/ITM): resize to 384 x 384 with bicubic (aspect not kept), normalise, as `BlipImageProcessor`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from icthp_core.data.images import to_rgb
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-MODES = ("crop", "letterbox")
+MODES = ("crop", "letterbox", "imagereward", "blip")
+#: output side of each mode
+MODE_SIZE = {"crop": 224, "letterbox": 224, "imagereward": 224, "blip": 384}
 
 
 def _check_mode(mode: str) -> None:
@@ -36,9 +40,10 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 MAX_FULL_RESIZE_ASPECT = 4
 
 
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+def _resize_center_crop(img: Image.Image, size: int, torchvision_centre: bool = False) -> Image.Image:
     """Shortest side to `size` (bicubic, the other side rounded down as CLIPImageProcessor), then the centre crop.
 
+    The crop offset is transformers' `(new - size) // 2`, or torchvision's `round((new - size) / 2)`.
     Ordinary images (aspect ratio <= MAX_FULL_RESIZE_ASPECT) are resized whole, exactly as CLIPImageProcessor.
     Longer ones resample only the source region under the crop, in the same pass order (horizontal, then
     vertical) and with the same filter windows, so memory stays O(size x short side) for any shape; pixels
@@ -47,7 +52,10 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """
     w, h = img.size
     new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2  # as transformers' center_crop
+    if torchvision_centre:
+        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    else:
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2  # as transformers' center_crop
     bicubic = Image.Resampling.BICUBIC
     if max(new) <= MAX_FULL_RESIZE_ASPECT * size:
         return img.resize(new, bicubic).crop((left, top, left + size, top + size))
@@ -63,13 +71,16 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return cols.resize((size, size), bicubic)
 
 
-def preprocess_pil(img: Image.Image, mode: str = "crop", size: int = 224) -> torch.Tensor:
-    """A normalised float32 tensor [3, size, size] from a PIL image."""
+def preprocess_pil(img: Image.Image, mode: str = "crop", size: int | None = None) -> torch.Tensor:
+    """A normalised float32 tensor [3, size, size] from a PIL image (size: the mode's own by default)."""
     _check_mode(mode)
+    size = size or MODE_SIZE[mode]
     img = to_rgb(img)
     w, h = img.size
-    if mode == "crop":
-        img = _resize_center_crop(img, size)
+    if mode == "blip":
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    elif mode in ("crop", "imagereward"):
+        img = _resize_center_crop(img, size, torchvision_centre=mode == "imagereward")
     else:
         scale = size / max(w, h)
         new = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -98,19 +109,26 @@ def to_nchw(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def preprocess_tensor(images: torch.Tensor, mode: str = "crop", size: int = 224) -> torch.Tensor:
+def preprocess_tensor(images: torch.Tensor, mode: str = "crop", size: int | None = None) -> torch.Tensor:
     """Differentiable preprocessing of float images in 0..1 ([B,3,H,W] or [B,H,W,3]) to normalised [B,3,size,size].
 
     Bicubic with antialiasing (like PIL when downscaling); gradients flow to the input pixels.
     """
     _check_mode(mode)
+    size = size or MODE_SIZE[mode]
     x = to_nchw(images)
     h, w = x.shape[-2:]
-    if mode == "crop":
+    if mode == "blip":
+        if (h, w) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    elif mode in ("crop", "imagereward"):
         new = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
         if (h, w) != new:
             x = F.interpolate(x, size=new, mode="bicubic", align_corners=False, antialias=True)
-        top, left = (new[0] - size) // 2, (new[1] - size) // 2
+        if mode == "crop":
+            top, left = (new[0] - size) // 2, (new[1] - size) // 2
+        else:
+            top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
         x = x[..., top : top + size, left : left + size]
     else:
         scale = size / max(h, w)

@@ -32,7 +32,7 @@ class MetricSpec:
     description: str
     value_range: str  # documented range, e.g. "(0, 1)"
     needs_prompt: bool = True
-    preprocess: str = "crop"  # "crop" (CLIP processor) or "letterbox" (HPSv2)
+    preprocess: str = "crop"  # a mode of icthp_core.scoring.preprocess.MODES ("crop": CLIP processor)
     model: str = ""
     default_source: str | None = None
     higher_is_better: bool = True
@@ -106,12 +106,14 @@ def parse_metrics(text: str | None, what: str = "--metrics") -> list[str]:
     return names
 
 
-def _clip_metric(mode: str = "crop", logit_scaled: bool = False, filenames=CLIP_WEIGHT_NAMES, nested_key=None):
+def _clip_metric(
+    mode: str = "crop", logit_scaled: bool = False, filenames=CLIP_WEIGHT_NAMES, nested_key=None, tokenizer="open_clip"
+):
     def load(source, device, dtype):
         clip = load_clip(
             source, device=device, dtype=dtype, filenames=filenames, nested_key=nested_key, default_config=VIT_H_14
         )
-        return TextImageModel(clip, preprocess_mode=mode, logit_scaled=logit_scaled)
+        return TextImageModel(clip, preprocess_mode=mode, logit_scaled=logit_scaled, tokenizer=tokenizer)
 
     return load
 
@@ -193,7 +195,7 @@ register(
         model="pickscore",
         default_source="yuvalkirstain/PickScore_v1",
     ),
-    _clip_metric(logit_scaled=True),
+    _clip_metric(logit_scaled=True, tokenizer="hf"),  # PickScore's reference code: the HF CLIP fast tokenizer
 )
 register(
     MetricSpec(
@@ -233,6 +235,57 @@ register(
         default_source="camenduru/improved-aesthetic-predictor",
     ),
     _load_aesthetic,
+)
+
+
+def _blip_metric(kind: str):
+    def load(source, device, dtype):
+        from icthp_core.scoring import blip
+
+        cls = {"imagereward": blip.ImageRewardModel, "itc": blip.BlipITCModel, "itm": blip.BlipITMModel}[kind]
+        return cls.from_pretrained(source, device=device, dtype=dtype)
+
+    return load
+
+
+register(
+    MetricSpec(
+        "imagereward",
+        "ImageReward",
+        "alignment",
+        "ImageReward v1.0 (BLIP ViT-L + cross-attention BERT + MLP), z-normalised",
+        "unbounded, typically -2..2",
+        preprocess="imagereward",
+        model="imagereward",
+        default_source="THUDM/ImageReward",
+    ),
+    _blip_metric("imagereward"),
+)
+register(
+    MetricSpec(
+        "blip_itc",
+        "ITC (BLIP)",
+        "alignment",
+        "BLIP ViT-L image-text contrastive: cosine of the projected [CLS] features",
+        "[-1, 1], typically 0.3..0.6",
+        preprocess="blip",
+        model="blip_itc",
+        default_source="Salesforce/blip-itm-large-coco",
+    ),
+    _blip_metric("itc"),
+)
+register(
+    MetricSpec(
+        "blip_itm",
+        "ITM (BLIP)",
+        "alignment",
+        "BLIP ViT-L image-text matching: probability of 'match'",
+        "[0, 1]",
+        preprocess="blip",
+        model="blip_itm",
+        default_source="Salesforce/blip-itm-large-coco",
+    ),
+    _blip_metric("itm"),
 )
 
 

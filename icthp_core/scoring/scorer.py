@@ -91,7 +91,7 @@ class MultiScorer:
         missing = list(dict.fromkeys(p for p in prompts if p not in cache))
         if missing:
             with torch.inference_mode():
-                feats = model.encode_text(tokenize(missing).to(self.device))
+                feats = model.encode_text(getattr(model, "tokenize", tokenize)(missing).to(self.device))
             for p, f in zip(missing, feats, strict=True):
                 cache[p] = f
         for p in prompts:

@@ -1,4 +1,13 @@
-"""Prompt tokenisation with the open_clip CLIP tokenizer (77 tokens, SOT 49406, EOT 49407, zero padding)."""
+"""CLIP prompt tokenisation, in the two flavours the reward models were built with (77 tokens, SOT 49406, EOT 49407,
+zero padding in both):
+
+- "open_clip" (:func:`tokenize`): open_clip's tokenizer, which cleans text with ftfy and HTML-unescapes it
+  (ICT/HP inference in upstream's `eval.py`, HPSv2, the CLIP score);
+- "hf" (:func:`tokenize_hf`): the Hugging Face CLIP *fast* tokenizer (no ftfy, no HTML unescape), as PickScore's
+  reference code and the upstream ICT/HP trainer use. Built offline from the same BPE file that open_clip ships.
+
+They differ on curly quotes, `&amp;`-style entities and full-width characters, so each model carries its own.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +38,42 @@ def check_prompt(prompt: object, where: str = "prompt") -> str:
     if not prompt.strip():
         raise ValueError(f"{where}: the prompt is empty")
     return prompt
+
+
+@lru_cache(maxsize=1)
+def hf_clip_tokenizer():
+    """transformers' CLIP fast tokenizer with CLIP's BPE vocabulary and merges (read from open_clip's copy)."""
+    from transformers import CLIPTokenizerFast
+
+    oc = _tokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(k, k): v for k, v in oc.encoder.items()}
+    merges = [tuple(m) for m in sorted(oc.bpe_ranks, key=oc.bpe_ranks.get)]
+    return CLIPTokenizerFast(vocab=vocab, merges=merges)
+
+
+def tokenize_hf(prompts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:
+    """Token ids [B, context_length] of the HF CLIP fast tokenizer (truncated keeping EOT), zero padded."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    for i, p in enumerate(prompts):
+        check_prompt(p, f"prompts[{i}]")
+    ids = hf_clip_tokenizer()(list(prompts), truncation=True, max_length=context_length)["input_ids"]
+    out = torch.zeros(len(ids), context_length, dtype=torch.long)
+    for i, row in enumerate(ids):
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+#: tokenizer flavours by name (see the module doc)
+TOKENIZERS = {"open_clip": None, "hf": tokenize_hf}
+
+
+def tokenizer_for(name: str):
+    """The tokenize function of flavour `name` ("open_clip" or "hf")."""
+    if name not in TOKENIZERS:
+        raise ValueError(f"tokenizer {name!r}: choose from {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[name] or tokenize
 
 
 def tokenize(prompts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from icthp_cli.main import main as icthp_main
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data import convert_pick_high
 from icthp_core.data.datasets import load_triplets, open_image
-from icthp_core.evaluation import preference as eval_preference
 from icthp_core.scoring.preprocess import preprocess_pil
 from icthp_core.scoring.text import tokenize
 from icthp_core.training import engine
@@ -120,12 +120,13 @@ def test_convert_cli_refuses_without_trust(tmp_path, capsys):
 
 
 def test_eval_cli_errors(synth, tmp_path, capsys):
-    assert eval_preference.main(["--data", str(synth["val"]), "--metrics", "nope"]) == 2
+    assert icthp_main(["eval", "--data", str(synth["val"]), "--metrics", "nope"]) == 2
     assert "unknown" in capsys.readouterr().err
-    assert eval_preference.main(["--data", str(synth["val"])]) == 2  # no model given
+    assert icthp_main(["eval", "--data", str(synth["val"]), "--ict", "none", "--hp", "none"]) == 2  # no model given
+    assert "no metric" in capsys.readouterr().err
     pkl = tmp_path / "x.pkl"
     pkl.write_bytes(b"\x80\x04K\x01.")
-    assert eval_preference.main(["--data", str(pkl), "--ict", "x"]) == 2
+    assert icthp_main(["eval", "--data", str(pkl), "--ict", "x"]) == 2
     assert "trust" in capsys.readouterr().err
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from icthp_cli.eval import main as eval_main
 from icthp_core import load_scorer
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets
-from icthp_core.evaluation import preference as eval_preference
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
 from icthp_core.scoring.preprocess import preprocess_pil
 from icthp_core.training import hp as train_hp
@@ -40,7 +40,7 @@ def trained(tiny_base, synth, tmp_path_factory):
 
 def _eval(tmp_path, data, *args):
     out = tmp_path / "res.json"
-    rc = eval_preference.main(["--data", str(data), "--num-workers", "0", "--device", "cpu", "--out", str(out), *args])
+    rc = eval_main(["--data", str(data), "--workers", "0", "--device", "cpu", "-o", str(out), *args])
     assert rc == 0
     return json.loads(out.read_text())
 
@@ -50,8 +50,8 @@ def test_training_lifts_accuracy_above_chance(trained, tiny_base, synth, tmp_pat
     base = _eval(tmp_path, synth["val"], "--metrics", "clip", "--source", f"clip={tiny_base}")
     res = _eval(tmp_path, synth["val"], "--ict", str(root / "ict" / "ICT"), "--hp", str(root / "hp" / "HP"))
     table = capsys.readouterr().out
-    assert "ict_hp" in table and "I3>I2" in table
-    hp0 = _eval(tmp_path, synth["val"], "--hp", str(root / "hp0" / "HP"))
+    assert "ICT-HP" in table and "I3>I2" in table and "Random" in table
+    hp0 = _eval(tmp_path, synth["val"], "--ict", "none", "--hp", str(root / "hp0" / "HP"))
     before = {"ict": base["results"]["clip"]["avg"], "hp": hp0["results"]["hp"]["avg"]}
     before["ict_hp"] = max(before.values())
     print("untrained", before, "trained", {m: r["avg"] for m, r in res["results"].items()})
@@ -97,6 +97,8 @@ def test_tie_aware_protocol_on_pairs(trained, synth, tmp_path):
         _pickapic_parquet(synth["val_pairs"], tmp_path / "test.parquet"),
         "--val-data",
         str(synth["train_pairs"]),
+        "--ict",
+        "none",
         "--hp",
         str(root / "hp" / "HP"),
         "--tie-grid",
@@ -158,8 +160,8 @@ def test_hp_stage_trains_on_preference_pairs(trained, tiny_base, synth, tmp_path
             seed=HP_SEED,
         )
     )
-    before = _eval(tmp_path, synth["val_pairs"], "--hp", str(root / "hp0" / "HP"))["results"]["hp"]
-    after = _eval(tmp_path, synth["val_pairs"], "--hp", str(out / "HP"))["results"]["hp"]
+    before = _eval(tmp_path, synth["val_pairs"], "--ict", "none", "--hp", str(root / "hp0" / "HP"))["results"]["hp"]
+    after = _eval(tmp_path, synth["val_pairs"], "--ict", "none", "--hp", str(out / "HP"))["results"]["hp"]
     assert before["accuracy_no_ties"] < 0.3
     assert after["accuracy_no_ties"] >= 0.85
     assert summary["val"]["pairs_no_ties"] == pytest.approx(after["accuracy_no_ties"])

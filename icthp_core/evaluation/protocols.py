@@ -1,0 +1,154 @@
+"""The two preference-accuracy protocols of Table 1, as plain functions on score arrays.
+
+Scores of a triplet set are arrays ``[N, 3]``: column 0 = I1 (Pick-a-Pic loser), 1 = I2 (winner), 2 = I3 (image of
+the refined prompt). Both protocols compare the pairs I2>I1, I3>I2, I3>I1 per triplet and report each pair's
+accuracy and their mean ("avg"; with the same N for every pair this equals the upstream trainer's
+``sum(correct) / (3 N)``).
+
+- ``paper``: each metric's own scores; ICT-HP = ICT x sigmoid(HP logit) (= ICT x HP score, paper eq. 20);
+  an equal pair counts 1/2 (a coin flip).
+- ``upstream``: what BarretBa/ICTHP's trainer computes for its validation accuracy (``icthp_task.py``):
+  ICT-HP = ICT(easy prompt) x softmax over the triplet of the raw HP logits; a pair counts only when strictly
+  greater (an equal pair counts 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "PAIRS",
+    "PAIR_KEYS",
+    "Protocol",
+    "PROTOCOLS",
+    "get_protocol",
+    "pair_credit",
+    "triplet_credit",
+    "triplet_accuracy_table",
+    "ict_hp_paper",
+    "ict_hp_upstream",
+    "upstream_validation_accuracy",
+]
+
+#: (name, better column, worse column) of the three compared pairs, in Table 1 order
+PAIRS: tuple[tuple[str, int, int], ...] = (("I2>I1", 1, 0), ("I3>I2", 2, 1), ("I3>I1", 2, 0))
+PAIR_KEYS: tuple[str, ...] = tuple(p[0] for p in PAIRS)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a triplet set is scored: the credit of an equal pair and the ICT-HP combination."""
+
+    name: str
+    tie_credit: float
+    ict_hp: str  # "product" (ICT x sigmoid(HP)) or "triplet_softmax" (ICT x softmax_triplet(HP logits))
+    description: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "paper": Protocol("paper", 0.5, "product", "paper Table 1: ICT-HP = ICT x sigmoid(HP); ties count 1/2"),
+    "upstream": Protocol(
+        "upstream",
+        0.0,
+        "triplet_softmax",
+        "upstream trainer: ICT-HP = ICT x softmax over the triplet of HP logits; ties count 0",
+    ),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called `name`; a one-line error naming the choices otherwise."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol {name!r}: choose from {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def _triplets(scores: np.ndarray | Sequence, what: str = "scores") -> np.ndarray:
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 3:
+        raise ValueError(f"{what}: expected an array [N, 3] (I1, I2, I3), got shape {x.shape}")
+    return x
+
+
+def pair_credit(better: np.ndarray, worse: np.ndarray, tie_credit: float) -> np.ndarray:
+    """Per-pair credit: 1 if better > worse, `tie_credit` if equal, else 0."""
+    b, w = np.asarray(better, dtype=np.float64), np.asarray(worse, dtype=np.float64)
+    return np.where(b > w, 1.0, np.where(b == w, tie_credit, 0.0))
+
+
+def triplet_credit(scores: np.ndarray | Sequence, tie_credit: float) -> np.ndarray:
+    """Credits [N, 3] of the pairs of PAIRS (columns in PAIR_KEYS order) for triplet scores [N, 3]."""
+    s = _triplets(scores)
+    return np.stack([pair_credit(s[:, b], s[:, w], tie_credit) for _, b, w in PAIRS], axis=1)
+
+
+def triplet_accuracy_table(
+    scores: np.ndarray | Sequence,
+    tie_credit: float,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float] | int]:
+    """Accuracy of each pair and "avg" with percentile-bootstrap intervals over triplets (rows with NaN dropped).
+
+    Returns ``{"I2>I1": {"acc", "low", "high"}, ..., "avg": {...}, "n": N}``; ``n_boot=0`` skips the intervals.
+    """
+    s = _triplets(scores)
+    s = s[~np.isnan(s).any(axis=1)]
+    credit = triplet_credit(s, tie_credit)
+    n = credit.shape[0]
+    per = np.concatenate([credit, credit.mean(axis=1, keepdims=True)], axis=1)  # [N, 4]: 3 pairs + avg
+    keys = (*PAIR_KEYS, "avg")
+    out: dict[str, dict[str, float] | int] = {}
+    if n == 0:
+        for k in keys:
+            out[k] = {"acc": float("nan"), "low": float("nan"), "high": float("nan")}
+        out["n"] = 0
+        return out
+    acc = per.mean(axis=0)
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_boot, n))
+        boot = per[idx].mean(axis=1)  # [n_boot, 4]
+        alpha = (1.0 - confidence) / 2.0
+        lows, highs = np.quantile(boot, alpha, axis=0), np.quantile(boot, 1.0 - alpha, axis=0)
+    else:
+        lows = highs = np.full(4, np.nan)
+    for j, k in enumerate(keys):
+        out[k] = {"acc": float(acc[j]), "low": float(lows[j]), "high": float(highs[j])}
+    out["n"] = int(n)
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def ict_hp_paper(ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence) -> np.ndarray:
+    """Paper ICT-HP: ICT x sigmoid(HP logit), elementwise (any shape)."""
+    return np.asarray(ict, dtype=np.float64) * _sigmoid(np.asarray(hp_logits, dtype=np.float64))
+
+
+def ict_hp_upstream(ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence) -> np.ndarray:
+    """Upstream-trainer ICT-HP: ICT [N, 3] x softmax over each triplet of the raw HP logits [N, 3]."""
+    i, h = _triplets(ict, "ict"), _triplets(hp_logits, "hp_logits")
+    e = np.exp(h - h.max(axis=1, keepdims=True))
+    return i * (e / e.sum(axis=1, keepdims=True))
+
+
+def upstream_validation_accuracy(ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence) -> dict[str, float]:
+    """The validation accuracy of the upstream HP trainer, for training loops.
+
+    `ict`: cosine of the ICT features with the easy prompt [N, 3]; `hp_logits`: raw HP head outputs [N, 3].
+    Returns ``{"accuracy", "I2>I1", "I3>I2", "I3>I1", "hp_accuracy"}``: ``accuracy`` = sum of strictly correct
+    ICT-HP pairs / (3 N) with ICT-HP = ICT x softmax_triplet(HP logits); ``hp_accuracy`` likewise on HP alone.
+    """
+    icthp = triplet_credit(ict_hp_upstream(ict, hp_logits), 0.0)
+    hp = triplet_credit(_triplets(hp_logits, "hp_logits"), 0.0)
+    out = {"accuracy": float(icthp.mean()) if icthp.size else float("nan")}
+    out.update({k: float(icthp[:, j].mean()) if icthp.size else float("nan") for j, k in enumerate(PAIR_KEYS)})
+    out["hp_accuracy"] = float(hp.mean()) if hp.size else float("nan")
+    return out
