@@ -36,7 +36,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("toy-data", "icthp_core.testing.synthetic:main", "write a toy preference data set (smoke tests)"),
 )
 #: errors that are the user's, printed as one line (no traceback)
-USER_ERRORS: tuple[type[BaseException], ...] = (ICTHPError, ValueError, FileNotFoundError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ICTHPError, ValueError, OSError)
 
 
 def usage() -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from icthp_core.dtypes import parse_dtype
 from icthp_core.training.checkpointing import resolve_resume, write_checkpoint
 from icthp_core.training.config import CommonTrainConfig, ConfigError, parse_args
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog
@@ -102,7 +103,7 @@ def parse_config(argv: list[str] | None = None) -> DraftTrainConfig:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return parse_dtype(name)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 4) -> None:
