@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from icthp_core.data.outputs import ScoreWriter, done_keys, read_pairs, repair_tail
 from icthp_core.options import add_model_arguments, model_options
+from icthp_core.scale.score_cmd import add_scale_arguments, run_scaled, wants_scale
 from icthp_core.scoring.registry import metric_label, parse_metrics
 
 
@@ -22,11 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="ict,hp,ict_hp",
         help="comma-separated metrics or 'all' (see `icthp metrics`); default ict,hp,ict_hp",
     )
-    add_model_arguments(p, output_help="write rows to .jsonl or .csv, incrementally")
+    add_model_arguments(
+        p, output_help="write rows to .jsonl, .csv or .parquet, or parquet shards to a folder (resumable per shard)"
+    )
     p.add_argument("--resume", action="store_true", help="append to --output, skipping rows already written")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no table on stdout")
+    add_scale_arguments(p)
     return p
 
 
@@ -69,6 +73,8 @@ def cmd_score(args) -> int:
     from icthp_core.checkpoints.loading import parse_device
     from icthp_core.scoring.scorer import MultiScorer
 
+    if wants_scale(args):  # --engine ray, --dataset, parquet or folder output: the sharded engine
+        return run_scaled(args, _items(args))
     metrics = parse_metrics(args.metrics)
     opts = model_options(args)
     if args.prompt is not None and not args.prompt.strip():
