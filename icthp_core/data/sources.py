@@ -177,6 +177,8 @@ def _plan_hf(source, image_column, prompt_column, keep, split, shard_size, commo
         ds = datasets.load_dataset(name, split=split)
     if ds._indices is not None:
         ds = ds.flatten_indices()  # a selected/shuffled view: materialise it so arrow files match rows
+    if image_column is None:  # a datasets Image feature is the image column
+        image_column = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
     images, pcol = _choose_columns(ds.column_names, image_column, prompt_column, keep, f"--dataset {name}")
     shards = []
     for cf in ds.cache_files:
@@ -299,7 +301,9 @@ def decode_bytes(data: bytes, where: str):
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{where}: cannot decode image (not a known image format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise ImageLoadError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
 
 

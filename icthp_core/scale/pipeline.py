@@ -176,7 +176,7 @@ def _read_rows(item: dict) -> list[dict]:
     records = read_shard(json.loads(item["spec"]))
     dt = (time.perf_counter() - t) / max(len(records), 1)
     if not records:
-        return [{"shard": item["shard"], "idx": -1, "n": 0, "rec": b"", "data": None, "_t_read": dt}]
+        return [{"shard": item["shard"], "idx": -1, "n": 0, "rec": b"", "data": b"", "has_data": False, "_t_read": dt}]
     out = []
     for j, rec in enumerate(records):
         meta = {k: v for k, v in rec.items() if k != "data"}
@@ -186,7 +186,8 @@ def _read_rows(item: dict) -> list[dict]:
                 "idx": j,
                 "n": len(records),
                 "rec": json.dumps(meta, default=str).encode(),
-                "data": rec.get("data"),
+                "data": rec.get("data") or b"",
+                "has_data": rec.get("data") is not None,
                 "_t_read": dt,
             }
         )
@@ -195,9 +196,9 @@ def _read_rows(item: dict) -> list[dict]:
 
 def _records(batch: dict) -> list[dict]:
     recs = []
-    for meta, data in zip(batch["rec"], batch["data"], strict=True):
+    for meta, data, has in zip(batch["rec"], batch["data"], batch["has_data"], strict=True):
         rec = json.loads(bytes(meta)) if len(meta) else {"image": "", "prompt": None, "error": "empty shard"}
-        rec["data"] = None if data is None else bytes(data)
+        rec["data"] = bytes(data) if has else None
         recs.append(rec)
     return recs
 
