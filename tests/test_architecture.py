@@ -1,0 +1,158 @@
+"""Contracts of the layout: layers never point upward, `import icthp_core` stays light, the installed wheel has no
+generic top-level name and `icthp --help` lists every job, and docs/core_api.md names only things that exist."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: package folder -> import names it must never import (the layers below may not know the ones above)
+FORBIDDEN = {
+    "icthp_core": {"icthp_cli", "icthp_app", "gradio_app", "comfy_nodes", "train"},
+    "gradio_app": {"icthp_cli", "comfy_nodes", "train"},
+    "comfy_nodes": {"icthp_cli", "icthp_app", "gradio_app", "train"},
+}
+#: what `import icthp_core` must not load: training, diffusion, app, scale-out and front-end dependencies
+HEAVY = [
+    "accelerate",
+    "diffusers",
+    "peft",
+    "gradio",
+    "pandas",
+    "matplotlib",
+    "tensorboard",
+    "ray",
+    "pyarrow",
+    "icthp_cli",
+    "icthp_app",
+    "comfy_nodes",
+]
+
+
+def imported_names(path: Path) -> set[str]:
+    """Top-level names of every absolute import in a file (module level and inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_layers_never_import_upward(package):
+    bad = []
+    for f in sorted((REPO / package).rglob("*.py")):
+        crossed = imported_names(f) & FORBIDDEN[package]
+        if crossed:
+            bad.append(f"{f.relative_to(REPO)} imports {sorted(crossed)}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_contract_test_can_fail(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from icthp_cli.main import main\n")
+    assert imported_names(f) & FORBIDDEN["icthp_core"] == {"icthp_cli"}
+
+
+def test_import_icthp_core_is_light():
+    code = f"import sys, icthp_core; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.slow
+def test_installed_names_and_every_job_in_help(tmp_path):
+    """Build the wheel, install it into an empty target folder and run its `icthp --help` away from the checkout."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("icthp-*.whl")
+    tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist() if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"icthp_core", "icthp_cli", "icthp_app"}, tops
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = "import icthp_cli, icthp_core; print(icthp_core.__file__); icthp_cli.main(['--help'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the checkout
+    from icthp_cli.main import COMMANDS
+
+    for job in ["score", "metrics", "eval", "app", "train-ict", "train-hp", "draft"]:
+        assert job in {c.name for c in COMMANDS}
+    for c in COMMANDS:
+        assert re.search(rf"^\s+{re.escape(c.name)}\s", out.stdout, re.M), c.name
+
+
+def test_every_command_resolves():
+    from icthp_cli.main import COMMANDS, resolve
+
+    for c in COMMANDS:
+        assert callable(resolve(c.name)), c.name
+
+
+def _resolve_dotted(name: str) -> object:
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(name)
+
+
+def core_api_names() -> list[tuple[str, str]]:
+    """(module, name) for every API entry of docs/core_api.md: dotted `icthp_core.x.y` references, and the
+    `- \\`name(` bullets of each section (in the section's module named in its heading, else `icthp_core`)."""
+    out, module = [], "icthp_core"
+    for line in (REPO / "docs" / "core_api.md").read_text().splitlines():
+        if line.startswith("## "):
+            modules = re.findall(r"`(icthp_core[\w.]*)`", line.partition("(")[2])
+            module = ",".join(modules) or "icthp_core"
+        for dotted in re.findall(r"`(icthp_core(?:\.\w+)+)", line):
+            out.append(("", dotted))
+        m = re.match(r"-\s+`(?:(icthp_core(?:\.\w+)*)\.)?(\w+)[(`\s]", line)
+        if m and not m.group(1):
+            out.append((module, m.group(2)))
+    return out
+
+
+def test_core_api_doc_names_exist():
+    names = core_api_names()
+    assert len(names) > 15
+    missing = []
+    for modules, name in names:
+        candidates = [f"{m}.{name}" for m in modules.split(",")] if modules else [name]
+        found = False
+        for dotted in candidates:
+            try:
+                _resolve_dotted(dotted)
+                found = True
+            except (ImportError, AttributeError):
+                pass
+        if not found:
+            missing.append(candidates[0])
+    assert not missing, f"docs/core_api.md names what does not exist: {missing}"
