@@ -157,6 +157,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         import ray
     except ImportError:
         raise ValueError('--engine ray needs Ray: pip install "icthp[scale]"') from None
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
     if ray.is_initialized():
         return
     if address:

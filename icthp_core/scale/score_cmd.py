@@ -85,7 +85,7 @@ def open_sink(args, shards, metrics, keep):
             print(f"resume: {out} does not exist yet; starting fresh", file=sys.stderr)
         return ShardDir(out, plan_fingerprint(shards, metrics), len(shards), metrics, keep, args.overwrite), None
     if args.engine == "ray":
-        raise ValueError(f"--output {out}: --engine ray writes a folder of parquet shards; give a folder path")
+        raise ValueError(f"--output {out or '(none)'}: --engine ray writes a folder of parquet shards; give a folder")
     if not out:
         return _FileSink(None), None
     path = Path(out)
