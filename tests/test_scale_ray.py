@@ -31,17 +31,15 @@ METRICS = ["ict", "hp", "ict_hp"]
 
 @pytest.fixture(scope="module")
 def ray_local(tmp_path_factory):
+    from icthp_core.scale.pipeline import LOOPBACK_ENV
+
+    os.environ.setdefault(LOOPBACK_ENV, "0")  # before `import ray`: Ray's services bind to 127.0.0.1
     import ray
 
     pid_dir = tmp_path_factory.mktemp("actor_pids")
     env = {"OMP_NUM_THREADS": "1", "ICTHP_SCALE_PID_DIR": str(pid_dir)}
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-        runtime_env={"env_vars": env},
-    )
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": env})
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
     yield pid_dir
     from ray import serve
 

@@ -150,9 +150,15 @@ def _bar(total: int, progress: bool):
 
 
 # ------------------------------------------------------------------------------------------------ ray engine
+#: with this set to 0 before `import ray`, a local Ray binds its services to 127.0.0.1 (single node only)
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join `address` (a running cluster, e.g. 'auto' or 'ray://head:10001'), else start a local Ray on loopback
-    without the dashboard. A no-op when Ray is already initialised in this process."""
+    (127.0.0.1) without the dashboard. A no-op when Ray is already initialised in this process."""
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -165,12 +171,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level="WARNING")
     else:
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            logging_level="WARNING",
-        )
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
 
 
 def _read_rows(item: dict) -> list[dict]:
