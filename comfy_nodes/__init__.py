@@ -2,17 +2,22 @@
 
 ComfyUI loads the repository root (``custom_nodes/<pack>/__init__.py``), which re-exports
 ``comfy_entrypoint`` from here. Node ids are stable: ICTHPLoader, ICTHPScore, ICTHPBestOfN,
-ICTHPLoraLoader, ICTHPTextEncoderSwap, ICTHPCLIPVision.
+ICTHPLoraLoader, ICTHPTextEncoderSwap, ICTHPCLIPVision; then ICTHPEarlyBestOfN, ICTHPRewardMix,
+ICTHPSelect, ICTHPSaveWithScores, ICTHPModelManager.
 """
 
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .early_nodes import ICTHPEarlyBestOfN
 from .encoder_nodes import ICTHPCLIPVision, ICTHPTextEncoderSwap
 from .lora_node import ICTHPLoraLoader
+from .manager_nodes import ICTHPModelManager
+from .metadata_nodes import ICTHPSaveWithScores
 from .paths import register_model_folder
 from .reward_nodes import ICTHPBestOfN, ICTHPLoader, ICTHPScore
+from .selection_nodes import ICTHPRewardMix, ICTHPSelect
 
 NODES: list[type[io.ComfyNode]] = [
     ICTHPLoader,
@@ -21,6 +26,11 @@ NODES: list[type[io.ComfyNode]] = [
     ICTHPLoraLoader,
     ICTHPTextEncoderSwap,
     ICTHPCLIPVision,
+    ICTHPEarlyBestOfN,
+    ICTHPRewardMix,
+    ICTHPSelect,
+    ICTHPSaveWithScores,
+    ICTHPModelManager,
 ]
 
 

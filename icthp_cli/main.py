@@ -23,12 +23,14 @@ COMMANDS: tuple[Command, ...] = (
     Command("score", "icthp_cli.score:main", "score images with ICT, HP, ICT-HP and baselines"),
     Command("serve", "icthp_core.scale.serve_cmd:main", "serve rewards over HTTP on Ray Serve (dynamic batching)"),
     Command("metrics", "icthp_cli.metrics:main", "list the registered metrics with their ranges"),
+    Command("download", "icthp_cli.download:main", "download and verify ICT, HP and baseline weights (manifest)"),
     Command("eval", "icthp_core.evaluation.preference:main", "preference accuracy (paper Table 1, Pick-a-Pic)"),
     Command("app", "icthp_app.cli:main", "launch the Gradio comparison app"),
     Command("train-ict", "icthp_core.training.ict:main", "train the ICT model (stage 1; accelerate)"),
     Command("train-hp", "icthp_core.training.hp:main", "train the HP model (stage 2; accelerate)"),
     Command("build-labels", "icthp_core.training.build_labels:main", "build ICT labels (eq. 2-8) for triplets"),
     Command("draft", "icthp_core.diffusion.draft_train:main", "DRaFT-K LoRA fine-tuning of SD3/FLUX on a reward"),
+    Command("evalgen", "icthp_cli.evalgen:main", "generate a prompt set (base vs LoRAs) and score it (Table 2/3)"),
     Command(
         "convert-pick-high", "icthp_core.data.convert_pick_high:main", "convert Pick-High pickles to JSONL/parquet"
     ),

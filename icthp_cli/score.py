@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no table on stdout")
+    p.add_argument(
+        "--from-metadata",
+        action="store_true",
+        help="print the scores stored in the images' PNG metadata (ComfyUI node ICTHPSaveWithScores); no model",
+    )
     add_scale_arguments(p)
     return p
 
@@ -134,4 +139,8 @@ def cmd_score(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
+    if args.from_metadata:
+        from icthp_cli.score_metadata import cmd_from_metadata
+
+        return cmd_from_metadata(args)
     return cmd_score(args)

@@ -2,7 +2,14 @@
 // in a read-only box on the node. The box is not saved with the workflow.
 import { app } from "../../scripts/app.js";
 
-const NODES = new Set(["ICTHPScore", "ICTHPBestOfN", "ICTHPLoraLoader"]);
+const NODES = new Set([
+  "ICTHPScore",
+  "ICTHPBestOfN",
+  "ICTHPLoraLoader",
+  "ICTHPEarlyBestOfN",
+  "ICTHPSelect",
+  "ICTHPModelManager",
+]);
 const WIDGET = "icthp_result";
 
 function showText(node, text) {

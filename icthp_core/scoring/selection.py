@@ -12,7 +12,23 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Selection", "rank", "select_batch", "select_latent", "select_mask"]
+__all__ = [
+    "NORMALIZATIONS",
+    "Selection",
+    "combine_scores",
+    "parse_reference",
+    "parse_weights",
+    "rank",
+    "select",
+    "select_batch",
+    "select_latent",
+    "select_mask",
+]
+
+#: how `combine_scores` puts metrics on one scale before weighting
+NORMALIZATIONS = ("none", "batch", "reference")
+#: what `select` does when no score reaches the threshold
+ON_EMPTY = ("keep_best", "empty", "error")
 
 
 @dataclass(frozen=True)
@@ -106,3 +122,95 @@ def select_latent(latent: dict, idx: Sequence[int]) -> dict:
         raise ValueError(f"LATENT batch_index has {len(base)} entries for {batch} samples")
     out["batch_index"] = [base[i] for i in idx]
     return out
+
+
+def _pairs(text: str, what: str) -> list[tuple[str, list[float]]]:
+    out = []
+    for part in [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]:
+        name, *nums = [x.strip() for x in part.split(":")]
+        try:
+            values = [float(x) for x in nums]
+        except ValueError:
+            raise ValueError(f"{what}: {part!r} is not 'metric:number'") from None
+        out.append((name, values))
+    return out
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"ict_hp:1.0, imagereward:0.5"`` → ``{"ict_hp": 1.0, "imagereward": 0.5}`` (a bare name weighs 1)."""
+    weights: dict[str, float] = {}
+    for name, values in _pairs(text, "weights"):
+        if len(values) > 1:
+            raise ValueError(f"weights: {name!r} has {len(values)} numbers; write 'metric:weight'")
+        weights[name] = values[0] if values else 1.0
+    if not weights:
+        raise ValueError("weights: empty; write e.g. 'ict_hp:1.0, imagereward:0.5'")
+    return weights
+
+
+def parse_reference(text: str) -> dict[str, tuple[float, float]]:
+    """``"ict_hp:0.70:0.05, imagereward:0:1"`` → ``{metric: (mean, std)}`` (reference statistics for z-scores)."""
+    ref: dict[str, tuple[float, float]] = {}
+    for name, values in _pairs(text, "reference statistics"):
+        if len(values) != 2 or values[1] <= 0:
+            raise ValueError(f"reference statistics: {name!r} needs 'metric:mean:std' with std > 0")
+        ref[name] = (values[0], values[1])
+    return ref
+
+
+def combine_scores(
+    scores: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    normalize: str = "batch",
+    reference: dict[str, tuple[float, float]] | None = None,
+) -> torch.Tensor:
+    """Weighted sum of metrics, each first put on one scale.
+
+    ``normalize``: ``"none"`` (raw values), ``"batch"`` (z-score within this batch; a constant metric
+    contributes 0, so a batch of one scores 0), ``"reference"`` ((x - mean) / std with the user's
+    ``reference`` statistics: absolute, comparable across batches).
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    missing = [m for m in weights if m not in scores]
+    if missing:
+        raise ValueError(f"weights name metrics {missing} that are not scored (scored: {sorted(scores)})")
+    total = None
+    for m, w in weights.items():
+        x = torch.as_tensor(scores[m], dtype=torch.float64).reshape(-1)
+        if normalize == "batch":
+            std = x.std(unbiased=False) if x.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+            x = (x - x.mean()) / std if float(std) > 0 else torch.zeros_like(x)
+        elif normalize == "reference":
+            if not reference or m not in reference:
+                raise ValueError(f"normalize='reference' needs reference statistics (mean:std) for {m!r}")
+            mean, std = reference[m]
+            x = (x - mean) / std
+        total = w * x if total is None else total + w * x
+    return total.float()
+
+
+def select(
+    scores: torch.Tensor | Sequence[float],
+    k: int,
+    threshold: float | None = None,
+    on_empty: str = "keep_best",
+) -> Selection:
+    """Top ``k`` among the scores ``>= threshold`` (``None``: no threshold).
+
+    When nothing passes: ``on_empty="keep_best"`` keeps the single best item anyway, ``"empty"`` selects nothing
+    (every item rejected), ``"error"`` raises ``ValueError`` naming the best score and the threshold.
+    """
+    if on_empty not in ON_EMPTY:
+        raise ValueError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
+    ranked = rank(scores, k if threshold is None else len(scores))
+    if threshold is None:
+        return ranked
+    order = ranked.selected + ranked.rejected
+    passed = [i for i in order if not math.isnan(ranked.scores[i]) and ranked.scores[i] >= threshold][:k]
+    if not passed:
+        if on_empty == "error":
+            best = ranked.scores[order[0]]
+            raise ValueError(f"no score reached the threshold {threshold} (best {best:.4f})")
+        passed = order[:1] if on_empty == "keep_best" else []
+    return Selection(selected=passed, rejected=[i for i in order if i not in passed], scores=ranked.scores)

@@ -382,6 +382,8 @@ def server(comfy_root, tiny_icthp_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     os.symlink(ROOT, base / "custom_nodes" / "icthp", target_is_directory=True)
+    # stand-ins for checkpoint loader + text encoders, so the example workflows run with tiny models
+    os.symlink(Path(__file__).with_name("tiny_nodes"), base / "custom_nodes" / "icthp_test_nodes")
     shutil.copytree(tiny_icthp_dir, base / "models" / "icthp")
     for d in ("input", "output", "temp", "user"):
         (base / d).mkdir(exist_ok=True)

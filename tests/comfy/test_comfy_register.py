@@ -15,6 +15,11 @@ NODE_IDS = [
     "ICTHPLoraLoader",
     "ICTHPTextEncoderSwap",
     "ICTHPCLIPVision",
+    "ICTHPEarlyBestOfN",
+    "ICTHPRewardMix",
+    "ICTHPSelect",
+    "ICTHPSaveWithScores",
+    "ICTHPModelManager",
 ]
 
 

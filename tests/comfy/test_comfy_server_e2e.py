@@ -61,6 +61,11 @@ def test_pack_registers_in_server(server):
         "ICTHPLoraLoader",
         "ICTHPTextEncoderSwap",
         "ICTHPCLIPVision",
+        "ICTHPEarlyBestOfN",
+        "ICTHPRewardMix",
+        "ICTHPSelect",
+        "ICTHPSaveWithScores",
+        "ICTHPModelManager",
     ):
         assert node in info, node
     # the dropdowns list the model folders of <base>/models/icthp
@@ -154,3 +159,49 @@ def test_ui_examples_match_the_running_comfyui(server, path):
         if out_types is not None:
             assert out_types[src_slot] == typ, (path.name, link_id)
         assert nodes[dst]["inputs"][dst_slot]["type"] == typ and nodes[dst]["inputs"][dst_slot]["link"] == link_id
+
+
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "examples" / "comfyui" / name).read_text())
+
+
+def _local_sources(wf: dict) -> dict:
+    for node in wf.values():
+        if node["class_type"] == "ICTHPLoader":
+            node["inputs"].update({"ict_source": "ict", "hp_source": "hp"})
+    return wf
+
+
+def test_early_best_of_n_example_runs(server):
+    """The SDXL example with its checkpoint loader and text encoders swapped for the test pack's tiny SD3."""
+    url, base = server
+    wf = _local_sources(_load("early_best_of_n_sdxl_api.json"))
+    swap = {("2", 0): ["1", 1], ("3", 0): ["1", 2], ("1", 2): ["1", 3]}
+    for node in wf.values():
+        for k, v in node["inputs"].items():
+            if isinstance(v, list):
+                node["inputs"][k] = swap.get((v[0], v[1]), v)
+    del wf["2"], wf["3"]
+    wf["1"] = {"class_type": "ICTHPTestTinySD3", "inputs": {"seed": 3}}
+    wf["4"]["inputs"].update({"width": 64, "height": 64})
+    wf["6"]["inputs"].update({"steps": 5, "n": 4, "k": 2})
+    result = _run(url, wf)
+    assert result["status"]["status_str"] == "success", result["status"]
+    summary = result["outputs"]["6"]["text"][0]
+    assert summary.startswith("early best-of-4: scored x0 at step 3/5") and "16 of 20 candidate-steps" in summary
+    saved = result["outputs"]["7"]["images"]
+    assert len(saved) == 2 and len(result["outputs"]["8"]["images"]) == 2  # 2 kept, 2 pruned previews
+    from icthp_core.data.metadata import read_record
+
+    rec = read_record(base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
+    assert rec["model"] == "ICT-HP" and set(rec["scores"]) == {"ict_hp", "ict", "hp"}
+
+
+def test_select_and_save_example_runs(server):
+    url, base = server
+    result = _run(url, _local_sources(_load("select_and_save_api.json")))
+    assert result["status"]["status_str"] == "success", result["status"]
+    out = result["outputs"]
+    assert out["9"]["text"][0].startswith("weighted: kept 2 of 3, threshold -10.0")
+    assert len(out["10"]["images"]) == 2  # the list output ran the save node once per kept image
+    assert out["11"]["text"][0].endswith("\n3 present")  # the tiny ICT and HP files in models/icthp

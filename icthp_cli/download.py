@@ -1,0 +1,73 @@
+"""`icthp download`: fetch and verify the ICT, HP and baseline weights (icthp_core/checkpoints/manifest.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="icthp download", description=__doc__)
+    p.add_argument("models", nargs="*", help="models of the manifest (default: ict hp; 'all' for every one)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--dir", help="download into DIR/<model folder>/ (default: the Hugging Face cache)")
+    where.add_argument("--comfyui", help="a ComfyUI folder: download into its models/icthp/")
+    p.add_argument("--offline", action="store_true", help="fetch nothing: list what is present and what is missing")
+    p.add_argument("--convert", action="store_true", help="also write safetensors copies of .bin files")
+    p.add_argument("--force", action="store_true", help="download again even when present")
+    p.add_argument("--endpoint", help="hub endpoint (default: huggingface_hub's, HF_ENDPOINT)")
+    p.add_argument("--manifest", help="another manifest JSON")
+    p.add_argument("--list", action="store_true", help="list the manifest's models and exit")
+    p.add_argument(
+        "--print-hashes",
+        action="store_true",
+        help="print the manifest with the sizes and SHA-256 of the files present (to fill in a verified manifest)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    from icthp_core.checkpoints.manager import fetch, load_manifest, summary
+
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name, m in load_manifest(args.manifest).items():
+            files = ", ".join(f["path"] for f in m["files"])
+            print(f"{name:<12} {m['repo']}  [{files}]")
+        return 0
+    root = Path(args.comfyui) / "models" / "icthp" if args.comfyui else args.dir
+    reports = fetch(
+        args.models,
+        root,
+        offline=True if args.offline else None,
+        convert=args.convert,
+        force=args.force,
+        endpoint=args.endpoint,
+        manifest=args.manifest,
+        progress=not args.no_progress,
+    )
+    if args.print_hashes:
+        print(json.dumps(filled_manifest(args.manifest, reports), indent=2))
+        return 0
+    for r in reports:
+        print(r.line())
+    print(summary(reports), file=sys.stderr)
+    return 1 if any(r.state in ("missing", "bad") for r in reports) else 0
+
+
+def filled_manifest(path: str | None, reports) -> dict:
+    """The manifest with ``size``/``sha256`` of every file a report hashed (others left as they are)."""
+    from icthp_core.checkpoints.manager import load_manifest, sha256_file
+
+    models = load_manifest(path)
+    for r in reports:
+        if r.local is None or r.state == "bad":
+            continue
+        entry = next(f for f in models[r.model]["files"] if f["path"] == r.path)
+        entry["size"] = r.local.stat().st_size
+        entry["sha256"] = r.sha256 or sha256_file(r.local)
+    return {"format": 1, "models": models}

@@ -1,0 +1,39 @@
+"""Fixtures for `icthp evalgen` tests: tiny SD3/FLUX pipelines (saved), LoRAs that change the output, prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from evalgen_common import PROMPTS, save_random_lora
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster single-threaded on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
+    from icthp_core.testing.diffusion import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("pipes")
+    return {a: save_tiny_pipeline(a, root / a) for a in ("sd3", "flux")}
+
+
+@pytest.fixture(scope="session")
+def lora_files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("loras")
+    return {a: save_random_lora(a, root / a) for a in ("sd3", "flux")}
+
+
+@pytest.fixture(scope="session")
+def prompt_txt(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    p.write_text("\n".join(PROMPTS) + "\n")
+    return p
