@@ -21,6 +21,7 @@ class Command:
 #: every job, in the order `icthp --help` lists them; a new job adds one line here
 COMMANDS: tuple[Command, ...] = (
     Command("score", "icthp_cli.score:main", "score images with ICT, HP, ICT-HP and baselines"),
+    Command("serve", "icthp_core.scale.serve_cmd:main", "serve rewards over HTTP on Ray Serve (dynamic batching)"),
     Command("metrics", "icthp_cli.metrics:main", "list the registered metrics with their ranges"),
     Command("download", "icthp_cli.download:main", "download and verify ICT, HP and baseline weights (manifest)"),
     Command("eval", "icthp_cli.eval:main", "preference accuracy (paper Table 1, Pick-a-Pic)"),

@@ -19,6 +19,7 @@ from icthp_core.data.outputs import (
     unique_items,
 )
 from icthp_core.options import add_model_arguments, model_options
+from icthp_core.scale.score_cmd import add_scale_arguments, run_scaled, wants_scale
 from icthp_core.scoring.registry import metric_label, parse_metrics
 
 
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="ict,hp,ict_hp",
         help="comma-separated metrics or 'all' (see `icthp metrics`); default ict,hp,ict_hp",
     )
-    add_model_arguments(p, output_help="write rows to .jsonl or .csv, incrementally")
+    add_model_arguments(
+        p, output_help="write rows to .jsonl, .csv or .parquet, or parquet shards to a folder (resumable per shard)"
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -49,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the scores stored in the images' PNG metadata (ComfyUI node ICTHPSaveWithScores); no model",
     )
+    add_scale_arguments(p)
     return p
 
 
@@ -95,6 +99,11 @@ def cmd_score(args) -> int:
     from icthp_core.checkpoints.loading import parse_device
     from icthp_core.scoring.scorer import MultiScorer
 
+    if wants_scale(args):  # --engine ray, --dataset, parquet or folder output: the sharded engine
+        items, bad_rows = _items(args)
+        for row in bad_rows:  # bad lines of a prompts file: reported here, the sharded outputs hold scored items
+            print(f"error: {row['error']}", file=sys.stderr)
+        return run_scaled(args, items)
     metrics = parse_metrics(args.metrics)
     opts = model_options(args)
     if args.prompt is not None and not args.prompt.strip():
