@@ -6,35 +6,26 @@ import json
 import os
 import re
 import tempfile
-import threading
-from collections import OrderedDict
 
 import comfy.clip_vision
 import torch
 from comfy_api.latest import io
 
+from icthp_core.dtypes import parse_dtype
+
+from .cache import LRUCache
 from .paths import resolve_source, source_fingerprint, source_options, vision_source_options
 
 CATEGORY = "ICT-HP"
 SD2_PREFIX = "clip_h.transformer."
 _LAYER_RE = re.compile(r"^clip_h\.transformer\.text_model\.encoder\.layers\.(\d+)\.")
 _IGNORED = ("position_ids",)  # buffers some checkpoints carry and ComfyUI's CLIP has no weight for
-_lock = threading.Lock()
-_text_cache: OrderedDict[tuple, dict] = OrderedDict()
-_vision_cache: OrderedDict[tuple, comfy.clip_vision.ClipVisionModel] = OrderedDict()
+_text_cache: LRUCache[dict] = LRUCache(2)
+_vision_cache: LRUCache[comfy.clip_vision.ClipVisionModel] = LRUCache(2)
 
 
-def _cached(cache: OrderedDict, key: tuple, build):
-    with _lock:
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-    value = build()
-    with _lock:
-        cache[key] = value
-        while len(cache) > 2:
-            cache.popitem(last=False)
-    return value
+def _cached(cache: LRUCache, key: tuple, build):
+    return cache.get_or_build(key, build)
 
 
 def sd2_text_layers(clip) -> int:
@@ -193,7 +184,7 @@ def load_clip_vision(
     finally:
         os.unlink(f.name)
     if dtype != "default":
-        cv.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        cv.dtype = parse_dtype(dtype)
         cv.model.to(cv.dtype)
     sd = {k: v for k, v in sd.items() if not k.endswith(_IGNORED)}
     model_keys = {k for k in cv.model.state_dict() if not k.endswith(_IGNORED)}

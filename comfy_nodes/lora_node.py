@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 
 import comfy.lora
 import comfy.model_base
@@ -12,24 +10,16 @@ from comfy_api.latest import io, ui
 
 from icthp_core.diffusion.lora_io import LoraFile, describe, read_lora, to_comfy_state_dict
 
+from .cache import LRUCache
 from .paths import lora_fingerprint, lora_options, lora_path
 
 _MAX_LISTED = 8
-_cache: OrderedDict[tuple, LoraFile] = OrderedDict()
-_lock = threading.Lock()
+_cache: LRUCache[LoraFile] = LRUCache(4)
 
 
 def _read_cached(path: str) -> LoraFile:
     key = (path, os.path.getmtime(path), os.path.getsize(path))
-    with _lock:
-        if key in _cache:
-            return _cache[key]
-    lora = read_lora(path)
-    with _lock:
-        _cache[key] = lora
-        while len(_cache) > 4:
-            _cache.popitem(last=False)
-    return lora
+    return _cache.get_or_build(key, lambda: read_lora(path))
 
 
 def model_arch(model) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import comfy.model_management as mm
@@ -12,10 +10,12 @@ import comfy.utils
 import numpy as np
 import torch
 
+from icthp_core.dtypes import parse_dtype
 from icthp_core.scoring.registry import list_metrics
 from icthp_core.scoring.scorer import MultiScorer
 
-from .paths import resolve_source, source_fingerprint
+from .cache import LRUCache
+from .paths import free_text_source, resolve_source, source_fingerprint
 
 MODEL_CHOICES = ["ICT-HP", "ICT", "HP"]
 
@@ -121,12 +121,11 @@ def split_prompts(prompt: str, n: int, per_line: bool, required: bool = True) ->
     return lines
 
 
-_cache: OrderedDict[tuple, RewardModel] = OrderedDict()
-_lock = threading.Lock()
+_cache: LRUCache[RewardModel] = LRUCache(_CACHE_SIZE)
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return parse_dtype(dtype)
 
 
 def load_reward_model(
@@ -151,13 +150,12 @@ def load_reward_model(
     if model in ("ICT-HP", "HP"):
         sources["hp"] = resolve_source(hp_source)
     if model not in MODEL_CHOICES and baseline_source.strip():
-        sources["baseline"] = baseline_source.strip()
+        sources["baseline"] = free_text_source(baseline_source)
     key = (model, tuple(sorted((k, v, source_fingerprint(v)) for k, v in sources.items())), device, dtype)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+    return _cache.get_or_build(key, lambda: _build(model, sources, device, dtype))
 
+
+def _build(model: str, sources: dict[str, str], device: str, dtype: str) -> RewardModel:
     load_device = torch.device("cpu") if device == "cpu" else mm.get_torch_device()
     offload_device = torch.device("cpu") if device == "cpu" else mm.unet_offload_device()
     if model not in MODEL_CHOICES:
@@ -170,14 +168,8 @@ def load_reward_model(
     holder = _Holder(impl.models)
     holder.eval()
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
-    rm = RewardModel(name=model, metrics=metrics, impl=impl, patcher=patcher, sources=sources)
-    with _lock:
-        _cache[key] = rm
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return rm
+    return RewardModel(name=model, metrics=metrics, impl=impl, patcher=patcher, sources=sources)
 
 
 def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
+    _cache.clear()

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import folder_paths
 
+from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES
+from icthp_core.scoring.models import HP_BACKBONE_NAMES, HP_HEAD_NAMES
+
 FOLDER = "icthp"
 ICT_HUB = "8y/ICT"
 HP_HUB = "8y/HP"
-_ICT_FILES = ("pytorch_model.bin", "model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def register_model_folder() -> None:
@@ -24,11 +26,12 @@ def _roots() -> list[Path]:
 
 
 def is_ict_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).is_file() for f in _ICT_FILES)
+    """A folder the core loads as ICT (the core's weight-file names, so the dropdown lists what loads)."""
+    return path.is_dir() and any((path / f).is_file() for f in CLIP_WEIGHT_NAMES)
 
 
 def is_hp_dir(path: Path) -> bool:
-    return (path / "hp_backbone").is_dir() and (path / "hp_scorer").is_dir()
+    return any((path / f).is_file() for f in HP_BACKBONE_NAMES) and any((path / f).is_file() for f in HP_HEAD_NAMES)
 
 
 def local_models(kind: str) -> list[str]:
@@ -62,17 +65,50 @@ def resolve_source(name: str) -> str:
         raise ValueError("empty model source: pick a folder of models/icthp or a hub id such as 8y/ICT")
     name = name.strip()
     for root in _roots():
-        cand = root / name
-        if cand.is_dir():
+        cand = root / name  # an absolute `name` would replace `root`: only names that stay inside it count
+        if not os.path.isabs(name) and cand.is_dir() and cand.resolve().is_relative_to(root.resolve()):
             return str(cand)
-    if os.path.isabs(name):
-        if not os.path.exists(name):
-            raise FileNotFoundError(f"model folder not found: {name}")
-        return name
+    if os.path.isabs(name) or os.path.exists(name) or ".." in Path(name).parts:
+        return check_local_source(name)
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # hub id, resolved (and downloaded) by icthp_core.checkpoints.hub
     roots = ", ".join(str(r) for r in _roots())
     raise FileNotFoundError(f"model folder {name!r} not found in models/{FOLDER} ({roots}) and not a hub id")
+
+
+#: set to 1 to allow model sources outside ComfyUI's model folders (free-text fields, absolute paths)
+ALLOW_ANY_PATH_ENV = "ICTHP_ALLOW_ANY_PATH"
+
+
+def allowed_roots() -> list[Path]:
+    """Folders a local model source may be in: ComfyUI's models folder and the registered icthp folders."""
+    return [Path(folder_paths.models_dir).resolve(), *(r.resolve() for r in _roots())]
+
+
+def check_local_source(name: str) -> str:
+    """`name` (a local file or folder) if it lies inside ComfyUI's model folders or $ICTHP_ALLOW_ANY_PATH=1.
+
+    A workflow is data that anyone can share: it must not make the server read arbitrary files.
+    """
+    shown = os.path.basename(name.rstrip("/")) or name
+    if os.environ.get(ALLOW_ANY_PATH_ENV) != "1":  # checked first: a refusal says nothing about what exists
+        real = Path(name).resolve()
+        if not any(real.is_relative_to(r) for r in allowed_roots()):
+            raise PermissionError(
+                f"model source {shown!r} is outside ComfyUI's model folders; "
+                f"put it in models/{FOLDER}, or start ComfyUI with {ALLOW_ANY_PATH_ENV}=1 to allow any path"
+            )
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"model source not found: {shown}")
+    return name
+
+
+def free_text_source(name: str) -> str:
+    """A free-text model source (hub id, or a local path under the model folders); see `check_local_source`."""
+    name = name.strip()
+    if os.path.isabs(name) or os.path.exists(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        return check_local_source(os.path.expanduser(name))
+    return name
 
 
 def lora_options() -> list[str]:
@@ -92,10 +128,37 @@ def source_fingerprint(name: str) -> tuple:
         path = Path(resolve_source(name))
     except (FileNotFoundError, ValueError):
         return (name, "missing")
+    except PermissionError:
+        return (name, "refused")  # execute() reports it
     if not path.exists():
         return (name,)
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return (name, tuple(sorted((str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+    return (name, _shallow_stat(path))
+
+
+def _shallow_stat(path: Path, depth: int = 2, limit: int = 256) -> tuple:
+    """(relative name, mtime, size) of the files at most `depth` levels down (at most `limit`): a model folder's
+    weights and configs, without walking a large tree on every run."""
+    if path.is_file():
+        st = path.stat()
+        return ((path.name, st.st_mtime_ns, st.st_size),)
+    out, level = [], [path]
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                entries = sorted(d.iterdir())
+            except OSError:
+                continue
+            for p in entries:
+                if len(out) >= limit:
+                    return tuple(out)
+                if p.is_file():
+                    st = p.stat()
+                    out.append((str(p.relative_to(path)), st.st_mtime_ns, st.st_size))
+                elif p.is_dir():
+                    nxt.append(p)
+        level = nxt
+    return tuple(out)
 
 
 def lora_fingerprint(name: str) -> tuple:

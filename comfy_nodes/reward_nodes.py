@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from icthp_core.scoring.selection import rank, select_batch, select_latent, select_mask
 
@@ -205,12 +206,15 @@ class ICTHPBestOfN(io.ComfyNode):
         )
         if sel.rejected:
             summary += "\nrejected: " + ", ".join(f"#{i}={sel.scores[i]:.4f}" for i in sel.rejected)
+        # nothing rejected (k >= batch size): block the nodes fed by `rejected_images` silently, as ComfyUI does for
+        # outputs that have nothing to give, instead of sending them an empty IMAGE batch they cannot handle
+        rejected = select_batch(images, sel.rejected) if sel.rejected else ExecutionBlocker(None)
         return io.NodeOutput(
             select_batch(images, sel.selected),
             sel.selected_scores,
             out_latent,
             out_mask,
-            select_batch(images, sel.rejected),
+            rejected,
             sel.rejected_scores,
             summary,
             ui=ui.PreviewText(summary),

@@ -10,7 +10,7 @@ import gradio as gr
 from icthp_core.errors import ICTHPError
 
 from .controller import Controller, gradio_progress
-from .logic import InputError, label
+from .logic import InputError, label, public_message
 from .render import CSS
 
 DEFAULT_SELECTED = ("ict", "hp", "ict_hp", "clip", "pickscore")
@@ -23,9 +23,9 @@ def _user_errors(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except InputError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(public_message(str(e))) from None
         except (ICTHPError, OSError, RuntimeError, KeyError, ValueError) as e:
-            raise gr.Error(f"{type(e).__name__}: {e}") from None
+            raise gr.Error(public_message(f"{type(e).__name__}: {e}")) from None
 
     wrapped.__name__ = getattr(fn, "__name__", "handler")
     return wrapped

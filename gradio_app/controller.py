@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -78,8 +79,20 @@ class Controller:
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="icthp_app_"))
         self.generator = generator
 
+    #: result folders kept in out_dir (older ones are deleted when a new result is written)
+    keep_results: int = 32
+
     def _csv(self, df: pd.DataFrame, name: str) -> Path:
+        self._prune_results()
         return logic.write_csv(df, self.out_dir / uuid.uuid4().hex[:12] / name)
+
+    def _prune_results(self) -> None:
+        """Delete all but the newest `keep_results - 1` result folders, so a long-running app does not fill the disk."""
+        if not self.out_dir.is_dir():
+            return
+        dirs = sorted((d for d in self.out_dir.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        for d in dirs[: max(0, len(dirs) - self.keep_results + 1)]:
+            shutil.rmtree(d, ignore_errors=True)
 
     # ------------------------------------------------------------------ tab 1
     def compare(

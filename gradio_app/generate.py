@@ -40,10 +40,11 @@ def explanation(missing: list[str]) -> str:
 
 
 def _load_pipeline(base_model: str, lora: str, device: str, dtype: str) -> Any:
-    import torch
     from diffusers import DiffusionPipeline
 
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    from icthp_core.dtypes import parse_dtype
+
+    torch_dtype = parse_dtype(dtype)
     pipe = DiffusionPipeline.from_pretrained(base_model, dtype=torch_dtype)
     pipe.load_lora_weights(lora, adapter_name=ADAPTER)
     pipe.set_progress_bar_config(disable=True)

@@ -7,26 +7,37 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
+from icthp_core.data.images import IMAGE_SUFFIXES, display_name
+from icthp_core.data.images import check_image as core_check_image
+from icthp_core.errors import ICTHPError
 from icthp_core.evaluation.stats import win_rate
 from icthp_core.scoring.registry import list_metrics, metric_label
 
 #: ICT, HP and ICT-HP: the metrics of the two published models (they share one scorer in the app)
 CORE_METRICS: tuple[str, ...] = ("ict", "hp", "ict_hp")
 PRIMARY = "ict_hp"
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTS = frozenset(IMAGE_SUFFIXES)
 MAX_PROMPT_FILE_BYTES = 64 * 1024
 
 
-class InputError(ValueError):
+class InputError(ICTHPError, ValueError):
     """A problem with what the user supplied; the message is shown in the UI as is."""
+
+
+_DIR_PART = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s:'\"]+)+[\\/]")
+
+
+def public_message(message: str) -> str:
+    """`message` with the folders of any absolute path removed: a user never sees the server's file layout."""
+    return _DIR_PART.sub("", message)
 
 
 def label(metric: str) -> str:
@@ -139,15 +150,9 @@ def check_image(path: str | os.PathLike, limits: UploadLimits) -> str | None:
         return f"{name}: cannot be read ({e.strerror})"
     if size > limits.max_bytes:
         return f"{name}: {size / 2**20:.1f} MiB is over the {limits.max_bytes / 2**20:.0f} MiB limit"
-    try:
-        with Image.open(p) as im:
-            w, h = im.size
-            if w * h > limits.max_pixels:
-                return f"{name}: {w}×{h} pixels is over the {limits.max_pixels:,} pixel limit"
-            im.verify()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
-        return f"{name}: not an image (rejected)"
-    return None
+    # the same decode-and-limit check as scoring (icthp_core.data.images), named by the upload's base name only
+    why = core_check_image(p, name=display_name(name), max_pixels=limits.max_pixels)
+    return None if why is None else public_message(why)
 
 
 def validate_images(paths: Sequence[str | os.PathLike] | None, limits: UploadLimits) -> tuple[list[Path], list[str]]:
@@ -426,9 +431,25 @@ def win_rate_table(
     return pd.DataFrame(rows)
 
 
+#: first characters that make a spreadsheet read a cell as a formula (CSV/formula injection)
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, prefixed with `'`; other values unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a score table as UTF-8 CSV (full float precision)."""
+    """Write a score table as UTF-8 CSV (full float precision); text cells cannot start a formula."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(p, index=False, float_format="%.8g")
+    safe = df.copy()
+    safe.columns = [neutralise_cell(str(c)) for c in safe.columns]
+    for c in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[c]):
+            safe[c] = safe[c].map(neutralise_cell)
+    safe.to_csv(p, index=False, float_format="%.8g")
     return p

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from icthp_core.data import outputs
 from icthp_core.evaluation.protocols import PROTOCOLS
 from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scoring.registry import list_metrics, parse_metrics
@@ -70,17 +71,8 @@ def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:
 
 def check_writable(path: str | os.PathLike | None, what: str) -> None:
     """Fail now (before any model loads) if `path` cannot be written: its folder is created if needed."""
-    if not path:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{what} {p}: is a folder, expected a file name")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"{what} {p}: cannot create its folder ({e.strerror})") from None
-    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ValueError(f"{what} {p}: not writable")
+    if path:
+        outputs.check_writable(path, what)  # the one check shared by every command that writes
 
 
 def markdown_path(output: str | os.PathLike) -> Path:

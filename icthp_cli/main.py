@@ -21,6 +21,7 @@ class Command:
 #: every job, in the order `icthp --help` lists them; a new job adds one line here
 COMMANDS: tuple[Command, ...] = (
     Command("score", "icthp_cli.score:main", "score images with ICT, HP, ICT-HP and baselines"),
+    Command("serve", "icthp_core.scale.serve_cmd:main", "serve rewards over HTTP on Ray Serve (dynamic batching)"),
     Command("metrics", "icthp_cli.metrics:main", "list the registered metrics with their ranges"),
     Command("download", "icthp_cli.download:main", "download and verify ICT, HP and baseline weights (manifest)"),
     Command("eval", "icthp_cli.eval:main", "preference accuracy (paper Table 1, Pick-a-Pic)"),
@@ -36,7 +37,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("toy-data", "icthp_core.testing.synthetic:main", "write a toy preference data set (smoke tests)"),
 )
 #: errors that are the user's, printed as one line (no traceback)
-USER_ERRORS: tuple[type[BaseException], ...] = (ICTHPError, ValueError, FileNotFoundError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ICTHPError, ValueError, OSError)
 
 
 def usage() -> str:

@@ -6,9 +6,20 @@ import argparse
 import sys
 import warnings
 from collections import defaultdict
+from pathlib import Path
 
-from icthp_core.data.outputs import ScoreWriter, done_keys, read_pairs, repair_tail
+from icthp_core.data.images import display_name
+from icthp_core.data.outputs import (
+    ScoreWriter,
+    check_writable,
+    output_kind,
+    prepare_resume,
+    read_prompt_rows,
+    row_key,
+    unique_items,
+)
 from icthp_core.options import add_model_arguments, model_options
+from icthp_core.scale.score_cmd import add_scale_arguments, run_scaled, wants_scale
 from icthp_core.scoring.registry import metric_label, parse_metrics
 
 
@@ -22,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="ict,hp,ict_hp",
         help="comma-separated metrics or 'all' (see `icthp metrics`); default ict,hp,ict_hp",
     )
-    add_model_arguments(p, output_help="write rows to .jsonl or .csv, incrementally")
+    add_model_arguments(
+        p, output_help="write rows to .jsonl, .csv or .parquet, or parquet shards to a folder (resumable per shard)"
+    )
     p.add_argument(
         "--decode",
         default="auto",
@@ -31,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         "auto = gpu on CUDA (default)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the image towers (pays off on large jobs)")
-    p.add_argument("--resume", action="store_true", help="append to --output, skipping rows already written")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="append to --output, skipping rows already written (same --metrics needed; a torn last row is cut)",
+    )
+    p.add_argument(
+        "--retry-errors", action="store_true", help="with --resume: score again the rows that ended in an error"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true", help="no table on stdout")
@@ -40,18 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the scores stored in the images' PNG metadata (ComfyUI node ICTHPSaveWithScores); no model",
     )
+    add_scale_arguments(p)
     return p
 
 
-def _items(args) -> list[tuple[str, str | None]]:
+def _items(args) -> tuple[list[tuple[str, str | None]], list[dict]]:
+    """Items to score and error rows (bad lines of the prompts file)."""
     from icthp_core.data.images import expand_paths
 
     items: list[tuple[str, str | None]] = []
+    bad: list[dict] = []
     if args.prompts_file:
-        items += read_pairs(args.prompts_file)
+        pairs, bad = read_prompt_rows(args.prompts_file)
+        items += pairs
     if args.images:
         items += [(p, args.prompt) for p in expand_paths(args.images)]
-    return items
+    return items, bad
 
 
 def _rank_table(rows: list[dict], metrics: list[str]) -> str:
@@ -66,10 +90,11 @@ def _rank_table(rows: list[dict], metrics: list[str]) -> str:
     heads = ["image"] + [metric_label(m) for m in metrics] + ["rank"]
     body = []
     for r in rows:
+        name = display_name(str(r["image"]))
         if r.get("error") is None:
-            body.append([r["image"]] + [f"{r[m]:.4f}" for m in metrics] + [str(r["rank"])])
+            body.append([name] + [f"{r[m]:.4f}" for m in metrics] + [str(r["rank"])])
         else:
-            body.append([r["image"]] + ["-"] * len(metrics) + ["error"])
+            body.append([name] + ["-"] * len(metrics) + ["error"])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
@@ -82,13 +107,37 @@ def cmd_score(args) -> int:
     from icthp_core.checkpoints.loading import parse_device
     from icthp_core.scoring.scorer import MultiScorer
 
+    if wants_scale(args):  # --engine ray, --dataset, parquet or folder output: the sharded engine
+        items, bad_rows = _items(args)
+        for row in bad_rows:  # bad lines of a prompts file: reported here, the sharded outputs hold scored items
+            print(f"error: {row['error']}", file=sys.stderr)
+        return run_scaled(args, items)
     metrics = parse_metrics(args.metrics)
     opts = model_options(args)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty")
-    items = _items(args)
-    if not items:
+    if args.retry_errors and not args.resume:
+        raise ValueError("--retry-errors needs --resume")
+    out = None
+    if args.output:
+        out = Path(args.output)
+        output_kind(out)
+        if out.exists() and out.stat().st_size and not (args.resume or args.overwrite):
+            raise ValueError(f"{out} exists; pass --resume to continue it or --overwrite")
+        check_writable(out)  # before any model loads: an unwritable output must not cost the run
+    items, bad_rows = _items(args)
+    items, n_dup = unique_items(items)
+    if n_dup:
+        print(f"note: {n_dup} repeated (image, prompt) items scored once", file=sys.stderr)
+    if not items and not bad_rows:
         raise ValueError("no images given (pass files/folders, or --prompts-file)")
+    if args.resume and out is not None:
+        done = prepare_resume(out, metrics, retry_errors=args.retry_errors)
+        before = len(items) + len(bad_rows)
+        items = [it for it in items if row_key(*it) not in done]
+        bad_rows = [r for r in bad_rows if row_key(r["image"], r["prompt"]) not in done]
+        todo = len(items) + len(bad_rows)
+        print(f"resume: {before - todo} rows already in {out}, {todo} to score", file=sys.stderr)
     device = parse_device(opts.device)
     scorer = MultiScorer(metrics, opts.sources, device=device, dtype=opts.dtype)
     from icthp_core.scoring.gpu_preprocess import default_workers, resolve_decode
@@ -109,22 +158,15 @@ def cmd_score(args) -> int:
     )
     if scorer.needs_prompt and any(p is None for _, p in items):
         raise ValueError(f"metrics {metrics} need a prompt: pass --prompt or --prompts-file")
-    writer = None
-    if args.output:
-        from pathlib import Path
-
-        out = Path(args.output)
-        if out.exists() and out.stat().st_size and not (args.resume or args.overwrite):
-            raise ValueError(f"{out} exists; pass --resume to continue it or --overwrite")
-        if args.resume:
-            repair_tail(out)
-            done = done_keys(out)
-            before = len(items)
-            items = [it for it in items if (it[0], it[1] or "") not in done]
-            print(f"resume: {before - len(items)} rows already in {out}, {len(items)} to score", file=sys.stderr)
-        writer = ScoreWriter(out, metrics, append=args.resume)
+    writer = ScoreWriter(out, metrics, append=args.resume) if out is not None else None
     rows: list[dict] = []
     n_ok = n_err = 0
+    for row in bad_rows:
+        print(f"error: {row['error']}", file=sys.stderr)
+    n_err += len(bad_rows)
+    rows += bad_rows
+    if writer is not None and bad_rows:
+        writer.write(bad_rows)
     try:
         batch: list[dict] = []
         for row in scorer.score_files(
@@ -156,6 +198,9 @@ def cmd_score(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \xNN, never crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     warnings.simplefilter("default")
     if args.from_metadata:
         from icthp_cli.score_metadata import cmd_from_metadata

@@ -14,6 +14,18 @@ from icthp_core.scoring.text import tokenize
 
 __version__ = "0.1.0"
 
+_LAZY = {"RewardClient": "icthp_core.scale.client", "LocalReward": "icthp_core.scale.client"}
+
+
+def __getattr__(name: str):
+    """Reward-server clients, imported on first use (no requests/ray import at `import icthp_core`)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'icthp_core' has no attribute {name!r}")
+
+
 __all__ = [
     "METRICS",
     "CheckpointError",
@@ -24,7 +36,9 @@ __all__ = [
     "ICTModel",
     "ImageHeadModel",
     "ImageLoadError",
+    "LocalReward",
     "MultiScorer",
+    "RewardClient",
     "TextImageModel",
     "WeightsNotFoundError",
     "create_reward_model",

@@ -27,7 +27,10 @@ def _copy_ict(src, dst, edit):
 
 def test_missing_key_is_an_error_naming_file_and_key(tiny_ict, tmp_path):
     bad = _copy_ict(tiny_ict, tmp_path / "bad", lambda sd: sd.pop("vision_model.post_layernorm.weight"))
-    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin.*missing keys: visual\.ln_post\.weight"):
+    # named as written in the user's (HF-layout) file, not by the internal open_clip name visual.ln_post.weight
+    with pytest.raises(
+        CheckpointError, match=r"pytorch_model\.bin.*missing keys: vision_model\.post_layernorm\.weight"
+    ):
         ICTModel.from_pretrained(bad, device="cpu")
 
 

@@ -1,6 +1,6 @@
 """Runnable script: the same job as `icthp draft` (code: `icthp_core.diffusion.draft_train`).
 
-accelerate launch train/draft_lora.py --config CONFIG.yaml [overrides ...]
+accelerate launch train/draft_lora.py --config CONFIG.yaml [key=value ...]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Runnable script (as diffusers' examples): the same job as `icthp train-hp`, whose code is `icthp_core.training.hp`.
 
-accelerate launch train/train_hp.py --config CONFIG.yaml [overrides ...]
+accelerate launch train/train_hp.py --config CONFIG.yaml [key=value ...]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Runnable script (as diffusers' examples): the same job as `icthp train-ict`, whose code is `icthp_core.training.ict`.
 
-accelerate launch train/train_ict.py --config CONFIG.yaml [overrides ...]
+accelerate launch train/train_ict.py --config CONFIG.yaml [key=value ...]
 """
 
 import sys

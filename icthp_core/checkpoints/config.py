@@ -77,9 +77,14 @@ def read_hf_config(path: str | Path | None, default: dict[str, Any] = VIT_H_14) 
         file = path / "config.json" if path.is_dir() else path
         if file.is_file():
             try:
-                cfg = json.loads(file.read_text())
+                cfg = json.loads(file.read_bytes().decode("utf-8-sig"))
+            except UnicodeDecodeError as e:
+                bad = f"byte 0x{e.object[e.start]:02x} at offset {e.start}"
+                raise CheckpointError(f"{file}: not UTF-8 ({bad}); save it as UTF-8") from None
             except (OSError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{file}: not a readable JSON config ({e})") from e
+                raise CheckpointError(f"{file}: not a readable JSON config ({e})") from None
+            if not isinstance(cfg, dict):
+                raise CheckpointError(f"{file}: expected a JSON object, got {type(cfg).__name__}")
             return _fill_defaults(cfg, file)
     return copy.deepcopy(default)
 
@@ -115,8 +120,18 @@ def _fill_defaults(cfg: dict[str, Any], file: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: not a CLIPModel config (no 'vision_config'/'text_config')")
     out = copy.deepcopy(cfg)
     for tower, defaults in _HF_DEFAULTS.items():
-        out[tower] = {**defaults, **(cfg.get(tower) or {})}
+        given = cfg.get(tower) or {}
+        if not isinstance(given, dict):
+            raise CheckpointError(f"{file}: '{tower}' must be an object, got {type(given).__name__}")
+        out[tower] = {**defaults, **given}
+        for key, default in defaults.items():
+            value = out[tower][key]
+            kind = (int, float) if isinstance(default, float) else type(default)
+            if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
+                raise CheckpointError(f"{file}: '{tower}.{key}' = {value!r} is not a valid {type(default).__name__}")
     out.setdefault("projection_dim", 512)
+    if not isinstance(out["projection_dim"], int) or isinstance(out["projection_dim"], bool):
+        raise CheckpointError(f"{file}: 'projection_dim' = {out['projection_dim']!r} is not a valid int")
     return out
 
 

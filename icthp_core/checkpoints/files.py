@@ -45,6 +45,14 @@ def load_state_dict(
     return {str(k): v for k, v in sd.items() if keep is None or keep(str(k))}
 
 
+def check_finite(sd: Mapping[str, torch.Tensor], file: str | Path) -> None:
+    """Raise CheckpointError naming `file` and the first keys whose floating-point values are NaN or infinite."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(sorted(bad)[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+        raise CheckpointError(f"{file}: NaN or infinite values in {shown}")
+
+
 def _is_zip(path: Path) -> bool:
     return zipfile.is_zipfile(path)
 

@@ -10,10 +10,11 @@ import torch
 from open_clip.model import CLIP, CLIPVisionCfg, _build_vision_tower
 
 from icthp_core.checkpoints.config import VIT_H_14, open_clip_cfg, read_hf_config
-from icthp_core.checkpoints.convert import hf_to_open_clip, is_hf_clip
-from icthp_core.checkpoints.files import WEIGHT_SUFFIXES, load_state_dict
+from icthp_core.checkpoints.convert import hf_to_open_clip, is_hf_clip, open_clip_to_hf
+from icthp_core.checkpoints.files import WEIGHT_SUFFIXES, check_finite, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.errors import CheckpointError
+from icthp_core.dtypes import DTYPES, parse_dtype  # noqa: F401 - re-exported
+from icthp_core.errors import CheckpointError, DeviceError
 
 CLIP_WEIGHT_NAMES = (
     "model.safetensors",
@@ -36,33 +37,23 @@ _TEXT_PREFIXES = (
 
 _HF_TEXT_PREFIXES = ("text_model.", "text_projection.")
 
-DTYPES = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """`"fp32" | "fp16" | "bf16"` (or a torch.dtype) to a torch.dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype={dtype!r}: expected one of fp32, fp16, bf16") from None
-
 
 def parse_device(device: str | torch.device | None) -> torch.device:
     """`None` → cuda when available, else cpu."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"--device {device}: MPS is not available here")
+    return dev
 
 
 def read_clip_state_dict(
@@ -79,13 +70,34 @@ def read_clip_state_dict(
         nested_key=nested_key,
         keep=(lambda k: not k.removeprefix("module.").startswith(text)) if vision_only else None,
     )
+    check_finite(sd, file)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     if is_hf_clip(sd):
         sd, unknown = hf_to_open_clip(sd)
         if unknown:
             raise CheckpointError(f"{file}: unexpected keys for a CLIPModel checkpoint: {_fmt(unknown)}")
-    return sd
+        return ClipStateDict(sd, hf_layout=True)
+    return ClipStateDict(sd)
+
+
+class ClipStateDict(dict):
+    """open_clip-keyed tensors that remember whether the user's file used HF CLIPModel key names."""
+
+    def __init__(self, sd: dict[str, torch.Tensor], hf_layout: bool = False):
+        super().__init__(sd)
+        self.hf_layout = hf_layout
+
+
+def _hf_names(keys: set[str] | list[str], prefix: str = "") -> list[str]:
+    """HF CLIPModel names of open_clip keys (an attention in_proj is the q/k/v projections); unknown kept."""
+    out: set[str] = set()
+    for k in keys:
+        try:
+            out.update(open_clip_to_hf({prefix + k: torch.empty(3)}))
+        except KeyError:
+            out.add(k)
+    return sorted(out)
 
 
 def _fmt(keys: list[str] | set[str], limit: int = 8) -> str:
@@ -103,10 +115,18 @@ def build_clip(hf_cfg: dict[str, Any], vision_only: bool = False) -> torch.nn.Mo
         return CLIP(**cfg)
 
 
-def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], file: Path | str) -> torch.nn.Module:
-    """Load `sd` into a meta-device `model` strictly, materialising it; errors name `file` and the keys."""
+def load_into(
+    model: torch.nn.Module, sd: dict[str, torch.Tensor], file: Path | str, key_prefix: str = ""
+) -> torch.nn.Module:
+    """Load `sd` into a meta-device `model` strictly, materialising it; errors name `file` and the keys.
+
+    Keys are reported as written in the user's file: HF CLIPModel names when `sd` came from a HF-layout file
+    (`key_prefix` is what was stripped from the open_clip names, e.g. "visual." for a vision tower).
+    """
     expected = set(model.state_dict())
     missing, unexpected = expected - set(sd), set(sd) - expected
+    if getattr(sd, "hf_layout", False):
+        missing, unexpected = set(_hf_names(missing, key_prefix)), set(_hf_names(unexpected, key_prefix))
     if missing or unexpected:
         parts = []
         if missing:
@@ -154,7 +174,7 @@ def load_clip(
         hf_config = read_hf_config(cfg_file, default=default_config)
     sd = read_clip_state_dict(file, vision_only=vision_only, nested_key=nested_key)
     if vision_only:
-        sd = {k.removeprefix("visual."): v for k, v in sd.items()}
-    model = load_into(build_clip(hf_config, vision_only=vision_only), sd, file)
+        sd = ClipStateDict({k.removeprefix("visual."): v for k, v in sd.items()}, getattr(sd, "hf_layout", False))
+    model = load_into(build_clip(hf_config, vision_only=vision_only), sd, file, "visual." if vision_only else "")
     model.hf_config = hf_config  # type: ignore[attr-defined]
     return model.to(device=parse_device(device), dtype=parse_dtype(dtype)).eval().requires_grad_(False)

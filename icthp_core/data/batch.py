@@ -5,14 +5,13 @@ An item's image is a file path or the encoded bytes of an image (as in Pick-a-Pi
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from icthp_core.data.images import load_image
+from icthp_core.data.images import decode_image as _decode
 from icthp_core.errors import ImageLoadError
 from icthp_core.scoring.preprocess import preprocess_pil
 
@@ -20,15 +19,9 @@ ImageSource = str | bytes
 
 
 def decode_image(ref: ImageSource, where: str = "image") -> Image.Image:
-    """A path or encoded image bytes as a fully decoded RGB PIL image; ImageLoadError naming the item otherwise."""
-    if not isinstance(ref, (bytes, bytearray)):
-        return load_image(ref)
-    try:
-        with Image.open(io.BytesIO(ref)) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise ImageLoadError(f"{where}: cannot decode image bytes ({type(e).__name__}: {e})") from e
+    """A path or encoded image bytes as a fully decoded RGB PIL image (`icthp_core.data.images.decode_image`:
+    pixel limit, EXIF, every mode); ImageLoadError naming the path, or `where` for bytes."""
+    return _decode(ref, name=where if isinstance(ref, (bytes, bytearray)) else None)
 
 
 class FileItems(Dataset):
@@ -48,6 +41,9 @@ class FileItems(Dataset):
             return path, prompt, {m: preprocess_pil(img, m) for m in self.modes}, None
         except ImageLoadError as e:
             return path, prompt, None, str(e)
+        except Exception as e:  # noqa: BLE001 - one bad file is that file's error row, never the run's
+            name = f"item {i}" if isinstance(path, (bytes, bytearray)) else path
+            return path, prompt, None, f"{name}: cannot preprocess image ({type(e).__name__}: {e})"
 
 
 def _collate(samples: list) -> dict:

@@ -37,6 +37,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from icthp_core.data.images import decode_image
+from icthp_core.errors import DataFormatError, UnsafeDataError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,14 +67,6 @@ LABEL_KEYS = ("E1", "E2", "R1", "R2")
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 ImageRef = str | bytes
-
-
-class UnsafeDataError(RuntimeError):
-    """A pickle was given without `trust_pickle=True`."""
-
-
-class DataFormatError(ValueError):
-    """A table lacks required columns or has an unknown format."""
 
 
 @dataclass
@@ -418,9 +413,8 @@ def _open_raw(ref: ImageRef) -> Image.Image:
 
 
 def open_image(ref: ImageRef) -> Image.Image:
-    """Decode an image reference (path or bytes) to an RGB PIL image (fully loaded)."""
-    with _open_raw(ref) as im:
-        return im.convert("RGB")
+    """Decode an image reference (path or bytes) to an RGB PIL image (fully loaded; see `data.images`)."""
+    return decode_image(ref)
 
 
 class _RobustDataset(torch.utils.data.Dataset):

@@ -1,19 +1,70 @@
-"""Incremental, resumable score files (.jsonl or .csv) and reading of (image, prompt) lists."""
+"""Incremental, resumable score files (.jsonl or .csv) and reading of (image, prompt) lists.
+
+Guarantees (see docs/reliability.md):
+- rows are flushed and fsynced after every batch; a killed run loses at most the batch in flight, and `resume`
+  cuts a torn last record (a partial JSON line, or a CSV record cut inside a quoted multi-line field);
+- a file is resumed only when its columns are those of this run (same metrics), else `OutputError`;
+- file names that are not valid UTF-8 are kept reversibly: JSONL writes their undecodable bytes as `\\udcXX`
+  JSON escapes (`os.fsencode(json.loads(...))` gives the original bytes back); CSV writes the original bytes
+  (read it with `errors="surrogateescape"`);
+- non-finite scores never reach a file: the scorer turns them into error rows.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from icthp_core.errors import DataError, OutputError
+
 BASE_FIELDS = ["image", "prompt"]
+#: written as \uXXXX in JSONL: lone surrogates (undecodable file-name bytes) and the characters that some
+#: line splitters (str.splitlines, JavaScript) take for line breaks
+_ESCAPED = re.compile("[\ud800-\udfff\u2028\u2029\u0085]")
+
+
+def score_fields(metrics: Sequence[str]) -> list[str]:
+    """Columns of a score file: image, prompt, one per metric, error."""
+    return BASE_FIELDS + list(metrics) + ["error"]
 
 
 def _fmt(v):
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+
+def _json_value(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def json_line(obj: object) -> str:
+    """One JSON line (no newline): UTF-8 text; lone surrogates and U+2028/U+2029/U+0085 as \\uXXXX escapes."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    return _ESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def check_writable(path: str | os.PathLike, what: str = "--output") -> Path:
+    """Raise OutputError unless `path` can be written (its folder is created); call before loading models."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {p}: is a folder, not a file")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists():
+            with open(p, "ab"):
+                pass
+        else:
+            with open(p, "xb"):
+                pass
+            p.unlink()
+    except OSError as e:
+        raise OutputError(f"{what} {p}: cannot be written ({e.strerror or type(e).__name__})") from None
+    return p
 
 
 class ScoreWriter:
@@ -21,29 +72,44 @@ class ScoreWriter:
 
     def __init__(self, path: str | os.PathLike, metrics: list[str], append: bool = False):
         self.path = Path(path)
-        self.kind = _kind(self.path)
-        self.fields = BASE_FIELDS + list(metrics) + ["error"]
+        self.kind = output_kind(self.path)
+        self.fields = score_fields(metrics)
         mode = "a" if append else "w"
         fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, mode, newline="", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, mode, newline="", encoding="utf-8", errors="surrogateescape")
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot be written ({e.strerror or type(e).__name__})") from None
         if self.kind == "csv":
             self._csv = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
             if fresh:
-                self._csv.writeheader()
+                self._guard(self._csv.writeheader)
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except OSError as e:
+            raise OutputError(f"{self.path}: write failed ({e.strerror or type(e).__name__})") from None
 
     def write(self, rows: list[dict]) -> None:
-        for row in rows:
-            out = {f: row.get(f) for f in self.fields}
-            if self.kind == "csv":
-                self._csv.writerow({k: _fmt(v) for k, v in out.items()})
-            else:
-                self._fh.write(json.dumps(out, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        def _write() -> None:
+            for row in rows:
+                out = {f: row.get(f) for f in self.fields}
+                if self.kind == "csv":
+                    self._csv.writerow({k: _fmt(v) for k, v in out.items()})
+                else:
+                    self._fh.write(json_line({k: _json_value(v) for k, v in out.items()}) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+        self._guard(_write)
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError as e:
+            raise OutputError(f"{self.path}: write failed ({e.strerror or type(e).__name__})") from None
 
     def __enter__(self) -> ScoreWriter:
         return self
@@ -52,82 +118,224 @@ class ScoreWriter:
         self.close()
 
 
-def _kind(path: Path) -> str:
+def output_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    raise ValueError(f"--output {path}: unsupported file type {suffix!r} (use .jsonl or .csv)")
+    raise OutputError(f"--output {path}: unsupported file type {suffix!r} (use .jsonl or .csv)")
+
+
+def _read_text(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def read_rows(path: str | os.PathLike) -> Iterator[dict]:
-    """Rows of a score file written by ScoreWriter; a torn last line (killed run) is skipped."""
+    """Rows of a score file written by ScoreWriter; a torn last record (killed run) is skipped."""
     path = Path(path)
     if not path.exists():
         return
-    if _kind(path) == "csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                if row.get("image") is not None and None not in row.values():
-                    yield row
+    text = _read_text(path)
+    if output_kind(path) == "csv":
+        text = text[: _csv_complete_end(text)]
+        for row in csv.DictReader(io.StringIO(text, newline="")):
+            if row.get("image") is not None and None not in row.values() and None not in row:
+                yield row
     else:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and "image" in row:
-                    yield row
+        for line in text.split("\n"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "image" in row:
+                yield row
 
 
-def repair_tail(path: str | os.PathLike) -> None:
-    """Cut an incomplete last line (a run killed mid-write) so appended rows start on a fresh line."""
+def _csv_complete_end(text: str) -> int:
+    """Length of the complete CSV records at the start of `text`: up to the last newline outside quotes."""
+    end, quotes = 0, 0
+    start = 0
+    while True:
+        nl = text.find("\n", start)
+        if nl < 0:
+            return end
+        quotes += text.count('"', start, nl)
+        if quotes % 2 == 0:
+            end = nl + 1
+        start = nl + 1
+
+
+def repair_tail(path: str | os.PathLike) -> int:
+    """Cut an incomplete last record (a run killed mid-write) so appended rows start cleanly; bytes removed."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
-        return
+        return 0
     data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    if output_kind(path) == "csv":
+        text = data.decode("utf-8", "surrogateescape")
+        keep = len(text[: _csv_complete_end(text)].encode("utf-8", "surrogateescape"))
+    else:
+        keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(keep)
+    return len(data) - keep
+
+
+def existing_fields(path: str | os.PathLike) -> list[str] | None:
+    """Columns of an existing score file (CSV header, keys of the first JSONL row); None when it has none."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    if output_kind(path) == "csv":
+        text = _read_text(path)
+        text = text[: _csv_complete_end(text)]
+        header = next(csv.reader(io.StringIO(text, newline="")), None)
+        return list(header) if header else None
+    first = next(read_rows(path), None)
+    return list(first) if first else None
+
+
+def row_key(image: object, prompt: object) -> tuple[str, str]:
+    """The identity of an item: (image, prompt); a missing prompt counts as ''."""
+    return (str(image), "" if prompt is None else str(prompt))
+
+
+def prepare_resume(path: str | os.PathLike, metrics: Sequence[str], retry_errors: bool = False) -> set[tuple[str, str]]:
+    """Make `path` ready to be appended to by a run with `metrics`; return the (image, prompt) keys already done.
+
+    Cuts a torn last record; refuses (OutputError) a file whose columns differ from this run's; with
+    `retry_errors`, rows that ended in an error are removed (rewritten atomically) so they are scored again.
+    """
+    path = Path(path)
+    repair_tail(path)
+    fields, want = existing_fields(path), score_fields(metrics)
+    if fields is not None and fields != want:
+        raise OutputError(
+            f"{path}: cannot resume, it has the columns {fields} but this run writes {want}; "
+            "resume with the same --metrics, or pass --overwrite or another --output"
+        )
+    rows = list(read_rows(path))
+    if retry_errors and any(r.get("error") for r in rows):
+        rows = [r for r in rows if not r.get("error")]
+        tmp = path.with_name(f".{path.stem}.retry{path.suffix}")
+        with ScoreWriter(tmp, list(metrics)) as w:
+            w.write([{k: _parse_number(v) if k in metrics else v for k, v in r.items()} for r in rows])
+        os.replace(tmp, path)
+    return {row_key(r["image"], r.get("prompt")) for r in rows if not (retry_errors and r.get("error"))}
+
+
+def _parse_number(v):
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def done_keys(path: str | os.PathLike) -> set[tuple[str, str]]:
     """(image, prompt) pairs already written."""
-    return {(str(r["image"]), str(r.get("prompt") or "")) for r in read_rows(path)}
+    return {row_key(r["image"], r.get("prompt")) for r in read_rows(path)}
+
+
+def unique_items(items: Sequence[tuple[str, str | None]]) -> tuple[list[tuple[str, str | None]], int]:
+    """Items with repeated (image, prompt) pairs dropped (first kept, order kept), and how many were dropped.
+
+    A score file has one row per distinct (image, prompt): a repeated item would get the same score and would
+    make resuming ambiguous.
+    """
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for item in items:
+        key = row_key(*item)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out, len(items) - len(out)
+
+
+# ------------------------------------------------------------------------------------------- prompts files
+
+
+def read_text_file(path: str | os.PathLike, what: str = "--prompts-file") -> str:
+    """The text of a UTF-8 file (a BOM is dropped); DataError naming the file and line for other encodings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path}: no such file")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {col}); save the file as UTF-8"
+        ) from None
+
+
+def read_prompt_rows(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(image, prompt) pairs from a CSV (header with `image`, `prompt`) or JSONL file, and error rows for bad lines.
+
+    Accepts UTF-8 with or without BOM, LF or CRLF; JSONL lines are split on '\\n' only (U+2028/U+0085 inside a
+    line are text). A malformed row becomes `{"image", "prompt", "error": "<file>:<line>: ..."}`; a file that
+    cannot be read at all (missing, not UTF-8, no header) raises DataError. Relative image paths are kept as
+    given when they exist from the current directory, else resolved against the file's folder.
+    """
+    from icthp_core.scoring.text import check_prompt
+
+    path = Path(path)
+    text = read_text_file(path)
+    rows: list[tuple[int, object]] = []
+    errors: list[dict] = []
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        for n, line in enumerate(text.split("\n"), 1):
+            line = line.rstrip("\r")
+            if not line.strip():
+                continue
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                errors.append({"image": f"{path}:{n}", "prompt": None, "error": f"{path}:{n}: invalid JSON ({e})"})
+    elif path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames or not {"image", "prompt"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: CSV needs the columns 'image' and 'prompt', got {reader.fieldnames}")
+        start = 2
+        for r in reader:
+            rows.append((start, r))
+            start = reader.line_num + 1
+    else:
+        raise DataError(f"--prompts-file {path}: use a .csv or .jsonl file")
+    out = []
+    for n, r in rows:
+        where = f"{path}:{n}"
+        image = r.get("image") if isinstance(r, dict) else None
+        prompt = r.get("prompt") if isinstance(r, dict) else None
+        try:
+            if not isinstance(r, dict):
+                raise DataError(f"{where}: expected an object with 'image' and 'prompt'")
+            if not isinstance(image, str) or not image.strip():
+                raise DataError(f"{where}: 'image' is missing or empty")
+            check_prompt(prompt, f"{where}: 'prompt'")
+        except ValueError as e:
+            errors.append(
+                {"image": image if isinstance(image, str) and image else where, "prompt": None, "error": str(e)}
+            )
+            continue
+        img = image
+        if not os.path.isabs(img) and not os.path.exists(img) and (path.parent / img).exists():
+            img = str(path.parent / img)
+        out.append((img, prompt))
+    return out, errors
 
 
 def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(image, prompt) pairs from a CSV (header with `image`, `prompt`) or JSONL file.
-
-    Relative image paths are kept as given when they exist from the current directory, else resolved against the
-    file's folder. Raises ValueError naming the file and line for a malformed row.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--prompts-file {path}: no such file")
-    rows: list[tuple[int, dict]] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e})") from e
-    elif path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"image", "prompt"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: CSV needs the columns 'image' and 'prompt', got {reader.fieldnames}")
-            rows = [(n, r) for n, r in enumerate(reader, 2)]
-    else:
-        raise ValueError(f"--prompts-file {path}: use a .csv or .jsonl file")
-    out = []
-    for n, r in rows:
-        if not isinstance(r, dict) or not r.get("image") or not isinstance(r.get("prompt"), str):
-            raise ValueError(f"{path}:{n}: each row needs a non-empty 'image' and a 'prompt' string")
-        img = str(r["image"])
-        if not os.path.isabs(img) and not os.path.exists(img) and (path.parent / img).exists():
-            img = str(path.parent / img)
-        out.append((img, r["prompt"]))
-    return out
+    """(image, prompt) pairs of a prompts file (see `read_prompt_rows`); DataError naming the first bad line."""
+    pairs, errors = read_prompt_rows(path)
+    if errors:
+        raise DataError(errors[0]["error"])
+    return pairs

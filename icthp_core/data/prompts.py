@@ -49,7 +49,9 @@ def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool
 
         if suf == ".pkl":
             if not allow_pickle:
-                raise ValueError(f"{p}: pickle files run code when loaded; pass allow_pickle=True if you trust it")
+                raise ValueError(
+                    f"{p}: pickle runs code when loaded; set trust_pickle (allow_pickle=True in Python) if you trust it"
+                )
             df = pd.read_pickle(p)
             column = column or "easy_prompt"
         elif suf == ".parquet":

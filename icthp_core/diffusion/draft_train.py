@@ -1,42 +1,55 @@
 """DRaFT-K / ReFL / DRaFT-LV LoRA training of SD3 / SD3.5 and FLUX.1 against ICT, HP, ICT-HP or baseline rewards.
 
-    accelerate launch -m icthp_cli draft --config cfg.yaml [--key value ...]
-    icthp draft --base_model stabilityai/stable-diffusion-3.5-large-turbo --prompts p.txt \\
-        --reward ict_hp --output_dir out/sd35-icthp
+    accelerate launch -m icthp_cli draft --config cfg.yaml [key=value ...]
+    icthp draft base_model=stabilityai/stable-diffusion-3.5-large-turbo prompts=p.txt \\
+        reward=ict_hp output_dir=out/sd35-icthp
 
+Options use the one training configuration system (:mod:`icthp_core.training.config`: YAML + `key=value`, the
+same names as reward training: `max_steps`, `lr`, `checkpoint_every`, `trust_pickle`, ...).
 Defaults follow the paper (§4.3, A.2, A.4): SD3.5 8 steps, guidance 0, K=3; FLUX 4 steps, K=1; LoRA on the
 attention (FLUX also ff); AdamW 5e-6. Text embeddings are precomputed and the text encoders freed. The math lives
 in `icthp_core.diffusion.draft` / `icthp_core.diffusion.lora`; this file is configuration, logging and checkpoints.
 
-Outputs in `output_dir`: `pytorch_lora_weights.safetensors` (diffusers + ComfyUI), `log.jsonl`,
-`reward_curve.png`, `samples/step_XXXXXX.png` (fixed seeds), `checkpoints/step_XXXXXX/` (resumable).
+Outputs in `output_dir`: `pytorch_lora_weights.safetensors` (diffusers + ComfyUI), `metrics.jsonl`, `curves.png`,
+`samples/step_XXXXXX.png` (fixed seeds), `checkpoints/step_<N>/` (resumable, shared checkpoint module).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from icthp_core.dtypes import parse_dtype
+from icthp_core.training.checkpointing import resolve_resume, write_checkpoint
+from icthp_core.training.config import CommonTrainConfig, ConfigError, parse_args
+from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog
+from icthp_core.training.plots import plot_metrics
+
 ARCH_DEFAULTS = {"sd3": {"num_steps": 8, "k": 3}, "flux": {"num_steps": 4, "k": 1}}
+
+#: the panels of `curves.png`: the training reward with the fixed-seed sample reward, then the monitors
+DRAFT_PANELS = [
+    ("reward", "reward", lambda k: k in ("train/reward", "val/reward")),
+    ("held-out gold metrics", "value", lambda k: k.startswith("monitor/gold/")),
+    ("collapse signals", "value", lambda k: k.startswith("monitor/collapse/")),
+]
 
 
 @dataclass
-class TrainConfig:
+class DraftTrainConfig(CommonTrainConfig):
+    """DRaFT options; the common ones (`max_steps`, `lr`, `checkpoint_every`, ...) are in CommonTrainConfig."""
+
     base_model: str = "stabilityai/stable-diffusion-3.5-large-turbo"  # hub id or local diffusers dir
-    prompts: str = ""  # .txt / .jsonl / .json / .csv / .tsv / .parquet / Pick-High .pkl
+    prompts: str = ""  # .txt / .jsonl / .json / .csv / .tsv / .parquet / Pick-High .pkl (trust_pickle)
     prompt_column: str | None = None
-    allow_pickle: bool = False  # needed for Pick-High .pkl splits
     reward: str = "ict_hp"  # metric or weighted sum "ict:1,hp:0.5"
     reward_sources: dict[str, str] = field(default_factory=dict)  # metric -> hub id / local dir
     reward_dtype: str | None = None  # default: the mixed-precision dtype
@@ -54,82 +67,35 @@ class TrainConfig:
     text_cache: bool = True  # embeddings memory-mapped in output_dir/text_cache, reused on resume
     rank: int = 16
     lora_alpha: float | None = None  # default = rank
-    learning_rate: float = 5e-6
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
+    lr: float = 5e-6
+    weight_decay: float = 1e-2
     batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    iterations: int = 3000
+    max_steps: int = 3000
     mixed_precision: str = "bf16"  # no | fp16 | bf16
     gradient_checkpointing: bool = True
-    seed: int = 0
-    log_every: int = 10
     sample_every: int = 100
     sample_prompts: list[str] = field(default_factory=list)  # default: first 4 training prompts
     sample_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    resume: bool = True  # continue from the newest checkpoint in output_dir
-    report_to: str | None = None  # e.g. "tensorboard"
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int | None = 2
+    # reward-hacking monitors on the fixed-seed samples (every sample_every steps; docs/draft_lora.md "Monitors")
+    monitor: bool = True
+    gold_metrics: list[str] = field(default_factory=lambda: ["jpeg"])  # e.g. [aesthetic, clip, jpeg]
+    early_stop_metric: str | None = None  # e.g. "gold/aesthetic", "collapse/diversity" (None: never stop)
+    early_stop_drop: float = 0.0  # stop when the metric is below its step-0 value by more than this
 
-    def resolve(self, arch: str) -> TrainConfig:
+    def resolve(self, arch: str) -> DraftTrainConfig:
         d = ARCH_DEFAULTS[arch]
         return dataclasses.replace(
             self, num_steps=self.num_steps or d["num_steps"], k=d["k"] if self.k is None else self.k
         )
 
 
-# ---------------------------------------------------------------- config parsing
-
-
-def _parse_value(ftype: Any, raw: str):
-    t = str(ftype)
-    if "bool" in t and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return raw.lower() in ("true", "1", "yes")
-    if raw.lower() in ("none", "null") and "None" in t:
-        return None
-    if t.startswith(("list", "dict", "tuple")):
-        import yaml
-
-        return yaml.safe_load(raw)
-    for cast in (int, float):
-        if cast.__name__ in t:
-            try:
-                return cast(raw)
-            except ValueError:
-                pass
-    return raw
-
-
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """`--config file.yaml` (keys = TrainConfig fields) then `--field value` overrides."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML file with TrainConfig fields")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name, f in fields.items():
-        ap.add_argument(f"--{name}", default=None, help=f"({f.type}) default {getattr(TrainConfig(), name)!r}")
-    ns = ap.parse_args(argv)
-    values: dict[str, Any] = {}
-    if ns.config:
-        import yaml
-
-        data = yaml.safe_load(Path(ns.config).read_text()) or {}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise SystemExit(f"{ns.config}: unknown keys {unknown}")
-        values.update(data)
-    for name, f in fields.items():
-        raw = getattr(ns, name)
-        if raw is not None:
-            values[name] = _parse_value(f.type, raw)
-    if "refl_range" in values:
-        values["refl_range"] = tuple(values["refl_range"])
-    cfg = TrainConfig(**values)
+def parse_config(argv: list[str] | None = None) -> DraftTrainConfig:
+    """`[--config file.yaml] [key=value ...]` (the one syntax of every training job)."""
+    cfg = parse_args(DraftTrainConfig, argv, __doc__)
     if not cfg.prompts:
-        raise SystemExit("--prompts is required (a .txt/.jsonl/.csv/.tsv/.parquet/.pkl prompt file)")
+        raise ConfigError("prompts: required (a .txt/.jsonl/.csv/.tsv/.parquet/.pkl prompt file), e.g. prompts=p.txt")
     return cfg
 
 
@@ -137,7 +103,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return parse_dtype(name)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 4) -> None:
@@ -145,29 +111,6 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 4) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.float().cpu(), path, nrow=nrow)
-
-
-def plot_rewards(log_path: Path, out_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
-    train = [(r["step"], r["reward"]) for r in rows if "reward" in r]
-    evals = [(r["step"], r["eval_reward"]) for r in rows if "eval_reward" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train reward (batch mean)", alpha=0.7)
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="fixed-seed sample reward")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("reward")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
 
 
 def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> None:
@@ -197,10 +140,6 @@ def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> 
         f"expected peak GPU memory per process: {est.total:.1f} GiB (allow ~15% more: measured 7-13% above the "
         f"estimate on an H200)\n{est.table()}"
     )
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    return sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
 # ---------------------------------------------------------------- training
@@ -237,7 +176,7 @@ def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denois
     return pipe
 
 
-def text_conditioning(cfg: TrainConfig, prompts: list[str], negative: bool, dtype: torch.dtype, accelerator):
+def text_conditioning(cfg: DraftTrainConfig, prompts: list[str], negative: bool, dtype: torch.dtype, accelerator):
     """Embeddings of `prompts`: from `output_dir/text_cache` when it matches (memory-mapped; the text encoders are
     then never loaded), else encoded by the main process (written to the cache when `text_cache`)."""
     import hashlib
@@ -293,7 +232,7 @@ def text_conditioning(cfg: TrainConfig, prompts: list[str], negative: bool, dtyp
     return cond
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: DraftTrainConfig) -> Path:
     """Run (or resume) training; returns the path of the final LoRA file.
 
     accelerate's process-wide state is reset afterwards, so several runs (with different precisions) can share
@@ -307,7 +246,7 @@ def train(cfg: TrainConfig) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _train(cfg: TrainConfig) -> Path:
+def _train(cfg: DraftTrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -319,13 +258,13 @@ def _train(cfg: TrainConfig) -> Path:
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=cfg.report_to,
+        log_with=None if cfg.report_to in (None, "", "none") else cfg.report_to,
         project_dir=str(out),
     )
     set_seed(cfg.seed)
     device = accelerator.device
     wdtype = _dtype(cfg.mixed_precision)
-    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.allow_pickle)
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.trust_pickle)
     sample_prompts = cfg.sample_prompts or prompts[:4]
 
     # --- text embeddings first (text encoders loaded only for this, then freed), then the denoiser
@@ -365,12 +304,33 @@ def _train(cfg: TrainConfig) -> Path:
         device=device,
         dtype=cfg.reward_dtype or ("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision),
     )
+    monitor = None
+    if cfg.monitor and cfg.sample_every > 0:
+        from icthp_core.diffusion.monitors import RewardHackingMonitor, gold_metric_fns
+        from icthp_core.scoring.preprocess import preprocess_tensor
+
+        rmodel = next(iter(reward_fn.scorer.models.values()))
+        rmode, rdtype = getattr(rmodel, "preprocess_mode", "crop"), reward_fn.scorer.dtype
+
+        def reward_features(im: torch.Tensor) -> torch.Tensor:
+            return rmodel.encode_image(preprocess_tensor(im.float().to(device), rmode).to(rdtype))
+
+        gold = gold_metric_fns(cfg.gold_metrics, cfg.reward_sources or None, device)
+        monitor = RewardHackingMonitor(gold, reward_features, cfg.early_stop_metric, cfg.early_stop_drop)
+        overlap = set(sample_prompts) & set(prompts)
+        if overlap:
+            accelerator.print(
+                f"monitor: {len(overlap)} of the {len(sample_prompts)} sample prompts are training prompts; "
+                "set sample_prompts to held-out prompts for an honest reward-hacking check"
+            )
+    elif cfg.early_stop_metric:
+        raise ConfigError("early_stop_metric needs the monitors (monitor=true and sample_every > 0)")
     opt = torch.optim.AdamW(
         params,
-        lr=cfg.learning_rate,
+        lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
-        eps=cfg.adam_epsilon,
+        weight_decay=cfg.weight_decay,
+        eps=cfg.adam_eps,
     )
     _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator)
     # The transformer is not wrapped in DDP (it runs several forwards per backward, some without graph): the
@@ -380,25 +340,28 @@ def _train(cfg: TrainConfig) -> Path:
 
     # --- resume
     step, start = 0, time.time()
-    cks = _checkpoints(out)
-    if cfg.resume and cks:
+    ck = resolve_resume(cfg.resume, out)
+    if ck is not None:
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        ck = cks[-1]
         lora_sd = {k.removeprefix("transformer."): v for k, v in load_file(ck / "lora.safetensors").items()}
         res = set_peft_model_state_dict(transformer, lora_sd)
         if getattr(res, "unexpected_keys", None):
             raise RuntimeError(f"{ck}/lora.safetensors: unexpected keys {res.unexpected_keys[:5]}")
         opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
         step = json.loads((ck / "state.json").read_text())["step"]
+        if monitor is not None:
+            monitor.load(ck)
         accelerator.print(f"resumed from {ck} at step {step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
-    if cfg.report_to:
+    trackers = cfg.report_to not in (None, "", "none")
+    if trackers:
         accelerator.init_trackers("draft_lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
-    log_path = out / "log.jsonl"
+    log_path = out / METRICS_FILE
+    mlog = MetricsLog(log_path, accelerator, fresh=ck is None, trackers=trackers)
     meta = {
         "icthp.base_model": cfg.base_model,
         "icthp.reward": cfg.reward,
@@ -408,13 +371,10 @@ def _train(cfg: TrainConfig) -> Path:
     }
 
     def log(row: dict) -> None:
-        if accelerator.is_main_process:
-            with log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        if cfg.report_to:
-            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        mlog.log({k: v for k, v in row.items() if k != "step"}, row["step"])
 
-    def sample_grid(at: int) -> None:
+    def sample_grid(at: int) -> str | None:
+        """Render the fixed-seed grid, log its reward and the monitors; a reason when early stopping fires."""
         cond = cond_all.select([index[p] for p in sample_prompts for _ in cfg.sample_seeds])
         noise = torch.cat(
             [
@@ -440,28 +400,34 @@ def _train(cfg: TrainConfig) -> Path:
                 r = reward_fn(imgs, rp).float().mean().item()
         if accelerator.is_main_process:
             save_grid(imgs, out / "samples" / f"step_{at:06d}.png", nrow=len(cfg.sample_seeds))
-        log({"step": at, "eval_reward": r})
+        row = {"step": at, "val/reward": r}
+        reason = None
+        if monitor is not None:
+            values = monitor.compute(imgs, rp, len(sample_prompts))
+            row.update({f"monitor/{k}": v for k, v in values.items()})
+            reason = monitor.stop_reason(values)
+        log(row)
+        return reason
 
     def checkpoint(at: int) -> None:
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             return
-        ck = out / "checkpoints" / f"step_{at:06d}"
-        tmp = ck.with_name(ck.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_lora(transformer, tmp, meta, weight_name="lora.safetensors")
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": at}))
-        shutil.rmtree(ck, ignore_errors=True)
-        tmp.rename(ck)
-        for old in _checkpoints(out)[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+
+        def write(d: Path) -> None:
+            save_lora(transformer, d, meta, weight_name="lora.safetensors")
+            torch.save(opt.state_dict(), d / "optimizer.pt")
+            if monitor is not None:
+                monitor.save(d)
+            (d / "state.json").write_text(json.dumps({"step": at}))
+
+        write_checkpoint(out, at, write, cfg.checkpoints_total_limit)
 
     if step == 0 and cfg.sample_every > 0:
         sample_grid(0)
     window: list[dict] = []
-    while step < cfg.iterations:
+    stopped: str | None = None
+    while step < cfg.max_steps:
         rng = random.Random(cfg.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
         gen = torch.Generator().manual_seed(rng.randrange(2**63))
         t0 = time.time()
@@ -480,9 +446,7 @@ def _train(cfg: TrainConfig) -> Path:
                             if p.grad is None:
                                 p.grad = torch.zeros_like(p)
                             p.grad = accelerator.reduce(p.grad, reduction="mean")
-                    gnorm = accelerator.clip_grad_norm_(
-                        params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-                    )
+                    gnorm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else math.inf)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             micro.append(
@@ -498,24 +462,32 @@ def _train(cfg: TrainConfig) -> Path:
                 "sec": time.time() - t0,
             }
         )
-        if step % cfg.log_every == 0 or step == cfg.iterations:
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
             row = {
                 "step": step,
-                **{k: sum(w[k] for w in window) / len(window) for k in ("reward", "loss", "grad_norm", "sec")},
+                **{
+                    f"train/{k}": sum(w[k] for w in window) / len(window)
+                    for k in ("reward", "loss", "grad_norm", "sec")
+                },
             }
             if window[-1]["kl"] is not None:
-                row["kl"] = sum(w["kl"] for w in window) / len(window)
+                row["train/kl"] = sum(w["kl"] for w in window) / len(window)
             if torch.cuda.is_available():
-                row["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                row["train/max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             log(row)
             accelerator.print(json.dumps(row))
             window = []
-        if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.iterations):
-            sample_grid(step)
-        if cfg.save_every > 0 and step % cfg.save_every == 0:
+        if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+            stopped = sample_grid(step)
+        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
             checkpoint(step)
-        if accelerator.is_main_process and log_path.exists() and step % cfg.log_every == 0:
-            plot_rewards(log_path, out / "reward_curve.png")
+        if cfg.plot and accelerator.is_main_process and log_path.exists() and step % cfg.log_every == 0:
+            plot_metrics(log_path, out / "curves.png", "DRaFT training", DRAFT_PANELS)
+        if stopped:
+            accelerator.print(f"early stop at step {step}: {stopped}")
+            if accelerator.is_main_process:
+                (out / "early_stop.json").write_text(json.dumps({"step": step, "reason": stopped}))
+            break
 
     if accelerator.num_processes > 1:  # the replicas must have stayed identical (gradients all-reduced)
         sums = accelerator.gather(torch.stack([p.detach().double().sum() for p in params]).unsqueeze(0))
@@ -525,8 +497,8 @@ def _train(cfg: TrainConfig) -> Path:
     final = out / "pytorch_lora_weights.safetensors"
     if accelerator.is_main_process:
         save_lora(transformer, out, meta)
-        if log_path.exists():
-            plot_rewards(log_path, out / "reward_curve.png")
+        if cfg.plot and log_path.exists():
+            plot_metrics(log_path, out / "curves.png", "DRaFT training", DRAFT_PANELS)
         accelerator.print(f"saved {final} after {step} iterations ({time.time() - start:.0f}s)")
     accelerator.end_training()
     return final

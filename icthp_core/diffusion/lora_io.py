@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from icthp_core.errors import LoraFormatError
+
 __all__ = [
     "COMPONENTS",
     "LoraFile",
@@ -31,10 +33,6 @@ __all__ = [
 COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")
 _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".alpha": "alpha"}
 ICTHP_METADATA = ("base_model", "base_arch", "reward", "variant", "k", "steps", "rank", "alpha")
-
-
-class LoraFormatError(ValueError):
-    """A LoRA file that is not a valid diffusers-format LoRA (message names the file and key)."""
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,7 @@ import torch
 from torch import nn
 
 from icthp_core.checkpoints.transfer import hf_clip_config, text_encoder_state_dict, vision_encoder_state_dict
-
-OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+from icthp_core.scoring.preprocess import OPENAI_MEAN, OPENAI_STD  # noqa: F401 - re-exported
 
 # InstantStyle (SDXL UNet): "style" = only up_blocks.0 attention 1; "style_and_layout" adds down_blocks.2 attention 1
 INSTANTSTYLE = {

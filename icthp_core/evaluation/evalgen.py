@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from icthp_core.dtypes import parse_dtype
 from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
 from icthp_core.evaluation.generation import (
     BASE,
@@ -79,10 +80,9 @@ def default_steps_guidance(arch: str, guidance_embeds: bool) -> tuple[int, float
 
 
 def _dtype(name: str) -> torch.dtype:
-    try:
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-    except KeyError:
-        raise ValueError(f"--gen-dtype {name!r}: choose fp32, fp16 or bf16") from None
+    if name not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"--gen-dtype {name!r}: choose fp32, fp16 or bf16")
+    return parse_dtype(name, "--gen-dtype")
 
 
 def _check_run(out: Path, record: dict, overwrite: bool) -> None:

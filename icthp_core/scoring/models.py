@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icthp_core.checkpoints.config import read_hf_config
-from icthp_core.checkpoints.files import load_state_dict
+from icthp_core.checkpoints.files import check_finite, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
 from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, load_clip, parse_device, parse_dtype
 from icthp_core.errors import CheckpointError
@@ -184,12 +184,27 @@ class HPModel(ImageHeadModel):
         backbone = resolve_file(src, HP_BACKBONE_NAMES)
         config = read_hf_config(resolve_file(src, ("hp_backbone/config.json",), required=False))
         visual = load_clip(backbone, vision_only=True, device=device, dtype=dtype, hf_config=config)
-        head = load_head(src, HP_HEAD_NAMES)
+        head = load_head(src, HP_HEAD_NAMES, feature_dim=visual.output_dim, backbone=backbone)
         return cls(visual, head.to(device=device, dtype=dtype).eval().requires_grad_(False))
 
 
-def load_head(src: str | os.PathLike, candidates: tuple[str, ...]) -> HPHead:
-    """Resolve and strictly load an HP/aesthetic head file."""
+def load_head(
+    src: str | os.PathLike,
+    candidates: tuple[str, ...],
+    feature_dim: int | None = None,
+    backbone: str | os.PathLike | None = None,
+) -> HPHead:
+    """Resolve and strictly load an HP/aesthetic head file (finite values; input size = `feature_dim` if given)."""
     head_file = resolve_file(src, candidates)
-    assert head_file is not None
-    return HPHead.from_state_dict(load_state_dict(head_file), head_file)
+    if head_file is None:
+        raise CheckpointError(f"{src}: no head file ({', '.join(candidates)})")
+    sd = load_state_dict(head_file)
+    check_finite(sd, head_file)
+    head = HPHead.from_state_dict(sd, head_file)
+    in_dim = head.layers[0].in_features
+    if feature_dim is not None and in_dim != feature_dim:
+        raise CheckpointError(
+            f"{head_file}: the head takes {in_dim} features but the backbone"
+            f"{f' {backbone}' if backbone else ''} gives {feature_dim}; they are not a pair"
+        )
+    return head

@@ -9,10 +9,14 @@ to [0, 1], normalise with the OpenAI mean/std — as `CLIPImageProcessor`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from icthp_core.data.images import to_rgb
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -32,29 +36,54 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+#: up to this aspect ratio the full resize is done (bit-identical to CLIPImageProcessor); beyond, only the crop
+MAX_FULL_RESIZE_ASPECT = 4
+
+
+def _resize_center_crop(img: Image.Image, size: int, torchvision_centre: bool = False) -> Image.Image:
+    """Shortest side to `size` (bicubic, the other side rounded down as CLIPImageProcessor), then the centre crop.
+
+    The crop offset is transformers' `(new - size) // 2`, or torchvision's `round((new - size) / 2)`.
+    Ordinary images (aspect ratio <= MAX_FULL_RESIZE_ASPECT) are resized whole, exactly as CLIPImageProcessor.
+    Longer ones resample only the source region under the crop, in the same pass order (horizontal, then
+    vertical) and with the same filter windows, so memory stays O(size x short side) for any shape; pixels
+    then differ from the full resize by at most 2 grey levels on under 2% of pixels (PIL keeps box corners in
+    float32; tests/test_reliability_images.py measures it).
+    """
+    w, h = img.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if torchvision_centre:
+        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    else:
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2  # as transformers' center_crop
+    bicubic = Image.Resampling.BICUBIC
+    if max(new) <= MAX_FULL_RESIZE_ASPECT * size:
+        return img.resize(new, bicubic).crop((left, top, left + size, top + size))
+    if w <= h:  # tall: full horizontal pass on the rows the vertical filter reads, then the vertical crop window
+        sy = h / new[1]
+        y0, y1 = top * sy, (top + size) * sy
+        margin = math.ceil(2 * max(sy, 1.0)) + 2  # bicubic support is 2 output pixels
+        r0, r1 = max(0, math.floor(y0) - margin), min(h, math.ceil(y1) + margin)
+        rows = img.crop((0, r0, w, r1)).resize((size, r1 - r0), bicubic)
+        return rows.resize((size, size), bicubic, box=(0, y0 - r0, size, y1 - r0))
+    sx = w / new[0]  # wide: horizontal pass over the crop window only, then the full vertical pass
+    cols = img.resize((size, h), bicubic, box=(left * sx, 0, (left + size) * sx, h))
+    return cols.resize((size, size), bicubic)
+
+
 def preprocess_pil(img: Image.Image, mode: str = "crop", size: int | None = None) -> torch.Tensor:
     """A normalised float32 tensor [3, size, size] from a PIL image (size: the mode's own by default)."""
     _check_mode(mode)
     size = size or MODE_SIZE[mode]
-    img = img.convert("RGB")
+    img = to_rgb(img)
     w, h = img.size
     if mode == "blip":
         img = img.resize((size, size), Image.Resampling.BICUBIC)
     elif mode in ("crop", "imagereward"):
-        # shortest side to `size`, the other rounded as CLIPImageProcessor does
-        if w <= h:
-            new = (size, int(size * h / w))
-        else:
-            new = (int(size * w / h), size)
-        img = img.resize(new, Image.Resampling.BICUBIC)
-        if mode == "crop":
-            left, top = (new[0] - size) // 2, (new[1] - size) // 2  # as transformers' center_crop
-        else:
-            left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))  # torchvision
-        img = img.crop((left, top, left + size, top + size))
+        img = _resize_center_crop(img, size, torchvision_centre=mode == "imagereward")
     else:
         scale = size / max(w, h)
-        new = (round(w * scale), round(h * scale))
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
         img = img.resize(new, Image.Resampling.BICUBIC)
         canvas = Image.new("RGB", (size, size), (0, 0, 0))
         canvas.paste(img, ((size - new[0]) // 2, (size - new[1]) // 2))

@@ -132,7 +132,8 @@ def _load_aesthetic(source, device, dtype) -> ImageHeadModel:
     if os.path.isdir(source) and resolve_file(source, CLIP_WEIGHT_NAMES, required=False):
         backbone_src = source
     visual = load_clip(backbone_src, vision_only=True, device=device, dtype=dtype, default_config=VIT_L_14_OPENAI)
-    head = load_head(source, AESTHETIC_HEAD_NAMES).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    head = load_head(source, AESTHETIC_HEAD_NAMES, feature_dim=visual.output_dim)
+    head = head.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return ImageHeadModel(visual, head, normalize=True, sigmoid=False)
 
 

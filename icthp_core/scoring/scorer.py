@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -203,8 +204,8 @@ class MultiScorer:
     ) -> Iterator[dict]:
         """Score (image path, prompt) items with a background DataLoader; yields one row per item, in order.
 
-        Rows: {"image", "prompt", <metric>: float ..., "error": None} or, for an unreadable image,
-        {"image", "prompt", "error": "<message naming the file>"} (other images are scored as usual).
+        Rows: {"image", "prompt", <metric>: float ..., "error": None} or, for an unreadable image or a NaN/Inf
+        score, {"image", "prompt", "error": "<message naming the file>"} (other images are scored as usual).
         `decode`: "cpu" = PIL-exact preprocessing (default); "gpu" = nvjpeg decode and torch preprocessing on the
         device (within `gpu_preprocess.DECODE_TOLERANCE` of the PIL path); "auto" = gpu on CUDA, else cpu.
         `num_workers`: decoding processes (None: sized from the core count, see `default_workers`).
@@ -246,8 +247,13 @@ class MultiScorer:
             k = 0
             for row in batch["rows"]:
                 if row["error"] is None:
-                    row.update({m: float(scores[m][k]) for m in self.metrics})
+                    values = {m: float(scores[m][k]) for m in self.metrics}
                     k += 1
+                    bad = [m for m, v in values.items() if not math.isfinite(v)]
+                    if bad:
+                        row["error"] = f"{row['image']}: non-finite score for {', '.join(bad)} (not written as NaN)"
+                    else:
+                        row.update(values)
                 yield row
 
 

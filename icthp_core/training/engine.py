@@ -1,140 +1,93 @@
 """A small accelerate training engine shared by the ICT and HP stages.
 
-- configs are dataclasses, loaded from YAML and overridden by `key=value` arguments;
+- configs are dataclasses (:mod:`icthp_core.training.config`: YAML + `key=value` overrides, `recipe: paper |
+  upstream` presets);
 - `accelerate launch` gives DDP / multi-node / DeepSpeed ZeRO-2 (see `train/configs/`);
-- checkpoints: `accelerator.save_state` + a step counter under `<output_dir>/checkpoints/step_<N>/`, written
-  completely before they are marked usable; `resume: auto` continues from the newest one. The data order is a
-  function of (seed, epoch) and random numbers are re-seeded from (seed, step, rank) every step, so a killed and
-  resumed run continues exactly as an uninterrupted one;
-- metrics go to accelerate trackers (tensorboard by default) and `<output_dir>/metrics.jsonl`; a plot
-  `<output_dir>/curves.png` is drawn at the end.
+- checkpoints (:mod:`icthp_core.training.checkpointing`): `accelerator.save_state` + a step counter under
+  `<output_dir>/checkpoints/step_<N>/`, written completely before they are marked usable; `resume: auto` continues
+  from the newest one. The data order is a function of (seed, epoch) and random numbers are re-seeded from
+  (seed, step, rank) every step, so a killed and resumed run continues exactly as an uninterrupted one;
+- with `best_metric` set, the model of the best validation step is exported (the last one too, as `<name>_last`);
+- metrics go to accelerate trackers and `<output_dir>/metrics.jsonl`; a plot `<output_dir>/curves.png` is drawn
+  at the end (:mod:`icthp_core.training.plots`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
-import types
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-logger = logging.getLogger("icthp.train")
+from icthp_core.training.checkpointing import (
+    COMPLETE_MARKER,
+    BestTracker,
+    checkpoint_dir,
+    list_checkpoints,
+    mark_complete,
+    resolve_resume,
+    rotate,
+)
+from icthp_core.training.config import CommonTrainConfig, config_dict, load_config, parse_args
+from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog, read_metrics
+from icthp_core.training.plots import plot_metrics
 
-COMPLETE_MARKER = "COMPLETE"
+__all__ = [
+    "RewardTrainConfig",
+    "Stage",
+    "run",
+    "lr_lambda",
+    "load_config",
+    "parse_args",
+    "config_dict",
+    "read_metrics",
+    "plot_metrics",
+    "list_checkpoints",
+    "COMPLETE_MARKER",
+]
+
+logger = logging.getLogger("icthp.train")
 
 
 @dataclass
-class TrainConfig:
-    """Options common to both stages (YAML keys of the same name)."""
+class RewardTrainConfig(CommonTrainConfig):
+    """Options of the reward-model stages (ICT, HP); the common ones are in :class:`CommonTrainConfig`."""
 
+    #: `recipe: NAME` fills every option of that preset first (explicit keys still win); see docs/training.md
+    RECIPES: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    recipe: str | None = None  # "paper" | "upstream" (None: only the values given)
     output_dir: str = "runs/stage"
     train_data: str = ""  # triplet table (.jsonl/.csv/.parquet) or Pick-High .pkl (with trust_pickle)
     val_data: str | None = None
     image_root: str | None = None  # base folder for relative image paths (default: the table's folder)
-    trust_pickle: bool = False  # allow reading Pick-High's pickled DataFrames (runs code: trusted files only)
     verify_images: bool = False  # decode every image once at load time (bad ones skipped and reported)
     limit_train: int | None = None
     limit_val: int | None = None
     cache_images: bool = False  # keep preprocessed images in memory (small data sets only)
     base_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # hub id or local dir/file of a CLIP
-    seed: int = 0
-    max_steps: int = 1000
     batch_size: int = 32  # per process
-    gradient_accumulation_steps: int = 1
     lr: float = 3e-5
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
     warmup_steps: int = 500
-    lr_schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear"
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"; "no" defers to `accelerate launch --mixed_precision`
+    warmup_type: str = "linear"  # "linear": (s+1)/W | "log": log(s+1)/log(W) (DeepSpeed WarmupDecayLR, upstream)
+    lr_schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear" (linear decay to 0 at max_steps)
     cpu: bool = False  # force CPU (several CPU processes under `accelerate launch` use gloo)
-    gradient_checkpointing: bool = False
     num_workers: int = 2
-    log_every: int = 10
     eval_every: int = 500  # 0: only at the end
-    checkpoint_every: int = 1000  # 0: only at the end
-    checkpoints_total_limit: int | None = 3
-    resume: str | None = "auto"  # "auto" (newest complete checkpoint), a checkpoint dir, or null
-    report_to: str = "tensorboard"  # any accelerate tracker name, "all", or "none"
     eval_batch_size: int = 64
-    plot: bool = True
+    best_metric: str | None = None  # validation metric selecting the exported model (None: the last step)
+    best_mode: str = "max"  # "max" | "min"
+    report_to: str | None = "tensorboard"
     debug_crash_at_step: int | None = None  # testing: hard-exit (as if killed) after this optimizer step
-
-
-# ----------------------------------------------------------------------------------------------- configs
-
-
-def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check option names and convert values to the field types (YAML reads `1e-3` as a string)."""
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(hints)}")
-    out = {}
-    for k, v in data.items():
-        hint = hints[k]
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        args = set(typing.get_args(hint)) if union else {hint}
-        try:
-            if v is None or type(v) in args:
-                pass
-            elif float in args and isinstance(v, str | int):
-                v = float(v)
-            elif int in args and isinstance(v, str):
-                v = int(v)
-            elif any(typing.get_origin(a) is tuple or a is tuple for a in args) and isinstance(v, list):
-                v = tuple(v)
-        except ValueError:
-            raise ValueError(f"{where}: option {k}={v!r} is not a valid {hints[k]}") from None
-        out[k] = v
-    return out
-
-
-def load_config(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None):
-    """Build `cls` from a YAML file and `key=value` overrides (values parsed as YAML scalars)."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config must be a YAML mapping, got {type(loaded).__name__}")
-        data.update(_coerce(cls, loaded, str(path)))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        data.update(_coerce(cls, {k.strip(): yaml.safe_load(v)}, "command line"))
-    return cls(**data)
-
-
-def parse_args(cls: type, argv: list[str] | None, description: str):
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--config", help="YAML file with the options of " + cls.__name__)
-    ap.add_argument("overrides", nargs="*", help="key=value options overriding the YAML file")
-    a = ap.parse_args(argv)
-    return load_config(cls, a.config, a.overrides)
-
-
-def config_dict(cfg) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 # ----------------------------------------------------------------------------------------------- data order
@@ -158,56 +111,47 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
 
 class TrainState:
-    """The step counter saved with every checkpoint (via `register_for_checkpointing`)."""
+    """The step counter and the best validation value, saved with every checkpoint (`register_for_checkpointing`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, best: BestTracker | None = None) -> None:
         self.step = 0
+        self.best = best or BestTracker(None)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "best": self.best.state_dict()}
 
-    def load_state_dict(self, sd: dict[str, int]) -> None:
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.step = int(sd["step"])
+        if "best" in sd:
+            self.best.load_state_dict(sd["best"])
 
 
-def lr_lambda(cfg: TrainConfig):
-    def f(step: int) -> float:
-        if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if cfg.lr_schedule == "linear":
-            return 1.0 - progress
+def lr_lambda(cfg: RewardTrainConfig):
+    """Multiplier of the peak LR at optimizer step s (0-based).
+
+    Warmup (s < W): "linear" (s+1)/W, or "log" log(s+1)/log(W) (DeepSpeed's WarmupDecayLR, warmup_type=log, as the
+    upstream trainer). After warmup: "constant" 1, "cosine" 0.5(1+cos(pi p)), "linear" (T-s)/(T-W) -> 0 at T,
+    with T = max_steps and p = (s-W)/(T-W).
+    """
+    if cfg.warmup_type not in ("linear", "log"):
+        raise ValueError(f"warmup_type={cfg.warmup_type!r}: expected linear or log")
+    if cfg.lr_schedule not in ("constant", "cosine", "linear"):
         raise ValueError(f"lr_schedule={cfg.lr_schedule!r}: expected constant, cosine or linear")
 
+    def f(step: int) -> float:
+        w = cfg.warmup_steps
+        if w > 0 and step < w:
+            if cfg.warmup_type == "log":
+                return math.log(step + 1) / math.log(w) if w > 1 else 1.0
+            return (step + 1) / w
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - w) / max(1, cfg.max_steps - w))
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
     return f
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step_*") if (p / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-
-def resolve_resume(cfg: TrainConfig) -> Path | None:
-    if not cfg.resume:
-        return None
-    if cfg.resume == "auto":
-        ckpts = list_checkpoints(cfg.output_dir)
-        return ckpts[-1] if ckpts else None
-    p = Path(cfg.resume)
-    if not (p / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"resume={cfg.resume}: not a complete checkpoint directory (no {COMPLETE_MARKER})")
-    return p
 
 
 # ----------------------------------------------------------------------------------------------- stage API
@@ -217,7 +161,7 @@ class Stage:
     """What a training stage provides to :func:`run`."""
 
     name = "stage"
-    config: TrainConfig
+    config: RewardTrainConfig
 
     def build(self, accelerator) -> nn.Module:
         """The module to train (its forward is what DDP wraps); trainable params have requires_grad."""
@@ -235,83 +179,19 @@ class Stage:
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         return {}
 
-    def export(self, module: nn.Module, accelerator) -> Path | None:
+    def export(self, module: nn.Module, accelerator, name: str | None = None) -> Path | None:
+        """Write the model in its published layout to `output_dir/<name>` (default: the config's export_name);
+        must not modify `module` (it may be called mid-training for the best-validation model)."""
         return None
 
     def summary(self) -> dict[str, Any]:
         return {}
 
 
-# ----------------------------------------------------------------------------------------------- logging
-
-
-class MetricsLog:
-    """Append-only JSON lines (main process) mirrored to the accelerate trackers."""
-
-    def __init__(self, accelerator, path: Path):
-        self.acc, self.path = accelerator, path
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        values = {k: float(v) for k, v in values.items()}
-        self.acc.log(values, step=step)
-        if self.acc.is_main_process:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
-
-
-def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """{name: [(step, value), ...]} from metrics.jsonl; a value logged again for a step (after a resume) wins."""
-    series: dict[str, dict[int, float]] = {}
-    p = Path(path)
-    if not p.is_file():
-        return {}
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        step = int(row.pop("step"))
-        for k, v in row.items():
-            series.setdefault(k, {})[step] = v
-    return {k: sorted(v.items()) for k, v in series.items()}
-
-
-def plot_metrics(metrics_file: str | os.PathLike, out_png: str | os.PathLike, title: str = "") -> Path:
-    """Loss curves (left) and validation accuracies (right) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = read_metrics(metrics_file)
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
-    for k, pts in series.items():
-        if k.startswith("train/") and "lr" not in k:
-            ax_l.plot(*zip(*pts, strict=True), label=k)
-        elif k.startswith("val/"):
-            ax_a.plot(*zip(*pts, strict=True), marker="o", label=k)
-    ax_l.set_xlabel("step")
-    ax_l.set_ylabel("loss")
-    ax_l.set_title("training loss")
-    ax_a.set_xlabel("step")
-    ax_a.set_ylabel("pairwise accuracy")
-    ax_a.set_title("validation accuracy")
-    ax_a.axhline(0.5, color="grey", lw=0.8, ls="--")
-    for ax in (ax_l, ax_a):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
-
-
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def _make_accelerator(cfg: TrainConfig):
+def _make_accelerator(cfg: RewardTrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -385,7 +265,9 @@ def run(stage: Stage) -> dict[str, Any]:
     # The schedule counts optimizer steps whatever the number of processes (accelerate's prepared scheduler would
     # step once per process), so it is stepped here on every synchronised step and checkpointed by us.
     sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer if hasattr(opt, "optimizer") else opt, lr_lambda(cfg))
-    state = TrainState()
+    if cfg.best_metric and not cfg.val_data:
+        raise ValueError(f"best_metric={cfg.best_metric!r} needs val_data (a validation table)")
+    state = TrainState(BestTracker(cfg.best_metric, cfg.best_mode))
     acc.register_for_checkpointing(state)
     acc.register_for_checkpointing(sched)
 
@@ -397,15 +279,14 @@ def run(stage: Stage) -> dict[str, Any]:
             f"{acc.num_processes} processes x gradient_accumulation_steps={cfg.gradient_accumulation_steps}"
         )
 
-    resume_dir = resolve_resume(cfg)
+    resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
     if resume_dir is not None:
         acc.load_state(str(resume_dir))
         logger.info("resumed from %s at step %d", resume_dir, state.step)
-    if acc.is_main_process and resume_dir is None and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run: do not mix curves with an older one
     if log_with_trackers(cfg):
         acc.init_trackers(stage.name, config=_flat_config(cfg))
-    mlog = MetricsLog(acc, out / "metrics.jsonl")
+    mlog = MetricsLog(out / METRICS_FILE, acc, fresh=resume_dir is None, trackers=log_with_trackers(cfg))
+    export_name = getattr(cfg, "export_name", stage.name)
     val_loader = _loader(val_ds, cfg.eval_batch_size, num_workers=cfg.num_workers) if val_ds is not None else None
 
     def evaluate(step: int) -> dict[str, float]:
@@ -418,18 +299,20 @@ def run(stage: Stage) -> dict[str, Any]:
             m.train()
             mlog.log({f"val/{k}": v for k, v in res.items()}, step)
             logger.info("step %d validation: %s", step, json.dumps({k: round(v, 4) for k, v in res.items()}))
+            if state.best.update(step, res):
+                path = stage.export(acc.unwrap_model(module), acc, export_name)
+                (out / "best.json").write_text(json.dumps({**state.best.state_dict(), "exported": str(path)}))
+                logger.info("step %d: new best %s=%.4f, exported to %s", step, cfg.best_metric, state.best.value, path)
         acc.wait_for_everyone()
         return res
 
     def checkpoint(step: int) -> None:
-        d = out / "checkpoints" / f"step_{step}"
+        d = checkpoint_dir(out, step)
         acc.save_state(str(d))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (d / COMPLETE_MARKER).write_text(str(step))
-            if cfg.checkpoints_total_limit:
-                for old in list_checkpoints(out)[: -cfg.checkpoints_total_limit]:
-                    shutil.rmtree(old, ignore_errors=True)
+            mark_complete(d, step)
+            rotate(out, cfg.checkpoints_total_limit)
         acc.wait_for_everyone()
 
     module.train()
@@ -487,8 +370,11 @@ def run(stage: Stage) -> dict[str, Any]:
 
     last_val = evaluate(step) or last_val
     exported = None
-    if acc.is_main_process:
-        exported = stage.export(acc.unwrap_model(module), acc)
+    if acc.is_main_process:  # with best_metric the best model is `export_name`, the last one `<export_name>_last`
+        last_name = f"{export_name}_last" if cfg.best_metric else export_name
+        exported = stage.export(acc.unwrap_model(module), acc, last_name)
+        if cfg.best_metric:
+            exported = out / export_name if state.best.step is not None else exported
     acc.wait_for_everyone()
     summary = {
         "stage": stage.name,
@@ -496,17 +382,18 @@ def run(stage: Stage) -> dict[str, Any]:
         "num_processes": acc.num_processes,
         "val": last_val,
         "exported": str(exported) if exported else None,
+        "best": state.best.state_dict() if cfg.best_metric else None,
         **stage.summary(),
     }
     if acc.is_main_process:
         (out / f"{stage.name}_summary.json").write_text(json.dumps(summary, indent=2))
         if cfg.plot:
-            plot_metrics(out / "metrics.jsonl", out / "curves.png", title=f"{stage.name} training")
+            plot_metrics(out / METRICS_FILE, out / "curves.png", title=f"{stage.name} training")
     acc.end_training()
     return summary
 
 
-def log_with_trackers(cfg: TrainConfig) -> bool:
+def log_with_trackers(cfg: RewardTrainConfig) -> bool:
     return cfg.report_to not in (None, "", "none")
 
 

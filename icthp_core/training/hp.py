@@ -1,22 +1,26 @@
 """Stage 2: train the HP model (paper §4.2.3) with the ICT model frozen.
 
-    accelerate launch -m icthp_cli train-hp --config train/configs/hp.yaml [key=value ...]
+    accelerate launch -m icthp_cli train-hp --config train/configs/hp_upstream.yaml [key=value ...]
 
-HP backbone = the vision tower of `base_model` (LAION CLIP-H) with its first `freeze_fraction` (half) frozen:
-patch/position embeddings, pre-LayerNorm and the first half of the transformer blocks. The latter half, the
-post-LayerNorm, the projection and the MLP head are trained with the margin ranking loss (eq. 13, m = 0.2) on
-I1 < I2 < I3 (or, for a pairs table, on winner > loser with ties skipped). The frozen ICT model (`ict_model`,
-optional) is only used to report ICT-HP validation accuracy.
+HP backbone = the vision tower of `base_model` (LAION CLIP-H) + an MLP head, trained on I1 < I2 < I3 (or, for a
+pairs table, on winner > loser with ties skipped). Two recipes (`recipe: paper | upstream`, docs/training.md):
+- paper: stem (patch/position embeddings, pre-LayerNorm) and the first half of the blocks frozen; the rest, the
+  post-LayerNorm, the projection and the head trained with the margin loss of eq. 13 (m = 0.2);
+- upstream (BarretBa/ICTHP): of [blocks..., post-LN] the first int(n * 0.5) frozen (blocks 0-15 of CLIP-H),
+  the projection frozen, embeddings and pre-LN trainable; loss = HP margin loss (m = 0.3) + the ICT-HP term
+  (:func:`~icthp_core.training.losses.icthp_margin_loss`, frozen ICT in the loop) over the gathered batch;
+  the best validation step by upstream's ICT-HP accuracy is exported.
 Exported to `<output_dir>/HP` (`hp_backbone/`, `hp_scorer/`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +29,7 @@ from icthp_core.checkpoints.export import save_hp
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import PairDataset, detect_kind, load_pairs
 from icthp_core.evaluation.metrics import pairwise_accuracy
+from icthp_core.evaluation.protocols import upstream_validation_accuracy
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
 from icthp_core.scoring.text import tokenize
 from icthp_core.training import engine
@@ -36,21 +41,40 @@ from icthp_core.training.common import (
     triplet_dataset,
     triplet_metrics,
 )
-from icthp_core.training.losses import hp_margin_loss, pair_margin_loss
+from icthp_core.training.losses import gather_batch, hp_stage_loss, pair_margin_loss
 
 logger = logging.getLogger("icthp.train.hp")
 
 
 @dataclass
-class HPConfig(engine.TrainConfig):
+class HPConfig(engine.RewardTrainConfig):
+    #: the two recipes (docs/training.md has the source of every value)
+    RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": dict(
+            lr=3e-6, weight_decay=0.0, warmup_steps=500, warmup_type="linear", lr_schedule="constant",
+            max_steps=50000, batch_size=32, margin=0.2, freeze_rule="paper", freeze_fraction=0.5,
+            hp_loss_weight=1.0, icthp_loss_weight=0.0, max_grad_norm=1.0, best_metric=None,
+        ),
+        "upstream": dict(
+            lr=3e-6, weight_decay=0.01, warmup_steps=500, warmup_type="log", lr_schedule="linear",
+            max_steps=50000, batch_size=32, margin=0.3, freeze_rule="upstream", freeze_fraction=0.5,
+            hp_loss_weight=1.0, icthp_loss_weight=1.0, gather_batch=True, max_grad_norm=1.0,
+            best_metric="ict_hp_upstream/accuracy", best_mode="max",
+        ),
+    }  # fmt: skip
+
     output_dir: str = "runs/hp"
     lr: float = 3e-6
     margin: float = 0.2
+    freeze_rule: str = "paper"  # "paper" | "upstream" (which vision parameters train; see the module docstring)
     freeze_fraction: float = 0.5  # fraction of the vision transformer blocks (from the input side) kept frozen
+    hp_loss_weight: float = 1.0
+    icthp_loss_weight: float = 0.0  # > 0: add upstream's ICT-HP margin term (needs ict_model)
+    gather_batch: bool = True  # under DDP compute the loss on every process's triplets (as upstream)
     score_space: str = "logit"  # margin on the head output before the sigmoid ("logit", as upstream) or after
     head_dims: tuple[int, ...] = (1024, 128, 64, 16)  # hidden sizes of the head (published HP: 1024,128,64,16)
     init_hp: str | None = None  # continue from a published-layout HP dir instead of base_model + a new head
-    ict_model: str | None = None  # frozen ICT (dir/hub id) for ICT-HP validation accuracy
+    ict_model: str | None = None  # frozen ICT (dir/hub id): the ICT-HP loss term and ICT-HP validation accuracy
     preprocess_mode: str = "crop"
     export_name: str = "HP"
 
@@ -71,7 +95,7 @@ def new_head(in_dim: int, hidden: tuple[int, ...], seed: int) -> HPHead:
 
 
 def freeze_first_half(visual: nn.Module, fraction: float) -> int:
-    """Freeze the stem and the first `fraction` of the transformer blocks of an open_clip VisionTransformer.
+    """Paper rule: freeze the stem and the first `fraction` of the blocks of an open_clip VisionTransformer.
 
     Returns the number of frozen blocks. Everything after them (blocks, ln_post, proj) stays trainable.
     """
@@ -87,6 +111,31 @@ def freeze_first_half(visual: nn.Module, fraction: float) -> int:
         for blk in blocks[:n_frozen]:
             blk.requires_grad_(False)
     return n_frozen
+
+
+def freeze_upstream(visual: nn.Module, fraction: float) -> int:
+    """Upstream rule (`set_grad_with_rate` in BarretBa/ICTHP `icthp_model.py`) on an open_clip VisionTransformer.
+
+    Of the layers [blocks..., ln_post] the first int(len * fraction) are frozen, the rest trainable; the
+    projection is frozen; the embeddings and ln_pre are never touched (trainable). fraction = 0 freezes the whole
+    tower, as upstream. Returns the number of frozen blocks.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"freeze_fraction must be in [0, 1], got {fraction}")
+    if fraction == 0:
+        visual.requires_grad_(False)
+        return len(visual.transformer.resblocks)
+    visual.requires_grad_(True)
+    layers = [*visual.transformer.resblocks, visual.ln_post]
+    n_fix = int(len(layers) * fraction)
+    for i, layer in enumerate(layers):
+        layer.requires_grad_(i >= n_fix)
+    if isinstance(getattr(visual, "proj", None), nn.Parameter):
+        visual.proj.requires_grad_(False)
+    return min(n_fix, len(visual.transformer.resblocks))
+
+
+FREEZE_RULES = {"paper": freeze_first_half, "upstream": freeze_upstream}
 
 
 class HPTrainModule(nn.Module):
@@ -106,6 +155,10 @@ class HPStage(engine.Stage):
     def __init__(self, cfg: HPConfig):
         if cfg.score_space not in ("logit", "sigmoid"):
             raise ValueError(f"score_space={cfg.score_space!r}: expected 'logit' or 'sigmoid'")
+        if cfg.freeze_rule not in FREEZE_RULES:
+            raise ValueError(f"freeze_rule={cfg.freeze_rule!r}: expected one of {sorted(FREEZE_RULES)}")
+        if cfg.icthp_loss_weight and not cfg.ict_model:
+            raise ValueError("icthp_loss_weight > 0 needs ict_model (the frozen ICT model of stage 1)")
         self.config = cfg
         self.out = Path(cfg.output_dir)
         self.reports: dict[str, Any] = {}
@@ -118,7 +171,7 @@ class HPStage(engine.Stage):
             visual = load_clip(cfg.base_model, vision_only=True, device="cpu", dtype="fp32")
             in_dim = visual.output_dim if hasattr(visual, "output_dim") else visual.proj.shape[1]
             hp = HPModel(visual, new_head(in_dim, tuple(cfg.head_dims), cfg.seed))
-        self.n_frozen = freeze_first_half(hp.visual, cfg.freeze_fraction)
+        self.n_frozen = FREEZE_RULES[cfg.freeze_rule](hp.visual, cfg.freeze_fraction)
         hp.head.requires_grad_(True)
         hp.fold_head = False
         if cfg.gradient_checkpointing:
@@ -172,9 +225,24 @@ class HPStage(engine.Stage):
         s = module(pixels).float()
         if cfg.score_space == "sigmoid":
             s = torch.sigmoid(s)
-        s1, s2, s3 = s.chunk(3)
-        loss = hp_margin_loss(s1, s2, s3, cfg.margin)
-        return loss, {"acc_I2>I1": (s2 > s1).float().mean().item(), "acc_I3>I2": (s3 > s2).float().mean().item()}
+        s = torch.stack(s.chunk(3), dim=1)  # [B, 3]: I1, I2, I3
+        ict = None
+        if cfg.icthp_loss_weight:
+            with torch.no_grad():
+                ict = torch.stack(
+                    [self.ict(batch[f"pixels_{k}"], batch["easy_tokens"]).float() for k in (1, 2, 3)], dim=1
+                )
+        if cfg.gather_batch and accelerator.num_processes > 1:
+            s, ict = gather_batch(s, ict)
+        loss, hp_term, icthp_term = hp_stage_loss(s, cfg.margin, ict, cfg.hp_loss_weight, cfg.icthp_loss_weight)
+        logs = {
+            "hp_loss": hp_term.item(),
+            "acc_I2>I1": (s[:, 1] > s[:, 0]).float().mean().item(),
+            "acc_I3>I2": (s[:, 2] > s[:, 1]).float().mean().item(),
+        }
+        if icthp_term is not None:
+            logs["icthp_loss"] = icthp_term.item()
+        return loss, logs
 
     def evaluate(self, module, loader, accelerator):
         hp = module.hp
@@ -189,7 +257,8 @@ class HPStage(engine.Stage):
             d = lab != 0.5
             better, worse = torch.where(lab > 0.5, s0, s1)[d], torch.where(lab > 0.5, s1, s0)[d]
             return {"pairs_no_ties": pairwise_accuracy(better, worse)}
-        hp_s = score_triplet_loader(loader, lambda b, k: torch.sigmoid(module(b[f"pixels_{k}"])), dev)
+        logits = score_triplet_loader(loader, lambda b, k: module(b[f"pixels_{k}"]), dev)
+        hp_s = [torch.sigmoid(x) for x in logits]
         res = triplet_metrics(*hp_s)
         if self.ict is not None:
             if getattr(self, "_val_ict", None) is None:
@@ -197,14 +266,18 @@ class HPStage(engine.Stage):
                     loader, lambda b, k: self.ict(b[f"pixels_{k}"], b["easy_tokens"]), dev
                 )
             prod = [a * b for a, b in zip(self._val_ict, hp_s, strict=True)]
-            res.update(triplet_metrics(*prod, prefix="ict_hp/"))
+            res.update(triplet_metrics(*prod, prefix="ict_hp/"))  # paper eq. 20: ICT x sigmoid(HP)
+            up = upstream_validation_accuracy(
+                torch.stack(self._val_ict, 1).numpy(), torch.stack(logits, 1).numpy()
+            )  # upstream's selection metric: ICT x softmax over the triplet of HP logits, ties 0
+            res.update({f"ict_hp_upstream/{k}": v for k, v in up.items()})
         del hp
         return res
 
-    def export(self, module, accelerator):
-        hp = module.hp.float().cpu().eval()
+    def export(self, module, accelerator, name=None):
+        hp = copy.deepcopy(module.hp).float().cpu().eval()  # the training model stays as it is
         hp.fold_head = True
-        path = save_hp(hp, self.out / self.config.export_name, config=getattr(hp.visual, "hf_config", None))
+        path = save_hp(hp, self.out / (name or self.config.export_name), config=getattr(hp.visual, "hf_config", None))
         logger.info("exported HP to %s", path)
         return path
 

@@ -1,6 +1,6 @@
 """Stage 1: train the ICT model (full fine-tuning of a CLIP on ICT labels, paper §4.2.2).
 
-    accelerate launch -m icthp_cli train-ict --config train/configs/ict.yaml [key=value ...]
+    accelerate launch -m icthp_cli train-ict --config train/configs/ict_upstream.yaml [key=value ...]
 
 Missing ICT labels are built first (eq. 2-8) with the base CLIP (`label_model`), theta from `theta` or
 automatically from the `theta_percentile` of CLIP(I3, P_easy); they are written to
@@ -10,11 +10,12 @@ The trained model is exported to `<output_dir>/ICT` in the published layout.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,7 +39,19 @@ logger = logging.getLogger("icthp.train.ict")
 
 
 @dataclass
-class ICTConfig(engine.TrainConfig):
+class ICTConfig(engine.RewardTrainConfig):
+    #: the two recipes (docs/training.md has the source of every value)
+    RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": dict(
+            lr=3e-5, weight_decay=0.0, warmup_steps=500, warmup_type="linear", lr_schedule="constant",
+            max_steps=40000, batch_size=32, lam=0.1, max_grad_norm=1.0, best_metric=None,
+        ),
+        "upstream": dict(
+            lr=3e-6, weight_decay=0.01, warmup_steps=500, warmup_type="log", lr_schedule="linear",
+            max_steps=5000, batch_size=32, lam=0.5, max_grad_norm=1.0, best_metric="avg", best_mode="max",
+        ),
+    }  # fmt: skip
+
     output_dir: str = "runs/ict"
     lr: float = 3e-5
     lam: float = 0.1  # weight of the in-batch negative loss (lambda)
@@ -230,9 +243,9 @@ class ICTStage(engine.Stage):
 
         return triplet_metrics(*score_triplet_loader(loader, score, accelerator.device))
 
-    def export(self, module, accelerator):
-        ict = module.ict.float().cpu().eval()
-        path = save_ict(ict, self.out / self.config.export_name, config=getattr(ict.clip, "hf_config", None))
+    def export(self, module, accelerator, name=None):
+        ict = copy.deepcopy(module.ict).float().cpu().eval()  # the training model stays as it is
+        path = save_ict(ict, self.out / (name or self.config.export_name), config=getattr(ict.clip, "hf_config", None))
         logger.info("exported ICT to %s", path)
         return path
 

@@ -14,6 +14,10 @@ The paper writes sums; means (as in the upstream trainer) keep the loss scale in
 w(y) is kept exactly as published; for cosine scores (|y| <= 1 < beta) it is ~1, i.e. it only matters if the
 scores are scaled (set `score_scale`, e.g. a 1/tau temperature, in :func:`ict_scores`).
 
+HP, upstream recipe (BarretBa/ICTHP `icthp_criterion.py`, `loss_hp` + `loss_icthp`): the HP loss above with
+m = 0.3, plus an ICT-HP term on q = ICT_easy * softmax over the triplet of the raw HP logits (the frozen ICT
+model's cosines with the easy prompt): sum over the (gathered) batch of max(0, m - (q2 - q1)) + max(0, m - (q3 - q2)).
+
 HP (eq. 13): mean hinge max(0, -(s2 - s1) + m) + mean hinge max(0, -(s3 - s2) + m), m = 0.2, on the HP scores
 of I1 < I2 < I3 (the trainer uses the head's pre-sigmoid output by default, as upstream; see `train/`).
 """
@@ -34,6 +38,9 @@ __all__ = [
     "ict_loss",
     "hp_margin_loss",
     "pair_margin_loss",
+    "icthp_margin_loss",
+    "hp_stage_loss",
+    "gather_batch",
 ]
 
 
@@ -143,3 +150,44 @@ def pair_margin_loss(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, 
     worse = torch.where(label_0 > 0.5, s1, s0)
     hinge = (margin - (better - worse)).clamp_min(0) * decisive
     return hinge.sum() / decisive.sum().clamp_min(1)
+
+
+def icthp_margin_loss(ict: torch.Tensor, hp_logits: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """Upstream's ICT-HP term: q = ict * softmax_triplet(hp_logits) ([B, 3] each, columns I1, I2, I3);
+    sum over the batch of max(0, m - (q2 - q1)) + max(0, m - (q3 - q2)) (a sum, not a mean, as upstream)."""
+    if ict.shape != hp_logits.shape or ict.ndim != 2 or ict.shape[1] != 3:
+        raise ValueError(f"ict and hp_logits must both be [B, 3], got {tuple(ict.shape)}, {tuple(hp_logits.shape)}")
+    q = ict.to(hp_logits.dtype) * torch.softmax(hp_logits, dim=-1)
+    return (margin - (q[:, 1] - q[:, 0])).clamp_min(0).sum() + (margin - (q[:, 2] - q[:, 1])).clamp_min(0).sum()
+
+
+def hp_stage_loss(
+    hp_logits: torch.Tensor,
+    margin: float,
+    ict: torch.Tensor | None = None,
+    hp_weight: float = 1.0,
+    icthp_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(total, hp term, ict-hp term) of the HP stage on [B, 3] logits of (I1, I2, I3) (already gathered if DDP).
+
+    total = hp_weight * mean margin loss (eq. 13) + icthp_weight * :func:`icthp_margin_loss` (needs `ict`).
+    """
+    hp = hp_margin_loss(hp_logits[:, 0], hp_logits[:, 1], hp_logits[:, 2], margin)
+    if not icthp_weight:
+        return hp_weight * hp, hp.detach(), None
+    if ict is None:
+        raise ValueError("the ICT-HP loss term needs the frozen ICT model's scores (set ict_model)")
+    icthp = icthp_margin_loss(ict, hp_logits, margin)
+    return hp_weight * hp + icthp_weight * icthp, hp.detach(), icthp.detach()
+
+
+def gather_batch(hp: torch.Tensor, ict: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every process's [B, 3] HP logits (differentiable all_gather, as upstream) and ICT scores, rank order."""
+    import torch.distributed.nn.functional as dist_fn
+
+    hp = torch.cat(dist_fn.all_gather(hp.contiguous()))
+    if ict is not None:
+        parts = [torch.empty_like(ict) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, ict.contiguous())
+        ict = torch.cat(parts)
+    return hp, ict

@@ -55,14 +55,15 @@ def test_validate_images_rejects_non_images_and_limits(tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     ok, rejected = logic.validate_images([*imgs, bad], UploadLimits())
-    assert ok == imgs and rejected == ["notes.png: not an image (rejected)"]
+    assert ok == imgs and rejected == ["notes.png: not an image (unrecognised format)"]
     with pytest.raises(InputError, match="at least 2"):
         logic.validate_images([imgs[0], bad], UploadLimits())
     with pytest.raises(InputError, match="at most 2"):
         logic.validate_images(imgs, UploadLimits(max_count=2))
     big = _img(tmp_path / "big.png", size=(300, 300))
     assert "limit" in logic.check_image(big, UploadLimits(max_bytes=100))
-    assert "pixel limit" in logic.check_image(big, UploadLimits(max_pixels=1000))
+    # the same decode-and-limit check as scoring (icthp_core.data.images.decode_image)
+    assert "300x300 = 90,000 pixels is over the limit of 1,000" in logic.check_image(big, UploadLimits(max_pixels=1000))
     assert logic.unique_names(["a/x.png", "b/x.png", "y.png"]) == ["x.png", "x.png (2)", "y.png"]
 
 

@@ -59,9 +59,12 @@ def test_text_encoder_swap_keeps_clip_skip(icthp_folder, make_sd2_clip):
     torch.testing.assert_close(swapped.encode_from_tokens(toks), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_text_encoder_swap_errors(icthp_folder, make_sd2_clip, tmp_path):
+def test_text_encoder_swap_errors(icthp_folder, make_sd2_clip, tmp_path, monkeypatch):
     from comfy_nodes.encoder_nodes import ICTHPTextEncoderSwap, swap_text_encoder
+    from comfy_nodes.paths import ALLOW_ANY_PATH_ENV
     from icthp_core.testing.tiny import save_tiny_ict
+
+    monkeypatch.setenv(ALLOW_ANY_PATH_ENV, "1")  # a model outside models/icthp, allowed explicitly
 
     small = save_tiny_ict(tmp_path / "ict2", seed=3)  # 2 text layers: does not fit the 3-layer CLIP
     with pytest.raises(ValueError, match="does not fit this CLIP"):

@@ -154,9 +154,13 @@ def test_best_of_n_reindexes_images_latent_and_mask(reward_model):
     assert lat["batch_index"] == order[:2] and msk[:, 0, 0].tolist() == [float(i) for i in order[:2]]
     assert "kept 2 of 5" in summary
 
-    # k above the batch keeps everything (rejected is an empty batch); a batch of one works
+    # k above the batch keeps everything; nothing is rejected, so the nodes fed by rejected_images are blocked
+    # (ComfyUI's ExecutionBlocker, silent) rather than given an empty batch that PreviewImage cannot show
+    from comfy_execution.graph_utils import ExecutionBlocker
+
     out = ICTHPBestOfN.execute(reward_model=reward_model, images=images, prompt=prompt, k=9).result
-    assert out[0].shape[0] == 5 and out[4].shape[0] == 0 and out[2] is None and out[3] is None
+    assert out[0].shape[0] == 5 and out[2] is None and out[3] is None and out[5] == []
+    assert isinstance(out[4], ExecutionBlocker) and out[4].message is None
     one = ICTHPBestOfN.execute(reward_model=reward_model, images=images[:1], prompt=prompt, k=1).result
     assert torch.equal(one[0], images[:1]) and len(one[1]) == 1
 
@@ -195,12 +199,15 @@ def test_baseline_through_the_loader(icthp_folder, reward_model):
     assert "hpsv2_1" in dict(_Holder({"hpsv2.1": torch.nn.Linear(1, 1)}).named_children())
 
 
-def test_changed_model_files_are_reloaded(icthp_folder, tmp_path):
+def test_changed_model_files_are_reloaded(icthp_folder, tmp_path, monkeypatch):
     """fingerprint_inputs (ComfyUI's re-run check) and the in-process cache both notice changed files."""
     import os
     import shutil
 
+    from comfy_nodes.paths import ALLOW_ANY_PATH_ENV
     from comfy_nodes.reward_nodes import ICTHPLoader
+
+    monkeypatch.setenv(ALLOW_ANY_PATH_ENV, "1")  # a folder outside models/icthp, allowed explicitly
 
     src = tmp_path / "ict_copy"
     shutil.copytree(icthp_folder / "ict", src)

@@ -205,3 +205,14 @@ def test_select_and_save_example_runs(server):
     assert out["9"]["text"][0].startswith("weighted: kept 2 of 3, threshold -10.0")
     assert len(out["10"]["images"]) == 2  # the list output ran the save node once per kept image
     assert out["11"]["text"][0].endswith("\n3 present")  # the tiny ICT and HP files in models/icthp
+
+
+def test_example_workflow_with_k_at_least_the_batch_runs(server):
+    """Nothing rejected: the PreviewImage fed by rejected_images is skipped (ExecutionBlocker), the run succeeds."""
+    url, _ = server
+    wf = _example()
+    wf["8"]["inputs"]["k"] = 3  # the example's batch has 3 images
+    result = _run(url, wf)
+    assert result["status"]["status_str"] == "success", result["status"]
+    assert result["outputs"]["8"]["text"][0].startswith("ict_hp: kept 3 of 3")
+    assert len(result["outputs"]["9"]["images"]) == 3 and "10" not in result["outputs"]

@@ -71,7 +71,7 @@ def test_example_configs_parse(name):
     from icthp_core.diffusion.draft_train import parse_config
 
     cfg = parse_config(["--config", str(ROOT / "examples" / "diffusers" / name)])
-    assert cfg.learning_rate == 5e-6 and cfg.guidance_scale == 0.0
+    assert cfg.lr == 5e-6 and cfg.guidance_scale == 0.0
     assert (cfg.num_steps, cfg.k) in ((8, 3), (4, 1))
 
 

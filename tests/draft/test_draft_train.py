@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from icthp_core.data.prompts import load_prompts
-from icthp_core.diffusion.draft_train import TrainConfig, parse_config, train
+from icthp_core.diffusion.draft_train import DraftTrainConfig, parse_config, train
 
 
-def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> TrainConfig:
+def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> DraftTrainConfig:
     base = dict(
         base_model=str(pipe_dir),
         prompts=str(prompt_file),
@@ -21,23 +21,28 @@ def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> TrainConfig:
         reward_sources=rewards,
         output_dir=str(out),
         resolution=32,
-        iterations=8,
+        max_steps=8,
         batch_size=2,
-        learning_rate=1e-2,
+        lr=1e-2,
         rank=4,
         mixed_precision="no",
         max_sequence_length=16,
         log_every=2,
         sample_every=8,
-        save_every=0,
+        checkpoint_every=0,
         sample_seeds=[0, 1],
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return DraftTrainConfig(**base)
 
 
 def _log(out):
-    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    """metrics.jsonl rows with the `train/` / `val/` prefixes dropped (reward, loss, ...; val/reward = eval_reward)."""
+    rows = []
+    for ln in (out / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(ln)
+        rows.append({("eval_reward" if k == "val/reward" else k.split("/", 1)[-1]): v for k, v in row.items()})
+    return rows
 
 
 @pytest.mark.parametrize("arch", ["sd3", "flux"])
@@ -49,7 +54,7 @@ def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_
     assert evals[1] > evals[0] + 1e-4, evals
     train_rows = [r for r in _log(out) if "reward" in r]
     assert len(train_rows) == 4 and all(r["grad_norm"] > 0 for r in train_rows)
-    assert final.is_file() and (out / "reward_curve.png").is_file()
+    assert final.is_file() and (out / "curves.png").is_file()
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000000.png", "step_000008.png"]
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["num_steps"], cfg["k"]) == ((8, 3) if arch == "sd3" else (4, 1))  # paper defaults
@@ -59,13 +64,13 @@ def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_r
     import icthp_core.diffusion.draft_train as mod
 
     kw = dict(sample_every=0, num_steps=4, k=2)
-    full = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path / "a", iterations=4, **kw))
+    full = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path / "a", max_steps=4, **kw))
     part = tmp_path / "b"
-    train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, iterations=2, **kw))
+    train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, max_steps=2, **kw))
     calls = []
     real = mod.load_pipeline
     monkeypatch.setattr(mod, "load_pipeline", lambda *a, **k: calls.append(k) or real(*a, **k))
-    resumed = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, iterations=4, **kw))
+    resumed = train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, part, max_steps=4, **kw))
     assert calls == [{"text": False}]  # text embeddings came from the cache: no text encoder loaded
     a, b = load_file(full), load_file(resumed)
     assert a.keys() == b.keys()
@@ -81,12 +86,12 @@ def test_sd3_cfg_training_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp
             prompt_file,
             tiny_rewards,
             tmp_path,
-            iterations=1,
+            max_steps=1,
             num_steps=2,
             k=1,
             guidance_scale=3.0,
             sample_every=1,
-            learning_rate=1e-3,
+            lr=1e-3,
         )
     )
     assert final.is_file() and [r["step"] for r in _log(tmp_path) if "eval_reward" in r] == [0, 1]
@@ -96,28 +101,23 @@ def test_parse_config_yaml_and_overrides(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("prompts: p.txt\nreward: 'ict:1,hp:0.5'\nrank: 8\nreward_sources: {ict: /x}\nrefl_range: [0.5, 1.0]\n")
     cfg = parse_config(
-        [
-            "--config",
-            str(y),
-            "--rank",
-            "4",
-            "--variant",
-            "refl",
-            "--reward_hinge",
-            "0.9",
-            "--gradient_checkpointing",
-            "false",
-            "--k",
-            "None",
-        ]
+        ["--config", str(y), "rank=4", "variant=refl", "reward_hinge=0.9", "gradient_checkpointing=false", "k=null"]
     )
     assert (cfg.prompts, cfg.reward, cfg.rank, cfg.variant) == ("p.txt", "ict:1,hp:0.5", 4, "refl")
     assert cfg.reward_sources == {"ict": "/x"} and cfg.refl_range == (0.5, 1.0)
     assert cfg.reward_hinge == 0.9 and cfg.gradient_checkpointing is False and cfg.k is None
-    assert cfg.learning_rate == 5e-6  # paper default
+    assert cfg.lr == 5e-6  # paper default
     y.write_text("prompts: p.txt\nrnak: 3\n")
-    with pytest.raises(SystemExit, match="rnak"):
+    with pytest.raises(ValueError, match="rnak"):
         parse_config(["--config", str(y)])
+    # old names give one line naming the new one; the --key value form is refused with the key=value form shown
+    y.write_text("prompts: p.txt\niterations: 3\n")
+    with pytest.raises(ValueError, match="'iterations' was renamed to 'max_steps'"):
+        parse_config(["--config", str(y)])
+    with pytest.raises(ValueError, match="rank=VALUE"):
+        parse_config(["prompts=p.txt", "--rank", "4"])
+    with pytest.raises(ValueError, match="'learning_rate' was renamed to 'lr'"):
+        parse_config(["prompts=p.txt", "learning_rate=1e-3"])
 
 
 def test_load_prompts_formats(tmp_path):
@@ -175,10 +175,10 @@ def test_trainer_variants_run(kw, tiny_pipeline_dirs, prompt_file, tiny_rewards,
             prompt_file,
             tiny_rewards,
             tmp_path,
-            iterations=2,
+            max_steps=2,
             log_every=1,
             sample_every=0,
-            learning_rate=1e-3,
+            lr=1e-3,
             **kw,
         )
     )
@@ -237,32 +237,19 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_fil
         port,
         "-m",
         "icthp_core.diffusion.draft_train",
-        "--base_model",
-        str(tiny_pipeline_dirs["flux"]),
-        "--prompts",
-        str(prompt_file),
-        "--reward",
-        "ict_hp",
-        "--reward_sources",
-        json.dumps(tiny_rewards),
-        "--output_dir",
-        str(out),
-        "--resolution",
-        "32",
-        "--iterations",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--log_every",
-        "1",
-        "--sample_every",
-        "0",
-        "--save_every",
-        "0",
-        "--rank",
-        "4",
-        "--learning_rate",
-        "1e-2",
+        f"base_model={tiny_pipeline_dirs['flux']}",
+        f"prompts={prompt_file}",
+        "reward=ict_hp",
+        f"reward_sources={json.dumps(tiny_rewards)}",
+        f"output_dir={out}",
+        "resolution=32",
+        "max_steps=2",
+        "mixed_precision=no",
+        "log_every=1",
+        "sample_every=0",
+        "checkpoint_every=0",
+        "rank=4",
+        "lr=1e-2",
     ]
     env = {
         **os.environ,

@@ -22,11 +22,27 @@ from tests.train.conftest import REPO, common_overrides
 
 
 def test_yaml_configs_load_with_overrides(tmp_path):
-    ict = engine.load_config(ICTConfig, REPO / "train" / "configs" / "ict.yaml", ["lr=1e-4", "max_steps=7"])
+    ict = engine.load_config(ICTConfig, REPO / "train" / "configs" / "ict_paper.yaml", ["lr=1e-4", "max_steps=7"])
     assert ict.lr == 1e-4 and ict.max_steps == 7 and ict.lam == 0.1 and ict.alpha == 20 and ict.beta == 6
     assert ict.mixed_precision == "bf16" and ict.gradient_checkpointing and ict.theta is None
-    hp = engine.load_config(HPConfig, REPO / "train" / "configs" / "hp.yaml", ["head_dims=[8,8,4,4]"])
+    hp = engine.load_config(HPConfig, REPO / "train" / "configs" / "hp_paper.yaml", ["head_dims=[8,8,4,4]"])
     assert hp.lr == 3e-6 and hp.margin == 0.2 and hp.freeze_fraction == 0.5 and hp.head_dims == (8, 8, 4, 4)
+    up = engine.load_config(HPConfig, REPO / "train" / "configs" / "hp_upstream.yaml", ["margin=0.25"])
+    assert (up.recipe, up.margin, up.weight_decay, up.warmup_type, up.lr_schedule) == (
+        "upstream",
+        0.25,
+        0.01,
+        "log",
+        "linear",
+    )  # the recipe fills its values; an explicit key wins
+    assert up.icthp_loss_weight == 1.0 and up.freeze_rule == "upstream" and up.best_metric.startswith("ict_hp_up")
+    ict_up = engine.load_config(ICTConfig, REPO / "train" / "configs" / "ict_upstream.yaml")
+    assert (ict_up.lr, ict_up.max_steps, ict_up.lam, ict_up.weight_decay) == (3e-6, 5000, 0.5, 0.01)
+    with pytest.raises(ValueError, match="recipe='nope'"):
+        engine.load_config(ICTConfig, None, ["recipe=nope"])
+    assert engine.load_config(ICTConfig, None, ["mixed_precision=no"]).mixed_precision == "no"  # not YAML's False
+    with pytest.raises(ValueError, match="key=value"):
+        engine.parse_args(ICTConfig, ["--max_steps", "3"], "x")
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 1e-3\nlearning_rate: 3\n")
     with pytest.raises(ValueError, match="learning_rate"):

@@ -1,0 +1,169 @@
+"""One configuration system for every training job (reward stages ICT / HP and DRaFT LoRA).
+
+A job's options are one dataclass deriving from :class:`CommonTrainConfig`. They are read from a YAML file and
+overridden on the command line with ``key=value`` (values parsed as YAML scalars)::
+
+    icthp train-hp --config train/configs/hp_upstream.yaml max_steps=100 lr=1e-6
+    icthp draft --config examples/diffusers/draft_flux_schnell_hp.yaml rank=8 reward_sources='{hp: /x}'
+
+Options are never given as ``--key value``: such an argument is rejected with a one-line message that shows the
+``key=value`` form. Names that an older version used (``iterations``, ``learning_rate``, ``save_every``, ...) are
+rejected with a message naming the new option, in YAML files and on the command line alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CommonTrainConfig", "RENAMED", "ConfigError", "load_config", "parse_args", "config_dict"]
+
+
+class ConfigError(ValueError):
+    """A bad option in a YAML config or on the command line (the message names the file / key)."""
+
+
+#: option names of older versions -> the current name (both training systems now use the right-hand names)
+RENAMED: dict[str, str] = {
+    "iterations": "max_steps",
+    "learning_rate": "lr",
+    "save_every": "checkpoint_every",
+    "allow_pickle": "trust_pickle",
+    "keep_checkpoints": "checkpoints_total_limit",
+    "adam_weight_decay": "weight_decay",
+    "adam_epsilon": "adam_eps",
+}
+
+
+@dataclass
+class CommonTrainConfig:
+    """Options every training job has, with the same names and meanings (YAML keys of the same name)."""
+
+    output_dir: str = "runs/train"
+    base_model: str = ""  # hub id or local path of the model being fine-tuned
+    seed: int = 0
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 1  # per process
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-5  # peak learning rate
+    weight_decay: float = 0.0  # AdamW (decoupled) weight decay
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0  # null or 0: no clipping
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    gradient_checkpointing: bool = False
+    trust_pickle: bool = False  # allow reading pickled data (Pick-High .pkl; runs code: trusted files only)
+    log_every: int = 10
+    checkpoint_every: int = 1000  # 0: only at the end
+    checkpoints_total_limit: int | None = 3  # complete checkpoints kept (oldest removed); null: all
+    resume: str | None = "auto"  # "auto" (newest complete checkpoint in output_dir), a checkpoint dir, or null
+    report_to: str | None = "none"  # accelerate tracker name ("tensorboard", "wandb", "all") or "none"
+    plot: bool = True  # draw the curves PNG from metrics.jsonl
+
+
+def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check option names and convert values to the field types (YAML reads `1e-3` as a string)."""
+    all_hints = typing.get_type_hints(cls)
+    hints = {f.name: all_hints[f.name] for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in hints and k in RENAMED and RENAMED[k] in hints:
+            raise ConfigError(f"{where}: option {k!r} was renamed to {RENAMED[k]!r}")
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(hints)}")
+    out = {}
+    for k, v in data.items():
+        hint = hints[k]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = set(typing.get_args(hint)) if union else {hint}
+        origins = {typing.get_origin(a) or a for a in args}
+        try:
+            if k == "resume" and isinstance(v, bool):
+                v = "auto" if v else None  # `resume: true/false` reads naturally
+            elif k == "mixed_precision" and v is False:
+                v = "no"  # YAML 1.1 reads an unquoted `no` as false
+            elif v is None or type(v) in args:
+                pass
+            elif float in args and isinstance(v, str | int) and not isinstance(v, bool):
+                v = float(v)
+            elif int in args and isinstance(v, str):
+                v = int(v)
+            elif tuple in origins and isinstance(v, list):
+                v = tuple(v)
+            elif origins & {list, dict, tuple} and not isinstance(v, list | dict | tuple):
+                raise ValueError
+            elif bool in args and not isinstance(v, bool):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"{where}: option {k}={v!r} is not a valid {hints[k]}") from None
+        out[k] = v
+    return out
+
+
+def load_config(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None):
+    """Build `cls` from a YAML file and `key=value` overrides (values parsed as YAML scalars).
+
+    If the result names a `recipe` and `cls.RECIPES` has it, the recipe's values come first and every key given
+    in the file or on the command line overrides them."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(loaded).__name__}")
+        data.update(_coerce(cls, loaded, str(path)))
+    for item in overrides or []:
+        if item.startswith("--"):
+            key = item[2:].split("=", 1)[0]
+            raise ConfigError(f"argument {item!r}: options are given as key=value (e.g. {key}=VALUE), not --{key}")
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        hint = typing.get_type_hints(cls).get(k.strip())
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError:
+            value = v
+        if hint in (str, str | None) and v not in ("null", "~", "None"):
+            value = v  # a text option keeps its text (`mixed_precision=no`, `reward=ict:1,hp:0.5`)
+        data.update(_coerce(cls, {k.strip(): value}, "command line"))
+    recipes = getattr(cls, "RECIPES", None) or {}
+    recipe = data.get("recipe")
+    if recipe is not None and recipes:
+        if recipe not in recipes:
+            raise ConfigError(f"recipe={recipe!r}: expected one of {sorted(recipes)}")
+        data = {**_coerce(cls, recipes[recipe], f"recipe {recipe}"), **data}
+    return cls(**data)
+
+
+def parse_args(cls: type, argv: list[str] | None, description: str):
+    """`[--config FILE.yaml] [key=value ...]` -> a `cls` instance."""
+    fields = "\n".join(f"  {f.name} ({f.type})" for f in dataclasses.fields(cls))
+    ap = argparse.ArgumentParser(
+        description=description,
+        epilog=f"options (YAML keys or key=value):\n{fields}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--config", help="YAML file with the options of " + cls.__name__)
+    ap.add_argument("overrides", nargs="*", help="key=value options overriding the YAML file")
+    for tok in argv or []:
+        key = tok.split("=", 1)[0]
+        if tok.startswith("--") and key not in ("--config", "--help"):
+            raise ConfigError(f"argument {tok!r}: options are given as key=value (e.g. {key[2:]}=VALUE), not {key}")
+    a = ap.parse_args(argv)
+    return load_config(cls, a.config, a.overrides)
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
