@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if kind == "pairs" and args.val_data:
         val_records, val_report = load_pairs(args.val_data, image_root=args.image_root)
     scorer = MultiScorer(metrics, opts.sources, device=opts.device, dtype=opts.dtype)
-    common = {"batch_size": opts.batch_size, "workers": opts.workers, "report": report}
+    common = {"batch_size": opts.batch_size, "workers": opts.decode_workers(), "report": report}
     if kind == "triplets":
         res = evaluate_triplets(scorer, records, args.protocol, n_boot=args.bootstrap, seed=args.seed, **common)
     else:

@@ -140,10 +140,10 @@ def cmd_score(args) -> int:
         print(f"resume: {before - todo} rows already in {out}, {todo} to score", file=sys.stderr)
     device = parse_device(opts.device)
     scorer = MultiScorer(metrics, opts.sources, device=device, dtype=opts.dtype)
-    from icthp_core.scoring.gpu_preprocess import default_workers, resolve_decode
+    from icthp_core.scoring.gpu_preprocess import resolve_decode
 
     decode = resolve_decode(args.decode, device)
-    workers = opts.workers if opts.workers is not None else default_workers(device, decode)
+    workers = opts.decode_workers(device, decode)
     if args.compile:
         scorer.compile()
     note = ""

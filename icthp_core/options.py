@@ -25,6 +25,15 @@ class ModelOptions:
     workers: int | None = DEFAULT_WORKERS
     output: str | None = None
 
+    def decode_workers(self, device: str | None = None, decode: str = "cpu") -> int:
+        """`workers`, or (when not given) a count sized from the cores for `device` and the decode path."""
+        if self.workers is not None:
+            return self.workers
+        from icthp_core.checkpoints.loading import parse_device
+        from icthp_core.scoring.gpu_preprocess import default_workers
+
+        return default_workers(parse_device(device if device is not None else self.device), decode)
+
 
 def add_model_arguments(parser: argparse.ArgumentParser, output_help: str | None = None) -> argparse.ArgumentParser:
     """Add the shared model options to `parser` (one group); `output_help` adds `--output/-o` too."""

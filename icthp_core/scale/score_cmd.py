@@ -155,7 +155,7 @@ def run_scaled(args, items: list[tuple[str, str | None]]) -> int:
             from icthp_core.scoring.scorer import MultiScorer
 
             scorer = MultiScorer(metrics, opts.sources, device=parse_device(opts.device), dtype=opts.dtype)
-            summary = run_local(shards, scorer, sink, opts.batch_size, opts.workers, skip, progress, on_rows)
+            summary = run_local(shards, scorer, sink, opts.batch_size, opts.decode_workers(), skip, progress, on_rows)
     finally:
         if hasattr(sink, "close"):
             sink.close()

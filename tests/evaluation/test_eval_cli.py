@@ -89,3 +89,15 @@ def test_outputs_checked_before_models_load(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse: invalid choice
         icthp([*args, "--protocol", "nope"])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_default_workers_are_sized_from_the_cores(data, tiny_ict, tiny_hp, tmp_path):
+    """Without --workers the shared option is None and every command sizes the decode pool itself."""
+    from icthp_core.options import ModelOptions
+
+    assert ModelOptions(workers=3).decode_workers("cpu") == 3
+    assert isinstance(ModelOptions().decode_workers("cpu"), int)
+    out = tmp_path / "res.json"
+    args = ["eval", "--data", str(data["triplets"]), "--ict", str(tiny_ict), "--hp", str(tiny_hp), "--device", "cpu"]
+    assert icthp([*args, "-o", str(out), "--bootstrap", "50"]) == 0
+    assert json.loads(out.read_text())["results"]["ict_hp"]["avg"] >= 0
