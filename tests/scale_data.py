@@ -7,7 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from conftest import make_image
+from tests.conftest import make_image
 
 
 def png(seed: int, size=(72, 60), fmt="PNG") -> bytes:
