@@ -55,6 +55,32 @@ def _collate(samples: list) -> dict:
     return {"rows": rows, "pixels": {m: torch.stack(v) for m, v in pix.items()}}
 
 
+def ordered_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, collate_fn, pin_memory: bool = False
+) -> DataLoader:
+    """Batches in input order, decoded by `num_workers` background processes (4 batches ahead each)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def progress_bar(total: int, enabled: bool = True):
+    """A tqdm bar counting scored images, or None when `enabled` is false."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="scoring")
+
+
 def iter_file_batches(
     items: Sequence[tuple[ImageSource, str | None]],
     modes: Sequence[str],
@@ -68,23 +94,9 @@ def iter_file_batches(
 
     Unreadable files come back as rows with an `error` message naming the file (and no pixels).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
     data = FileItems(items, modes)
-    loader = DataLoader(
-        data,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if num_workers else None,
-    )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total if total is not None else len(data), unit="img", desc="scoring")
+    loader = ordered_loader(data, batch_size, num_workers, _collate, pin_memory=pin_memory)
+    bar = progress_bar(total if total is not None else len(data), progress)
     try:
         for batch in loader:
             yield batch

@@ -9,15 +9,16 @@ from pathlib import Path
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "easy_prompt", "refine_prompt")
 
 
-def _pick_column(columns, column: str | None, path: Path) -> str:
+def prompt_column(columns, column: str | None, path: Path, where: str = "") -> str:
+    """`column` if the table has it, else the first of PROMPT_COLUMNS it has; a one-line error naming `path`."""
     if column is not None:
         if column not in columns:
-            raise KeyError(f"{path}: no column {column!r}; columns are {list(columns)}")
+            raise ValueError(f"{path}{where}: no column {column!r}; columns are {list(columns)}")
         return column
     for c in PROMPT_COLUMNS:
         if c in columns:
             return c
-    raise KeyError(f"{path}: none of the prompt columns {PROMPT_COLUMNS} found; columns are {list(columns)}")
+    raise ValueError(f"{path}{where}: none of the prompt columns {PROMPT_COLUMNS} found; columns are {list(columns)}")
 
 
 def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool = False) -> list[str]:
@@ -41,7 +42,7 @@ def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool
             if isinstance(r, str):
                 items.append(r)
             elif isinstance(r, dict):
-                items.append(str(r[_pick_column(r.keys(), column, p)]))
+                items.append(str(r[prompt_column(r.keys(), column, p)]))
             else:
                 raise ValueError(f"{p}: entry {i} is neither a string nor an object")
     elif suf in (".csv", ".tsv", ".parquet", ".pkl"):
@@ -58,7 +59,7 @@ def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool
             df = pd.read_parquet(p)
         else:
             df = pd.read_csv(p, sep="\t" if suf == ".tsv" else ",")
-        items = df[_pick_column(df.columns, column, p)].astype(str).tolist()
+        items = df[prompt_column(df.columns, column, p)].astype(str).tolist()
     else:
         raise ValueError(f"{p}: unsupported prompt file type {suf!r} (.txt, .jsonl, .json, .csv, .tsv, .parquet, .pkl)")
     out = [s.strip() for s in items if s and s.strip()]

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from icthp_core.data.prompts import PROMPT_COLUMNS
+from icthp_core.data.prompts import prompt_column
 
 __all__ = ["PromptRecord", "load_prompt_set"]
 
@@ -27,17 +27,6 @@ class PromptRecord:
     index: int
     prompt: str
     metadata: dict = field(default_factory=dict)
-
-
-def _column(columns, column: str | None, path: Path, where: str = "") -> str:
-    if column is not None:
-        if column not in columns:
-            raise ValueError(f"{path}{where}: no column {column!r}; columns are {list(columns)}")
-        return column
-    for c in PROMPT_COLUMNS:
-        if c in columns:
-            return c
-    raise ValueError(f"{path}{where}: none of the prompt columns {PROMPT_COLUMNS}; columns are {list(columns)}")
 
 
 def _clean(value):
@@ -67,7 +56,7 @@ def _rows(path: Path, column: str | None) -> list[tuple[str, dict, str]]:
             if isinstance(r, str):
                 out.append((r, {}, where))
             elif isinstance(r, dict):
-                out.append((str(r[_column(r.keys(), column, path, where)]), dict(r), where))
+                out.append((str(r[prompt_column(r.keys(), column, path, where)]), dict(r), where))
             else:
                 raise ValueError(f"{path}{where}: neither a string nor an object")
         return out
@@ -75,7 +64,7 @@ def _rows(path: Path, column: str | None) -> list[tuple[str, dict, str]]:
         import pandas as pd
 
         df = pd.read_parquet(path) if suf == ".parquet" else pd.read_csv(path, sep="\t" if suf == ".tsv" else ",")
-        col = _column(df.columns, column, path)
+        col = prompt_column(df.columns, column, path)
         rows = df.to_dict(orient="records")
         return [(str(r[col]), {k: _clean(v) for k, v in r.items()}, f" row {i + 1}") for i, r in enumerate(rows)]
     raise ValueError(f"{path}: unsupported prompt file type {suf!r} (.txt, .jsonl, .json, .csv, .tsv, .parquet)")

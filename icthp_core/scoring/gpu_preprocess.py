@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from icthp_core.data.batch import ordered_loader, progress_bar
 from icthp_core.data.images import load_image
 from icthp_core.errors import ImageLoadError
 from icthp_core.scoring.preprocess import preprocess_tensor
@@ -220,22 +221,9 @@ def iter_gpu_batches(
     unreadable files become rows with an `error` naming the file. On CUDA, `prefetch` batches are decoded and
     preprocessed ahead on a side stream while the caller runs the model (0: in series).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
     device = torch.device(device)
-    loader = DataLoader(
-        EncodedItems(items),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if num_workers else None,
-    )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total if total is not None else len(items), unit="img", desc="scoring")
+    loader = ordered_loader(EncodedItems(items), batch_size, num_workers, _collate)
+    bar = progress_bar(total if total is not None else len(items), progress)
     if device.type == "cuda" and prefetch > 0:
         batches = _prefetched(loader, modes, device, prefetch)
     else:

@@ -136,7 +136,7 @@ def test_load_prompts_formats(tmp_path):
         load_prompts(tmp_path / "d.pkl")
     assert load_prompts(tmp_path / "d.pkl", allow_pickle=True) == ["easy one"]
     assert load_prompts(tmp_path / "d.pkl", "refine_prompt", allow_pickle=True) == ["a refined, detailed one"]
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ValueError, match="nope"):
         load_prompts(tmp_path / "b.jsonl", column="nope")
 
 
