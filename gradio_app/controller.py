@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from . import charts, logic, render
 from .logic import PRIMARY, InputError, UploadLimits, label
 from .pool import ProgressFn, ScorerPool
+from .stored import StoredScores, read_stored, stored_columns
 
 
 @dataclass
@@ -29,6 +30,7 @@ class CompareResult:
     status_md: str
     figure: Figure
     csv_path: Path
+    stored: list[StoredScores | None] = field(default_factory=list)
 
 
 @dataclass
@@ -107,7 +109,8 @@ class Controller:
         paths, rejected = logic.validate_images(_paths(files), self.limits)
         names = logic.unique_names(paths)
         scores = self.pool.score(paths, prompt, metrics, progress)
-        table = logic.comparison_table(names, scores)
+        stored = [read_stored(p) for p in paths]
+        table = pd.concat([logic.comparison_table(names, scores), stored_columns(stored)], axis=1)
         key = PRIMARY if PRIMARY in scores else metrics[0]
         top = logic.winners(scores[key])
         lines = [f"**Winner ({label(key)}): {', '.join(names[i] for i in top)}**"]
@@ -121,6 +124,11 @@ class Controller:
             lines.append("CLIP-family metrics and ICT-HP agree on the winner.")
         if rejected:
             lines.append("Rejected uploads: " + "; ".join(rejected))
+        if any(stored):
+            lines.append(
+                f"{sum(map(bool, stored))} image(s) carry scores stored when they were saved "
+                "(shown as “stored”, not recomputed)."
+            )
         csv_df = table.copy()
         csv_df.insert(1, "prompt", prompt)
         return CompareResult(
@@ -128,10 +136,11 @@ class Controller:
             paths=paths,
             scores=scores,
             table=table,
-            cards_html=render.cards_html(names, paths, scores),
+            cards_html=render.cards_html(names, paths, scores, stored=stored),
             status_md="\n\n".join(lines),
             figure=charts.scores_figure(names, scores),
             csv_path=self._csv(csv_df, "icthp_compare.csv"),
+            stored=stored,
         )
 
     # ------------------------------------------------------------------ tab 2

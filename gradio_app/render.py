@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from .logic import PRIMARY, label, rank
+from .stored import StoredScores
 
 CSS = """
 .icthp-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:12px}
@@ -23,6 +24,7 @@ CSS = """
 .icthp-scores{width:100%;font-size:12px;border-collapse:collapse}
 .icthp-scores td{padding:1px 2px}.icthp-scores td.v{text-align:right;font-family:monospace}
 .icthp-scores tr.top td{font-weight:700;color:#a15c00}
+.icthp-stored{font-size:11px;color:#555;border-top:1px dashed #ccc;margin-top:4px;padding-top:2px}
 .icthp-pair{display:grid;grid-template-columns:minmax(160px,1fr) 230px 230px;gap:12px;
  border-bottom:1px solid #ddd;padding:8px 0}
 .icthp-pair img{width:100%;max-height:170px;object-fit:contain}.icthp-pair .prompt{font-size:13px}
@@ -56,8 +58,11 @@ def cards_html(
     images: Sequence[str | Path | Image.Image],
     scores: Mapping[str, Sequence[float]],
     primary: str = PRIMARY,
+    stored: Sequence[StoredScores | None] | None = None,
 ) -> str:
-    """A card per image: thumbnail, name, score and rank per metric; the primary metric's winner is framed."""
+    """A card per image: thumbnail, name, score and rank per metric; the primary metric's winner is framed.
+    ``stored`` (per image) adds a separate "stored" line with the scores found in the image's metadata."""
+    stored = list(stored) if stored is not None else [None] * len(names)
     ranks = {m: rank(v) for m, v in scores.items()}
     key = primary if primary in scores else next(iter(scores))
     cards = []
@@ -77,9 +82,23 @@ def cards_html(
             f'<div class="icthp-card{" winner" if win else ""}" data-name="{escape(name, quote=True)}">'
             f'<img src="{thumb_uri(img)}" alt="{escape(name, quote=True)}"/>'
             f'<div class="icthp-name">{escape(name)}</div>{badge}'
-            f'<table class="icthp-scores">{"".join(rows)}</table></div>'
+            f'<table class="icthp-scores">{"".join(rows)}</table>{stored_html(stored[i])}</div>'
         )
     return f'<div class="icthp-grid" id="icthp-cards">{"".join(cards)}</div>'
+
+
+def stored_html(rec: StoredScores | None) -> str:
+    """The card's "stored" line: the metadata's scores under their stored labels, with model and sources."""
+    if rec is None:
+        return ""
+    vals = " · ".join(
+        f'<span data-metric="{_attr(m)}">{escape(rec.label(m))} {fmt(v)}</span>' for m, v in rec.scores.items()
+    )
+    about = ", ".join(x for x in (rec.model, rec.sources_text(), rec.normalize and f"normalize={rec.normalize}") if x)
+    return (
+        f'<div class="icthp-stored" title="scores stored in the image metadata, not computed now">'
+        f"<b>stored</b>: {vals}{f' ({escape(about)})' if about else ''}</div>"
+    )
 
 
 def _side(i: int, img: str | Path, mine: Mapping[str, Sequence[float]], other: Mapping[str, Sequence[float]]) -> str:

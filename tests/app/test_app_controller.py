@@ -146,3 +146,50 @@ def test_ab_with_folders_index_and_roots(tiny_models, tmp_path, make_scenes):
     assert r2.frame["prompt"].tolist() == ["from sidecar", "shared"]
     with pytest.raises(InputError, match="over the limit"):
         Controller(pool, max_pairs=3).compare_ab([str(p) for p in a], [str(p) for p in b], "", "", None, "p", ["hp"])
+
+
+def test_compare_shows_scores_stored_in_png_metadata(tmp_path, make_scenes):
+    from icthp_app.render import cards_html
+    from PIL import Image, PngImagePlugin
+
+    from icthp_core.data.metadata import KEY, build_record, save_png
+
+    pool = fake_pool(["ict", "hp", "ict_hp"], [])
+    c = Controller(pool, out_dir=tmp_path / "out")
+    plain, src, bad, odd = make_scenes(tmp_path / "in", ["plain.png", "src.png", "bad.png", "odd.png"])
+    record = build_record({"ict_hp": 0.71, "weighted": -1.25}, "p", "ICT-HP", {"ict": "8y/ICT", "hp": "8y/HP"}, "batch")
+    record["metrics"]["ict_hp"]["label"] = "ICT-HP v0"  # the stored label is shown, not the registry's
+    tagged = tmp_path / "in" / "tagged.png"
+    with Image.open(src) as im:
+        save_png(im, tagged, record)
+    for path, text in ((bad, "{not json"), (odd, '{"scores": {"ict": "high"}}')):
+        info = PngImagePlugin.PngInfo()
+        info.add_text(KEY, text)
+        with Image.open(path) as im:
+            im.load()
+            im.save(path, pnginfo=info)
+
+    r = c.compare([str(p) for p in (plain, tagged, bad, odd)], "p", ["ict_hp", "hp"])
+    assert sorted(r.scores) == ["hp", "ict_hp"]  # live scores only
+    assert [s is not None for s in r.stored] == [False, True, False, False]
+    assert r.stored[1].scores == {"ict_hp": 0.71, "weighted": -1.25}
+    stored_cols = ["stored ICT-HP v0", "stored weighted", "stored model", "stored sources", "stored normalize"]
+    assert [col for col in r.table.columns if col.startswith("stored")] == stored_cols
+    csv = pd.read_csv(r.csv_path)
+    assert csv["image"].tolist() == ["plain.png", "tagged.png", "bad.png", "odd.png"]
+    assert csv["stored ICT-HP v0"].isna().tolist() == [True, False, True, True]
+    assert csv.loc[1, "stored ICT-HP v0"] == 0.71 and csv["stored model"].isna().sum() == 3
+    assert csv.loc[1, "stored weighted"] == -1.25 and csv.loc[1, "stored model"] == "ICT-HP"
+    assert csv.loc[1, "stored sources"] == "hp=8y/HP; ict=8y/ICT" and csv.loc[1, "stored normalize"] == "batch"
+    np.testing.assert_allclose(csv["ICT-HP"], r.scores["ict_hp"], rtol=1e-6)  # live column untouched
+    assert r.cards_html.count('class="icthp-stored"') == 1
+    card = r.cards_html.split('data-name="tagged.png"')[1].split('class="icthp-card')[0]
+    assert "ICT-HP v0 0.7100" in card and "weighted -1.2500" in card and "hp=8y/HP; ict=8y/ICT" in card
+    assert "1 image(s) carry scores stored" in r.status_md
+
+    # images without metadata: nothing extra anywhere
+    r0 = c.compare([str(plain), str(src)], "p", ["ict_hp"])
+    assert r0.stored == [None, None] and list(r0.table.columns) == ["image", "ICT-HP", "ICT-HP rank"]
+    assert list(pd.read_csv(r0.csv_path).columns) == ["image", "prompt", "ICT-HP", "ICT-HP rank"]
+    assert "icthp-stored" not in r0.cards_html and "stored" not in r0.status_md
+    assert r0.cards_html == cards_html(r0.names, r0.paths, r0.scores)

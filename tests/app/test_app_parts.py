@@ -17,6 +17,7 @@ from icthp_app.generate import Generator, explanation, requirements_missing
 from icthp_app.logic import InputError
 from icthp_app.pool import ScorerPool
 from icthp_app.render import cards_html, pairs_html
+from icthp_app.stored import StoredScores
 from PIL import Image
 
 
@@ -104,6 +105,10 @@ def test_cards_escape_names_and_mark_winner(tmp_path):
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert html.count("icthp-card winner") == 1 and 'data-name="b.png"' in html.split("icthp-card winner")[1][:30]
     assert html.count("data:image/jpeg;base64,") == 2
+    rec = StoredScores({"m": 0.5}, {"m": "<i>M</i>"}, "<u>net</u>", {"ict": "<s>"})
+    stored = cards_html(["a", "b"], [p, p], {"hp": [0.1, 0.2]}, stored=[None, rec])
+    assert stored.count('class="icthp-stored"') == 1 and "&lt;i&gt;M&lt;/i&gt; 0.5000" in stored
+    assert "<i>" not in stored and "<u>" not in stored and "<s>" not in stored
     ph = pairs_html(["<b>p</b>"] * 3, [p] * 3, [p] * 3, {"hp": [1, 2, 3]}, {"hp": [0, 5, 3]}, limit=2)
     assert "&lt;b&gt;p&lt;/b&gt;" in ph and "1 more pair" in ph and ph.count("<b>HP") == 2
 
