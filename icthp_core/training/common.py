@@ -12,7 +12,7 @@ import torch
 from icthp_core.data.datasets import LoadReport, TripletDataset, TripletRecord, load_triplets
 from icthp_core.evaluation.metrics import triplet_accuracy
 from icthp_core.scoring.preprocess import preprocess_pil
-from icthp_core.scoring.text import tokenize
+from icthp_core.scoring.text import tokenizer_for
 
 
 def image_size(visual: torch.nn.Module) -> int:
@@ -49,8 +49,11 @@ def load_triplet_records(
     return records, report
 
 
-def triplet_dataset(records, report, size: int, mode: str = "crop", cache: bool = False) -> TripletDataset:
-    return TripletDataset(records, make_transform(size, mode), tokenize, report, cache=cache)
+def triplet_dataset(
+    records, report, size: int, mode: str = "crop", cache: bool = False, tokenizer: str = "open_clip"
+) -> TripletDataset:
+    """Triplets with preprocessed images and prompts tokenised by the `tokenizer` flavour ("open_clip" or "hf")."""
+    return TripletDataset(records, make_transform(size, mode), tokenizer_for(tokenizer), report, cache=cache)
 
 
 @torch.no_grad()

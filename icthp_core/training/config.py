@@ -8,7 +8,9 @@ overridden on the command line with ``key=value`` (values parsed as YAML scalars
 
 Options are never given as ``--key value``: such an argument is rejected with a one-line message that shows the
 ``key=value`` form. Names that an older version used (``iterations``, ``learning_rate``, ``save_every``, ...) are
-rejected with a message naming the new option, in YAML files and on the command line alike.
+rejected with a message naming the new option, in YAML files and on the command line alike. A text option with a
+fixed set of values is listed in the class's ``CHOICES`` (e.g. ``tokenizer: open_clip | hf``); any other value is a
+one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class CommonTrainConfig:
 
 
 def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check option names and convert values to the field types (YAML reads `1e-3` as a string)."""
+    """Check option names and convert values to the field types (YAML reads `1e-3` as a string); options listed in
+    `cls.CHOICES` must take one of their values."""
+    choices: dict[str, tuple[str, ...]] = getattr(cls, "CHOICES", None) or {}
     all_hints = typing.get_type_hints(cls)
     hints = {f.name: all_hints[f.name] for f in dataclasses.fields(cls)}
     for k in data:
@@ -102,6 +106,8 @@ def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"{where}: option {k}={v!r} is not a valid {hints[k]}") from None
+        if k in choices and v not in choices[k]:
+            raise ConfigError(f"{where}: option {k}={v!r}: expected one of {', '.join(choices[k])}")
         out[k] = v
     return out
 

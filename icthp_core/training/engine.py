@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from icthp_core.scoring.text import TOKENIZERS
 from icthp_core.training.checkpointing import (
     COMPLETE_MARKER,
     BestTracker,
@@ -64,6 +65,8 @@ class RewardTrainConfig(CommonTrainConfig):
 
     #: `recipe: NAME` fills every option of that preset first (explicit keys still win); see docs/training.md
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: text options with a fixed set of values (anything else is a one-line ConfigError)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"tokenizer": tuple(TOKENIZERS)}
 
     recipe: str | None = None  # "paper" | "upstream" (None: only the values given)
     output_dir: str = "runs/stage"
@@ -74,6 +77,9 @@ class RewardTrainConfig(CommonTrainConfig):
     limit_train: int | None = None
     limit_val: int | None = None
     cache_images: bool = False  # keep preprocessed images in memory (small data sets only)
+    # prompt tokenisation for training, validation and ICT labels: "open_clip" (ftfy + HTML unescape, as inference
+    # and upstream's eval.py) or "hf" (the HF CLIP fast tokenizer, as upstream's trainer); scoring.text has both
+    tokenizer: str = "open_clip"
     base_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # hub id or local dir/file of a CLIP
     batch_size: int = 32  # per process
     lr: float = 3e-5

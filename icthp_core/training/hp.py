@@ -31,7 +31,7 @@ from icthp_core.data.datasets import PairDataset, detect_kind, load_pairs
 from icthp_core.evaluation.metrics import pairwise_accuracy
 from icthp_core.evaluation.protocols import upstream_validation_accuracy
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
-from icthp_core.scoring.text import tokenize
+from icthp_core.scoring.text import tokenizer_for
 from icthp_core.training import engine
 from icthp_core.training.common import (
     image_size,
@@ -53,13 +53,13 @@ class HPConfig(engine.RewardTrainConfig):
         "paper": dict(
             lr=3e-6, weight_decay=0.0, warmup_steps=500, warmup_type="linear", lr_schedule="constant",
             max_steps=50000, batch_size=32, margin=0.2, freeze_rule="paper", freeze_fraction=0.5,
-            hp_loss_weight=1.0, icthp_loss_weight=0.0, max_grad_norm=1.0, best_metric=None,
+            hp_loss_weight=1.0, icthp_loss_weight=0.0, max_grad_norm=1.0, best_metric=None, tokenizer="open_clip",
         ),
         "upstream": dict(
             lr=3e-6, weight_decay=0.01, warmup_steps=500, warmup_type="log", lr_schedule="linear",
             max_steps=50000, batch_size=32, margin=0.3, freeze_rule="upstream", freeze_fraction=0.5,
             hp_loss_weight=1.0, icthp_loss_weight=1.0, gather_batch=True, max_grad_norm=1.0,
-            best_metric="ict_hp_upstream/accuracy", best_mode="max",
+            best_metric="ict_hp_upstream/accuracy", best_mode="max", tokenizer="hf",
         ),
     }  # fmt: skip
 
@@ -157,6 +157,7 @@ class HPStage(engine.Stage):
             raise ValueError(f"score_space={cfg.score_space!r}: expected 'logit' or 'sigmoid'")
         if cfg.freeze_rule not in FREEZE_RULES:
             raise ValueError(f"freeze_rule={cfg.freeze_rule!r}: expected one of {sorted(FREEZE_RULES)}")
+        tokenizer_for(cfg.tokenizer)  # a bad name fails before any model is loaded
         if cfg.icthp_loss_weight and not cfg.ict_model:
             raise ValueError("icthp_loss_weight > 0 needs ict_model (the frozen ICT model of stage 1)")
         self.config = cfg
@@ -191,11 +192,15 @@ class HPStage(engine.Stage):
             records, report = load_pairs(path, image_root=cfg.image_root, verify_images=cfg.verify_images, limit=limit)
             (self.out / f"data_report_{tag}.json").write_text(json.dumps(report.to_dict(), indent=2))
             ds = PairDataset(
-                records, make_transform(self.size, cfg.preprocess_mode), tokenize, report, cache=cfg.cache_images
+                records,
+                make_transform(self.size, cfg.preprocess_mode),
+                tokenizer_for(cfg.tokenizer),
+                report,
+                cache=cfg.cache_images,
             )
         else:
             records, report = load_triplet_records(path, cfg, limit, report_dir=self.out, tag=tag, use_labels=False)
-            ds = triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+            ds = triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images, cfg.tokenizer)
         self.reports[tag] = report.to_dict()
         return ds
 

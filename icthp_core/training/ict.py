@@ -24,6 +24,7 @@ from icthp_core.checkpoints.export import save_ict
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import TripletRecord, load_triplets, write_triplets
 from icthp_core.scoring.models import ICTModel
+from icthp_core.scoring.text import tokenizer_for
 from icthp_core.training import engine
 from icthp_core.training.common import (
     image_size,
@@ -44,11 +45,12 @@ class ICTConfig(engine.RewardTrainConfig):
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": dict(
             lr=3e-5, weight_decay=0.0, warmup_steps=500, warmup_type="linear", lr_schedule="constant",
-            max_steps=40000, batch_size=32, lam=0.1, max_grad_norm=1.0, best_metric=None,
+            max_steps=40000, batch_size=32, lam=0.1, max_grad_norm=1.0, best_metric=None, tokenizer="open_clip",
         ),
         "upstream": dict(
             lr=3e-6, weight_decay=0.01, warmup_steps=500, warmup_type="log", lr_schedule="linear",
             max_steps=5000, batch_size=32, lam=0.5, max_grad_norm=1.0, best_metric="avg", best_mode="max",
+            tokenizer="hf",
         ),
     }  # fmt: skip
 
@@ -88,9 +90,11 @@ def build_labels(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     mode: str = "crop",
+    tokenizer: str = "open_clip",
 ) -> tuple[list[TripletRecord], float]:
-    """Records with ICT labels computed from `model`'s CLIP similarities; returns (records, theta)."""
-    ds = triplet_dataset(records, None, size, mode)
+    """Records with ICT labels computed from `model`'s CLIP similarities (prompts tokenised with the `tokenizer`
+    flavour, "open_clip" or "hf"); returns (records, theta)."""
+    ds = triplet_dataset(records, None, size, mode, tokenizer=tokenizer)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=_collate)
     parts: dict[str, list[torch.Tensor]] = {}
     was_training = model.training
@@ -127,6 +131,7 @@ class ICTStage(engine.Stage):
     name = "ict"
 
     def __init__(self, cfg: ICTConfig):
+        tokenizer_for(cfg.tokenizer)  # a bad name fails before any model is loaded
         self.config = cfg
         self.out = Path(cfg.output_dir)
         self.theta: float | None = None
@@ -149,10 +154,11 @@ class ICTStage(engine.Stage):
 
     @staticmethod
     def _labels_reusable(target: Path, meta_file: Path, wanted: dict) -> bool:
-        """Labels built earlier (e.g. before a resume) are reused only for the same data and label settings."""
+        """Labels built earlier (e.g. before a resume) are reused only for the same data and label settings
+        (tokenizer included; labels from before that key existed were built with open_clip's)."""
         if not (target.is_file() and meta_file.is_file()):
             return False
-        meta = json.loads(meta_file.read_text())
+        meta = {"tokenizer": "open_clip", **json.loads(meta_file.read_text())}
         return all(meta.get(k) == v for k, v in wanted.items())
 
     def _labeled_path(self, records) -> Path:
@@ -172,6 +178,7 @@ class ICTStage(engine.Stage):
                 "label_model": cfg.label_model or cfg.base_model,
                 "source": str(cfg.train_data),
                 "limit": cfg.limit_train,
+                "tokenizer": cfg.tokenizer,
             }
             if accelerator.is_main_process and not self._labels_reusable(target, meta_file, wanted):
                 if cfg.label_model and cfg.label_model != cfg.base_model:
@@ -187,6 +194,7 @@ class ICTStage(engine.Stage):
                     cfg.label_batch_size,
                     accelerator.device,
                     cfg.preprocess_mode,
+                    cfg.tokenizer,
                 )
                 write_triplets(labeled, target)
                 meta_file.write_text(json.dumps({"theta": theta, **wanted}, indent=2))
@@ -194,7 +202,7 @@ class ICTStage(engine.Stage):
             accelerator.wait_for_everyone()  # every rank passes this barrier once (same data on all ranks)
             self.theta = json.loads(meta_file.read_text())["theta"]
             records, _ = load_triplets(target, require_labels=True)
-        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images, cfg.tokenizer)
 
     def val_dataset(self, accelerator):
         cfg = self.config
@@ -204,7 +212,7 @@ class ICTStage(engine.Stage):
             cfg.val_data, cfg, cfg.limit_val, report_dir=self.out, tag="val", use_labels=False
         )
         self.reports["val"] = report.to_dict()
-        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images)
+        return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images, cfg.tokenizer)
 
     def loss(self, module, batch, accelerator):
         cfg = self.config
