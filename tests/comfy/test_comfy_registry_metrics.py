@@ -91,13 +91,15 @@ def test_toy_metric_appears_everywhere(pack, toy_metric, tmp_path, capsys):
     assert toy_metric not in baselines() and toy_metric not in _loader_options(pack)
 
 
-def test_imagereward_through_loader_and_score_cli(pack, tmp_path, capsys):
+def test_imagereward_through_loader_and_score_cli(pack, tmp_path, capsys, monkeypatch):
+    from comfy_nodes.paths import ALLOW_ANY_PATH_ENV
     from comfy_nodes.reward_nodes import ICTHPLoader, ICTHPScore
     from icthp_cli.main import main as icthp
     from icthp_core.scoring.scorer import MultiScorer
     from icthp_core.testing.blip import save_tiny_imagereward
 
     d = save_tiny_imagereward(tmp_path / "ImageReward", seed=3)
+    monkeypatch.setenv(ALLOW_ANY_PATH_ENV, "1")  # a free-text source outside models/ (the policy: test_comfy_sources)
     (rm,) = ICTHPLoader.execute(model="imagereward", ict_source="ict", hp_source="hp", baseline_source=str(d)).result
     assert rm.metrics == ["imagereward"] and rm.needs_prompt
     images = torch.rand(2, 80, 64, 3, generator=torch.Generator().manual_seed(0))
