@@ -71,3 +71,12 @@ def image_dir(tmp_path_factory) -> Path:
             img.save(d / f"img{i}.png")
     make_image(9, (150, 150)).convert("RGBA").save(d / "img5_rgba.png")
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny SD3 and FLUX pipelines saved with `save_pretrained` (loaded by the trainer via `from_pretrained`)."""
+    from icthp_core.testing.diffusion import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("pipes")
+    return {a: save_tiny_pipeline(a, root / a) for a in ("sd3", "flux")}

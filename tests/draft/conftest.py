@@ -60,15 +60,6 @@ def tiny_rewards(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
-    """Tiny SD3 and FLUX pipelines saved with `save_pretrained` (loaded by the trainer via `from_pretrained`)."""
-    from icthp_core.testing.diffusion import save_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("pipes")
-    return {a: save_tiny_pipeline(a, root / a) for a in ("sd3", "flux")}
-
-
-@pytest.fixture(scope="session")
 def prompt_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     p.write_text("\n".join(PROMPTS) + "\n")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from draft_common import tiny_config
 
 from icthp_core.diffusion.draft_train import DraftTrainConfig, train
 from icthp_core.diffusion.monitors import RewardHackingMonitor, gold_metric_fns, pairwise_feature_diversity
@@ -48,30 +49,17 @@ def test_monitor_signals_and_early_stop_on_synthetic_collapse():
 
 
 def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> DraftTrainConfig:
-    base = dict(
-        base_model=str(pipe_dir),
-        prompts=str(prompt_file),
+    monitored = dict(
         reward="ict",
-        reward_sources=rewards,
-        output_dir=str(out),
-        resolution=32,
         max_steps=2,
-        batch_size=2,
-        lr=1e-2,
-        rank=4,
-        mixed_precision="no",
-        max_sequence_length=16,
         log_every=1,
         sample_every=1,
-        checkpoint_every=0,
-        sample_prompts=["a held-out castle", "a held-out lake"],
-        sample_seeds=[0, 1],
         num_steps=2,
         k=1,
+        sample_prompts=["a held-out castle", "a held-out lake"],
         gold_metrics=["jpeg", "hp"],
     )
-    base.update(kw)
-    return DraftTrainConfig(**base)
+    return tiny_config(pipe_dir, prompt_file, rewards, out, **{**monitored, **kw})
 
 
 def test_monitors_logged_and_plotted_in_a_tiny_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):

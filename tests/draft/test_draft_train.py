@@ -7,33 +7,13 @@ import math
 
 import pytest
 import torch
+from draft_common import tiny_config
 from safetensors.torch import load_file
 
 from icthp_core.data.prompts import load_prompts
-from icthp_core.diffusion.draft_train import DraftTrainConfig, parse_config, train
+from icthp_core.diffusion.draft_train import parse_config, train
 
-
-def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> DraftTrainConfig:
-    base = dict(
-        base_model=str(pipe_dir),
-        prompts=str(prompt_file),
-        reward="ict_hp",
-        reward_sources=rewards,
-        output_dir=str(out),
-        resolution=32,
-        max_steps=8,
-        batch_size=2,
-        lr=1e-2,
-        rank=4,
-        mixed_precision="no",
-        max_sequence_length=16,
-        log_every=2,
-        sample_every=8,
-        checkpoint_every=0,
-        sample_seeds=[0, 1],
-    )
-    base.update(kw)
-    return DraftTrainConfig(**base)
+_cfg = tiny_config
 
 
 def _log(out):

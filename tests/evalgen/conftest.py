@@ -19,11 +19,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
-    from icthp_core.testing.diffusion import save_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("pipes")
-    return {a: save_tiny_pipeline(a, root / a) for a in ("sd3", "flux")}
+def pipeline_dirs(tiny_pipeline_dirs) -> dict[str, Path]:
+    """The tiny SD3 / FLUX pipelines of the root conftest (shared with the DRaFT tests)."""
+    return tiny_pipeline_dirs
 
 
 @pytest.fixture(scope="session")
