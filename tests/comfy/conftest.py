@@ -6,6 +6,7 @@ Set ``ICTHP_COMFYUI_DIR`` to use an existing ComfyUI 0.3.75 tree instead.
 
 from __future__ import annotations
 
+import copy
 import importlib.machinery
 import importlib.util
 import inspect
@@ -20,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.comfy.tiny_nodes import TINY_FLUX, TINY_SD3
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = Path(__file__).with_name("setup_comfyui.sh")
@@ -206,23 +209,7 @@ def make_sd3_model(comfy_root):
     import comfy.supported_models
 
     def make(seed: int = 0):
-        cfg = {
-            "in_channels": 16,
-            "patch_size": 2,
-            "out_channels": 16,
-            "depth": 2,
-            "input_size": None,
-            "adm_in_channels": 64,
-            "pos_embed_max_size": 8,
-            "num_patches": 64,
-            "pos_embed_scaling_factor": None,
-            "context_embedder_config": {
-                "target": "torch.nn.Linear",
-                "params": {"in_features": 32, "out_features": 128},
-            },
-            "x_block_self_attn_layers": [],
-        }
-        return _tiny_patcher(comfy.supported_models.SD3(cfg), seed)
+        return _tiny_patcher(comfy.supported_models.SD3(copy.deepcopy(TINY_SD3)), seed)
 
     return make
 
@@ -233,24 +220,7 @@ def make_flux_model(comfy_root):
     import comfy.supported_models
 
     def make(seed: int = 0):
-        cfg = {
-            "image_model": "flux",
-            "in_channels": 16,
-            "out_channels": 16,
-            "patch_size": 2,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "axes_dim": [4, 6, 6],
-            "mlp_ratio": 4.0,
-            "theta": 10000,
-            "qkv_bias": True,
-            "context_in_dim": 32,
-            "vec_in_dim": 32,
-            "depth": 1,
-            "depth_single_blocks": 1,
-            "guidance_embed": False,
-        }
-        return _tiny_patcher(comfy.supported_models.Flux(cfg), seed)
+        return _tiny_patcher(comfy.supported_models.Flux(copy.deepcopy(TINY_FLUX)), seed)
 
     return make
 

@@ -8,6 +8,7 @@ ICTHP_COMFYUI_DIR, else <repo>/.cache/comfyui, else prepared by tests/comfy/setu
 
 from __future__ import annotations
 
+import copy
 import importlib.machinery
 import importlib.util
 import logging
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from icthp_core.diffusion.lora import add_lora, save_lora
+from tests.comfy.tiny_nodes import TINY_FLUX, TINY_SD3
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,44 +64,9 @@ def comfy(request):
 
 def _comfy_model(comfy, arch: str):
     if arch == "sd3":
-        mc = comfy.supported_models.SD3(
-            {
-                "in_channels": 16,
-                "patch_size": 2,
-                "out_channels": 16,
-                "depth": 2,
-                "input_size": None,
-                "adm_in_channels": 64,
-                "pos_embed_max_size": 8,
-                "num_patches": 64,
-                "pos_embed_scaling_factor": None,
-                "context_embedder_config": {
-                    "target": "torch.nn.Linear",
-                    "params": {"in_features": 32, "out_features": 128},
-                },
-                "x_block_self_attn_layers": [],
-            }
-        )
+        mc = comfy.supported_models.SD3(copy.deepcopy(TINY_SD3))
     else:
-        mc = comfy.supported_models.Flux(
-            {
-                "image_model": "flux",
-                "in_channels": 16,
-                "out_channels": 16,
-                "patch_size": 2,
-                "hidden_size": 32,
-                "num_heads": 2,
-                "axes_dim": [4, 6, 6],
-                "mlp_ratio": 4.0,
-                "theta": 10000,
-                "qkv_bias": True,
-                "context_in_dim": 32,
-                "vec_in_dim": 32,
-                "depth": 1,
-                "depth_single_blocks": 1,
-                "guidance_embed": False,
-            }
-        )
+        mc = comfy.supported_models.Flux(copy.deepcopy(TINY_FLUX))
     mc.set_inference_dtype(torch.float32, None)
     model = mc.get_model({}, device=torch.device("cpu"))
     g = torch.Generator().manual_seed(0)

@@ -20,6 +20,24 @@ TINY_SD3 = {
     "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
     "x_block_self_attn_layers": [],
 }
+#: a tiny FLUX (``comfy.supported_models.Flux``): width 32, 1 double + 1 single block
+TINY_FLUX = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "hidden_size": 32,
+    "num_heads": 2,
+    "axes_dim": [4, 6, 6],
+    "mlp_ratio": 4.0,
+    "theta": 10000,
+    "qkv_bias": True,
+    "context_in_dim": 32,
+    "vec_in_dim": 32,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "guidance_embed": False,
+}
 
 
 def _fill(tensors, seed: int, scale: float):
