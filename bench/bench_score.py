@@ -217,6 +217,34 @@ def _model_only(scorer, batch: int, device: str, reps: int) -> float:
     return reps * batch / (time.perf_counter() - t)
 
 
+def _as_list(samples: list) -> list:
+    return samples
+
+
+def _host_only(scorer, items: list, batch: int, decode: str, workers: int | None, device: str) -> dict:
+    """The host side alone, no model: images/s of reading the files (bytes only) and of reading + decoding +
+    preprocessing onto the device (`decode` cpu: PIL in DataLoader workers; gpu: nvjpeg, in series)."""
+    from icthp_core.data.batch import iter_file_batches, ordered_loader
+    from icthp_core.scoring.gpu_preprocess import EncodedItems, default_workers, iter_gpu_batches
+
+    workers = default_workers(device, decode) if workers is None else workers
+    t = time.perf_counter()
+    for _ in ordered_loader(EncodedItems(items), batch, workers, _as_list):
+        pass
+    read = len(items) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    if decode == "gpu":
+        for _ in iter_gpu_batches(items, scorer.preprocess_modes, device, batch, workers, prefetch=0):
+            pass
+    else:
+        cuda = device.startswith("cuda")
+        for b in iter_file_batches(items, scorer.preprocess_modes, batch, workers, pin_memory=cuda):
+            for x in b["pixels"].values():
+                x.to(device, non_blocking=True)
+    _sync(device)
+    return {"read_img_per_s": read, "prep_img_per_s": len(items) / (time.perf_counter() - t)}
+
+
 def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, workers: int | None) -> list[dict]:
     """Each config {batch, decode, compile} on one loaded scorer (compiled configs last: compiling is in place)."""
     import torch
@@ -276,6 +304,9 @@ def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, w
                 compile_s=compile_s,
                 model_img_per_s=_model_only(scorer, batch, device, reps=max(2, min(20, 256 // batch))),
             )
+            if cfg.get("breakdown"):  # where an end-to-end gap to the model rate comes from
+                res.update(_host_only(scorer, items, batch, decode, workers, device))
+                res["overlap"] = res["img_per_s"] / min(res["prep_img_per_s"], res["model_img_per_s"])
         except Exception as e:  # one failing config must not hide the others
             res["error"] = f"{type(e).__name__}: {e}"[:500]
         out.append(res)
@@ -297,6 +328,11 @@ def main() -> None:
         help="decode paths to time (gpu-serial: no overlap)",
     )
     ap.add_argument("--compile-batches", type=int, nargs="*", default=[], help="batch sizes also timed with --compile")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the host side alone (file reading; reading + decode + preprocess, no model) per config",
+    )
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--no-upstream", action="store_true", help="skip the upstream-style loop")
     ap.add_argument("--images", type=int, default=32)
@@ -331,7 +367,7 @@ def main() -> None:
             raise RuntimeError(f"child {extra[:2]} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
         return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
-    configs = [{"batch": b, "decode": d} for d in args.decodes for b in args.batch_sizes]
+    configs = [{"batch": b, "decode": d, "breakdown": args.breakdown} for d in args.decodes for b in args.batch_sizes]
     configs += [{"batch": b, "decode": args.decodes[-1], "compile": True} for b in args.compile_batches]
     up = None if args.no_upstream else child(["--role", "upstream"])
     results = child(["--role", "ours", "--dtype", args.dtype, "--configs", json.dumps(configs)])
@@ -363,6 +399,15 @@ def main() -> None:
             tf = r["flops_per_img"] / (args.peak_tflops * 1e12)
             line += f"  {100 * tf * r['img_per_s']:16.1f}  {100 * tf * r['model_img_per_s']:11.1f}"
         print(line)
+    rows = [r for r in results if "prep_img_per_s" in r]
+    if rows:
+        print("host side alone (no model) and how well it overlaps the model (end-to-end / min(host, model)):")
+        print(f"{'batch':>5s} {'decode':>10s} {'read img/s':>10s} {'decode+prep img/s':>17s} {'overlap':>7s}")
+        for r in rows:
+            print(
+                f"{r['batch']:5d} {r['decode']:>10s} {r['read_img_per_s']:10.1f} {r['prep_img_per_s']:17.1f} "
+                f"{r['overlap']:7.2f}"
+            )
     summary = {"config": args.config, "device": args.device, "images": args.images, "upstream": up, "ours": results}
     summary["peak_tflops"] = args.peak_tflops
     print("JSON " + json.dumps(summary))

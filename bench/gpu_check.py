@@ -401,14 +401,14 @@ def part_bench_score(dry: bool, work: Path, log=None, timeout: float = 200, comp
     out_json = work / ("bench_compile.json" if compile_only else "bench_score.json")
     if dry:
         args = ["--config", "tiny", "--device", "cpu", "--images", "8", "--upstream-images", "4", "--workers", "0"]
-        args += ["--batch-sizes", "4", "--decodes", "cpu"]
+        args += ["--batch-sizes", "4", "--decodes", "cpu", "--breakdown"]
     else:
         args = ["--config", "vit-h", "--device", "cuda", "--dtype", "bf16", "--images", "512"]
         args += ["--upstream-images", "48"]
         if compile_only:
             args += ["--batch-sizes", "128", "--decodes", "gpu", "--compile-batches", "128", "--no-upstream"]
         else:
-            args += ["--batch-sizes", "1", "8", "32", "64", "128", "--decodes", "cpu", "gpu"]
+            args += ["--batch-sizes", "1", "8", "32", "64", "128", "--decodes", "cpu", "gpu", "--breakdown"]
     if compile_only and dry:
         args += ["--no-upstream"]
     cmd = [sys.executable, str(HERE / "bench_score.py"), *args, "--root", str(work / "score_fixture")]
@@ -553,6 +553,16 @@ def markdown(report: dict) -> str:
                     f"{r['model_img_per_s']:.1f} | {r['peak_gib']:.2f} | {sp:.1f} | {mr:.2f} | "
                     f"{100 * tf * r['img_per_s']:.1f} | {100 * tf * r['model_img_per_s']:.1f} |"
                 )
+            host = [r for r in bs["ours"] if "prep_img_per_s" in r]
+            if host:  # where the end-to-end gap to the model rate comes from
+                lines += ["", "Host side alone (no model); overlap = end-to-end / min(host, model):", ""]
+                lines += ["| batch | decode | read img/s | decode + preprocess img/s | overlap |"]
+                lines += ["|---|---|---|---|---|"]
+                for r in host:
+                    lines.append(
+                        f"| {r['batch']} | {r['decode']} | {r['read_img_per_s']:.0f} | {r['prep_img_per_s']:.0f} | "
+                        f"{r['overlap']:.2f} |"
+                    )
             if bs.get("error"):
                 lines.append(f"\nerror: {bs['error'][:300]}")
     for name in ("draft_sd3", "draft_flux"):

@@ -41,6 +41,8 @@ def test_dry_run_writes_reports(tmp_path):
     assert not failed, failed
     assert report["parts"]["parity"]["ok"] and report["parts"]["decode"]["ok"]
     assert report["parts"]["bench_score"]["upstream"]["img_per_s"] > 0
+    row = report["parts"]["bench_score"]["ours"][0]  # the host side alone, to locate an end-to-end gap
+    assert row["read_img_per_s"] > row["prep_img_per_s"] > 0 and row["overlap"] > 0
     assert report["parts"]["draft_sd3"]["rows"][0]["est_gib"] > 0
     assert json.loads((tmp_path / "report.json").read_text())["dry_run"] is True
     md = (tmp_path / "report.md").read_text()
