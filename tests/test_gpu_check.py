@@ -53,3 +53,14 @@ def test_unknown_part_is_a_clear_error(tmp_path):
     gc = _load()
     with pytest.raises(SystemExit, match="unknown"):
         gc.main(["--out", str(tmp_path), "--dry-run", "--parts", "env,nope"])
+
+
+def test_cpu_dtype_bench_times_every_variant():
+    """bench/bench_cpu_dtype.py (the CPU precision speed probe) runs on the tiny tower with every variant."""
+    spec = importlib.util.spec_from_file_location("bench_cpu_dtype", ROOT / "bench" / "bench_cpu_dtype.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--config", "tiny", "--batch", "2", "--reps", "1", "--int8"])
+    assert set(res["img_per_s"]) == {"fp32", "bf16", "int8_dynamic"}
+    assert all(v > 0 for v in res["img_per_s"].values())
+    assert res["int8_speedup"] > 0 and "avx512_bf16" in res["cpu"]
