@@ -3,6 +3,7 @@
     python bench/bench_draft.py                         # SD3.5-Large and FLUX.1, 512²/1024², K=1/3, batch 1,2,4
     python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 3 --batches 1 --json out.json
     python bench/bench_draft.py --tiny                  # CPU smoke run on tiny models
+    python bench/bench_draft.py --offload-frozen ...    # frozen weights swapped to pinned CPU memory per phase
 
 One iteration = sampling (N steps, gradients through the last K) + VAE decode + ICT-HP reward (two CLIP ViT-H/14
 towers at real size) + backward + AdamW step on the LoRA (rank 16). Transformer/VAE in bf16 with gradient
@@ -190,8 +191,9 @@ def build_tiny(arch: str, device, dtype):
     return model, lambda b: all_cond.select([0] * b).to(device, dtype), reward
 
 
-def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, iters, warmup, device):
+def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, iters, warmup, device, swap=None):
     from icthp_core.diffusion.draft import DraftConfig, draft_step
+    from icthp_core.diffusion.offload import draft_step_offloaded
 
     cfg = DraftConfig(num_steps=steps, k=k, height=size, width=size)
     cuda = torch.device(device).type == "cuda"
@@ -208,8 +210,13 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
         t0 = time.perf_counter()
         noise = model.noise(batch, size, size, gen).to(device)
         with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp != torch.float32):  # as the trainer
-            res = draft_step(model, reward_fn, ["a photo of a cat"] * batch, cond_fn(batch), noise, cfg, rng=rng)
-        res.loss.backward()
+            args = (model, reward_fn, ["a photo of a cat"] * batch, cond_fn(batch), noise, cfg)
+            if swap is None:
+                res = draft_step(*args, rng=rng)
+            else:  # sampling, reward, backward phases (the backward runs inside)
+                res = draft_step_offloaded(*args, swap, rng=rng)
+        if swap is None:
+            res.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -234,13 +241,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument(
+        "--offload-frozen",
+        action="store_true",
+        help="frozen weights in pinned CPU memory except in the phase that needs them (as offload_frozen=true)",
+    )
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke test): sizes 32/64")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
     a = ap.parse_args(argv)
+    if a.offload_frozen and a.no_checkpointing:
+        ap.error("--offload-frozen needs gradient checkpointing (drop --no-checkpointing)")
 
     from icthp_core.diffusion.lora import add_lora
     from icthp_core.diffusion.memory import estimate_draft_memory
+    from icthp_core.diffusion.offload import draft_swap
 
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     if device == "cuda" and not a.cudnn_sdpa:
@@ -264,6 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             model.transformer.enable_gradient_checkpointing()
             model.vae.enable_gradient_checkpointing()
         opt = torch.optim.AdamW(params, lr=5e-6)
+        swap = draft_swap(model, reward_fn, device) if a.offload_frozen else None
         reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
         text_tokens = cond_fn(1).prompt_embeds.shape[1]
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
@@ -284,6 +300,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "steps": steps,
                         "dtype": str(dtype).removeprefix("torch."),
                         "checkpointing": not a.no_checkpointing,
+                        "offload_frozen": a.offload_frozen,
                     }
                     est = estimate_draft_memory(
                         model.transformer,
@@ -296,6 +313,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         text_tokens=text_tokens,
                         act_bytes=torch.empty((), dtype=dtype).element_size(),
                         checkpointing=not a.no_checkpointing,
+                        offload_frozen=a.offload_frozen,
                     )
                     row["est_gib"] = round(est.total, 2)
                     row["estimate"] = est.as_dict()
@@ -313,6 +331,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             a.iters,
                             a.warmup,
                             device,
+                            swap,
                         )
                         row.update(sec_per_iter=round(sec, 3), peak_gib=round(peak, 2))
                     except torch.cuda.OutOfMemoryError:
@@ -323,12 +342,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         torch.cuda.empty_cache()
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-        del model, cond_fn, reward_fn, params, opt
+        del model, cond_fn, reward_fn, params, opt, swap
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    print(f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}\n")
+    print(
+        f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}, "
+        f"offload_frozen {a.offload_frozen}\n"
+    )
     print("| model | res | steps | K | batch | s/iter | peak GiB | estimated GiB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
