@@ -4,6 +4,7 @@
     python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 3 --batches 1 --json out.json
     python bench/bench_draft.py --tiny                  # CPU smoke run on tiny models
     python bench/bench_draft.py --offload-frozen ...    # frozen weights swapped to pinned CPU memory per phase
+    python bench/bench_draft.py --estimate-only         # the memory estimator only (meta device, any machine)
 
 One iteration = sampling (N steps, gradients through the last K) + VAE decode + ICT-HP reward (two CLIP ViT-H/14
 towers at real size) + backward + AdamW step on the LoRA (rank 16). Transformer/VAE in bf16 with gradient
@@ -157,8 +158,9 @@ def real_reward(device, dtype, clip_cfg: dict | None = None):
 
     cfg = clip_cfg or VIT_H_14
     clip, visual = build_clip(cfg), build_clip(cfg, vision_only=True)  # meta device, as the core loads them
-    load_into(clip, _random_state_dict(clip, device), "<random ICT>")
-    load_into(visual, _random_state_dict(visual, device), "<random HP backbone>")
+    if torch.device(device).type != "meta":  # meta: shapes only (--estimate-only)
+        load_into(clip, _random_state_dict(clip, device), "<random ICT>")
+        load_into(visual, _random_state_dict(visual, device), "<random HP backbone>")
     with torch.device(device):
         head = HPHead((cfg["projection_dim"], 1024, 128, 64, 16, 1))
     clip, visual = clip.to(device, dtype), visual.to(device, dtype)  # buffers made on the CPU (attn_mask) too
@@ -229,6 +231,44 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
     return sum(times) / len(times), peak
 
 
+def estimate_only(archs, sizes, ks, batches, steps, rank, dtype, checkpointing) -> list[dict]:
+    """The estimator's peak (GiB) with and without `offload_frozen` at the published sizes; models on the meta
+    device, so nothing is allocated or run (the docs' memory table)."""
+    from icthp_core.diffusion.lora import add_lora
+    from icthp_core.diffusion.memory import estimate_draft_memory
+
+    rows = []
+    for arch in archs:
+        model, cond_fn, reward_fn = build_real(arch, "meta", dtype)
+        add_lora(model.transformer, rank)
+        towers = list(reward_fn.scorer.models.values())
+        text_tokens = TEXT[arch][0]
+        for size in sizes:
+            for k in ks:
+                for b in batches:
+                    kw = dict(height=size, width=size, k=min(k, steps or DEFAULTS[arch][0]), batch=b)
+                    kw.update(text_tokens=text_tokens, act_bytes=torch.empty((), dtype=dtype).element_size())
+                    plain = estimate_draft_memory(
+                        model.transformer, model.vae, towers, **kw, checkpointing=checkpointing
+                    )
+                    row = {"arch": arch, "model": DEFAULTS[arch][1], "size": size, "k": kw["k"], "batch": b}
+                    row.update(est_gib=round(plain.total, 2), estimate=plain.as_dict())
+                    if checkpointing:
+                        off = estimate_draft_memory(model.transformer, model.vae, towers, **kw, offload_frozen=True)
+                        row.update(est_offload_gib=round(off.total, 2), estimate_offload=off.as_dict())
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if not k.startswith("estimate")}), flush=True)
+    print("\n| model | res | K | batch | estimated GiB | ×1.15 | offload_frozen: estimated GiB | ×1.15 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        off = r.get("est_offload_gib")
+        print(
+            f"| {r['model']} | {r['size']}² | {r['k']} | {r['batch']} | {r['est_gib']} | {r['est_gib'] * 1.15:.1f} "
+            f"| {off if off is not None else '-'} | {'-' if off is None else f'{off * 1.15:.1f}'} |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="all", choices=["all", "sd3", "flux"])
@@ -247,6 +287,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="frozen weights in pinned CPU memory except in the phase that needs them (as offload_frozen=true)",
     )
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke test): sizes 32/64")
+    ap.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="print the memory estimator's peak with and without offload at the published sizes (meta device)",
+    )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
     a = ap.parse_args(argv)
@@ -257,18 +302,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from icthp_core.diffusion.memory import estimate_draft_memory
     from icthp_core.diffusion.offload import draft_swap
 
+    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    if a.estimate_only:
+        ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+        return estimate_only(
+            archs, ints(a.sizes), ints(a.ks), ints(a.batches), a.steps, a.rank, dtype, not a.no_checkpointing
+        )
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     if device == "cuda" and not a.cudnn_sdpa:
         # torch 2.11 on an H200 picks cuDNN attention, whose backward failed for FLUX at 1024² ("mha_graph.execute
         # ... is_good()", then illegal memory access); flash / memory-efficient SDPA kernels are used instead
         torch.backends.cuda.enable_cudnn_sdp(False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     if a.tiny:
         dtype = torch.float32
         torch.set_num_threads(1)
         if any(int(x) > 64 for x in a.sizes.split(",")):
             a.sizes = "32,64"
-    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
     rows = []
     for arch in archs:
         steps = a.steps or DEFAULTS[arch][0]
