@@ -3,6 +3,8 @@
     python bench/bench_draft.py                         # SD3.5-Large and FLUX.1, 512²/1024², K=1/3, batch 1,2,4
     python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 3 --batches 1 --json out.json
     python bench/bench_draft.py --tiny                  # CPU smoke run on tiny models
+    python bench/bench_draft.py --offload-frozen ...    # frozen weights swapped to pinned CPU memory per phase
+    python bench/bench_draft.py --estimate-only         # the memory estimator only (meta device, any machine)
 
 One iteration = sampling (N steps, gradients through the last K) + VAE decode + ICT-HP reward (two CLIP ViT-H/14
 towers at real size) + backward + AdamW step on the LoRA (rank 16). Transformer/VAE in bf16 with gradient
@@ -156,8 +158,9 @@ def real_reward(device, dtype, clip_cfg: dict | None = None):
 
     cfg = clip_cfg or VIT_H_14
     clip, visual = build_clip(cfg), build_clip(cfg, vision_only=True)  # meta device, as the core loads them
-    load_into(clip, _random_state_dict(clip, device), "<random ICT>")
-    load_into(visual, _random_state_dict(visual, device), "<random HP backbone>")
+    if torch.device(device).type != "meta":  # meta: shapes only (--estimate-only)
+        load_into(clip, _random_state_dict(clip, device), "<random ICT>")
+        load_into(visual, _random_state_dict(visual, device), "<random HP backbone>")
     with torch.device(device):
         head = HPHead((cfg["projection_dim"], 1024, 128, 64, 16, 1))
     clip, visual = clip.to(device, dtype), visual.to(device, dtype)  # buffers made on the CPU (attn_mask) too
@@ -190,8 +193,9 @@ def build_tiny(arch: str, device, dtype):
     return model, lambda b: all_cond.select([0] * b).to(device, dtype), reward
 
 
-def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, iters, warmup, device):
+def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, iters, warmup, device, swap=None):
     from icthp_core.diffusion.draft import DraftConfig, draft_step
+    from icthp_core.diffusion.offload import draft_step_offloaded
 
     cfg = DraftConfig(num_steps=steps, k=k, height=size, width=size)
     cuda = torch.device(device).type == "cuda"
@@ -208,8 +212,13 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
         t0 = time.perf_counter()
         noise = model.noise(batch, size, size, gen).to(device)
         with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp != torch.float32):  # as the trainer
-            res = draft_step(model, reward_fn, ["a photo of a cat"] * batch, cond_fn(batch), noise, cfg, rng=rng)
-        res.loss.backward()
+            args = (model, reward_fn, ["a photo of a cat"] * batch, cond_fn(batch), noise, cfg)
+            if swap is None:
+                res = draft_step(*args, rng=rng)
+            else:  # sampling, reward, backward phases (the backward runs inside)
+                res = draft_step_offloaded(*args, swap, rng=rng)
+        if swap is None:
+            res.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -220,6 +229,44 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
         del res
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     return sum(times) / len(times), peak
+
+
+def estimate_only(archs, sizes, ks, batches, steps, rank, dtype, checkpointing) -> list[dict]:
+    """The estimator's peak (GiB) with and without `offload_frozen` at the published sizes; models on the meta
+    device, so nothing is allocated or run (the docs' memory table)."""
+    from icthp_core.diffusion.lora import add_lora
+    from icthp_core.diffusion.memory import estimate_draft_memory
+
+    rows = []
+    for arch in archs:
+        model, cond_fn, reward_fn = build_real(arch, "meta", dtype)
+        add_lora(model.transformer, rank)
+        towers = list(reward_fn.scorer.models.values())
+        text_tokens = TEXT[arch][0]
+        for size in sizes:
+            for k in ks:
+                for b in batches:
+                    kw = dict(height=size, width=size, k=min(k, steps or DEFAULTS[arch][0]), batch=b)
+                    kw.update(text_tokens=text_tokens, act_bytes=torch.empty((), dtype=dtype).element_size())
+                    plain = estimate_draft_memory(
+                        model.transformer, model.vae, towers, **kw, checkpointing=checkpointing
+                    )
+                    row = {"arch": arch, "model": DEFAULTS[arch][1], "size": size, "k": kw["k"], "batch": b}
+                    row.update(est_gib=round(plain.total, 2), estimate=plain.as_dict())
+                    if checkpointing:
+                        off = estimate_draft_memory(model.transformer, model.vae, towers, **kw, offload_frozen=True)
+                        row.update(est_offload_gib=round(off.total, 2), estimate_offload=off.as_dict())
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if not k.startswith("estimate")}), flush=True)
+    print("\n| model | res | K | batch | estimated GiB | ×1.15 | offload_frozen: estimated GiB | ×1.15 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        off = r.get("est_offload_gib")
+        print(
+            f"| {r['model']} | {r['size']}² | {r['k']} | {r['batch']} | {r['est_gib']} | {r['est_gib'] * 1.15:.1f} "
+            f"| {off if off is not None else '-'} | {'-' if off is None else f'{off * 1.15:.1f}'} |"
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -234,26 +281,44 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument(
+        "--offload-frozen",
+        action="store_true",
+        help="frozen weights in pinned CPU memory except in the phase that needs them (as offload_frozen=true)",
+    )
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke test): sizes 32/64")
+    ap.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="print the memory estimator's peak with and without offload at the published sizes (meta device)",
+    )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
     a = ap.parse_args(argv)
+    if a.offload_frozen and a.no_checkpointing:
+        ap.error("--offload-frozen needs gradient checkpointing (drop --no-checkpointing)")
 
     from icthp_core.diffusion.lora import add_lora
     from icthp_core.diffusion.memory import estimate_draft_memory
+    from icthp_core.diffusion.offload import draft_swap
 
+    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    if a.estimate_only:
+        ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+        return estimate_only(
+            archs, ints(a.sizes), ints(a.ks), ints(a.batches), a.steps, a.rank, dtype, not a.no_checkpointing
+        )
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     if device == "cuda" and not a.cudnn_sdpa:
         # torch 2.11 on an H200 picks cuDNN attention, whose backward failed for FLUX at 1024² ("mha_graph.execute
         # ... is_good()", then illegal memory access); flash / memory-efficient SDPA kernels are used instead
         torch.backends.cuda.enable_cudnn_sdp(False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     if a.tiny:
         dtype = torch.float32
         torch.set_num_threads(1)
         if any(int(x) > 64 for x in a.sizes.split(",")):
             a.sizes = "32,64"
-    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
     rows = []
     for arch in archs:
         steps = a.steps or DEFAULTS[arch][0]
@@ -264,6 +329,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             model.transformer.enable_gradient_checkpointing()
             model.vae.enable_gradient_checkpointing()
         opt = torch.optim.AdamW(params, lr=5e-6)
+        swap = draft_swap(model, reward_fn, device) if a.offload_frozen else None
         reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
         text_tokens = cond_fn(1).prompt_embeds.shape[1]
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
@@ -284,6 +350,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "steps": steps,
                         "dtype": str(dtype).removeprefix("torch."),
                         "checkpointing": not a.no_checkpointing,
+                        "offload_frozen": a.offload_frozen,
                     }
                     est = estimate_draft_memory(
                         model.transformer,
@@ -296,6 +363,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         text_tokens=text_tokens,
                         act_bytes=torch.empty((), dtype=dtype).element_size(),
                         checkpointing=not a.no_checkpointing,
+                        offload_frozen=a.offload_frozen,
                     )
                     row["est_gib"] = round(est.total, 2)
                     row["estimate"] = est.as_dict()
@@ -313,6 +381,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             a.iters,
                             a.warmup,
                             device,
+                            swap,
                         )
                         row.update(sec_per_iter=round(sec, 3), peak_gib=round(peak, 2))
                     except torch.cuda.OutOfMemoryError:
@@ -323,12 +392,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         torch.cuda.empty_cache()
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-        del model, cond_fn, reward_fn, params, opt
+        del model, cond_fn, reward_fn, params, opt, swap
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    print(f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}\n")
+    print(
+        f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}, "
+        f"offload_frozen {a.offload_frozen}\n"
+    )
     print("| model | res | steps | K | batch | s/iter | peak GiB | estimated GiB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -365,7 +365,7 @@ class DraftConfig:
 
 @dataclass
 class SampleOutput:
-    images: Tensor  # [B·copies, 3, H, W] in 0..1 (graph through the steps with gradients)
+    images: Tensor | None  # [B·copies, 3, H, W] in 0..1 (graph through the steps with gradients); None: no decode
     latents: Tensor  # final unpacked latents
     grad_steps: list[int]  # indices of the steps run with gradients
     kl: Tensor | None  # mean squared velocity difference to the base model over grad steps
@@ -379,11 +379,12 @@ def sample(
     cfg: DraftConfig,
     rng: random.Random | None = None,
     generator: torch.Generator | None = None,
+    decode: bool = True,
 ) -> SampleOutput:
     """Run the sampling chain from `noise` [B,C,h,w]; gradients flow only through the steps chosen by `cfg`.
 
     ``draft`` with K=0 builds no graph at all (plain sampling). `rng` draws the ReFL step; `generator` the
-    DRaFT-LV noises.
+    DRaFT-LV noises. `decode=False` stops at the latents (`images` is None; `icthp_core.diffusion.offload`).
     """
     n, arch = cfg.num_steps, model.arch
     b, _, h, w = noise.shape
@@ -443,8 +444,10 @@ def sample(
         grad_steps.append(n - 1)
 
     lat = unpack_latents(x, h, w) if arch == "flux" else x
-    with torch.set_grad_enabled(bool(grad_steps)):
-        images = model.decode(lat)
+    images = None
+    if decode:
+        with torch.set_grad_enabled(bool(grad_steps)):
+            images = model.decode(lat)
     kl = torch.stack(kl_terms).mean() if kl_terms else None
     return SampleOutput(images, lat, grad_steps, kl, copies)
 

@@ -16,6 +16,7 @@ Outputs in `output_dir`: `pytorch_lora_weights.safetensors` (diffusers + ComfyUI
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -73,6 +74,9 @@ class DraftTrainConfig(CommonTrainConfig):
     max_steps: int = 3000
     mixed_precision: str = "bf16"  # no | fp16 | bf16
     gradient_checkpointing: bool = True
+    # frozen weights in pinned CPU memory except in the phase that needs them (transformer: sampling + backward;
+    # VAE + reward towers: reward); needs gradient_checkpointing (icthp_core/diffusion/offload.py)
+    offload_frozen: bool = False
     sample_every: int = 100
     sample_prompts: list[str] = field(default_factory=list)  # default: first 4 training prompts
     sample_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -96,7 +100,17 @@ def parse_config(argv: list[str] | None = None) -> DraftTrainConfig:
     cfg = parse_args(DraftTrainConfig, argv, __doc__)
     if not cfg.prompts:
         raise ConfigError("prompts: required (a .txt/.jsonl/.csv/.tsv/.parquet/.pkl prompt file), e.g. prompts=p.txt")
+    check_config(cfg)
     return cfg
+
+
+def check_config(cfg: DraftTrainConfig) -> None:
+    """Option combinations that cannot work (one line naming the key)."""
+    if cfg.offload_frozen and not cfg.gradient_checkpointing:
+        raise ConfigError(
+            "offload_frozen=true needs gradient_checkpointing=true (without it the K steps' activations stay on the "
+            "device during the reward phase, so offloading the frozen weights saves little)"
+        )
 
 
 # ---------------------------------------------------------------- helpers
@@ -135,6 +149,7 @@ def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> 
         text_tokens=cond_all.prompt_embeds.shape[1],
         act_bytes=torch.empty((), dtype=wdtype).element_size(),
         checkpointing=cfg.gradient_checkpointing,
+        offload_frozen=cfg.offload_frozen,
     )
     accelerator.print(
         f"expected peak GPU memory per process: {est.total:.1f} GiB (allow ~15% more: measured 7-13% above the "
@@ -253,7 +268,9 @@ def _train(cfg: DraftTrainConfig) -> Path:
     from icthp_core.data.prompts import load_prompts
     from icthp_core.diffusion.draft import DraftConfig, FlowModel, build_reward, draft_step, generate
     from icthp_core.diffusion.lora import add_lora, detect_arch, save_lora
+    from icthp_core.diffusion.offload import draft_step_offloaded, draft_swap, generate_offloaded
 
+    check_config(cfg)
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -292,7 +309,8 @@ def _train(cfg: DraftTrainConfig) -> Path:
         raise ValueError(f"{cfg.base_model}: pipeline class and transformer disagree")
     model = FlowModel.from_pipeline(pipe, cfg.guidance_scale)
     del pipe
-    model.vae.to(device)
+    if not cfg.offload_frozen:  # else the VAE and reward towers come to the device only for the reward phase
+        model.vae.to(device)
     model.transformer.to(device)
     params = add_lora(model.transformer, cfg.rank, cfg.lora_alpha)
     if cfg.gradient_checkpointing:
@@ -301,9 +319,13 @@ def _train(cfg: DraftTrainConfig) -> Path:
     reward_fn = build_reward(
         cfg.reward,
         cfg.reward_sources or None,
-        device=device,
+        device="cpu" if cfg.offload_frozen else device,
         dtype=cfg.reward_dtype or ("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision),
     )
+    swap = None
+    if cfg.offload_frozen:
+        reward_fn.scorer.device = torch.device(device)  # inputs go to the device; the towers follow per phase
+        swap = draft_swap(model, reward_fn, device)
     monitor = None
     if cfg.monitor and cfg.sample_every > 0:
         from icthp_core.diffusion.monitors import RewardHackingMonitor, gold_metric_fns
@@ -384,28 +406,31 @@ def _train(cfg: DraftTrainConfig) -> Path:
             ]
         ).to(device)
         imgs = []
+        gen = generate if swap is None else lambda *a: generate_offloaded(*a, swap)  # offload: latents only
         with accelerator.autocast():
             for i in range(0, noise.shape[0], max(cfg.batch_size, 1)):
                 imgs.append(
-                    generate(
+                    gen(
                         model,
                         noise[i : i + cfg.batch_size],
                         cond.select(range(i, min(i + cfg.batch_size, noise.shape[0]))),
                         cfg.num_steps,
                     )
                 )
-            imgs = torch.cat(imgs)
-            with torch.no_grad():
+        row, reason = {"step": at}, None
+        with contextlib.nullcontext() if swap is None else swap.phase("decode"):  # offload: VAE + towers in
+            with accelerator.autocast(), torch.no_grad():
+                if swap is not None:
+                    imgs = [model.decode(lat) for lat in imgs]
+                imgs = torch.cat(imgs)
                 rp = [p for p in sample_prompts for _ in cfg.sample_seeds]
-                r = reward_fn(imgs, rp).float().mean().item()
+                row["val/reward"] = reward_fn(imgs, rp).float().mean().item()
+            if monitor is not None:
+                values = monitor.compute(imgs, rp, len(sample_prompts))
+                row.update({f"monitor/{k}": v for k, v in values.items()})
+                reason = monitor.stop_reason(values)
         if accelerator.is_main_process:
             save_grid(imgs, out / "samples" / f"step_{at:06d}.png", nrow=len(cfg.sample_seeds))
-        row = {"step": at, "val/reward": r}
-        reason = None
-        if monitor is not None:
-            values = monitor.compute(imgs, rp, len(sample_prompts))
-            row.update({f"monitor/{k}": v for k, v in values.items()})
-            reason = monitor.stop_reason(values)
         log(row)
         return reason
 
@@ -437,8 +462,14 @@ def _train(cfg: DraftTrainConfig) -> Path:
             cond = cond_all.select([index[p] for p in batch])
             noise = model.noise(cfg.batch_size, cfg.resolution, cfg.resolution, gen).to(device)
             with accelerator.accumulate(), accelerator.autocast():
-                res = draft_step(model, reward_fn, batch, cond, noise, dcfg, rng=rng, generator=gen)
-                accelerator.backward(res.loss)
+                if swap is None:
+                    res = draft_step(model, reward_fn, batch, cond, noise, dcfg, rng=rng, generator=gen)
+                    accelerator.backward(res.loss)
+                else:  # three phases; the backward runs inside, res.loss is the true loss value
+                    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
+                    res = draft_step_offloaded(
+                        model, reward_fn, batch, cond, noise, dcfg, swap, accelerator.backward, scale, rng, gen
+                    )
                 gnorm = None
                 if accelerator.sync_gradients:
                     if accelerator.num_processes > 1:

@@ -10,6 +10,10 @@ Terms (bytes; `act` = bytes of the activation dtype, 2 for bf16/fp16):
 - VAE decode with gradients: every decoder ResNet keeps ~VAE_TENSORS_PER_RESNET feature maps (norms run in fp32
   under autocast); with checkpointing only the largest up-block's activations are alive at once.
 - reward towers: ViT activations at batch size for the backward to the pixels (same 34·s·h rule).
+- `offload_frozen` (`icthp_core.diffusion.offload`): the peak is the largest of three phases, since only one group
+  of frozen weights is on the device at a time. Sampling and backward: transformer weights + LoRA/optimizer +
+  the K steps' kept activations + one block's transient; reward: VAE + reward weights + LoRA/optimizer + the
+  (checkpointed) K steps' saved block inputs + VAE decode + reward activations.
 
 The model is deliberately simple; `bench/bench_draft.py` prints it next to the measured peak at real size, and
 `tests/draft/test_memory.py` checks the activation terms against tensors counted in the autograd graph of tiny models.
@@ -17,7 +21,7 @@ The model is deliberately simple; `bench/bench_draft.py` prints it next to the m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
@@ -37,12 +41,19 @@ class MemoryEstimate:
     vae_decode: float
     reward: float
     total: float
+    #: offload_frozen: peak of each phase ("sampling", "reward", "backward"); `total` is their maximum and the
+    #: terms above are what each part needs while it is on the device. Empty without offload.
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 2) for k, v in asdict(self).items()}
+        d = {k: round(v, 2) for k, v in asdict(self).items() if k != "phases"}
+        d.update({f"phase_{k}": round(v, 2) for k, v in self.phases.items()})
+        return d
 
     def table(self) -> str:
-        rows = [(k.replace("_", " "), v) for k, v in asdict(self).items()]
+        rows = [(k.replace("_", " "), v) for k, v in asdict(self).items() if k not in ("phases", "total")]
+        rows += [(f"phase: {k}", v) for k, v in self.phases.items()]
+        rows.append(("total (max over phases)" if self.phases else "total", self.total))
         return "\n".join(f"  {k:24s} {v:7.2f} GiB" for k, v in rows)
 
 
@@ -117,16 +128,22 @@ def estimate_draft_memory(
     vae_checkpointing: bool | None = None,
     optimizer: str = "adamw",
     reward_tokens: int = 257,
+    offload_frozen: bool = False,
 ) -> MemoryEstimate:
     """Expected peak memory of one DRaFT step (see the module docstring for the terms).
 
     `transformer` carries its LoRA (trainable parameters = LoRA); `reward_modules` are the frozen reward models
     (their image towers are differentiated to the pixels); `act_bytes` 2 for bf16/fp16 autocast, 4 for fp32.
+    `offload_frozen`: the peak over the phases of `icthp_core.diffusion.offload` (needs `checkpointing`).
     """
+    if offload_frozen and not checkpointing:
+        raise ValueError("offload_frozen needs checkpointing (the trainer refuses the combination)")
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"optimizer={optimizer!r}: expected one of {sorted(OPTIMIZER_STATE_BYTES)}")
     vae_checkpointing = checkpointing if vae_checkpointing is None else vae_checkpointing
-    weights = _bytes_of(transformer) + _bytes_of(vae) + sum(_bytes_of(m) for m in reward_modules)
+    weights_t = _bytes_of(transformer)
+    weights_d = _bytes_of(vae) + sum(_bytes_of(m) for m in reward_modules)  # the "decode" group of the offload
+    weights = weights_t + weights_d
     lora = count_params(transformer, trainable=True)
     lora_opt = lora * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer])  # params + grads + moments
 
@@ -145,4 +162,13 @@ def estimate_draft_memory(
                 width_v = mod.conv1.out_channels
                 reward_act += ACT_PER_TOKEN_WIDTH * reward_tokens * batch * width_v * layers * act_bytes / 2
     total = weights + lora_opt + acts + vae_b + reward_act
-    return MemoryEstimate(weights / GiB, lora_opt / GiB, acts / GiB, vae_b / GiB, reward_act / GiB, total / GiB)
+    phases: dict[str, float] = {}
+    if offload_frozen:
+        sampling = weights_t + lora_opt + acts  # forward of the K steps: one block's activations live at a time
+        phases = {
+            "sampling": sampling / GiB,
+            "reward": (weights_d + lora_opt + stored + vae_b + reward_act) / GiB,
+            "backward": sampling / GiB,  # recompute of one block at a time over the kept block inputs
+        }
+        total = max(phases.values()) * GiB
+    return MemoryEstimate(weights / GiB, lora_opt / GiB, acts / GiB, vae_b / GiB, reward_act / GiB, total / GiB, phases)

@@ -47,6 +47,28 @@ def test_bench_tiny_smoke(tmp_path):
     assert (tmp_path / "b.json").is_file()
 
 
+def test_bench_tiny_offload_frozen(tmp_path):
+    bench = _load("bench/bench_draft.py")
+    argv = ["--tiny", "--arch", "flux", "--sizes", "32", "--ks", "1", "--batches", "1", "--iters", "1", "--warmup", "0"]
+    rows = bench.main([*argv, "--offload-frozen"])
+    assert len(rows) == 1 and rows[0]["offload_frozen"] and rows[0]["sec_per_iter"] > 0
+    est = rows[0]["estimate"]
+    assert rows[0]["est_gib"] == max(est["phase_sampling"], est["phase_reward"], est["phase_backward"])
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--offload-frozen", "--no-checkpointing"])
+
+
+def test_bench_estimate_only_at_published_size():
+    """--estimate-only builds the real-size models on the meta device (nothing allocated) and prints both peaks;
+    offloading drops the transformer's 16 GB from the reward phase and the towers from the other phases."""
+    bench = _load("bench/bench_draft.py")
+    (row,) = bench.main(["--estimate-only", "--arch", "sd3", "--sizes", "1024", "--ks", "3", "--batches", "1"])
+    est, off = row["estimate"], row["estimate_offload"]
+    assert row["est_gib"] == est["total"] and row["est_offload_gib"] == off["total"]
+    assert off["phase_reward"] < off["phase_sampling"] < est["total"]
+    assert est["total"] - off["total"] == pytest.approx(est["vae_decode"] + est["reward"] + 3.2, abs=0.2)
+
+
 def test_bench_real_configs_match_published_sizes():
     """The random-weight models of the benchmark have the published parameter counts (meta device, no memory)."""
     import torch

@@ -90,3 +90,34 @@ def test_weights_and_optimizer_terms_are_exact():
     assert est.total == pytest.approx(
         est.weights + est.lora_and_optimizer + est.transformer_activations + est.vae_decode + est.reward
     )
+
+
+def test_offload_peak_is_the_largest_phase():
+    """offload_frozen: each phase holds only its own frozen weights; the total is the largest phase."""
+    torch.manual_seed(0)
+    pipe = tiny_sd3_pipeline()
+    model = FlowModel.from_pipeline(pipe)
+    model.transformer.requires_grad_(False)
+    params = add_lora(model.transformer, 4)
+    towers = [torch.nn.Linear(64, 64).requires_grad_(False)]
+    kw = dict(height=SIZE, width=SIZE, k=K, act_bytes=4, text_tokens=16)
+    plain = estimate_draft_memory(model.transformer, model.vae, towers, **kw)
+    off = estimate_draft_memory(model.transformer, model.vae, towers, **kw, offload_frozen=True)
+    t_w = sum(p.numel() * p.element_size() for p in model.transformer.parameters() if not p.requires_grad) / 2**30
+    d_w = sum(p.numel() * p.element_size() for m in (model.vae, *towers) for p in m.parameters()) / 2**30
+    lora = sum(p.numel() for p in params) * 16 / 2**30  # fp32 param + grad + 2 AdamW moments
+    vae_scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    stored, transient = (
+        b / 2**30 for b in transformer_activation_bytes(model.transformer, SIZE, SIZE, K, 1, 16, 4, True, vae_scale)
+    )
+    assert set(off.phases) == {"sampling", "reward", "backward"} and plain.phases == {}
+    assert off.phases["sampling"] == pytest.approx(t_w + lora + stored + transient)
+    assert off.phases["backward"] == off.phases["sampling"]
+    assert off.phases["reward"] == pytest.approx(d_w + lora + stored + off.vae_decode + off.reward)
+    assert off.total == pytest.approx(max(off.phases.values()))
+    assert off.total < plain.total
+    # the terms stay the same (what each part needs while resident); the dict / table show the phases
+    assert off.as_dict()["weights"] == plain.as_dict()["weights"] and "phase_reward" in off.as_dict()
+    assert "phases" not in plain.as_dict() and "phase: reward" in off.table() and "max over phases" in off.table()
+    with pytest.raises(ValueError, match="checkpointing"):
+        estimate_draft_memory(model.transformer, model.vae, **kw, checkpointing=False, offload_frozen=True)
