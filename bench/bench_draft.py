@@ -3,11 +3,13 @@
     python bench/bench_draft.py                         # SD3.5-Large and FLUX.1, 512²/1024², K=1/3, batch 1,2,4
     python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 3 --batches 1 --json out.json
     python bench/bench_draft.py --tiny                  # CPU smoke run on tiny models
+    python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 1 --batches 1 --optimizer adamw8bit --vae-tiling
 
 One iteration = sampling (N steps, gradients through the last K) + VAE decode + ICT-HP reward (two CLIP ViT-H/14
-towers at real size) + backward + AdamW step on the LoRA (rank 16). Transformer/VAE in bf16 with gradient
-checkpointing (disable with --no-checkpointing), LoRA parameters fp32, text embeddings random with the real
-shapes (the encoders are freed before training in train/draft_lora.py, so they are not resident).
+towers at real size) + backward + AdamW step on the LoRA (rank 16; `--optimizer adamw8bit`: bitsandbytes' 8-bit
+AdamW). Transformer/VAE in bf16 with gradient checkpointing (disable with --no-checkpointing), `--vae-tiling` /
+`--vae-slicing` as the trainer's options, LoRA parameters fp32, text embeddings random with the real shapes (the
+encoders are freed before training in train/draft_lora.py, so they are not resident).
 """
 
 from __future__ import annotations
@@ -234,6 +236,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"])
+    ap.add_argument("--vae-tiling", action="store_true", help="decode in tiles of --vae-tile-size px")
+    ap.add_argument("--vae-tile-size", type=int, default=512)
+    ap.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke test): sizes 32/64")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
@@ -241,6 +247,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from icthp_core.diffusion.lora import add_lora
     from icthp_core.diffusion.memory import estimate_draft_memory
+    from icthp_core.training.optim import make_optimizer
 
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     if device == "cuda" and not a.cudnn_sdpa:
@@ -263,7 +270,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not a.no_checkpointing:
             model.transformer.enable_gradient_checkpointing()
             model.vae.enable_gradient_checkpointing()
-        opt = torch.optim.AdamW(params, lr=5e-6)
+        tile = a.vae_tile_size if not a.tiny else 16  # tiny VAEs: 32/64 px images, so tiling really happens
+        model.set_vae_memory(tiling=a.vae_tiling, slicing=a.vae_slicing, tile_size=tile)
+        opt = make_optimizer(a.optimizer, params, lr=5e-6)
         reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
         text_tokens = cond_fn(1).prompt_embeds.shape[1]
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
@@ -284,6 +293,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "steps": steps,
                         "dtype": str(dtype).removeprefix("torch."),
                         "checkpointing": not a.no_checkpointing,
+                        "optimizer": a.optimizer,
+                        "vae_tiling": tile if a.vae_tiling else None,
+                        "vae_slicing": a.vae_slicing,
                     }
                     est = estimate_draft_memory(
                         model.transformer,
@@ -296,6 +308,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         text_tokens=text_tokens,
                         act_bytes=torch.empty((), dtype=dtype).element_size(),
                         checkpointing=not a.no_checkpointing,
+                        optimizer=a.optimizer,
+                        vae_tiling=a.vae_tiling,
+                        vae_slicing=a.vae_slicing,
+                        vae_tile_size=tile,
                     )
                     row["est_gib"] = round(est.total, 2)
                     row["estimate"] = est.as_dict()
@@ -329,11 +345,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     print(f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}\n")
-    print("| model | res | steps | K | batch | s/iter | peak GiB | estimated GiB |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | res | steps | K | batch | optimizer | VAE tiling | VAE slicing | s/iter | peak GiB | estimated GiB |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
+        tiling = f"{r['vae_tiling']} px" if r["vae_tiling"] else "off"
         print(
-            f"| {r['model']} | {r['size']}² | {r['steps']} | {r['k']} | {r['batch']} | {r['sec_per_iter']} "
-            f"| {r['peak_gib']} | {r['est_gib']} |"
+            f"| {r['model']} | {r['size']}² | {r['steps']} | {r['k']} | {r['batch']} | {r['optimizer']} | {tiling} "
+            f"| {'on' if r['vae_slicing'] else 'off'} | {r['sec_per_iter']} | {r['peak_gib']} | {r['est_gib']} |"
         )
     if a.json:
         with open(a.json, "w") as f:
