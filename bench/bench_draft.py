@@ -3,6 +3,8 @@
     python bench/bench_draft.py                         # SD3.5-Large and FLUX.1, 512²/1024², K=1/3, batch 1,2,4
     python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 3 --batches 1 --json out.json
     python bench/bench_draft.py --tiny                  # CPU smoke run on tiny models
+    python bench/bench_draft.py --estimate-only --sizes 1024 --ks 1 --batches 1 --optimizer adamw8bit --vae-tiling
+                                                        # the estimator only (meta-device models, any machine)
     python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 1 --batches 1 --optimizer adamw8bit --vae-tiling
 
 One iteration = sampling (N steps, gradients through the last K) + VAE decode + ICT-HP reward (two CLIP ViT-H/14
@@ -115,9 +117,10 @@ def build_real(
     vae_cfg: dict | None = None,
     clip_cfg: dict | None = None,
     text: tuple[int, int, int] | None = None,
+    reward: bool = True,
 ):
     """(FlowModel, TextConditioning factory, reward_fn) at the published sizes (or the given configs), random
-    weights."""
+    weights; `reward=False`: the reward towers as meta-device modules in a list (for the estimator only)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 
     from icthp_core.diffusion.draft import FlowModel, TextConditioning
@@ -145,6 +148,13 @@ def build_real(
             ids,
         )
 
+    if not reward:
+        from icthp_core.checkpoints.config import VIT_H_14
+        from icthp_core.checkpoints.loading import build_clip
+
+        cfg = clip_cfg or VIT_H_14
+        towers = [build_clip(cfg), build_clip(cfg, vision_only=True)]
+        return model, cond, [t.to(dtype).requires_grad_(False) for t in towers]
     return model, cond, real_reward(device, dtype, clip_cfg)
 
 
@@ -241,6 +251,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--vae-tile-size", type=int, default=512)
     ap.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke test): sizes 32/64")
+    ap.add_argument(
+        "--estimate-only", action="store_true", help="print the memory estimate only (meta-device models, no run)"
+    )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
     a = ap.parse_args(argv)
@@ -250,6 +263,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from icthp_core.training.optim import make_optimizer
 
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    if a.estimate_only:
+        device = "meta"
     if device == "cuda" and not a.cudnn_sdpa:
         # torch 2.11 on an H200 picks cuDNN attention, whose backward failed for FLUX at 1024² ("mha_graph.execute
         # ... is_good()", then illegal memory access); flash / memory-efficient SDPA kernels are used instead
@@ -265,7 +280,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for arch in archs:
         steps = a.steps or DEFAULTS[arch][0]
         t0 = time.time()
-        model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
+        if a.estimate_only and not a.tiny:
+            model, cond_fn, reward_fn = build_real(arch, device, dtype, reward=False)
+        else:
+            model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
         params = add_lora(model.transformer, a.rank)
         if not a.no_checkpointing:
             model.transformer.enable_gradient_checkpointing()
@@ -273,7 +291,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tile = a.vae_tile_size if not a.tiny else 16  # tiny VAEs: 32/64 px images, so tiling really happens
         model.set_vae_memory(tiling=a.vae_tiling, slicing=a.vae_slicing, tile_size=tile)
         opt = make_optimizer(a.optimizer, params, lr=5e-6)
-        reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+        if isinstance(reward_fn, list):
+            reward_models = reward_fn
+        else:
+            reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
         text_tokens = cond_fn(1).prompt_embeds.shape[1]
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
         print(
@@ -315,6 +336,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     )
                     row["est_gib"] = round(est.total, 2)
                     row["estimate"] = est.as_dict()
+                    if a.estimate_only:
+                        row.update(sec_per_iter=None, peak_gib=None)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                        continue
                     try:
                         sec, peak = run_config(
                             model,
@@ -344,6 +370,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if device == "cuda":
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    if a.estimate_only:
+        dev = "estimate only (meta-device models)"
     print(f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}\n")
     print(
         "| model | res | steps | K | batch | optimizer | VAE tiling | VAE slicing | s/iter | peak GiB | estimated GiB |"
