@@ -42,6 +42,21 @@ SD35_LARGE = dict(
     pos_embed_max_size=192,
     qk_norm="rms_norm",
 )
+SD35_MEDIUM = dict(  # MMDiT-X: self-attention added in the first 13 blocks
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    qk_norm="rms_norm",
+    dual_attention_layers=tuple(range(13)),
+)
 FLUX1 = dict(
     patch_size=1,
     in_channels=64,
@@ -78,7 +93,8 @@ SCHED = {
     },
 }
 TEXT = {"sd3": (333, 4096, 2048), "flux": (256, 4096, 768)}  # tokens, width, pooled width
-DEFAULTS = {"sd3": (8, "SD3.5-Large"), "flux": (4, "FLUX.1-schnell")}
+DEFAULTS = {"sd3": (8, "SD3.5-Large"), "sd3-medium": (8, "SD3.5-Medium"), "flux": (4, "FLUX.1-schnell")}
+TRANSFORMERS = {"sd3": SD35_LARGE, "sd3-medium": SD35_MEDIUM, "flux": FLUX1}
 
 
 @contextmanager
@@ -126,7 +142,8 @@ def build_real(
     from icthp_core.diffusion.draft import FlowModel, TextConditioning
 
     with _default(device, dtype):
-        tcfg = transformer_cfg or (SD35_LARGE if arch == "sd3" else FLUX1)
+        tcfg = transformer_cfg or TRANSFORMERS[arch]
+        arch = "sd3" if arch.startswith("sd3") else arch  # SD3.5-Medium: the SD3 VAE, scheduler and text shapes
         tr = SD3Transformer2DModel(**tcfg) if arch == "sd3" else FluxTransformer2DModel(**tcfg)
         vae = AutoencoderKL(
             **(vae_cfg or VAE16),
@@ -187,7 +204,7 @@ def build_tiny(arch: str, device, dtype):
     from icthp_core.testing.diffusion import tiny_flux_pipeline, tiny_sd3_pipeline
     from icthp_core.testing.tiny import save_tiny_hp, save_tiny_ict
 
-    pipe = (tiny_sd3_pipeline if arch == "sd3" else tiny_flux_pipeline)()
+    pipe = (tiny_sd3_pipeline if arch.startswith("sd3") else tiny_flux_pipeline)()
     all_cond = encode_prompts(pipe, ["a photo of a cat"], max_sequence_length=16)
     model = FlowModel.from_pipeline(pipe)
     model.transformer.to(device, dtype)
@@ -236,7 +253,7 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="all", choices=["all", "sd3", "flux"])
+    ap.add_argument("--arch", default="all", choices=["all", "sd3", "sd3-medium", "flux"])
     ap.add_argument("--sizes", default="512,1024")
     ap.add_argument("--ks", default="1,3")
     ap.add_argument("--batches", default="1,2,4")

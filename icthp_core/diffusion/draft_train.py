@@ -146,7 +146,7 @@ def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> 
         vae_tile_size=cfg.vae_tile_size,
     )
     accelerator.print(
-        f"expected peak GPU memory per process: {est.total:.1f} GiB (allow ~15% more: measured 7-13% above the "
+        f"expected peak GPU memory per process: {est.total:.1f} GiB (allow ~10% more: measured 3-6% above the "
         f"estimate on an H200)\n{est.table()}"
     )
 

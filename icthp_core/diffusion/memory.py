@@ -9,8 +9,9 @@ Terms (bytes; `act` = bytes of the activation dtype, 2 for bf16/fp16):
   layer in 16-bit, no attention-score term since SDPA never materialises the scores). With checkpointing each block
   keeps only its input streams (tokens × width × act), plus one block's full activations while it is recomputed.
 - VAE decode with gradients: every decoder ResNet keeps ~VAE_TENSORS_PER_RESNET feature maps (norms run in fp32
-  under autocast); with checkpointing only the largest up-block's activations are alive at once, recomputed for one
-  decode unit at a time: one tile with `vae_tiling`, one image with `vae_slicing`. Without checkpointing every tile
+  under autocast), the output head keeps three full-resolution maps; with checkpointing only the up-blocks' inputs
+  stay, plus the largest up-block's activations while it is recomputed for one decode unit at a time: one tile with
+  `vae_tiling`, one image with `vae_slicing`. Without checkpointing every tile
   and image keeps its activations for the backward, so tiling then costs more than the whole image (the tiles
   overlap) and slicing saves nothing.
 - reward towers: ViT activations at batch size for the backward to the pixels (same 34·s·h rule).
@@ -149,12 +150,27 @@ def vae_decode_bytes(
             out.append(resnets * VAE_TENSORS_PER_RESNET * c * hw * b * (act + 4) / 2)
         return out
 
-    if checkpointing:  # the largest up-block, recomputed for one tile / one image at a time
+    def kept(h: int, w: int, b: int) -> float:
+        """Tensors outside the checkpointed blocks: the up-blocks' inputs (kept by the checkpoints; with
+        checkpointing only) and the output head at full resolution (GroupNorm input, its fp32 output = the SiLU
+        input, the SiLU output cast for conv_out)."""
+        tail = chans[-1] * h * w * b * (2 * act + 4)
+        if not checkpointing:
+            return tail
+        inputs = sum(
+            (chans[max(i - 1, 0)]) * (h // 2 ** (n_up - 1 - i)) * (w // 2 ** (n_up - 1 - i)) * b * act
+            for i in range(n_up)
+        )
+        return tail + inputs
+
+    # the decoded area: with tiling every tile keeps its tensors, the overlaps included
+    area_h, area_w = (
+        (tiled_extent(height, tile, vae_scale), tiled_extent(width, tile, vae_scale)) if tiled else (height, width)
+    )
+    if checkpointing:  # + the largest up-block, recomputed for one tile / one image at a time
         h, w = (min(tile, height), min(tile, width)) if tiled else (height, width)
-        return int(max(levels(h, w, 1 if slicing else batch)))
-    if tiled:  # every tile keeps its activations: the decoded area with the overlaps
-        height, width = tiled_extent(height, tile, vae_scale), tiled_extent(width, tile, vae_scale)
-    return int(sum(levels(height, width, batch)))
+        return int(kept(area_h, area_w, batch) + max(levels(h, w, 1 if slicing else batch)))
+    return int(kept(area_h, area_w, batch) + sum(levels(area_h, area_w, batch)))
 
 
 def estimate_draft_memory(
