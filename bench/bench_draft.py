@@ -3,13 +3,17 @@
     python bench/bench_draft.py                         # SD3.5-Large and FLUX.1, 512²/1024², K=1/3, batch 1,2,4
     python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 3 --batches 1 --json out.json
     python bench/bench_draft.py --tiny                  # CPU smoke run on tiny models
-    python bench/bench_draft.py --offload-frozen ...    # frozen weights swapped to pinned CPU memory per phase
-    python bench/bench_draft.py --estimate-only         # the memory estimator only (meta device, any machine)
+    python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 1 --batches 1 --optimizer adamw8bit --vae-tiling
+    python bench/bench_draft.py --arch sd3 --sizes 1024 --ks 3 --batches 1 --offload-frozen
+    python bench/bench_draft.py --estimate-only --sizes 512,1024 --ks 1,3 --batches 1 [--optimizer adamw8bit ...]
+                                                        # the estimator only (meta-device models, any machine),
+                                                        # with and without offload_frozen
 
 One iteration = sampling (N steps, gradients through the last K) + VAE decode + ICT-HP reward (two CLIP ViT-H/14
-towers at real size) + backward + AdamW step on the LoRA (rank 16). Transformer/VAE in bf16 with gradient
-checkpointing (disable with --no-checkpointing), LoRA parameters fp32, text embeddings random with the real
-shapes (the encoders are freed before training in train/draft_lora.py, so they are not resident).
+towers at real size) + backward + AdamW step on the LoRA (rank 16; `--optimizer adamw8bit`: bitsandbytes' 8-bit
+AdamW). Transformer/VAE in bf16 with gradient checkpointing (disable with --no-checkpointing); `--vae-tiling`,
+`--vae-slicing` and `--offload-frozen` as the trainer's options; LoRA parameters fp32, text embeddings random with
+the real shapes (the encoders are freed before training in train/draft_lora.py, so they are not resident).
 """
 
 from __future__ import annotations
@@ -39,6 +43,21 @@ SD35_LARGE = dict(
     out_channels=16,
     pos_embed_max_size=192,
     qk_norm="rms_norm",
+)
+SD35_MEDIUM = dict(  # MMDiT-X: self-attention added in the first 13 blocks
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    qk_norm="rms_norm",
+    dual_attention_layers=tuple(range(13)),
 )
 FLUX1 = dict(
     patch_size=1,
@@ -76,7 +95,8 @@ SCHED = {
     },
 }
 TEXT = {"sd3": (333, 4096, 2048), "flux": (256, 4096, 768)}  # tokens, width, pooled width
-DEFAULTS = {"sd3": (8, "SD3.5-Large"), "flux": (4, "FLUX.1-schnell")}
+DEFAULTS = {"sd3": (8, "SD3.5-Large"), "sd3-medium": (8, "SD3.5-Medium"), "flux": (4, "FLUX.1-schnell")}
+TRANSFORMERS = {"sd3": SD35_LARGE, "sd3-medium": SD35_MEDIUM, "flux": FLUX1}
 
 
 @contextmanager
@@ -115,15 +135,17 @@ def build_real(
     vae_cfg: dict | None = None,
     clip_cfg: dict | None = None,
     text: tuple[int, int, int] | None = None,
+    reward: bool = True,
 ):
     """(FlowModel, TextConditioning factory, reward_fn) at the published sizes (or the given configs), random
-    weights."""
+    weights; `reward=False`: the reward towers as meta-device modules in a list (for the estimator only)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 
     from icthp_core.diffusion.draft import FlowModel, TextConditioning
 
     with _default(device, dtype):
-        tcfg = transformer_cfg or (SD35_LARGE if arch == "sd3" else FLUX1)
+        tcfg = transformer_cfg or TRANSFORMERS[arch]
+        arch = "sd3" if arch.startswith("sd3") else arch  # SD3.5-Medium: the SD3 VAE, scheduler and text shapes
         tr = SD3Transformer2DModel(**tcfg) if arch == "sd3" else FluxTransformer2DModel(**tcfg)
         vae = AutoencoderKL(
             **(vae_cfg or VAE16),
@@ -145,6 +167,13 @@ def build_real(
             ids,
         )
 
+    if not reward:
+        from icthp_core.checkpoints.config import VIT_H_14
+        from icthp_core.checkpoints.loading import build_clip
+
+        cfg = clip_cfg or VIT_H_14
+        towers = [build_clip(cfg), build_clip(cfg, vision_only=True)]
+        return model, cond, [t.to(dtype).requires_grad_(False) for t in towers]
     return model, cond, real_reward(device, dtype, clip_cfg)
 
 
@@ -178,7 +207,7 @@ def build_tiny(arch: str, device, dtype):
     from icthp_core.testing.diffusion import tiny_flux_pipeline, tiny_sd3_pipeline
     from icthp_core.testing.tiny import save_tiny_hp, save_tiny_ict
 
-    pipe = (tiny_sd3_pipeline if arch == "sd3" else tiny_flux_pipeline)()
+    pipe = (tiny_sd3_pipeline if arch.startswith("sd3") else tiny_flux_pipeline)()
     all_cond = encode_prompts(pipe, ["a photo of a cat"], max_sequence_length=16)
     model = FlowModel.from_pipeline(pipe)
     model.transformer.to(device, dtype)
@@ -231,47 +260,9 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
     return sum(times) / len(times), peak
 
 
-def estimate_only(archs, sizes, ks, batches, steps, rank, dtype, checkpointing) -> list[dict]:
-    """The estimator's peak (GiB) with and without `offload_frozen` at the published sizes; models on the meta
-    device, so nothing is allocated or run (the docs' memory table)."""
-    from icthp_core.diffusion.lora import add_lora
-    from icthp_core.diffusion.memory import estimate_draft_memory
-
-    rows = []
-    for arch in archs:
-        model, cond_fn, reward_fn = build_real(arch, "meta", dtype)
-        add_lora(model.transformer, rank)
-        towers = list(reward_fn.scorer.models.values())
-        text_tokens = TEXT[arch][0]
-        for size in sizes:
-            for k in ks:
-                for b in batches:
-                    kw = dict(height=size, width=size, k=min(k, steps or DEFAULTS[arch][0]), batch=b)
-                    kw.update(text_tokens=text_tokens, act_bytes=torch.empty((), dtype=dtype).element_size())
-                    plain = estimate_draft_memory(
-                        model.transformer, model.vae, towers, **kw, checkpointing=checkpointing
-                    )
-                    row = {"arch": arch, "model": DEFAULTS[arch][1], "size": size, "k": kw["k"], "batch": b}
-                    row.update(est_gib=round(plain.total, 2), estimate=plain.as_dict())
-                    if checkpointing:
-                        off = estimate_draft_memory(model.transformer, model.vae, towers, **kw, offload_frozen=True)
-                        row.update(est_offload_gib=round(off.total, 2), estimate_offload=off.as_dict())
-                    rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if not k.startswith("estimate")}), flush=True)
-    print("\n| model | res | K | batch | estimated GiB | ×1.15 | offload_frozen: estimated GiB | ×1.15 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        off = r.get("est_offload_gib")
-        print(
-            f"| {r['model']} | {r['size']}² | {r['k']} | {r['batch']} | {r['est_gib']} | {r['est_gib'] * 1.15:.1f} "
-            f"| {off if off is not None else '-'} | {'-' if off is None else f'{off * 1.15:.1f}'} |"
-        )
-    return rows
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="all", choices=["all", "sd3", "flux"])
+    ap.add_argument("--arch", default="all", choices=["all", "sd3", "sd3-medium", "flux"])
     ap.add_argument("--sizes", default="512,1024")
     ap.add_argument("--ks", default="1,3")
     ap.add_argument("--batches", default="1,2,4")
@@ -286,11 +277,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         action="store_true",
         help="frozen weights in pinned CPU memory except in the phase that needs them (as offload_frozen=true)",
     )
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"])
+    ap.add_argument("--vae-tiling", action="store_true", help="decode in tiles of --vae-tile-size px")
+    ap.add_argument("--vae-tile-size", type=int, default=512)
+    ap.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke test): sizes 32/64")
     ap.add_argument(
-        "--estimate-only",
-        action="store_true",
-        help="print the memory estimator's peak with and without offload at the published sizes (meta device)",
+        "--estimate-only", action="store_true", help="print the memory estimate only (meta-device models, no run)"
     )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
@@ -301,36 +294,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from icthp_core.diffusion.lora import add_lora
     from icthp_core.diffusion.memory import estimate_draft_memory
     from icthp_core.diffusion.offload import draft_swap
+    from icthp_core.training.optim import make_optimizer
 
-    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
-    if a.estimate_only:
-        ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
-        return estimate_only(
-            archs, ints(a.sizes), ints(a.ks), ints(a.batches), a.steps, a.rank, dtype, not a.no_checkpointing
-        )
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
+    if a.estimate_only:
+        device = "meta"
     if device == "cuda" and not a.cudnn_sdpa:
         # torch 2.11 on an H200 picks cuDNN attention, whose backward failed for FLUX at 1024² ("mha_graph.execute
         # ... is_good()", then illegal memory access); flash / memory-efficient SDPA kernels are used instead
         torch.backends.cuda.enable_cudnn_sdp(False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     if a.tiny:
         dtype = torch.float32
         torch.set_num_threads(1)
         if any(int(x) > 64 for x in a.sizes.split(",")):
             a.sizes = "32,64"
+    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
     rows = []
     for arch in archs:
         steps = a.steps or DEFAULTS[arch][0]
         t0 = time.time()
-        model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
+        if a.estimate_only and not a.tiny:
+            model, cond_fn, reward_fn = build_real(arch, device, dtype, reward=False)
+        else:
+            model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
         params = add_lora(model.transformer, a.rank)
         if not a.no_checkpointing:
             model.transformer.enable_gradient_checkpointing()
             model.vae.enable_gradient_checkpointing()
-        opt = torch.optim.AdamW(params, lr=5e-6)
-        swap = draft_swap(model, reward_fn, device) if a.offload_frozen else None
-        reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+        tile = a.vae_tile_size if not a.tiny else 16  # tiny VAEs: 32/64 px images, so tiling really happens
+        model.set_vae_memory(tiling=a.vae_tiling, slicing=a.vae_slicing, tile_size=tile)
+        opt = make_optimizer(a.optimizer, params, lr=5e-6)
+        swap = draft_swap(model, reward_fn, device) if a.offload_frozen and not a.estimate_only else None
+        if isinstance(reward_fn, list):
+            reward_models = reward_fn
+        else:
+            reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
         text_tokens = cond_fn(1).prompt_embeds.shape[1]
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
         print(
@@ -350,12 +349,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "steps": steps,
                         "dtype": str(dtype).removeprefix("torch."),
                         "checkpointing": not a.no_checkpointing,
+                        "optimizer": a.optimizer,
+                        "vae_tiling": tile if a.vae_tiling else None,
+                        "vae_slicing": a.vae_slicing,
                         "offload_frozen": a.offload_frozen,
                     }
-                    est = estimate_draft_memory(
-                        model.transformer,
-                        model.vae,
-                        reward_models,
+                    kw = dict(
                         height=size,
                         width=size,
                         k=min(k, steps),
@@ -363,10 +362,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         text_tokens=text_tokens,
                         act_bytes=torch.empty((), dtype=dtype).element_size(),
                         checkpointing=not a.no_checkpointing,
-                        offload_frozen=a.offload_frozen,
+                        optimizer=a.optimizer,
+                        vae_tiling=a.vae_tiling,
+                        vae_slicing=a.vae_slicing,
+                        vae_tile_size=tile,
+                    )
+                    est = estimate_draft_memory(
+                        model.transformer, model.vae, reward_models, **kw, offload_frozen=a.offload_frozen
                     )
                     row["est_gib"] = round(est.total, 2)
                     row["estimate"] = est.as_dict()
+                    if a.estimate_only:
+                        if not a.no_checkpointing:  # both columns of the docs' table in one command
+                            off = estimate_draft_memory(
+                                model.transformer, model.vae, reward_models, **kw, offload_frozen=True
+                            )
+                            row["est_offload_gib"] = round(off.total, 2)
+                            row["estimate_offload"] = off.as_dict()
+                        row.update(sec_per_iter=None, peak_gib=None)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                        continue
                     try:
                         sec, peak = run_config(
                             model,
@@ -392,21 +408,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         torch.cuda.empty_cache()
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-        del model, cond_fn, reward_fn, params, opt, swap
+        del model, cond_fn, reward_fn, params, opt
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    if a.estimate_only:
+        dev = "estimate only (meta-device models)"
     print(
         f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}, "
         f"offload_frozen {a.offload_frozen}\n"
     )
-    print("| model | res | steps | K | batch | s/iter | peak GiB | estimated GiB |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | res | steps | K | batch | optimizer | VAE tiling | VAE slicing | s/iter | peak GiB | estimated GiB |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
+        tiling = f"{r['vae_tiling']} px" if r["vae_tiling"] else "off"
         print(
-            f"| {r['model']} | {r['size']}² | {r['steps']} | {r['k']} | {r['batch']} | {r['sec_per_iter']} "
-            f"| {r['peak_gib']} | {r['est_gib']} |"
+            f"| {r['model']} | {r['size']}² | {r['steps']} | {r['k']} | {r['batch']} | {r['optimizer']} | {tiling} "
+            f"| {'on' if r['vae_slicing'] else 'off'} | {r['sec_per_iter']} | {r['peak_gib']} | {r['est_gib']} |"
         )
+    if a.estimate_only and any("est_offload_gib" in r for r in rows):
+        print("\n| model | res | K | batch | estimated GiB | offload_frozen: estimated GiB |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            cells = (r["model"], f"{r['size']}²", r["k"], r["batch"], r["est_gib"], r["est_offload_gib"])
+            print("| " + " | ".join(str(c) for c in cells) + " |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "rows": rows}, f, indent=2)

@@ -8,8 +8,9 @@ Parts (each in its own process with its own time limit; a failing or timed-out p
 env (versions, GPU, measured bf16 matmul TFLOP/s), parity (fp32 GPU vs CPU scores, tiny fixtures), decode (nvjpeg
 + torch preprocessing vs PIL), precision (fp16/bf16 vs fp32 incl. ranking flips, mid-size fixture), sdpa (which
 attention kernels run in half precision), bench_score (ViT-H/14 throughput), draft_sd3 / draft_flux (DRaFT-K at
-1024², memory vs the estimator), bench_compile (torch.compile at ViT-H/14). Output: DIR/report.json,
-DIR/report.md, DIR/log.txt.
+1024², memory vs the estimator), draft_offload (SD3.5-Large 1024², K=3, offload_frozen: the 24 GB recipe),
+draft_lowmem (the same with 8-bit AdamW + VAE tiling), bench_compile (torch.compile at ViT-H/14; only when named in
+--parts). Output: DIR/report.json, DIR/report.md, DIR/log.txt.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ PARTS = {
     "bench_score": (200, 240),
     "draft_sd3": (110, 240),
     "draft_flux": (110, 240),
+    "draft_offload": (90, 240),
+    "draft_lowmem": (90, 240),
     "bench_compile": (150, 240),
 }
+# run by default, in order of priority (the budget skips the last ones first); bench_compile measured no gain on the
+# H200 (docs/benchmarks.md), so it runs only when asked for with --parts
+DEFAULT_PARTS = [p for p in PARTS if p != "bench_compile"]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -423,12 +429,23 @@ def part_bench_score(dry: bool, work: Path, log=None, timeout: float = 200, comp
     return res
 
 
-def part_draft(arch: str, dry: bool, work: Path, log=None, timeout: float = 110) -> dict:
-    out_json = work / f"draft_{arch}.json"
+#: the draft parts: (arch, K values, extra bench_draft.py options)
+DRAFT_PARTS = {
+    "draft_sd3": ("sd3", "1,3", []),
+    "draft_flux": ("flux", "1,3", []),
+    "draft_offload": ("sd3", "3", ["--offload-frozen"]),  # the 24 GB recipe for SD3.5-Large
+    "draft_lowmem": ("sd3", "3", ["--optimizer", "adamw8bit", "--vae-tiling"]),  # the other low-memory options
+}
+
+
+def part_draft(name: str, dry: bool, work: Path, log=None, timeout: float = 110) -> dict:
+    arch, ks, extra = DRAFT_PARTS[name]
+    out_json = work / f"{name}.json"
     if dry:
-        args = ["--tiny", "--arch", arch, "--sizes", "32", "--ks", "1", "--batches", "1", "--iters", "1"]
+        args = ["--tiny", "--arch", arch, "--sizes", "32", "--ks", "1", "--batches", "1", "--iters", "1", *extra]
     else:
-        args = ["--arch", arch, "--sizes", "1024", "--ks", "1,3", "--batches", "1", "--iters", "2", "--warmup", "1"]
+        args = ["--arch", arch, "--sizes", "1024", "--ks", ks, "--batches", "1", "--iters", "2", "--warmup", "1"]
+        args += extra
     cmd = [sys.executable, str(HERE / "bench_draft.py"), *args, "--json", str(out_json)]
     rc, text = _run_script(cmd, timeout, log or sys.stdout)
     res: dict = {"command": " ".join(["python", "bench/bench_draft.py", *args]), "rc": rc}
@@ -443,11 +460,11 @@ def part_draft(arch: str, dry: bool, work: Path, log=None, timeout: float = 110)
 # ---------------------------------------------------------------------------------------------------- driver
 def run_part(name: str, dry: bool, work: Path, timeout: float, log) -> dict:
     """Run one part in a fresh process (isolates CUDA state, memory and crashes) with a time limit."""
-    if name in ("bench_score", "bench_compile", "draft_sd3", "draft_flux"):
+    if name in ("bench_score", "bench_compile", *DRAFT_PARTS):
         t0 = time.time()
         try:
-            if name.startswith("draft_"):
-                res = part_draft(name.split("_")[1], dry, work, log, timeout)
+            if name in DRAFT_PARTS:
+                res = part_draft(name, dry, work, log, timeout)
             else:
                 res = part_bench_score(dry, work, log, timeout, compile_only=name == "bench_compile")
             res["status"] = "ok" if res.get("rc") == 0 else ("timeout" if res.get("rc") == 124 else "failed")
@@ -565,23 +582,26 @@ def markdown(report: dict) -> str:
                     )
             if bs.get("error"):
                 lines.append(f"\nerror: {bs['error'][:300]}")
-    for name in ("draft_sd3", "draft_flux"):
+    for name in DRAFT_PARTS:
         dr = report["parts"].get(name, {})
         if dr.get("rows"):
             lines += ["", f"## {name}", "", f"`{dr.get('command')}`", ""]
             lines += [
-                "| model | res | steps | K | batch | s/iter | peak GiB | estimated GiB |",
-                "|---|---|---|---|---|---|---|---|",
+                "| model | res | steps | K | batch | optimizer | VAE tiling | offload | s/iter | peak GiB "
+                "| estimated GiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in dr["rows"]:
                 lines.append(
                     f"| {r['model']} | {r['size']} | {r['steps']} | {r['k']} | {r['batch']} | "
+                    f"{r.get('optimizer', 'adamw')} | {r.get('vae_tiling') or 'off'} | "
+                    f"{'on' if r.get('offload_frozen') else 'off'} | "
                     f"{r.get('sec_per_iter')} | {r.get('peak_gib')} | {r.get('est_gib')} |"
                 )
         if dr.get("error"):
             lines.append(f"\n{name} error: {str(dr['error'])[:300]}")
     for name, res in report["parts"].items():
-        if res.get("status") != "ok" and res.get("error") and name not in ("draft_sd3", "draft_flux"):
+        if res.get("status") != "ok" and res.get("error") and name not in DRAFT_PARTS:
             lines += ["", f"### {name} failed", "", "```", str(res["error"])[-1500:], "```"]
     return "\n".join(lines) + "\n"
 
@@ -590,7 +610,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for report.json, report.md, log.txt")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (seconds)")
-    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument(
+        "--parts",
+        default=",".join(DEFAULT_PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (default: all but bench_compile)",
+    )
     ap.add_argument("--budget", type=float, default=470, help="seconds for all parts together (GPU run)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--part", help=argparse.SUPPRESS)

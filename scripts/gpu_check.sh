@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (bench/gpu_check.py): <= 8 minutes on one H100/H200, report in OUT_DIR.
 #   bash scripts/gpu_check.sh OUT_DIR [--parts env,parity,...] [--dry-run]
-# Installs the wheels carried in .whl/ (scripts/prepare_gpu_wheels.sh) offline into /tmp/site first.
+# Installs the wheels carried in .whl/ (scripts/prepare_gpu_wheels.sh: open_clip_torch, diffusers, ftfy, bitsandbytes,
+# ...) offline into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:?usage: scripts/gpu_check.sh OUT_DIR [gpu_check.py options]}"

@@ -34,7 +34,7 @@ def test_pairwise_flips_counts_order_changes_within_groups():
 @pytest.mark.slow
 def test_dry_run_writes_reports(tmp_path):
     gc = _load()
-    parts = "env,parity,decode,precision,sdpa,bench_score,draft_sd3"
+    parts = "env,parity,decode,precision,sdpa,bench_score,draft_sd3,draft_offload,draft_lowmem"
     report = gc.main(["--out", str(tmp_path), "--dry-run", "--parts", parts])
     assert set(report["parts"]) == set(parts.split(","))
     failed = {k: v.get("error") for k, v in report["parts"].items() if v.get("status") != "ok"}
@@ -44,13 +44,17 @@ def test_dry_run_writes_reports(tmp_path):
     row = report["parts"]["bench_score"]["ours"][0]  # the host side alone, to locate an end-to-end gap
     assert row["read_img_per_s"] > row["prep_img_per_s"] > 0 and row["overlap"] > 0
     assert report["parts"]["draft_sd3"]["rows"][0]["est_gib"] > 0
+    low = report["parts"]["draft_lowmem"]["rows"][0]
+    assert (low["optimizer"], low["vae_tiling"], low["k"]) == ("adamw8bit", 16, 1)
+    assert report["parts"]["draft_offload"]["rows"][0]["offload_frozen"] is True
     assert json.loads((tmp_path / "report.json").read_text())["dry_run"] is True
     md = (tmp_path / "report.md").read_text()
-    assert "## Parity" in md and "## bf16 vs fp32" in md and "## draft_sd3" in md
+    assert "## Parity" in md and "## bf16 vs fp32" in md and "## draft_sd3" in md and "## draft_lowmem" in md
 
 
 def test_unknown_part_is_a_clear_error(tmp_path):
     gc = _load()
+    assert "bench_compile" in gc.PARTS and "bench_compile" not in gc.DEFAULT_PARTS  # measured no gain: on request
     with pytest.raises(SystemExit, match="unknown"):
         gc.main(["--out", str(tmp_path), "--dry-run", "--parts", "env,nope"])
 

@@ -330,6 +330,22 @@ class FlowModel:
             v = vu + self.guidance_scale * (vc - vu)
         return v
 
+    def set_vae_memory(self, tiling: bool = False, slicing: bool = False, tile_size: int = 512) -> None:
+        """diffusers' VAE tiling (overlapping `tile_size`-px tiles, blended) and slicing (one image at a time) for
+        every `decode`. The SD3/FLUX VAEs' own tile size is their `sample_size` (1024 px), which never tiles a
+        1024² image, so the tile size is set here."""
+        vae = self.vae
+        if tiling:
+            vae.enable_tiling()
+            vae.tile_sample_min_size = tile_size
+            vae.tile_latent_min_size = tile_size // self.vae_scale_factor
+        else:
+            vae.disable_tiling()
+        if slicing:
+            vae.enable_slicing()
+        else:
+            vae.disable_slicing()
+
     def decode(self, latents: Tensor) -> Tensor:
         """VAE-decode unpacked latents [B,C,h,w] → images [B,3,H,W] in 0..1 (differentiable)."""
         cfg = self.vae.config

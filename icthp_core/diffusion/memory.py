@@ -2,13 +2,18 @@
 
 Terms (bytes; `act` = bytes of the activation dtype, 2 for bf16/fp16):
 - weights: transformer, VAE and reward towers at their storage dtype; LoRA parameters fp32.
-- optimizer: LoRA gradients (fp32) + AdamW moments (2 × fp32, or 2 × 1 byte for 8-bit AdamW).
+- optimizer: LoRA gradients (fp32) + AdamW moments (2 × fp32, or for bitsandbytes' 8-bit AdamW 2 × 1 byte plus one
+  fp32 scale per 256 values for tensors of at least MIN_8BIT_SIZE elements, fp32 moments below).
 - transformer activations of the K differentiated steps. Without checkpointing each block keeps about
   ACT_PER_TOKEN_WIDTH × tokens × width × act/2 bytes (Korthikanti et al. 2022: 34·s·h for a 4×-MLP transformer
   layer in 16-bit, no attention-score term since SDPA never materialises the scores). With checkpointing each block
   keeps only its input streams (tokens × width × act), plus one block's full activations while it is recomputed.
 - VAE decode with gradients: every decoder ResNet keeps ~VAE_TENSORS_PER_RESNET feature maps (norms run in fp32
-  under autocast); with checkpointing only the largest up-block's activations are alive at once.
+  under autocast), the output head keeps three full-resolution maps; with checkpointing only the up-blocks' inputs
+  stay, plus the largest up-block's activations while it is recomputed for one decode unit at a time: one tile with
+  `vae_tiling`, one image with `vae_slicing`. Without checkpointing every tile
+  and image keeps its activations for the backward, so tiling then costs more than the whole image (the tiles
+  overlap) and slicing saves nothing.
 - reward towers: ViT activations at batch size for the backward to the pixels (same 34·s·h rule).
 - `offload_frozen` (`icthp_core.diffusion.offload`): the peak is the largest of three phases, since only one group
   of frozen weights is on the device at a time. Sampling and backward: transformer weights + LoRA/optimizer +
@@ -21,14 +26,19 @@ The model is deliberately simple; `bench/bench_draft.py` prints it next to the m
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from icthp_core.training import optim as _optim
+
 GiB = 2**30
 ACT_PER_TOKEN_WIDTH = 34  # bytes per token per hidden unit of one transformer layer in 16-bit (see above)
 VAE_TENSORS_PER_RESNET = 6  # saved feature maps per decoder ResNet block (2 norms, 2 SiLUs, 2 convs)
-OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2}
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2}  # per parameter (8-bit: large tensors, see module doc)
+BNB_BLOCK = 256  # values per fp32 absmax scale in bitsandbytes' blockwise 8-bit optimizer states
+TILE_OVERLAP = 0.25  # diffusers AutoencoderKL.tile_overlap_factor
 
 
 @dataclass
@@ -99,18 +109,79 @@ def transformer_activation_bytes(
     return k * blocks * full_block, 0.0
 
 
-def vae_decode_bytes(vae: nn.Module, height: int, width: int, batch: int, act: int, checkpointing: bool) -> int:
-    """Feature maps the VAE decoder keeps for the backward (fp32 GroupNorm outputs count double in 16-bit)."""
+def optimizer_state_bytes(params, optimizer: str) -> int:
+    """Bytes of the optimizer moments of `params` after the first step (exact for torch AdamW and bitsandbytes'
+    AdamW8bit; its 256-entry quantisation maps are shared and not counted)."""
+    if optimizer not in OPTIMIZER_STATE_BYTES:
+        raise ValueError(f"optimizer={optimizer!r}: expected one of {sorted(OPTIMIZER_STATE_BYTES)}")
+    total = 0
+    for p in params:
+        n = p.numel()
+        if optimizer == "adamw8bit" and n >= _optim.MIN_8BIT_SIZE:
+            total += 2 * n + 2 * 4 * math.ceil(n / BNB_BLOCK)  # uint8 moments + fp32 absmax per block
+        else:
+            total += 8 * n
+    return total
+
+
+def tiled_extent(n: int, tile: int, scale: int) -> int:
+    """Pixels along one side of `n` px that diffusers' `tiled_decode` decodes (tiles of `tile` px every
+    `tile`·(1 − overlap), in latent units as diffusers steps them; the last tiles are cut at the border)."""
+    lat, tlat = n // scale, tile // scale
+    stride = max(int(tlat * (1 - TILE_OVERLAP)), 1)
+    return scale * sum(min(tlat, lat - start) for start in range(0, lat, stride))
+
+
+def vae_decode_bytes(
+    vae: nn.Module,
+    height: int,
+    width: int,
+    batch: int,
+    act: int,
+    checkpointing: bool,
+    tile: int | None = None,
+    slicing: bool = False,
+) -> int:
+    """Feature maps the VAE decoder keeps for the backward (fp32 GroupNorm outputs count double in 16-bit).
+
+    `tile`: tile side in px with tiling (diffusers tiles only when the latent is larger than one tile);
+    `slicing`: one image at a time."""
     cfg = vae.config
     chans = list(reversed(cfg.block_out_channels))  # decoder goes from the widest to the narrowest
     n_up = len(chans)
-    per_level = []
-    for i, c in enumerate(chans):
-        scale = 2 ** (n_up - 1 - i)  # the last up block runs at full resolution
-        hw = (height // scale) * (width // scale)
-        resnets = cfg.layers_per_block + 1
-        per_level.append(resnets * VAE_TENSORS_PER_RESNET * c * hw * batch * (act + 4) / 2)
-    return int(max(per_level) if checkpointing else sum(per_level))
+    vae_scale = 2 ** (n_up - 1)
+    tiled = tile is not None and (height // vae_scale > tile // vae_scale or width // vae_scale > tile // vae_scale)
+
+    def levels(h: int, w: int, b: int) -> list[float]:
+        out = []
+        for i, c in enumerate(chans):
+            scale = 2 ** (n_up - 1 - i)  # the last up block runs at full resolution
+            hw = (h // scale) * (w // scale)
+            resnets = cfg.layers_per_block + 1
+            out.append(resnets * VAE_TENSORS_PER_RESNET * c * hw * b * (act + 4) / 2)
+        return out
+
+    def kept(h: int, w: int, b: int) -> float:
+        """Tensors outside the checkpointed blocks: the up-blocks' inputs (kept by the checkpoints; with
+        checkpointing only) and the output head at full resolution (GroupNorm input, its fp32 output = the SiLU
+        input, the SiLU output cast for conv_out)."""
+        tail = chans[-1] * h * w * b * (2 * act + 4)
+        if not checkpointing:
+            return tail
+        inputs = sum(
+            (chans[max(i - 1, 0)]) * (h // 2 ** (n_up - 1 - i)) * (w // 2 ** (n_up - 1 - i)) * b * act
+            for i in range(n_up)
+        )
+        return tail + inputs
+
+    # the decoded area: with tiling every tile keeps its tensors, the overlaps included
+    area_h, area_w = (
+        (tiled_extent(height, tile, vae_scale), tiled_extent(width, tile, vae_scale)) if tiled else (height, width)
+    )
+    if checkpointing:  # + the largest up-block, recomputed for one tile / one image at a time
+        h, w = (min(tile, height), min(tile, width)) if tiled else (height, width)
+        return int(kept(area_h, area_w, batch) + max(levels(h, w, 1 if slicing else batch)))
+    return int(kept(area_h, area_w, batch) + sum(levels(area_h, area_w, batch)))
 
 
 def estimate_draft_memory(
@@ -127,32 +198,36 @@ def estimate_draft_memory(
     checkpointing: bool = True,
     vae_checkpointing: bool | None = None,
     optimizer: str = "adamw",
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+    vae_tile_size: int = 512,
     reward_tokens: int = 257,
     offload_frozen: bool = False,
 ) -> MemoryEstimate:
     """Expected peak memory of one DRaFT step (see the module docstring for the terms).
 
     `transformer` carries its LoRA (trainable parameters = LoRA); `reward_modules` are the frozen reward models
-    (their image towers are differentiated to the pixels); `act_bytes` 2 for bf16/fp16 autocast, 4 for fp32.
+    (their image towers are differentiated to the pixels); `act_bytes` 2 for bf16/fp16 autocast, 4 for fp32;
+    `optimizer`, `vae_tiling`, `vae_slicing`, `vae_tile_size` as the trainer's options of the same names.
     `offload_frozen`: the peak over the phases of `icthp_core.diffusion.offload` (needs `checkpointing`).
     """
     if offload_frozen and not checkpointing:
         raise ValueError("offload_frozen needs checkpointing (the trainer refuses the combination)")
-    if optimizer not in OPTIMIZER_STATE_BYTES:
-        raise ValueError(f"optimizer={optimizer!r}: expected one of {sorted(OPTIMIZER_STATE_BYTES)}")
     vae_checkpointing = checkpointing if vae_checkpointing is None else vae_checkpointing
     weights_t = _bytes_of(transformer)
     weights_d = _bytes_of(vae) + sum(_bytes_of(m) for m in reward_modules)  # the "decode" group of the offload
     weights = weights_t + weights_d
-    lora = count_params(transformer, trainable=True)
-    lora_opt = lora * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer])  # params + grads + moments
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    lora = sum(p.numel() for p in trainable)
+    lora_opt = lora * (4 + 4) + optimizer_state_bytes(trainable, optimizer)  # params + grads + moments
 
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     stored, transient = transformer_activation_bytes(
         transformer, height, width, k, batch, text_tokens, act_bytes, checkpointing, vae_scale
     )
     acts = stored + transient
-    vae_b = vae_decode_bytes(vae, height, width, batch, act_bytes, vae_checkpointing) if k > 0 else 0
+    tile = vae_tile_size if vae_tiling else None
+    vae_b = vae_decode_bytes(vae, height, width, batch, act_bytes, vae_checkpointing, tile, vae_slicing) if k else 0
 
     reward_act = 0.0
     for m in reward_modules:

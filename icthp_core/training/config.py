@@ -21,7 +21,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["CommonTrainConfig", "RENAMED", "ConfigError", "load_config", "parse_args", "config_dict"]
 
@@ -46,6 +46,9 @@ RENAMED: dict[str, str] = {
 class CommonTrainConfig:
     """Options every training job has, with the same names and meanings (YAML keys of the same name)."""
 
+    #: text options with a fixed set of values; a subclass extends it (`{**CommonTrainConfig.CHOICES, ...}`)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"optimizer": ("adamw", "adamw8bit")}
+
     output_dir: str = "runs/train"
     base_model: str = ""  # hub id or local path of the model being fine-tuned
     seed: int = 0
@@ -53,6 +56,7 @@ class CommonTrainConfig:
     batch_size: int = 1  # per process
     gradient_accumulation_steps: int = 1
     lr: float = 1e-5  # peak learning rate
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, pip extra `lowmem`; icthp_core.training.optim)
     weight_decay: float = 0.0  # AdamW (decoupled) weight decay
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999

@@ -40,6 +40,7 @@ from icthp_core.training.checkpointing import (
 )
 from icthp_core.training.config import CommonTrainConfig, config_dict, load_config, parse_args
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog, read_metrics
+from icthp_core.training.optim import make_optimizer
 from icthp_core.training.plots import plot_metrics
 
 __all__ = [
@@ -66,7 +67,7 @@ class RewardTrainConfig(CommonTrainConfig):
     #: `recipe: NAME` fills every option of that preset first (explicit keys still win); see docs/training.md
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {}
     #: text options with a fixed set of values (anything else is a one-line ConfigError)
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"tokenizer": tuple(TOKENIZERS)}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**CommonTrainConfig.CHOICES, "tokenizer": tuple(TOKENIZERS)}
 
     recipe: str | None = None  # "paper" | "upstream" (None: only the values given)
     output_dir: str = "runs/stage"
@@ -264,8 +265,13 @@ def run(stage: Stage) -> dict[str, Any]:
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in module.parameters())
     logger.info("%s: %d / %d parameters trainable", stage.name, n_train, n_all)
-    opt = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    opt = make_optimizer(
+        cfg.optimizer,
+        params,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
     )
     module, opt, train_loader = acc.prepare(module, opt, train_loader)
     # The schedule counts optimizer steps whatever the number of processes (accelerate's prepared scheduler would

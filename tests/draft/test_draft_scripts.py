@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -67,6 +68,20 @@ def test_bench_estimate_only_at_published_size():
     assert row["est_gib"] == est["total"] and row["est_offload_gib"] == off["total"]
     assert off["phase_reward"] < off["phase_sampling"] < est["total"]
     assert est["total"] - off["total"] == pytest.approx(est["vae_decode"] + est["reward"] + 3.2, abs=0.2)
+
+
+def test_bench_tiny_lowmem_options(tmp_path, capsys):
+    pytest.importorskip("bitsandbytes")
+    bench = _load("bench/bench_draft.py")
+    args = ["--tiny", "--arch", "sd3", "--sizes", "32", "--ks", "1", "--batches", "2", "--iters", "1", "--warmup", "0"]
+    assert bench.main(args)[0]["optimizer"] == "adamw"
+    rows = bench.main(
+        [*args, "--optimizer", "adamw8bit", "--vae-tiling", "--vae-slicing", "--json", str(tmp_path / "b.json")]
+    )
+    r = rows[0]
+    assert (r["optimizer"], r["vae_tiling"], r["vae_slicing"]) == ("adamw8bit", 16, True) and r["sec_per_iter"] > 0
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["optimizer"] == "adamw8bit"
+    assert "| tiny | 32² | 8 | 1 | 2 | adamw8bit | 16 px | on |" in capsys.readouterr().out
 
 
 def test_bench_real_configs_match_published_sizes():

@@ -21,16 +21,19 @@ def _losses(run_dir):
 
 
 @pytest.mark.parametrize(
-    "module,accum,recipe",
+    "module,accum,recipe,optimizer",
     [
-        ("icthp_core.training.hp", 1, "paper"),
-        ("icthp_core.training.hp", 1, "upstream"),
-        ("icthp_core.training.ict", 1, "paper"),
-        ("icthp_core.training.ict", 2, "paper"),  # the upstream recipe's engine path (log warmup, linear decay,
-        # weight decay, best tracker) is covered by the HP case; ICT-upstream differs only in lam and best_metric
+        ("icthp_core.training.hp", 1, "paper", "adamw"),
+        ("icthp_core.training.hp", 1, "upstream", "adamw"),
+        ("icthp_core.training.ict", 1, "paper", "adamw"),
+        ("icthp_core.training.ict", 2, "paper", "adamw"),  # the upstream recipe's engine path (log warmup, linear
+        # decay, weight decay, best tracker) is covered by the HP case; ICT-upstream differs only in lam, best_metric
+        ("icthp_core.training.ict", 1, "paper", "adamw8bit"),  # bitsandbytes' 8-bit state through accelerate
     ],
 )
-def test_kill_and_resume_matches_uninterrupted(module, accum, recipe, tiny_base, tiny_ict, synth, tmp_path):
+def test_kill_and_resume_matches_uninterrupted(module, accum, recipe, optimizer, tiny_base, tiny_ict, synth, tmp_path):
+    if optimizer == "adamw8bit":
+        pytest.importorskip("bitsandbytes")
     # 48 triplets / batch 8 = 6 steps per epoch: the crash (step 8) and the resume (step 4) fall mid-epoch.
     extra = {
         "max_steps": 12,
@@ -40,6 +43,7 @@ def test_kill_and_resume_matches_uninterrupted(module, accum, recipe, tiny_base,
         "plot": False,
         "gradient_accumulation_steps": accum,
         "batch_size": 8 // accum,
+        "optimizer": optimizer,
     }
     if module == "icthp_core.training.hp":
         extra["head_dims"] = "[32,16,8,4]"  # the head has dropout: the random stream must be restored too
@@ -75,6 +79,10 @@ def test_kill_and_resume_matches_uninterrupted(module, accum, recipe, tiny_base,
     la, lb = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
     assert sorted(la) == sorted(lb) == list(range(1, 13))
     assert [la[s] for s in range(1, 13)] == [lb[s] for s in range(1, 13)]
+    if optimizer == "adamw8bit":  # uint8 moments were checkpointed, and load without unpickling code
+        sd = torch.load(tmp_path / "full" / "checkpoints" / "step_12" / "optimizer.bin", weights_only=True)
+        quant = [s.get("__bnb_optimizer_quant_state__", s) for s in sd["state"].values()]
+        assert any(t.dtype == torch.uint8 for q in quant for t in q.values() if torch.is_tensor(t))
     # and training did change the weights
     c = load_file(str(tmp_path / "full" / "checkpoints" / "step_4" / "model.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
