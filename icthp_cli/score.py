@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="image decoding: cpu = PIL-exact; gpu = nvjpeg + torch resize on the device (within 1/255 mean of PIL); "
         "auto = gpu on CUDA (default)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the image towers (pays off on large jobs)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image towers (measured: no gain on an H200 or on a 2-core CPU; docs/benchmarks.md)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -152,6 +156,8 @@ def cmd_score(args) -> int:
 
         if not native_bf16():
             note = " (this CPU has no AVX512-BF16/AMX: half precision is emulated and slower than fp32)"
+    if device.type == "cpu" and args.compile:
+        note += " (torch.compile on the CPU was measured slower than eager in a whole job: docs/benchmarks.md)"
     print(
         f"scoring on {device} in {opts.dtype}, decode={decode}, workers={workers}, compile={args.compile}{note}",
         file=sys.stderr,
