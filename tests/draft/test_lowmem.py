@@ -151,3 +151,31 @@ def test_trainer_applies_vae_options(tiny_pipeline_dirs, prompt_file, tiny_rewar
     # the training decode (with gradients) and the sample grids (without), one image per decode (slicing)
     assert {g for g, _, _ in seen} == {True, False}
     assert all(s and b == 1 for _, s, b in seen)
+
+
+def test_trainer_with_every_memory_option_together(
+    tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path, monkeypatch
+):
+    """The 24 GB recipe's options at once (offload_frozen + 8-bit AdamW + VAE tiling and slicing): the tiled decode
+    runs in the reward phase with gradients and in the sample grids, the LoRA trains, the 8-bit state is saved."""
+    from diffusers import AutoencoderKL
+
+    from icthp_core.diffusion.draft_train import train
+
+    monkeypatch.setattr(optim, "MIN_8BIT_SIZE", 1)  # the tiny LoRA tensors get uint8 moments too
+    seen = []
+    real = AutoencoderKL.tiled_decode
+    monkeypatch.setattr(
+        AutoencoderKL,
+        "tiled_decode",
+        lambda self, z, *a, **k: seen.append(torch.is_grad_enabled()) or real(self, z, *a, **k),
+    )
+    kw = dict(max_steps=2, sample_every=2, checkpoint_every=2, vae_tiling=True, vae_slicing=True, vae_tile_size=16)
+    cfg = tiny_config(
+        tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path, offload_frozen=True, optimizer="adamw8bit", **kw
+    )
+    lora = load_file(train(cfg))
+    assert set(seen) == {True, False}
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at zero: it trained
+    state = torch.load(tmp_path / "checkpoints" / "step_2" / "optimizer.pt", weights_only=True)["state"]
+    assert torch.uint8 in {t.dtype for st in state.values() for t in st["__bnb_optimizer_quant_state__"].values()}
