@@ -32,7 +32,7 @@ from icthp_core.dtypes import parse_dtype
 from icthp_core.training.checkpointing import resolve_resume, write_checkpoint
 from icthp_core.training.config import CommonTrainConfig, ConfigError, parse_args
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog
-from icthp_core.training.optim import make_optimizer
+from icthp_core.training.optim import optimizer_from_config
 from icthp_core.training.plots import plot_metrics
 
 ARCH_DEFAULTS = {"sd3": {"num_steps": 8, "k": 3}, "flux": {"num_steps": 4, "k": 1}}
@@ -357,14 +357,7 @@ def _train(cfg: DraftTrainConfig) -> Path:
             )
     elif cfg.early_stop_metric:
         raise ConfigError("early_stop_metric needs the monitors (monitor=true and sample_every > 0)")
-    opt = make_optimizer(
-        cfg.optimizer,
-        params,
-        lr=cfg.lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.weight_decay,
-        eps=cfg.adam_eps,
-    )
+    opt = optimizer_from_config(cfg, params)
     _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator)
     # The transformer is not wrapped in DDP (it runs several forwards per backward, some without graph): the
     # LoRA gradients are averaged across processes by hand before each optimizer step.

@@ -40,7 +40,7 @@ from icthp_core.training.checkpointing import (
 )
 from icthp_core.training.config import CommonTrainConfig, config_dict, load_config, parse_args
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog, read_metrics
-from icthp_core.training.optim import make_optimizer
+from icthp_core.training.optim import optimizer_from_config
 from icthp_core.training.plots import plot_metrics
 
 __all__ = [
@@ -265,14 +265,7 @@ def run(stage: Stage) -> dict[str, Any]:
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in module.parameters())
     logger.info("%s: %d / %d parameters trainable", stage.name, n_train, n_all)
-    opt = make_optimizer(
-        cfg.optimizer,
-        params,
-        lr=cfg.lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_eps,
-        weight_decay=cfg.weight_decay,
-    )
+    opt = optimizer_from_config(cfg, params)
     module, opt, train_loader = acc.prepare(module, opt, train_loader)
     # The schedule counts optimizer steps whatever the number of processes (accelerate's prepared scheduler would
     # step once per process), so it is stepped here on every synchronised step and checkpointed by us.

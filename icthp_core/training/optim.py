@@ -15,7 +15,7 @@ import torch
 
 from icthp_core.training.config import CommonTrainConfig, ConfigError
 
-__all__ = ["OPTIMIZERS", "MIN_8BIT_SIZE", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "MIN_8BIT_SIZE", "make_optimizer", "optimizer_from_config"]
 
 OPTIMIZERS = CommonTrainConfig.CHOICES["optimizer"]
 #: parameters with fewer elements keep fp32 moments in bitsandbytes' 8-bit optimizers (its default, 4096)
@@ -45,3 +45,15 @@ def make_optimizer(
             params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, min_8bit_size=MIN_8BIT_SIZE
         )
     raise ConfigError(f"optimizer={name!r}: expected one of {', '.join(OPTIMIZERS)}")
+
+
+def optimizer_from_config(cfg: CommonTrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer a training config asks for (`optimizer`, `lr`, `adam_beta1/2`, `adam_eps`, `weight_decay`)."""
+    return make_optimizer(
+        cfg.optimizer,
+        params,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay,
+        eps=cfg.adam_eps,
+    )
