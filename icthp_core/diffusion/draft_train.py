@@ -116,6 +116,8 @@ def check_config(cfg: DraftTrainConfig) -> None:
             "offload_frozen=true needs gradient_checkpointing=true (without it the K steps' activations stay on the "
             "device during the reward phase, so offloading the frozen weights saves little)"
         )
+    if cfg.vae_tile_size < 8 or cfg.vae_tile_size % 8:
+        raise ConfigError(f"vae_tile_size={cfg.vae_tile_size}: expected a positive multiple of 8 pixels (e.g. 512)")
 
 
 # ---------------------------------------------------------------- helpers

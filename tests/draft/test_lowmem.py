@@ -179,3 +179,12 @@ def test_trainer_with_every_memory_option_together(
     assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at zero: it trained
     state = torch.load(tmp_path / "checkpoints" / "step_2" / "optimizer.pt", weights_only=True)["state"]
     assert torch.uint8 in {t.dtype for st in state.values() for t in st["__bnb_optimizer_quant_state__"].values()}
+
+
+@pytest.mark.parametrize("size", ["0", "100"])
+def test_bad_vae_tile_size_is_a_one_line_config_error(size, prompt_file, capsys):
+    from icthp_cli.main import main
+
+    rc = main(["draft", f"prompts={prompt_file}", f"vae_tile_size={size}"])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"vae_tile_size={size}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
