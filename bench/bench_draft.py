@@ -135,10 +135,9 @@ def build_real(
     vae_cfg: dict | None = None,
     clip_cfg: dict | None = None,
     text: tuple[int, int, int] | None = None,
-    reward: bool = True,
 ):
     """(FlowModel, TextConditioning factory, reward_fn) at the published sizes (or the given configs), random
-    weights; `reward=False`: the reward towers as meta-device modules in a list (for the estimator only)."""
+    weights (shapes only on the meta device, for --estimate-only)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 
     from icthp_core.diffusion.draft import FlowModel, TextConditioning
@@ -167,13 +166,6 @@ def build_real(
             ids,
         )
 
-    if not reward:
-        from icthp_core.checkpoints.config import VIT_H_14
-        from icthp_core.checkpoints.loading import build_clip
-
-        cfg = clip_cfg or VIT_H_14
-        towers = [build_clip(cfg), build_clip(cfg, vision_only=True)]
-        return model, cond, [t.to(dtype).requires_grad_(False) for t in towers]
     return model, cond, real_reward(device, dtype, clip_cfg)
 
 
@@ -314,10 +306,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for arch in archs:
         steps = a.steps or DEFAULTS[arch][0]
         t0 = time.time()
-        if a.estimate_only and not a.tiny:
-            model, cond_fn, reward_fn = build_real(arch, device, dtype, reward=False)
-        else:
-            model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
+        model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
         params = add_lora(model.transformer, a.rank)
         if not a.no_checkpointing:
             model.transformer.enable_gradient_checkpointing()
@@ -326,10 +315,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model.set_vae_memory(tiling=a.vae_tiling, slicing=a.vae_slicing, tile_size=tile)
         opt = make_optimizer(a.optimizer, params, lr=5e-6)
         swap = draft_swap(model, reward_fn, device) if a.offload_frozen and not a.estimate_only else None
-        if isinstance(reward_fn, list):
-            reward_models = reward_fn
-        else:
-            reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+        reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
         text_tokens = cond_fn(1).prompt_embeds.shape[1]
         n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
         print(
