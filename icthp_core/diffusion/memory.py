@@ -36,7 +36,7 @@ from icthp_core.training import optim as _optim
 GiB = 2**30
 ACT_PER_TOKEN_WIDTH = 34  # bytes per token per hidden unit of one transformer layer in 16-bit (see above)
 VAE_TENSORS_PER_RESNET = 6  # saved feature maps per decoder ResNet block (2 norms, 2 SiLUs, 2 convs)
-OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2}  # per parameter (8-bit: large tensors, see module doc)
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2}  # moments per parameter (8-bit: large tensors + scales)
 BNB_BLOCK = 256  # values per fp32 absmax scale in bitsandbytes' blockwise 8-bit optimizer states
 TILE_OVERLAP = 0.25  # diffusers AutoencoderKL.tile_overlap_factor
 
@@ -65,12 +65,6 @@ class MemoryEstimate:
         rows += [(f"phase: {k}", v) for k, v in self.phases.items()]
         rows.append(("total (max over phases)" if self.phases else "total", self.total))
         return "\n".join(f"  {k:24s} {v:7.2f} GiB" for k, v in rows)
-
-
-def count_params(module: nn.Module | None, trainable: bool | None = None) -> int:
-    if module is None:
-        return 0
-    return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
 
 
 def _bytes_of(module: nn.Module | None, only_frozen: bool = True) -> int:
@@ -117,10 +111,10 @@ def optimizer_state_bytes(params, optimizer: str) -> int:
     total = 0
     for p in params:
         n = p.numel()
-        if optimizer == "adamw8bit" and n >= _optim.MIN_8BIT_SIZE:
-            total += 2 * n + 2 * 4 * math.ceil(n / BNB_BLOCK)  # uint8 moments + fp32 absmax per block
+        if optimizer == "adamw8bit" and n >= _optim.MIN_8BIT_SIZE:  # uint8 moments + fp32 absmax per block
+            total += OPTIMIZER_STATE_BYTES["adamw8bit"] * n + 2 * 4 * math.ceil(n / BNB_BLOCK)
         else:
-            total += 8 * n
+            total += OPTIMIZER_STATE_BYTES["adamw"] * n
     return total
 
 
