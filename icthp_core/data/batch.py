@@ -5,7 +5,7 @@ An item's image is a file path or the encoded bytes of an image (as in Pick-a-Pi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -81,6 +81,19 @@ def progress_bar(total: int, enabled: bool = True):
     return tqdm(total=total, unit="img", desc="scoring")
 
 
+def with_progress(batches: Iterable[dict], total: int, enabled: bool = True) -> Iterator[dict]:
+    """`batches` ({"rows": [...], ...}) passed through, their rows counted on a `progress_bar` when `enabled`."""
+    bar = progress_bar(total, enabled)
+    try:
+        for batch in batches:
+            yield batch
+            if bar is not None:
+                bar.update(len(batch["rows"]))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def iter_file_batches(
     items: Sequence[tuple[ImageSource, str | None]],
     modes: Sequence[str],
@@ -96,12 +109,4 @@ def iter_file_batches(
     """
     data = FileItems(items, modes)
     loader = ordered_loader(data, batch_size, num_workers, _collate, pin_memory=pin_memory)
-    bar = progress_bar(total if total is not None else len(data), progress)
-    try:
-        for batch in loader:
-            yield batch
-            if bar is not None:
-                bar.update(len(batch["rows"]))
-    finally:
-        if bar is not None:
-            bar.close()
+    yield from with_progress(loader, total if total is not None else len(data), progress)

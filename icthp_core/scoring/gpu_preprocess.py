@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from icthp_core.data.batch import ordered_loader, progress_bar
+from icthp_core.data.batch import ordered_loader, with_progress
 from icthp_core.data.images import load_image
 from icthp_core.errors import ImageLoadError
 from icthp_core.scoring.preprocess import preprocess_tensor
@@ -223,19 +223,11 @@ def iter_gpu_batches(
     """
     device = torch.device(device)
     loader = ordered_loader(EncodedItems(items), batch_size, num_workers, _collate)
-    bar = progress_bar(total if total is not None else len(items), progress)
     if device.type == "cuda" and prefetch > 0:
         batches = _prefetched(loader, modes, device, prefetch)
     else:
         batches = (_prepare(samples, modes, device) for samples in loader)
-    try:
-        for batch in batches:
-            yield batch
-            if bar is not None:
-                bar.update(len(batch["rows"]))
-    finally:
-        if bar is not None:
-            bar.close()
+    yield from with_progress(batches, total if total is not None else len(items), progress)
 
 
 def default_workers(device: torch.device | str, decode: str) -> int:
