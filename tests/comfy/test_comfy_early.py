@@ -125,11 +125,10 @@ def test_node_execute_outputs(make_sd3_model, vae, reward):
     from comfy_nodes.early_nodes import ICTHPEarlyBestOfN
 
     model = make_sd3_model(seed=3)
-    out = ICTHPEarlyBestOfN.execute(
+    kw = dict(
         model=model,
         positive=_cond(32, 64, 1),
         negative=_cond(32, 64, 2),
-        latent_image={"samples": torch.zeros(1, 16, 8, 8), "noise_mask": torch.ones(1, 1, 64, 64)},
         vae=vae,
         reward_model=reward,
         prompt=PROMPT,
@@ -142,26 +141,13 @@ def test_node_execute_outputs(make_sd3_model, vae, reward):
         sampler_name="euler",
         scheduler="simple",
     )
+    out = ICTHPEarlyBestOfN.execute(
+        **kw, latent_image={"samples": torch.zeros(1, 16, 8, 8), "noise_mask": torch.ones(1, 1, 64, 64)}
+    )
     images, latent, scores, seeds, previews, pruned, text = out.result
     assert images.shape[0] == 2 and latent["samples"].shape[0] == 2 and len(scores) == 2 and len(seeds) == 2
     assert previews.shape[0] == 3 and pruned.shape[0] == 1 and set(seeds) <= {5, 6, 7}
     assert latent["noise_mask"].shape[0] == 1  # a shared mask stays shared
     assert "kept 2" in text and "10 of 12 candidate-steps" in text
     with pytest.raises(ValueError, match="LATENT has batch 2"):
-        ICTHPEarlyBestOfN.execute(
-            model=model,
-            positive=_cond(32, 64, 1),
-            negative=_cond(32, 64, 2),
-            latent_image={"samples": torch.zeros(2, 16, 8, 8)},
-            vae=vae,
-            reward_model=reward,
-            prompt=PROMPT,
-            seed=5,
-            n=3,
-            k=2,
-            steps=4,
-            fraction=0.5,
-            cfg=1.0,
-            sampler_name="euler",
-            scheduler="simple",
-        )
+        ICTHPEarlyBestOfN.execute(**kw, latent_image={"samples": torch.zeros(2, 16, 8, 8)})
