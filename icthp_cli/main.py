@@ -1,49 +1,65 @@
-"""`icthp`: one command for every job of the toolkit. Each sub-command lives in its own module, imported on use."""
+"""`icthp`: one command for every job of the toolkit.
+
+Each job is a module of `icthp_cli` with two functions, imported only when that job runs (so `icthp --help` imports
+no torch):
+
+- `add_arguments(parser: argparse.ArgumentParser) -> None`: the job's options;
+- `run(args: argparse.Namespace) -> int`: calls the core's typed entry points, returns the exit code.
+
+Exit codes: 0 success; 2 a user error (`ICTHPError`, or a bad option), printed as one line; 1 a bug (any other
+exception), shown with its traceback; 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
-from icthp_core import __version__
-from icthp_core.errors import ICTHPError
 
 
 @dataclass(frozen=True)
 class Command:
     name: str
-    target: str  # "module:function"; the function takes argv (list[str]) and returns an exit code (or None)
+    module: str  # an icthp_cli module with add_arguments(parser) and run(args) -> int
     help: str
 
 
 #: every job, in the order `icthp --help` lists them; a new job adds one line here
 COMMANDS: tuple[Command, ...] = (
-    Command("score", "icthp_cli.score:main", "score images with ICT, HP, ICT-HP and baselines"),
-    Command("serve", "icthp_core.scale.serve_cmd:main", "serve rewards over HTTP on Ray Serve (dynamic batching)"),
-    Command("metrics", "icthp_cli.metrics:main", "list the registered metrics with their ranges"),
-    Command("download", "icthp_cli.download:main", "download and verify ICT, HP and baseline weights (manifest)"),
-    Command("eval", "icthp_cli.eval:main", "preference accuracy (paper Table 1, Pick-a-Pic)"),
-    Command("app", "icthp_app.cli:main", "launch the Gradio comparison app"),
-    Command("train-ict", "icthp_core.training.ict:main", "train the ICT model (stage 1; accelerate)"),
-    Command("train-hp", "icthp_core.training.hp:main", "train the HP model (stage 2; accelerate)"),
-    Command("build-labels", "icthp_core.training.build_labels:main", "build ICT labels (eq. 2-8) for triplets"),
-    Command("draft", "icthp_core.diffusion.draft_train:main", "DRaFT-K LoRA fine-tuning of SD3/FLUX on a reward"),
-    Command("evalgen", "icthp_cli.evalgen:main", "generate a prompt set (base vs LoRAs) and score it (Table 2/3)"),
-    Command(
-        "convert-pick-high", "icthp_core.data.convert_pick_high:main", "convert Pick-High pickles to JSONL/parquet"
-    ),
-    Command("toy-data", "icthp_core.testing.synthetic:main", "write a toy preference data set (smoke tests)"),
+    Command("score", "icthp_cli.score", "score images with ICT, HP, ICT-HP and baselines"),
+    Command("serve", "icthp_cli.serve", "serve rewards over HTTP on Ray Serve (dynamic batching)"),
+    Command("metrics", "icthp_cli.metrics", "list the registered metrics with their ranges"),
+    Command("download", "icthp_cli.download", "download and verify ICT, HP and baseline weights (manifest)"),
+    Command("eval", "icthp_cli.eval", "preference accuracy (paper Table 1, Pick-a-Pic)"),
+    Command("app", "icthp_cli.app", "launch the Gradio comparison app"),
+    Command("train-ict", "icthp_cli.train_ict", "train the ICT model (stage 1; accelerate)"),
+    Command("train-hp", "icthp_cli.train_hp", "train the HP model (stage 2; accelerate)"),
+    Command("build-labels", "icthp_cli.build_labels", "build ICT labels (eq. 2-8) for triplets"),
+    Command("draft", "icthp_cli.draft", "DRaFT-K LoRA fine-tuning of SD3/FLUX on a reward"),
+    Command("evalgen", "icthp_cli.evalgen", "generate a prompt set (base vs LoRAs) and score it (Table 2/3)"),
+    Command("convert-pick-high", "icthp_cli.convert_pick_high", "convert Pick-High pickles to JSONL/parquet"),
+    Command("toy-data", "icthp_cli.toy_data", "write a toy preference data set (smoke tests)"),
 )
-#: errors that are the user's, printed as one line (no traceback)
-USER_ERRORS: tuple[type[BaseException], ...] = (ICTHPError, ValueError, OSError)
+
+
+def version() -> str:
+    """`icthp_core.__version__`, from the installed package metadata (no torch import)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("icthp")
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        return "unknown"
 
 
 def usage() -> str:
     width = max(len(c.name) for c in COMMANDS)
     lines = [
-        f"usage: icthp <command> [options]   (icthp {__version__}; icthp <command> --help for its options)",
+        f"usage: icthp <command> [options]   (icthp {version()}; icthp <command> --help for its options)",
         "",
         "commands:",
     ]
@@ -51,13 +67,73 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def resolve(name: str) -> Callable[[list[str]], int | None]:
-    """The entry function of command `name`."""
+def find(name: str) -> Command:
     command = next((c for c in COMMANDS if c.name == name), None)
     if command is None:
         raise KeyError(name)
-    module, _, func = command.target.partition(":")
-    return getattr(importlib.import_module(module), func)
+    return command
+
+
+#: TRANSITIONAL (removed when every job has moved into icthp_cli): job -> "module:function" taking argv
+LEGACY: dict[str, str] = {
+    "score": "icthp_cli.score:main",
+    "metrics": "icthp_cli.metrics:main",
+    "download": "icthp_cli.download:main",
+    "eval": "icthp_cli.eval:main",
+    "evalgen": "icthp_cli.evalgen:main",
+    "serve": "icthp_core.scale.serve_cmd:main",
+    "app": "icthp_app.cli:main",
+    "train-ict": "icthp_core.training.ict:main",
+    "train-hp": "icthp_core.training.hp:main",
+    "build-labels": "icthp_core.training.build_labels:main",
+    "draft": "icthp_core.diffusion.draft_train:main",
+    "convert-pick-high": "icthp_core.data.convert_pick_high:main",
+    "toy-data": "icthp_core.testing.synthetic:main",
+}
+
+
+def load(name: str) -> ModuleType:
+    """The module of job `name` (it has `add_arguments` and `run`)."""
+    return importlib.import_module(find(name).module)
+
+
+def run_legacy(name: str, argv: list[str]) -> int:
+    """TRANSITIONAL: a job still routed to a `main(argv)`."""
+    from icthp_core.errors import ICTHPError
+
+    module, _, func = LEGACY[name].partition(":")
+    try:
+        return int(getattr(importlib.import_module(module), func)(argv) or 0)
+    except (ICTHPError, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"icthp {name}: {msg}", file=sys.stderr)
+        return 2
+
+
+def build_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
+    """The parser of job `name`, with `prog="icthp NAME"`, and the job's module."""
+    command = find(name)
+    module = load(name)
+    parser = argparse.ArgumentParser(prog=f"icthp {name}", description=module.__doc__ or command.help)
+    module.add_arguments(parser)
+    return parser, module
+
+
+def run_job(name: str, argv: list[str]) -> int:
+    """Parse `argv` for job `name` and run it under the error contract (user error: one line and 2)."""
+    from icthp_core.errors import ICTHPError
+
+    parser, module = build_parser(name)
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except ICTHPError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"icthp {name}: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"icthp {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,20 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     if argv[0] == "--version":
-        print(__version__)
+        print(version())
         return 0
     name, rest = argv[0], argv[1:]
     try:
-        entry = resolve(name)
+        find(name)
     except KeyError:
         print(f"icthp: unknown command {name!r}; choose from {', '.join(c.name for c in COMMANDS)}", file=sys.stderr)
         return 2
-    try:
-        return int(entry(rest) or 0)
-    except USER_ERRORS as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"icthp {name}: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"icthp {name}: interrupted", file=sys.stderr)
-        return 130
+    if name in LEGACY:
+        return run_legacy(name, rest)
+    return run_job(name, rest)
