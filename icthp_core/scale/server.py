@@ -1,7 +1,12 @@
 """The reward server: a Ray Serve deployment scoring images with dynamic batching across concurrent requests.
 
-Imports Ray at module level: import it only through `icthp serve` / `build_app` (see `serve_cmd.py`).
+Imports Ray at module level: import it only through `icthp serve` / `start_server` / `build_app`.
 Routes: `POST /score` (see `protocol.py`), `GET /health`, `GET /metrics` (Prometheus text, this replica's counters).
+
+Memory is bounded by configuration (`ServeLimits`, docs/reliability.md): Ray's HTTP proxy runs `IngressGuard`
+(token on every route, body size counted while streaming, in-flight body budget); each replica checks image headers
+against the per-image and per-request budgets before decoding, and admits a request only while its in-flight pixel
+budget has room (else the request waits up to `queue_timeout_s`, then gets 503 with `Retry-After`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,60 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from icthp_core.scale.protocol import BadRequest, ScoreRequest, parse_json, parse_multipart
-from icthp_core.scoring.preprocess import preprocess_pil
+from icthp_core.scale.serve_config import ServeConfig, ServeLimits
+from icthp_core.scoring.preprocess import MODE_SIZE, preprocess_pil
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_WAIT_S = 0.01
+
+
+class InflightBudget:
+    """Pixels charged by the requests a replica works on; `acquire` waits up to a timeout for room."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._cond: asyncio.Condition | None = None  # made in the replica's event loop
+
+    async def acquire(self, amount: int, timeout_s: float) -> bool:
+        self._cond = self._cond or asyncio.Condition()
+        async with self._cond:
+            try:
+                await asyncio.wait_for(self._cond.wait_for(lambda: self.used + amount <= self.limit), timeout_s)
+            except TimeoutError:
+                return False
+            self.used += amount
+            return True
+
+    async def release(self, amount: int) -> None:
+        assert self._cond is not None
+        async with self._cond:
+            self.used -= amount
+            self._cond.notify_all()
+
+
+def bind_internal_grpc(address: str) -> bool:
+    """Make this process's Serve replica gRPC server (inter-deployment calls) listen on `address` instead of on
+    every interface: Ray 2.60 hard-codes `[::]:0` in `ray/serve/_private/replica.py` and has no option for it.
+    Call before the replica finishes initialising (the deployment's constructor); False where Ray lacks the hook."""
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return False
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None:
+        return False
+    if getattr(original, "icthp_bound", False):
+        return True
+    host = f"[{address}]" if ":" in address else address
+
+    def bind(server, addr: str):
+        if addr.startswith(("[::]:", "0.0.0.0:")):
+            addr = f"{host}:{addr.rsplit(':', 1)[1]}"
+        return original(server, addr)
+
+    bind.icthp_bound = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = bind
+    return True
 
 
 class RewardServer:
@@ -36,74 +91,121 @@ class RewardServer:
         max_batch_size: int = DEFAULT_MAX_BATCH,
         batch_wait_s: float = DEFAULT_WAIT_S,
         token: str | None = None,
-        max_images: int = 256,
-        max_request_bytes: int = 64 << 20,
+        open_health: bool = False,
+        limits: ServeLimits | None = None,
     ):
+        import ray
+
         from icthp_core.scoring.registry import METRICS
         from icthp_core.scoring.scorer import MultiScorer
 
+        self.grpc_bound = bind_internal_grpc(ray.util.get_node_ip_address())
         self.scorer = MultiScorer(list(metrics), sources, device=device, dtype=dtype)
         self.metrics = list(metrics)
         self.prompt_metrics = {m for m in self.metrics if METRICS[m].needs_prompt}
-        self.token, self.max_images, self.max_bytes = token, max_images, max_request_bytes
+        self.token, self.open_health = token, open_health
+        self.limits = (limits or ServeLimits()).check()
+        self.per_image_extra = sum(MODE_SIZE[m] ** 2 for m in self.scorer.preprocess_modes)
+        self.budget = InflightBudget(self.limits.max_inflight_pixels)
+        self.max_batch_size = max_batch_size
         self._score_many.set_max_batch_size(max_batch_size)
         self._score_many.set_batch_wait_timeout_s(batch_wait_s)
-        self.counters = {
-            "requests": 0,
-            "requests_rejected": 0,
-            "images": 0,
-            "batches": 0,
-            "batch_images": 0,
-            "batch_size_max": 0,
-            "latency_seconds_sum": 0.0,
-        }
+        self.counters = dict.fromkeys(
+            ("requests", "requests_rejected", "requests_busy", "images", "batches", "batch_images", "batch_size_max"), 0
+        )
+        self.counters["latency_seconds_sum"] = 0.0
 
     # -------------------------------------------------------------------------------------------- batching
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S)
     async def _score_many(self, items: list[tuple[dict[str, torch.Tensor], list[str] | None]]) -> list[dict]:
-        """Score several requests' pixels in one model call; returns each request's scores."""
+        """Score several requests' pixels, at most `max_batch_size` images per model call; each request's scores."""
         sizes = [next(iter(p.values())).shape[0] for p, _ in items]
         pixels = {m: torch.cat([p[m] for p, _ in items]) for m in items[0][0]}
         prompts = None
         if self.scorer.needs_prompt:  # prompt-free requests (asking prompt-free metrics) get a placeholder prompt
             prompts = [q for (_, ps), n in zip(items, sizes, strict=True) for q in (ps or ["an image"] * n)]
-        scores = await asyncio.to_thread(self.scorer.score_pixels, pixels, prompts)
+        scores = await asyncio.to_thread(self._score_chunks, pixels, prompts, sum(sizes))
         self.counters["batches"] += 1
         self.counters["batch_images"] += sum(sizes)
-        self.counters["batch_size_max"] = max(self.counters["batch_size_max"], sum(sizes))
+        self.counters["batch_size_max"] = max(self.counters["batch_size_max"], min(sum(sizes), self.max_batch_size))
         out, s = [], 0
         for n in sizes:
             out.append({m: v[s : s + n].tolist() for m, v in scores.items()})
             s += n
         return out
 
+    def _score_chunks(self, pixels: dict[str, torch.Tensor], prompts: list[str] | None, total: int) -> dict:
+        parts = []
+        for s in range(0, total, self.max_batch_size):
+            chunk = {m: x[s : s + self.max_batch_size] for m, x in pixels.items()}
+            parts.append(self.scorer.score_pixels(chunk, prompts[s : s + self.max_batch_size] if prompts else None))
+        return {m: torch.cat([p[m] for p in parts]) for m in parts[0]}
+
     def _pixels(self, req: ScoreRequest) -> dict[str, torch.Tensor]:
+        """Decode and preprocess one image at a time (one full-size image per request in memory at once)."""
         modes = self.scorer.preprocess_modes
-        return {m: torch.stack([preprocess_pil(img, m) for img in req.images]) for m in modes}
+        out: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
+        for item in req.items:
+            img = item.decode(self.limits.max_image_pixels)
+            for m in modes:
+                out[m].append(preprocess_pil(img, m))
+            del img
+        return {m: torch.stack(v) for m, v in out.items()}
 
     # -------------------------------------------------------------------------------------------- HTTP
+    def _authorised(self, request: Request, path: str) -> bool:
+        if self.token is None or (self.open_health and path.endswith("/health")):
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, counted while it streams (chunked too): 413 as soon as it passes the limit."""
+        limit = self.limits.max_request_bytes
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > limit:
+            raise BadRequest(f"request body of {int(size):,} bytes is over the limit of {limit:,}", 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(f"request body over the limit of {limit:,} bytes (stopped reading)", 413)
+        return bytes(body)
+
     async def _parse(self, request: Request) -> ScoreRequest:
-        if self.token is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                raise BadRequest("missing or wrong bearer token", 401)
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > self.max_bytes:
-            raise BadRequest(f"request of {size} bytes exceeds the limit of {self.max_bytes}", 413)
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form()
-            files = [(f.filename, await f.read()) for f in form.getlist("image") if hasattr(f, "read")]
-            prompts = [p for p in form.getlist("prompt") if isinstance(p, str)]
-            data = {"files": files, "prompts": prompts, "metrics": form.get("metrics")}
-            return await asyncio.to_thread(parse_multipart, data, self.metrics, self.prompt_metrics, self.max_images)
-        body = await request.body()
-        if len(body) > self.max_bytes:
-            raise BadRequest(f"request of {len(body)} bytes exceeds the limit of {self.max_bytes}", 413)
-        return await asyncio.to_thread(parse_json, body, self.metrics, self.prompt_metrics, self.max_images)
+        body = await self._read_body(request)
+        served, pm, lim, extra = self.metrics, self.prompt_metrics, self.limits, self.per_image_extra
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await asyncio.to_thread(parse_json, body, served, pm, lim, extra)
+        from starlette.exceptions import HTTPException
+        from starlette.formparsers import MultiPartException
+
+        request._body = body  # starlette's form parser reads the body already counted
+        try:
+            form = await request.form(max_files=lim.max_images, max_fields=lim.max_images + 8)
+        except (MultiPartException, HTTPException) as e:
+            raise BadRequest(f"multipart body: {getattr(e, 'message', None) or getattr(e, 'detail', e)}") from None
+        files = [(f.filename, await f.read()) for f in form.getlist("image") if hasattr(f, "read")]
+        prompts = [p for p in form.getlist("prompt") if isinstance(p, str)]
+        return await asyncio.to_thread(parse_multipart, files, prompts, form.get("metrics"), served, pm, lim, extra)
+
+    async def _score(self, req: ScoreRequest) -> dict:
+        """Wait for room in the in-flight pixel budget (503 after `queue_timeout_s`), then decode and score."""
+        if not await self.budget.acquire(req.charge, self.limits.queue_timeout_s):
+            self.counters["requests_busy"] += 1
+            raise BadRequest(
+                f"server busy: {self.budget.used:,} of {self.budget.limit:,} pixels in flight; retry later", 503
+            )
+        try:
+            pixels = await asyncio.to_thread(self._pixels, req)
+            return await self._score_many((pixels, req.prompts))
+        finally:
+            await self.budget.release(req.charge)
 
     async def __call__(self, request: Request):
         path = request.url.path.rstrip("/")
+        if not self._authorised(request, path):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         if path.endswith("/health"):
             return JSONResponse({"status": "ok", "metrics": self.metrics, "pid": os.getpid()})
         if path.endswith("/metrics"):
@@ -113,15 +215,15 @@ class RewardServer:
         t = time.perf_counter()
         try:
             req = await self._parse(request)
-            pixels = await asyncio.to_thread(self._pixels, req)
+            scores = await self._score(req)
         except BadRequest as e:
             self.counters["requests_rejected"] += 1
-            return JSONResponse({"error": str(e)}, status_code=e.status)
-        scores = await self._score_many((pixels, req.prompts))
+            headers = {"Retry-After": str(self.limits.retry_after_s)} if e.status == 503 else None
+            return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
         self.counters["requests"] += 1
-        self.counters["images"] += len(req.images)
+        self.counters["images"] += len(req.items)
         self.counters["latency_seconds_sum"] += time.perf_counter() - t
-        body = {"scores": {m: scores[m] for m in req.metrics}, "metrics": req.metrics, "count": len(req.images)}
+        body = {"scores": {m: scores[m] for m in req.metrics}, "metrics": req.metrics, "count": len(req.items)}
         return JSONResponse(body)
 
     def _prometheus(self) -> str:
@@ -130,10 +232,12 @@ class RewardServer:
         for name, kind, value in (
             ("icthp_requests_total", "counter", c["requests"]),
             ("icthp_requests_rejected_total", "counter", c["requests_rejected"]),
+            ("icthp_requests_busy_total", "counter", c["requests_busy"]),
             ("icthp_images_total", "counter", c["images"]),
             ("icthp_batches_total", "counter", c["batches"]),
             ("icthp_batch_images_total", "counter", c["batch_images"]),
             ("icthp_batch_size_max", "gauge", c["batch_size_max"]),
+            ("icthp_inflight_pixels", "gauge", self.budget.used),
             ("icthp_request_latency_seconds_sum", "counter", round(c["latency_seconds_sum"], 6)),
             ("icthp_request_latency_seconds_count", "counter", c["requests"]),
         ):
@@ -152,7 +256,7 @@ def build_app(
     **server_kwargs,
 ):
     """The Serve application (pass to `serve.run`): `replicas` copies, each with `gpus_per_replica` GPUs
-    (0.5 puts two replicas on one GPU)."""
+    (0.5 puts two replicas on one GPU). `server_kwargs` go to `RewardServer` (batching, token, limits)."""
     deployment = serve.deployment(
         RewardServer,
         name="icthp",
@@ -163,4 +267,55 @@ def build_app(
     return deployment.bind(list(metrics), dict(sources), device, dtype, **server_kwargs)
 
 
-__all__ = ["RewardServer", "build_app"]
+def http_options(config: ServeConfig) -> dict:
+    """Serve's HTTP proxy options: bind address and the `IngressGuard` middleware (shipped by value, so the proxy
+    process needs neither torch nor this package's imports)."""
+    import ray.cloudpickle
+    from starlette.middleware import Middleware
+
+    from icthp_core.scale import ingress
+
+    ray.cloudpickle.register_pickle_by_value(ingress)
+    limits = config.limits
+    guard = Middleware(
+        ingress.IngressGuard,
+        token=config.token,
+        open_health=config.open_health,
+        max_request_bytes=limits.max_request_bytes,
+        max_inflight_bytes=limits.max_inflight_bytes,
+        retry_after_s=limits.retry_after_s,
+    )
+    return {"host": config.host, "port": config.port, "middlewares": [guard]}
+
+
+def start_server(config: ServeConfig) -> str:
+    """Start Ray (or join `config.address`) and the server; returns its base URL (Ray stays up in this process)."""
+    from icthp_core.scale.pipeline import init_ray
+
+    config.check()
+    init_ray(config.address)
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpr = config.gpus_per_replica if config.gpus_per_replica is not None else (1.0 if gpus else 0.0)
+    replicas = config.replicas or (max(int(gpus / gpr), 1) if gpr else 1)
+    serve.start(http_options=http_options(config))
+    app = build_app(
+        config.metrics,
+        config.sources,
+        device=config.device or ("cuda" if gpr else "cpu"),
+        dtype=config.dtype,
+        replicas=replicas,
+        gpus_per_replica=gpr,
+        cpus_per_replica=0.0 if gpr else 0.5,
+        max_batch_size=config.max_batch_size,
+        batch_wait_s=config.batch_wait_s,
+        token=config.token,
+        open_health=config.open_health,
+        limits=config.limits,
+    )
+    serve.run(app, name="icthp", route_prefix="/")
+    return f"http://{config.host}:{config.port}"
+
+
+__all__ = ["InflightBudget", "RewardServer", "bind_internal_grpc", "build_app", "http_options", "start_server"]

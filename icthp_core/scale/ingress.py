@@ -1,0 +1,115 @@
+"""The guard in front of the reward server: an ASGI middleware run inside Ray Serve's HTTP proxy.
+
+It sees every request before Ray does, so it can refuse what Ray's proxy would otherwise buffer whole:
+
+* the bearer token is required on every route (Ray's own `/-/routes` and `/-/healthz` too); only `/health` may be
+  left open (`open_health`);
+* the body is read here chunk by chunk, chunked or not, and the request is answered 413 as soon as it passes
+  `max_request_bytes` (the rest is never read); a `Content-Length` over the limit is refused before reading;
+* the proxy holds at most `max_inflight_bytes` of bodies at once: a request that does not fit gets 503 with
+  `Retry-After`.
+
+Standard library only: `start_server` ships this module by value, so the proxy process never imports torch.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+
+async def _answer(send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class IngressGuard:
+    """ASGI middleware: token on every route, body size counted while streaming, in-flight body budget."""
+
+    def __init__(
+        self,
+        app,
+        token: str | None = None,
+        open_health: bool = False,
+        max_request_bytes: int = 64 << 20,
+        max_inflight_bytes: int = 256 << 20,
+        retry_after_s: int = 1,
+    ):
+        self.app, self.token, self.open_health = app, token, open_health
+        self.max_bytes, self.max_inflight, self.retry_after = max_request_bytes, max_inflight_bytes, retry_after_s
+        self.inflight = 0  # bytes reserved by requests being read or served (one event loop: no lock needed)
+
+    def _authorised(self, scope) -> bool:
+        if self.token is None:
+            return True
+        if self.open_health and scope.get("path", "").rstrip("/") == "/health":
+            return True
+        given = _header(scope, b"authorization") or ""
+        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and self.token is not None:
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self._authorised(scope):
+            await _answer(send, 401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+            return
+        length = _header(scope, b"content-length")
+        if length is not None and not length.strip().isdigit():
+            await _answer(send, 400, f"Content-Length {length[:40]!r} is not a number")
+            return
+        if length is not None and int(length) > self.max_bytes:
+            await _answer(send, 413, f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,}")
+            return
+        reserve = int(length) if length is not None else self.max_bytes  # chunked: the most it may grow to
+        if self.inflight + reserve > self.max_inflight:
+            retry = [(b"retry-after", str(self.retry_after).encode())]
+            await _answer(send, 503, "server busy: too many request bytes in flight; retry later", retry)
+            return
+        self.inflight += reserve
+        try:
+            await self._forward(scope, receive, send)
+        finally:
+            self.inflight -= reserve
+
+    async def _forward(self, scope, receive, send) -> None:
+        """Read the body up to the limit, then hand it to Ray's proxy as one message."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await _answer(send, 413, f"request body over the limit of {self.max_bytes:,} bytes (stopped reading)")
+                return
+            if not message.get("more_body", False):
+                break
+        first = {"type": "http.request", "body": bytes(body), "more_body": False}
+        del body
+        sent = False
+
+        async def replay():
+            nonlocal sent, first
+            if not sent:
+                sent = True
+                message, first = first, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+__all__ = ["IngressGuard"]
