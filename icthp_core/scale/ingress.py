@@ -1,6 +1,8 @@
-"""The guard in front of the reward server: an ASGI middleware run inside Ray Serve's HTTP proxy.
+"""The reward server's HTTP ingress: uvicorn in the `icthp serve` process, `IngressGuard` in front of `Forward`,
+which hands each request to the replicas through a Serve deployment handle. Ray Serve's own HTTP proxy is not
+started (its body queue is unbounded, and its `/-/routes` answers anyone), so this is the only HTTP port.
 
-It sees every request before Ray does, so it can refuse what Ray's proxy would otherwise buffer whole:
+The guard sees every request first:
 
 * the bearer token is required on every route (Ray's own `/-/routes` and `/-/healthz` too); only `/health` may be
   left open (`open_health`);
@@ -8,19 +10,22 @@ It sees every request before Ray does, so it can refuse what Ray's proxy would o
   `max_request_bytes` (the rest is never read); a `Content-Length` over the limit is refused before reading;
 * the proxy holds at most `max_inflight_bytes` of bodies at once: a request that does not fit gets 503 with
   `Retry-After`.
-
-Standard library only: `start_server` ships this module by value, so the proxy process never imports torch.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import socket
+import threading
+import time
 
 
 async def _answer(send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error answer; the connection is closed after it (a body the client is still sending is not read)."""
     body = json.dumps({"error": message}).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    head.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -112,4 +117,72 @@ class IngressGuard:
         await self.app(scope, replay, send)
 
 
-__all__ = ["IngressGuard"]
+class Forward:
+    """ASGI app: one request (its body already read and bounded by the guard) -> `handle.http` -> the answer."""
+
+    def __init__(self, handle, retry_after_s: int = 1):
+        self.handle, self.retry_after = handle, retry_after_s
+
+    async def __call__(self, scope, receive, send):
+        message = await receive()
+        body = message.get("body", b"") if message["type"] == "http.request" else b""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            reply = await self.handle.http.remote(scope["method"], scope["path"], headers, body)
+        except Exception as e:  # noqa: BLE001 - a replica that died mid-request: the client retries (RewardClient does)
+            retry = [(b"retry-after", str(self.retry_after).encode())]
+            await _answer(send, 503, f"no replica answered ({type(e).__name__}); retry later", retry)
+            return
+        status, content, content_type, extra = reply
+        head = [(b"content-type", content_type.encode()), (b"content-length", str(len(content)).encode())]
+        head += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
+class IngressServer:
+    """uvicorn serving `IngressGuard(Forward(handle))` on `config.host:config.port` from a background thread."""
+
+    def __init__(self, config, handle):
+        import uvicorn
+
+        from icthp_core.errors import ConfigError
+
+        limits = config.limits
+        app = IngressGuard(
+            Forward(handle, limits.retry_after_s),
+            token=config.token,
+            open_health=config.open_health,
+            max_request_bytes=limits.max_request_bytes,
+            max_inflight_bytes=limits.max_inflight_bytes,
+            retry_after_s=limits.retry_after_s,
+        )
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((config.host, config.port))
+        except OSError as e:
+            self.sock.close()
+            raise ConfigError(f"--host {config.host} --port {config.port}: cannot listen ({e.strerror})") from None
+        self.url = f"http://{config.host if family == socket.AF_INET else f'[{config.host}]'}:{config.port}"
+        uv = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, timeout_keep_alive=5)
+        self.server = uvicorn.Server(uv)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> IngressServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self.server.started:
+            raise RuntimeError(f"the HTTP ingress on {self.url} did not start")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+__all__ = ["Forward", "IngressGuard", "IngressServer"]

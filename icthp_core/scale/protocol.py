@@ -40,6 +40,18 @@ class BadRequest(ValueError):
         self.status = status
 
 
+#: pixel weight by header mode: decoding to RGB (EXIF rotation included) peaks at about 12 bytes per pixel for 8-bit
+#: modes, 24 for alpha and 16/32-bit integer modes, 33 for float images (measured; `BYTES_PER_PIXEL` = 14 per weight)
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "RGBA", "LA", "PA", "RGBa", "La")
+
+
+def decode_weight(mode: str, info: dict) -> int:
+    """How many charged pixels one pixel of an image of this header mode costs to decode (1, 2 or 3)."""
+    if mode == "F":
+        return 3
+    return 2 if mode in _WIDE_MODES or "transparency" in info else 1
+
+
 class _HugeNumber(str):
     """A JSON integer too long to convert: kept as text, so the field it sits in is reported."""
 
@@ -53,6 +65,7 @@ class ImageItem:
     height: int
     data: bytes | None = None
     array: np.ndarray | None = None
+    weight: int = 1  # decode_weight of its header mode
 
     @property
     def size(self) -> tuple[int, int]:
@@ -75,7 +88,7 @@ class ScoreRequest:
     items: list[ImageItem]
     prompts: list[str] | None
     metrics: list[str]
-    charge: int = 0  # pixels charged against the budgets (header sizes + preprocessed copies)
+    charge: int = 0  # pixels charged against the budgets (header sizes x decode weight + preprocessed copies)
 
 
 def _decode_b64(text: object, where: str) -> bytes:
@@ -96,6 +109,7 @@ def probe_image(data: bytes, where: str, max_pixels: int) -> ImageItem:
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as img:
                 w, h = img.size
+                weight = decode_weight(img.mode, img.info)
     except Image.DecompressionBombError:
         raise BadRequest(f"{where}: over the limit of {max_pixels:,} pixels per image", 413) from None
     except Exception as e:  # noqa: BLE001 - any header failure is this image's 400, never the server's 500
@@ -105,7 +119,7 @@ def probe_image(data: bytes, where: str, max_pixels: int) -> ImageItem:
         raise BadRequest(f"{where}: image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise BadRequest(f"{where}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} per image", 413)
-    return ImageItem(where, w, h, data=data)
+    return ImageItem(where, w, h, data=data, weight=weight)
 
 
 def _too_many(n: int, limits: ServeLimits) -> None:
@@ -195,11 +209,12 @@ def _check(
     if not items:
         raise BadRequest("no images in the request")
     _too_many(len(items), limits)
-    charge = sum(it.width * it.height + per_image_extra for it in items)
+    charge = sum(it.width * it.height * it.weight + per_image_extra for it in items)
     if charge > limits.max_request_pixels:
         raise BadRequest(
-            f"request: {len(items)} images charge {charge:,} pixels (sizes + {per_image_extra:,} per image for "
-            f"preprocessing), over the limit of {limits.max_request_pixels:,} per request; send fewer or smaller",
+            f"request: {len(items)} images charge {charge:,} pixels (sizes, x2 for alpha/16-bit, x3 for float, + "
+            f"{per_image_extra:,} per image for preprocessing), over the limit of {limits.max_request_pixels:,} "
+            "per request; send fewer or smaller images",
             413,
         )
     metric_list = _metrics(metrics, served)

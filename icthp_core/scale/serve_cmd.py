@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-images", type=int, default=d.max_images, help=f"images per request ({d.max_images})")
     b.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="pixels per image (40,000,000)")
     b.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels, help="per request (64,000,000)")
-    b.add_argument("--max-inflight-pixels", type=int, default=d.max_inflight_pixels, help="per replica (128,000,000)")
+    b.add_argument("--max-inflight-pixels", type=int, default=d.max_inflight_pixels, help="per replica (64,000,000)")
     b.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / MB, help="request body (64 MB)")
-    b.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / MB, help="bodies in flight (256)")
+    b.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / MB, help="bodies in flight (128 MB)")
     b.add_argument("--queue-timeout-s", type=float, default=d.queue_timeout_s, help="wait for budget, then 503 (2)")
     return p
 
@@ -72,12 +72,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServeConfig, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from icthp_core.scale.server import start_server
+    from icthp_core.scale.pipeline import init_ray
 
     config, warnings = config_from_args(build_parser().parse_args(argv))
     for w in warnings:
         print(f"icthp serve: {w}", file=sys.stderr, flush=True)
-    url = start_server(config)
+    init_ray(config.address)  # before `import ray` elsewhere: a local Ray binds its services to 127.0.0.1
+    from icthp_core.scale.server import start_server
+
+    url = start_server(config).url
     print(f"icthp serve: {url}/score  (health: {url}/health, counters: {url}/metrics); Ctrl-C stops", flush=True)
     try:
         while True:

@@ -4,11 +4,12 @@ No Ray and no torch here: the `icthp serve` command builds a `ServeConfig` from 
 `icthp_core.scale.server.start_server`. Memory arithmetic (docs/reliability.md, "Serve memory bound"):
 
 * a request is admitted only if its body is at most `max_request_bytes` (counted while it streams, chunked or not)
-  and the proxy holds at most `max_inflight_bytes` of bodies at once (else 503 with `Retry-After`);
-* each image is charged `width x height` (read from its header, before decoding) plus one preprocessed copy per
-  preprocessing mode (`224 x 224` each); a request over `max_images` or `max_request_pixels` is refused (413), and
-  a replica admits requests only while the charges in flight stay under `max_inflight_pixels` (else the request
-  waits up to `queue_timeout_s`, then 503 with `Retry-After`).
+  and the ingress holds at most `max_inflight_bytes` of bodies at once (else 503 with `Retry-After`);
+* each image is charged `width x height` (read from its header, before decoding; x2 for alpha and 16-bit modes, x3
+  for float images, which cost more to decode) plus one preprocessed copy per preprocessing mode (`224 x 224`
+  each); a request over `max_images` or `max_request_pixels` is refused (413), and a replica admits requests only
+  while the charges in flight stay under `max_inflight_pixels` (else the request waits up to `queue_timeout_s`,
+  then 503 with `Retry-After`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from icthp_core.errors import ConfigError
 #: environment variable holding the server's bearer token (preferred to `--token`, which `ps` shows)
 TOKEN_ENV = "ICTHP_SERVE_TOKEN"
 MB = 1 << 20
+#: replica bytes per charged pixel: an image's pixels are charged x1 (8-bit modes: decoding to RGB with EXIF rotation
+#: peaks at ~12 B/px), x2 (alpha or 16/32-bit integers: ~24 B/px) or x3 (float: ~33 B/px); a preprocessed copy is
+#: 12 B per pixel of its 224x224 charge (measured per mode, docs/reliability.md)
+BYTES_PER_PIXEL = 14
+#: replica bytes per request byte in flight: the body, its JSON strings and the decoded base64 (x0.75), rounded up
+BYTES_PER_BODY_BYTE = 3
+#: allocator arenas, thread stacks and Ray bookkeeping on top of the budgets (measured: tests/test_serve_hostile_ray)
+OVERHEAD_BYTES = 64 * MB
 
 
 @dataclass(frozen=True)
@@ -32,9 +41,9 @@ class ServeLimits:
     max_images: int = 256
     max_image_pixels: int = 40_000_000
     max_request_pixels: int = 64_000_000
-    max_inflight_pixels: int = 128_000_000
+    max_inflight_pixels: int = 64_000_000
     max_request_bytes: int = 64 * MB
-    max_inflight_bytes: int = 256 * MB
+    max_inflight_bytes: int = 128 * MB
     queue_timeout_s: float = 2.0
     retry_after_s: int = 1
 
@@ -57,6 +66,14 @@ class ServeLimits:
                 f"({self.max_inflight_bytes / MB:g}): such a request could never be admitted"
             )
         return self
+
+
+def memory_bound(limits: ServeLimits) -> int:
+    """Bytes a replica may grow above its idle size (after a first full batch) under any traffic:
+    `14 x max_inflight_pixels + 3 x max_inflight_bytes + 64 MB` (1.3 GiB at the defaults; docs/reliability.md)."""
+    return (
+        BYTES_PER_PIXEL * limits.max_inflight_pixels + BYTES_PER_BODY_BYTE * limits.max_inflight_bytes + OVERHEAD_BYTES
+    )
 
 
 def _positive(name: str, value: int) -> None:
@@ -136,4 +153,12 @@ def exposure_warning(host: str, token: str | None) -> str | None:
     )
 
 
-__all__ = ["ServeConfig", "ServeLimits", "TOKEN_ENV", "exposure_warning", "is_loopback", "read_token"]
+__all__ = [
+    "ServeConfig",
+    "ServeLimits",
+    "TOKEN_ENV",
+    "exposure_warning",
+    "is_loopback",
+    "memory_bound",
+    "read_token",
+]

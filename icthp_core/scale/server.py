@@ -3,8 +3,9 @@
 Imports Ray at module level: import it only through `icthp serve` / `start_server` / `build_app`.
 Routes: `POST /score` (see `protocol.py`), `GET /health`, `GET /metrics` (Prometheus text, this replica's counters).
 
-Memory is bounded by configuration (`ServeLimits`, docs/reliability.md): Ray's HTTP proxy runs `IngressGuard`
-(token on every route, body size counted while streaming, in-flight body budget); each replica checks image headers
+Memory is bounded by configuration (`ServeLimits`, docs/reliability.md): the ingress (`ingress.py`, the only HTTP
+port) requires the token on every route, counts bodies while they stream and bounds the bytes in flight; each
+replica checks image headers
 against the per-image and per-request budgets before decoding, and admits a request only while its in-flight pixel
 budget has room (else the request waits up to `queue_timeout_s`, then gets 503 with `Retry-After`).
 """
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import Response
 
 from icthp_core.scale.protocol import BadRequest, ScoreRequest, parse_json, parse_multipart
 from icthp_core.scale.serve_config import ServeConfig, ServeLimits
@@ -28,6 +31,34 @@ from icthp_core.scoring.preprocess import MODE_SIZE, preprocess_pil
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_WAIT_S = 0.01
+
+
+class Reply(NamedTuple):
+    """An HTTP answer as plain data (crosses the deployment handle)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = {}
+
+
+def _reply(status: int, payload: dict, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, json.dumps(payload).encode(), "application/json", headers or {})
+
+
+async def _multipart(body: bytes, content_type: str, max_files: int):
+    """Starlette's form parser over a body already read (and counted)."""
+    from starlette.formparsers import MultiPartException
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-type", content_type.encode("latin-1"))]}
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(scope, receive).form(max_files=max_files, max_fields=max_files + 8)
+    except MultiPartException as e:
+        raise BadRequest(f"multipart body: {e.message}") from None
 
 
 class InflightBudget:
@@ -120,11 +151,10 @@ class RewardServer:
     async def _score_many(self, items: list[tuple[dict[str, torch.Tensor], list[str] | None]]) -> list[dict]:
         """Score several requests' pixels, at most `max_batch_size` images per model call; each request's scores."""
         sizes = [next(iter(p.values())).shape[0] for p, _ in items]
-        pixels = {m: torch.cat([p[m] for p, _ in items]) for m in items[0][0]}
         prompts = None
         if self.scorer.needs_prompt:  # prompt-free requests (asking prompt-free metrics) get a placeholder prompt
             prompts = [q for (_, ps), n in zip(items, sizes, strict=True) for q in (ps or ["an image"] * n)]
-        scores = await asyncio.to_thread(self._score_chunks, pixels, prompts, sum(sizes))
+        scores = await asyncio.to_thread(self._score_chunks, [p for p, _ in items], prompts)
         self.counters["batches"] += 1
         self.counters["batch_images"] += sum(sizes)
         self.counters["batch_size_max"] = max(self.counters["batch_size_max"], min(sum(sizes), self.max_batch_size))
@@ -134,29 +164,46 @@ class RewardServer:
             s += n
         return out
 
-    def _score_chunks(self, pixels: dict[str, torch.Tensor], prompts: list[str] | None, total: int) -> dict:
-        parts = []
-        for s in range(0, total, self.max_batch_size):
-            chunk = {m: x[s : s + self.max_batch_size] for m, x in pixels.items()}
-            parts.append(self.scorer.score_pixels(chunk, prompts[s : s + self.max_batch_size] if prompts else None))
+    def _chunks(self, pixels: list[dict[str, torch.Tensor]]):
+        """Model-call inputs of at most `max_batch_size` images, cut across requests (no copy of the whole batch)."""
+        pending: list[dict[str, torch.Tensor]] = []
+        count, limit = 0, self.max_batch_size
+        for px in pixels:
+            n, s = next(iter(px.values())).shape[0], 0
+            while s < n:
+                take = min(limit - count, n - s)
+                pending.append({m: x[s : s + take] for m, x in px.items()})
+                count, s = count + take, s + take
+                if count == limit:
+                    yield {m: torch.cat([p[m] for p in pending]) for m in px}
+                    pending, count = [], 0
+        if pending:
+            yield {m: torch.cat([p[m] for p in pending]) for m in pending[0]}
+
+    def _score_chunks(self, pixels: list[dict[str, torch.Tensor]], prompts: list[str] | None) -> dict:
+        parts, s = [], 0
+        for chunk in self._chunks(pixels):
+            n = next(iter(chunk.values())).shape[0]
+            parts.append(self.scorer.score_pixels(chunk, prompts[s : s + n] if prompts else None))
+            s += n
         return {m: torch.cat([p[m] for p in parts]) for m in parts[0]}
 
     def _pixels(self, req: ScoreRequest) -> dict[str, torch.Tensor]:
-        """Decode and preprocess one image at a time (one full-size image per request in memory at once)."""
-        modes = self.scorer.preprocess_modes
-        out: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
-        for item in req.items:
+        """Decode and preprocess one image at a time into preallocated tensors (one full-size image per request in
+        memory at once, one copy of the preprocessed pixels)."""
+        out = {m: torch.empty(len(req.items), 3, MODE_SIZE[m], MODE_SIZE[m]) for m in self.scorer.preprocess_modes}
+        for i, item in enumerate(req.items):
             img = item.decode(self.limits.max_image_pixels)
-            for m in modes:
-                out[m].append(preprocess_pil(img, m))
+            for m, x in out.items():
+                x[i] = preprocess_pil(img, m)
             del img
-        return {m: torch.stack(v) for m, v in out.items()}
+        return out
 
     # -------------------------------------------------------------------------------------------- HTTP
-    def _authorised(self, request: Request, path: str) -> bool:
+    def _authorised(self, headers: Mapping[str, str], path: str) -> bool:
         if self.token is None or (self.open_health and path.endswith("/health")):
             return True
-        given = request.headers.get("authorization", "")
+        given = headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
     async def _read_body(self, request: Request) -> bytes:
@@ -172,19 +219,15 @@ class RewardServer:
                 raise BadRequest(f"request body over the limit of {limit:,} bytes (stopped reading)", 413)
         return bytes(body)
 
-    async def _parse(self, request: Request) -> ScoreRequest:
-        body = await self._read_body(request)
+    async def _parse(self, body: bytes, content_type: str) -> ScoreRequest:
+        if len(body) > self.limits.max_request_bytes:
+            raise BadRequest(
+                f"request body of {len(body):,} bytes is over the limit of {self.limits.max_request_bytes:,}", 413
+            )
         served, pm, lim, extra = self.metrics, self.prompt_metrics, self.limits, self.per_image_extra
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not content_type.startswith("multipart/form-data"):
             return await asyncio.to_thread(parse_json, body, served, pm, lim, extra)
-        from starlette.exceptions import HTTPException
-        from starlette.formparsers import MultiPartException
-
-        request._body = body  # starlette's form parser reads the body already counted
-        try:
-            form = await request.form(max_files=lim.max_images, max_fields=lim.max_images + 8)
-        except (MultiPartException, HTTPException) as e:
-            raise BadRequest(f"multipart body: {getattr(e, 'message', None) or getattr(e, 'detail', e)}") from None
+        form = await _multipart(body, content_type, lim.max_images)
         files = [(f.filename, await f.read()) for f in form.getlist("image") if hasattr(f, "read")]
         prompts = [p for p in form.getlist("prompt") if isinstance(p, str)]
         return await asyncio.to_thread(parse_multipart, files, prompts, form.get("metrics"), served, pm, lim, extra)
@@ -202,29 +245,44 @@ class RewardServer:
         finally:
             await self.budget.release(req.charge)
 
-    async def __call__(self, request: Request):
-        path = request.url.path.rstrip("/")
-        if not self._authorised(request, path):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+    async def respond(self, method: str, path: str, headers: Mapping[str, str], body) -> Reply:
+        """One HTTP exchange: `headers` lower-case, `body` bytes or an async function reading them (called only
+        for an authorised `POST /score`)."""
+        path = path.rstrip("/")
+        if not self._authorised(headers, path):
+            return _reply(401, {"error": "missing or wrong bearer token"})
         if path.endswith("/health"):
-            return JSONResponse({"status": "ok", "metrics": self.metrics, "pid": os.getpid()})
+            return _reply(200, {"status": "ok", "metrics": self.metrics, "pid": os.getpid()})
         if path.endswith("/metrics"):
-            return PlainTextResponse(self._prometheus())
-        if request.method != "POST" or not (path == "" or path.endswith("/score")):
-            return JSONResponse({"error": "use POST /score, GET /health or GET /metrics"}, status_code=404)
+            return Reply(200, self._prometheus().encode(), "text/plain; version=0.0.4")
+        if method != "POST" or not (path == "" or path.endswith("/score")):
+            return _reply(404, {"error": "use POST /score, GET /health or GET /metrics"})
         t = time.perf_counter()
         try:
-            req = await self._parse(request)
+            data = body if isinstance(body, bytes) else await body()
+            req = await self._parse(data, headers.get("content-type", ""))
+            del data
             scores = await self._score(req)
         except BadRequest as e:
             self.counters["requests_rejected"] += 1
-            headers = {"Retry-After": str(self.limits.retry_after_s)} if e.status == 503 else None
-            return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+            retry = {"retry-after": str(self.limits.retry_after_s)} if e.status == 503 else {}
+            return _reply(e.status, {"error": str(e)}, retry)
         self.counters["requests"] += 1
         self.counters["images"] += len(req.items)
         self.counters["latency_seconds_sum"] += time.perf_counter() - t
-        body = {"scores": {m: scores[m] for m in req.metrics}, "metrics": req.metrics, "count": len(req.items)}
-        return JSONResponse(body)
+        return _reply(
+            200, {"scores": {m: scores[m] for m in req.metrics}, "metrics": req.metrics, "count": len(req.items)}
+        )
+
+    async def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        """The call `icthp serve`'s ingress makes through a deployment handle (body already read and bounded)."""
+        return await self.respond(method, path, headers, body)
+
+    async def __call__(self, request: Request):
+        """Behind Ray Serve's own HTTP proxy (a deployment run with a route prefix)."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        r = await self.respond(request.method, request.url.path, headers, lambda: self._read_body(request))
+        return Response(r.body, status_code=r.status, media_type=r.content_type, headers=r.headers)
 
     def _prometheus(self) -> str:
         c = self.counters
@@ -267,29 +325,14 @@ def build_app(
     return deployment.bind(list(metrics), dict(sources), device, dtype, **server_kwargs)
 
 
-def http_options(config: ServeConfig) -> dict:
-    """Serve's HTTP proxy options: bind address and the `IngressGuard` middleware (shipped by value, so the proxy
-    process needs neither torch nor this package's imports)."""
-    import ray.cloudpickle
-    from starlette.middleware import Middleware
+def start_server(config: ServeConfig):
+    """Start Ray (or join `config.address`), the replicas and the HTTP ingress on `config.host:config.port`.
 
-    from icthp_core.scale import ingress
-
-    ray.cloudpickle.register_pickle_by_value(ingress)
-    limits = config.limits
-    guard = Middleware(
-        ingress.IngressGuard,
-        token=config.token,
-        open_health=config.open_health,
-        max_request_bytes=limits.max_request_bytes,
-        max_inflight_bytes=limits.max_inflight_bytes,
-        retry_after_s=limits.retry_after_s,
-    )
-    return {"host": config.host, "port": config.port, "middlewares": [guard]}
-
-
-def start_server(config: ServeConfig) -> str:
-    """Start Ray (or join `config.address`) and the server; returns its base URL (Ray stays up in this process)."""
+    Ray Serve's own HTTP proxy is not started (`proxy_location="Disabled"`): the only HTTP port is the ingress
+    (`IngressGuard` + a deployment handle, in this process), so every route needs the token and no body reaches
+    Ray before it is counted. Returns the running `IngressServer` (`.url`, `.stop()`); Ray stays up in this process.
+    """
+    from icthp_core.scale.ingress import IngressServer
     from icthp_core.scale.pipeline import init_ray
 
     config.check()
@@ -299,7 +342,7 @@ def start_server(config: ServeConfig) -> str:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     gpr = config.gpus_per_replica if config.gpus_per_replica is not None else (1.0 if gpus else 0.0)
     replicas = config.replicas or (max(int(gpus / gpr), 1) if gpr else 1)
-    serve.start(http_options=http_options(config))
+    serve.start(proxy_location="Disabled")
     app = build_app(
         config.metrics,
         config.sources,
@@ -314,8 +357,8 @@ def start_server(config: ServeConfig) -> str:
         open_health=config.open_health,
         limits=config.limits,
     )
-    serve.run(app, name="icthp", route_prefix="/")
-    return f"http://{config.host}:{config.port}"
+    handle = serve.run(app, name="icthp", route_prefix=None)
+    return IngressServer(config, handle).start()
 
 
-__all__ = ["InflightBudget", "RewardServer", "bind_internal_grpc", "build_app", "http_options", "start_server"]
+__all__ = ["InflightBudget", "RewardServer", "bind_internal_grpc", "build_app", "start_server"]
