@@ -247,3 +247,35 @@ def test_array_payload_round_trip():
     req = parse_json(body, SERVED, PROMPT_METRICS, LIMITS)
     assert [it.size for it in req.items] == [(4, 3), (4, 3)] and req.prompts == ["x", "x"]
     assert np.array_equal(np.asarray(req.items[1].decode(100)), arr[1])
+
+
+def test_serve_options_warn_about_argv_tokens_and_exposed_hosts(tiny_ict, tiny_hp, monkeypatch, tmp_path):
+    from icthp_core.scale.serve_cmd import build_parser, config_from_args
+
+    monkeypatch.delenv("ICTHP_SERVE_TOKEN", raising=False)
+    base = ["--ict", str(tiny_ict), "--hp", str(tiny_hp)]
+    config, warnings = config_from_args(build_parser().parse_args([*base, "--host", "0.0.0.0"]))
+    assert config.token is None and any("WITHOUT a token" in w for w in warnings)
+    config, warnings = config_from_args(build_parser().parse_args([*base, "--token", "abc"]))
+    assert config.token == "abc" and any("`ps`" in w for w in warnings)
+    (tmp_path / "t").write_text("xyz\n")
+    argv = [*base, "--token-file", str(tmp_path / "t"), "--open-health", "--max-inflight-pixels", "99000000"]
+    config, warnings = config_from_args(build_parser().parse_args(argv))
+    assert (config.token, config.open_health, config.limits.max_inflight_pixels, warnings) == ("xyz", True, 99e6, [])
+    with pytest.raises(ConfigError, match="--max-request-pixels"):
+        config_from_args(build_parser().parse_args([*base, "--max-inflight-pixels", "1000"]))
+
+
+def test_inflight_budget_waits_then_gives_up():
+    from icthp_core.scale.server import InflightBudget
+
+    async def scenario():
+        budget = InflightBudget(10)
+        assert await budget.acquire(7, 0.01)
+        assert not await budget.acquire(4, 0.05)  # no room within the timeout: the caller answers 503
+        waiter = asyncio.create_task(budget.acquire(4, 5.0))
+        await asyncio.sleep(0.01)
+        await budget.release(7)  # room again: the waiting request is admitted
+        assert await waiter and budget.used == 4
+
+    asyncio.run(scenario())

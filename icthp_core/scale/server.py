@@ -85,6 +85,21 @@ class InflightBudget:
             self._cond.notify_all()
 
 
+def limit_allocator_slack() -> bool:
+    """Make glibc return large freed blocks to the OS: blocks >= 1 MiB are mmapped (the default threshold grows to
+    32 MiB after the first large free, so decoded images then stay in per-thread arenas) and at most 4 arenas.
+    Keeps the replica's RSS near its live memory, which the budgets bound. False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 20)) and bool(libc.mallopt(m_arena_max, 4))
+    except (OSError, AttributeError):
+        return False
+
+
 def bind_internal_grpc(address: str) -> bool:
     """Make this process's Serve replica gRPC server (inter-deployment calls) listen on `address` instead of on
     every interface: Ray 2.60 hard-codes `[::]:0` in `ray/serve/_private/replica.py` and has no option for it.
@@ -131,6 +146,7 @@ class RewardServer:
         from icthp_core.scoring.scorer import MultiScorer
 
         self.grpc_bound = bind_internal_grpc(ray.util.get_node_ip_address())
+        self.allocator_limited = limit_allocator_slack()
         self.scorer = MultiScorer(list(metrics), sources, device=device, dtype=dtype)
         self.metrics = list(metrics)
         self.prompt_metrics = {m for m in self.metrics if METRICS[m].needs_prompt}
@@ -361,4 +377,4 @@ def start_server(config: ServeConfig):
     return IngressServer(config, handle).start()
 
 
-__all__ = ["InflightBudget", "RewardServer", "bind_internal_grpc", "build_app", "start_server"]
+__all__ = ["InflightBudget", "RewardServer", "bind_internal_grpc", "build_app", "limit_allocator_slack", "start_server"]
