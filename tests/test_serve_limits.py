@@ -279,3 +279,10 @@ def test_inflight_budget_waits_then_gives_up():
         assert await waiter and budget.used == 4
 
     asyncio.run(scenario())
+
+
+def test_client_honours_retry_after():
+    from icthp_core.scale.client import _retry_after
+
+    assert _retry_after("3") == 3.0 and _retry_after(None) == 0.0 and _retry_after("soon") == 0.0
+    assert _retry_after("-5") == 0.0 and _retry_after("9999") == 60.0
