@@ -34,9 +34,9 @@ class RewardClient:
     """`client(images, prompts, metric="ict_hp")` -> scores from a running `icthp serve`.
 
     Returns a float32 tensor [B] when `images` is a tensor, else a list of floats; `metric=None` (with no default)
-    or a list of metrics returns a dict. `token` defaults to $ICTHP_SERVE_TOKEN. Connection errors and 5xx answers are retried `retries` times with
-    exponential backoff (at least the `Retry-After` a busy server sends with 503); 4xx answers raise ValueError
-    with the server's message.
+    or a list of metrics returns a dict. `token` defaults to $ICTHP_SERVE_TOKEN. Connection errors and 5xx answers
+    are retried `retries` times with exponential backoff (at least the `Retry-After` a busy server sends with 503);
+    4xx answers raise ValueError with the server's message.
     """
 
     def __init__(
