@@ -223,10 +223,9 @@ def test_guard_in_flight_budget_answers_503_with_retry_after():
 
     async def scenario():
         stall = asyncio.Event()
-        slow = [_call(guard, chunks=[b"x"], stall=stall) for _ in range(2)]  # 2 chunked requests reserve 200
-        slow = [(s, r, d) for s, r, d, _, _ in slow]
+        slow = [_call(guard, chunks=[b"x" * 100], stall=stall)[:3] for _ in range(2)]  # 200 bytes held, unfinished
         tasks = [asyncio.create_task(guard(*c)) for c in slow]
-        for _ in range(3):  # both are now reading (their bodies do not end)
+        for _ in range(100):  # let both read their first chunk
             await asyncio.sleep(0)
         assert guard.inflight == 200
         scope, receive, send, sent, _ = _call(guard, headers=[("content-length", "60")], chunks=[b"y" * 60])
@@ -239,6 +238,17 @@ def test_guard_in_flight_budget_answers_503_with_retry_after():
     assert sent[0]["status"] == 503 and (b"retry-after", b"3") in sent[0]["headers"]
     assert guard.inflight == 0
     assert _run(guard, headers=[("content-length", "60")], chunks=[b"y" * 60])[0] == 200
+
+
+def test_guard_stalled_body_gets_408():
+    guard = IngressGuard(_App(), max_request_bytes=100, body_timeout_s=0.05)
+
+    async def scenario():
+        scope, receive, send, sent, _ = _call(guard, chunks=[b"x" * 10], stall=asyncio.Event())  # never resumes
+        await guard(scope, receive, send)
+        return sent
+
+    assert asyncio.run(scenario())[0]["status"] == 408 and guard.inflight == 0
 
 
 def test_array_payload_round_trip():

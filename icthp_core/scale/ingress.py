@@ -4,16 +4,17 @@ started (its body queue is unbounded, and its `/-/routes` answers anyone), so th
 
 The guard sees every request first:
 
-* the bearer token is required on every route (Ray's own `/-/routes` and `/-/healthz` too); only `/health` may be
-  left open (`open_health`);
+* the bearer token is required on every route (any path, any method); only `GET /health` may be left open
+  (`open_health`);
 * the body is read here chunk by chunk, chunked or not, and the request is answered 413 as soon as it passes
   `max_request_bytes` (the rest is never read); a `Content-Length` over the limit is refused before reading;
-* the proxy holds at most `max_inflight_bytes` of bodies at once: a request that does not fit gets 503 with
-  `Retry-After`.
+* the ingress holds at most `max_inflight_bytes` of bodies at once, counted as they arrive and until the answer is
+  sent: a request that does not fit gets 503 with `Retry-After`; a body that stalls for `body_timeout_s` gets 408.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import socket
@@ -48,8 +49,10 @@ class IngressGuard:
         max_request_bytes: int = 64 << 20,
         max_inflight_bytes: int = 256 << 20,
         retry_after_s: int = 1,
+        body_timeout_s: float = 30.0,
     ):
         self.app, self.token, self.open_health = app, token, open_health
+        self.body_timeout = body_timeout_s
         self.max_bytes, self.max_inflight, self.retry_after = max_request_bytes, max_inflight_bytes, retry_after_s
         self.inflight = 0  # bytes reserved by requests being read or served (one event loop: no lock needed)
 
@@ -78,28 +81,38 @@ class IngressGuard:
         if length is not None and int(length) > self.max_bytes:
             await _answer(send, 413, f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,}")
             return
-        reserve = int(length) if length is not None else self.max_bytes  # chunked: the most it may grow to
-        if self.inflight + reserve > self.max_inflight:
-            retry = [(b"retry-after", str(self.retry_after).encode())]
-            await _answer(send, 503, "server busy: too many request bytes in flight; retry later", retry)
-            return
-        self.inflight += reserve
+        held = [0]  # bytes of this body counted in self.inflight
         try:
-            await self._forward(scope, receive, send)
+            await self._forward(scope, receive, send, held)
         finally:
-            self.inflight -= reserve
+            self.inflight -= held[0]
 
-    async def _forward(self, scope, receive, send) -> None:
-        """Read the body up to the limit, then hand it to Ray's proxy as one message."""
+    async def _busy(self, send) -> None:
+        retry = [(b"retry-after", str(self.retry_after).encode())]
+        await _answer(send, 503, "server busy: too many request bytes in flight; retry later", retry)
+
+    async def _forward(self, scope, receive, send, held: list[int]) -> None:
+        """Read the body up to the limit, counting it in the in-flight bytes as it arrives (a slow sender holds only
+        what it sent), then hand it to the app as one message."""
         body = bytearray()
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                await _answer(send, 408, f"request body: nothing received for {self.body_timeout:g} s")
+                return
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
+            chunk = message.get("body", b"")
+            if len(body) + len(chunk) > self.max_bytes:
                 await _answer(send, 413, f"request body over the limit of {self.max_bytes:,} bytes (stopped reading)")
                 return
+            if self.inflight + len(chunk) > self.max_inflight:
+                await self._busy(send)
+                return
+            self.inflight += len(chunk)
+            held[0] += len(chunk)
+            body += chunk
             if not message.get("more_body", False):
                 break
         first = {"type": "http.request", "body": bytes(body), "more_body": False}
@@ -129,8 +142,13 @@ class Forward:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             reply = await self.handle.http.remote(scope["method"], scope["path"], headers, body)
-        except Exception as e:  # noqa: BLE001 - a replica that died mid-request: the client retries (RewardClient does)
-            retry = [(b"retry-after", str(self.retry_after).encode())]
+        except Exception as e:  # noqa: BLE001 - every failure is an HTTP answer
+            from ray.exceptions import RayTaskError
+
+            if isinstance(e, RayTaskError):  # the replica raised: a bug, logged by Ray
+                await _answer(send, 500, f"internal error ({type(e).__name__}); see the server log")
+                return
+            retry = [(b"retry-after", str(self.retry_after).encode())]  # a replica died or is restarting
             await _answer(send, 503, f"no replica answered ({type(e).__name__}); retry later", retry)
             return
         status, content, content_type, extra = reply
@@ -166,7 +184,9 @@ class IngressServer:
             self.sock.close()
             raise ConfigError(f"--host {config.host} --port {config.port}: cannot listen ({e.strerror})") from None
         self.url = f"http://{config.host if family == socket.AF_INET else f'[{config.host}]'}:{config.port}"
-        uv = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, timeout_keep_alive=5)
+        uv = uvicorn.Config(
+            app, lifespan="off", log_level="warning", access_log=False, timeout_keep_alive=5, limit_concurrency=1024
+        )
         self.server = uvicorn.Server(uv)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
