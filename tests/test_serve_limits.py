@@ -296,3 +296,19 @@ def test_client_honours_retry_after():
 
     assert _retry_after("3") == 3.0 and _retry_after(None) == 0.0 and _retry_after("soon") == 0.0
     assert _retry_after("-5") == 0.0 and _retry_after("9999") == 60.0
+
+
+def test_request_bytes_decode_like_files(tmp_path):
+    """16-bit, transparent and EXIF-rotated images: the server's bytes decode equals the file decoder's."""
+    from icthp_core.data.images import decode_image
+
+    deep = Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 21).astype(np.uint16))
+    alpha = Image.new("RGBA", (40, 30), (200, 10, 10, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for i, (img, kw) in enumerate([(deep, {}), (alpha, {}), (Image.new("RGB", (50, 20), (1, 2, 3)), {"exif": exif})]):
+        path = tmp_path / f"{i}.png"
+        img.save(path, **kw)
+        got = probe_image(path.read_bytes(), f"images[{i}]", 1_000_000).decode(1_000_000)
+        assert np.array_equal(np.asarray(got), np.asarray(decode_image(path))), i
+    assert got.size == (20, 50)  # rotated
