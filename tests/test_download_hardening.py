@@ -83,14 +83,14 @@ def test_bad_copies_are_quarantined_and_fetched_again(tmp_path):
     with FakeHub(tampered) as hub:
         run = _download("ict", "--dir", str(root2), "--endpoint", hub.url, "--manifest", _manifest(tmp_path, models))
     row = _row(run.stdout, "pytorch_model.bin")
-    assert run.returncode == 1 and row.startswith("bad ") and "moved to" in row
+    assert run.returncode != 0 and row.startswith("bad ") and "moved to" in row
     assert not (root2 / "ict" / "pytorch_model.bin").exists() and (root2 / "ict" / "pytorch_model.bin.bad").exists()
 
     # offline: a bad copy is only moved (nothing can be fetched) and the row says how to get it back
     (root2 / "ict" / "pytorch_model.bin").write_bytes(ICT[:10])
     run = _download("ict", "--dir", str(root2), "--offline", "--manifest", _manifest(tmp_path, models))
     row = _row(run.stdout, "pytorch_model.bin")
-    assert run.returncode == 1 and row.startswith("bad ") and "online to fetch it again" in row
+    assert run.returncode != 0 and row.startswith("bad ") and "online to fetch it again" in row
     assert not (root2 / "ict" / "pytorch_model.bin").exists()
 
 
@@ -118,7 +118,7 @@ def test_manifest_paths_stay_inside_the_model_folder_and_one_bad_file_is_one_row
     args = ["all", "--dir", str(root), "--convert", "--manifest", _manifest(tmp_path, models)]
     with FakeHub(hub_files) as hub:
         run = _download(*args, "--endpoint", hub.url)
-    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.returncode != 0, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
     rows = run.stdout.splitlines()
     errors = [r for r in rows if r.startswith("error ")]
