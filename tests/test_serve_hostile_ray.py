@@ -261,4 +261,5 @@ def test_hostile_traffic_keeps_the_replica_within_its_memory_bound(served):
     assert growth["ingress"] <= 2 * LIMITS.max_inflight_bytes + (64 << 20)
     metrics = requests.get(url + "/metrics", headers=AUTH, timeout=30).text
     assert f'icthp_inflight_pixels{{pid="{pid}"}} 0' in metrics  # every admitted request gave its pixels back
+    assert f'icthp_batch_size_max{{pid="{pid}"}} 8' in metrics  # 64-image requests, at most 8 images per model call
     assert requests.get(url + "/health", headers=AUTH, timeout=30).json()["pid"] == pid

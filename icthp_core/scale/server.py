@@ -173,7 +173,6 @@ class RewardServer:
         scores = await asyncio.to_thread(self._score_chunks, [p for p, _ in items], prompts)
         self.counters["batches"] += 1
         self.counters["batch_images"] += sum(sizes)
-        self.counters["batch_size_max"] = max(self.counters["batch_size_max"], min(sum(sizes), self.max_batch_size))
         out, s = [], 0
         for n in sizes:
             out.append({m: v[s : s + n].tolist() for m, v in scores.items()})
@@ -200,6 +199,7 @@ class RewardServer:
         parts, s = [], 0
         for chunk in self._chunks(pixels):
             n = next(iter(chunk.values())).shape[0]
+            self.counters["batch_size_max"] = max(self.counters["batch_size_max"], n)  # images in one model call
             parts.append(self.scorer.score_pixels(chunk, prompts[s : s + n] if prompts else None))
             s += n
         return {m: torch.cat([p[m] for p in parts]) for m in parts[0]}
