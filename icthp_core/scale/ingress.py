@@ -153,7 +153,7 @@ class Forward:
             return
         status, content, content_type, extra = reply
         head = [(b"content-type", content_type.encode()), (b"content-length", str(len(content)).encode())]
-        head += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        head += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": content, "more_body": False})
 

@@ -1,6 +1,7 @@
 """The reward server: a Ray Serve deployment scoring images with dynamic batching across concurrent requests.
 
-Imports Ray at module level: import it only through `icthp serve` / `start_server` / `build_app`.
+Imports Ray at module level: import it only through `icthp serve` / `start_server`. Requests reach the replicas
+only through the ingress (`ingress.py`) and a deployment handle (`RewardServer.http`), never through Ray's proxy.
 Routes: `POST /score` (see `protocol.py`), `GET /health`, `GET /metrics` (Prometheus text, this replica's counters).
 
 Memory is bounded by configuration (`ServeLimits`, docs/reliability.md): the ingress (`ingress.py`, the only HTTP
@@ -23,7 +24,6 @@ from typing import NamedTuple
 import torch
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import Response
 
 from icthp_core.scale.protocol import BadRequest, ScoreRequest, parse_json, parse_multipart
 from icthp_core.scale.serve_config import ServeConfig, ServeLimits
@@ -39,7 +39,7 @@ class Reply(NamedTuple):
     status: int
     body: bytes
     content_type: str = "application/json"
-    headers: dict[str, str] = {}
+    headers: dict[str, str] | None = None
 
 
 def _reply(status: int, payload: dict, headers: dict[str, str] | None = None) -> Reply:
@@ -222,19 +222,6 @@ class RewardServer:
         given = headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
-    async def _read_body(self, request: Request) -> bytes:
-        """The body, counted while it streams (chunked too): 413 as soon as it passes the limit."""
-        limit = self.limits.max_request_bytes
-        size = request.headers.get("content-length", "")
-        if size.isdigit() and int(size) > limit:
-            raise BadRequest(f"request body of {int(size):,} bytes is over the limit of {limit:,}", 413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadRequest(f"request body over the limit of {limit:,} bytes (stopped reading)", 413)
-        return bytes(body)
-
     async def _parse(self, body: bytes, content_type: str) -> ScoreRequest:
         if len(body) > self.limits.max_request_bytes:
             raise BadRequest(
@@ -261,9 +248,9 @@ class RewardServer:
         finally:
             await self.budget.release(req.charge)
 
-    async def respond(self, method: str, path: str, headers: Mapping[str, str], body) -> Reply:
-        """One HTTP exchange: `headers` lower-case, `body` bytes or an async function reading them (called only
-        for an authorised `POST /score`)."""
+    async def http(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """One HTTP exchange, as the ingress forwards it through a deployment handle (`headers` lower-case, the
+        body already read and bounded by the ingress)."""
         path = path.rstrip("/")
         if not self._authorised(headers, path):
             return _reply(401, {"error": "missing or wrong bearer token"})
@@ -275,9 +262,7 @@ class RewardServer:
             return _reply(404, {"error": "use POST /score, GET /health or GET /metrics"})
         t = time.perf_counter()
         try:
-            data = body if isinstance(body, bytes) else await body()
-            req = await self._parse(data, headers.get("content-type", ""))
-            del data
+            req = await self._parse(body, headers.get("content-type", ""))
             scores = await self._score(req)
         except BadRequest as e:
             self.counters["requests_rejected"] += 1
@@ -289,16 +274,6 @@ class RewardServer:
         return _reply(
             200, {"scores": {m: scores[m] for m in req.metrics}, "metrics": req.metrics, "count": len(req.items)}
         )
-
-    async def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
-        """The call `icthp serve`'s ingress makes through a deployment handle (body already read and bounded)."""
-        return await self.respond(method, path, headers, body)
-
-    async def __call__(self, request: Request):
-        """Behind Ray Serve's own HTTP proxy (a deployment run with a route prefix)."""
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        r = await self.respond(request.method, request.url.path, headers, lambda: self._read_body(request))
-        return Response(r.body, status_code=r.status, media_type=r.content_type, headers=r.headers)
 
     def _prometheus(self) -> str:
         c = self.counters
