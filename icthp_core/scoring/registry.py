@@ -262,7 +262,13 @@ def _blip_metric(kind: str):
     def load(source, device, dtype):
         from icthp_core.scoring import blip
 
-        cls = {"imagereward": blip.ImageRewardModel, "itc": blip.BlipITCModel, "itm": blip.BlipITMModel}[kind]
+        cls = {
+            "imagereward": blip.ImageRewardModel,
+            "itc": blip.BlipITCModel,
+            "itm": blip.BlipITMModel,
+            "itm_cls": blip.BlipITMClsModel,
+            "pretrain_itc": blip.BlipPretrainITCModel,
+        }[kind]
         return cls.from_pretrained(source, device=device, dtype=dtype)
 
     return load
@@ -306,6 +312,33 @@ register(
         default_source="Salesforce/blip-itm-large-coco",
     ),
     _blip_metric("itm"),
+)
+register(
+    MetricSpec(
+        "blip_itm_cls",
+        "ITM (BLIP, [CLS])",
+        "alignment",
+        "BLIP ViT-L image-text matching with [CLS] first (BLIP's blip_itm.py, transformers' BlipProcessor)",
+        "[0, 1]",
+        preprocess="blip",
+        model="blip_itm_cls",
+        default_source="Salesforce/blip-itm-large-coco",
+    ),
+    _blip_metric("itm_cls"),
+)
+register(
+    MetricSpec(
+        "blip_pretrain_itc",
+        "ITC (BLIP pretrain)",
+        "alignment",
+        "ImageReward's BLIP baseline: BLIP pretrain ViT-L (model_large.pth) at 224 px, cosine of projected [CLS]",
+        "[-1, 1]",
+        preprocess="imagereward",
+        model="blip_pretrain_itc",
+        default_source=None,
+        in_all=False,
+    ),
+    _blip_metric("pretrain_itc"),
 )
 
 
