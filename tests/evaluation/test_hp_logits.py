@@ -6,7 +6,11 @@ the upstream trainer compares softmax over the triplet of those raw logits.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -62,6 +66,7 @@ def test_hp_logit_is_the_raw_head_output_on_the_same_instance(saturated_hp, data
     assert len(set(got["hp_logit"].tolist())) == 3
 
 
+@pytest.mark.slow
 def test_upstream_protocol_keeps_saturated_triplets(saturated_hp, tiny_ict, data):
     records, _ = load_triplets(data["triplets"])
     metrics = protocol_metrics(["ict_hp"], "upstream")
@@ -99,3 +104,47 @@ def test_unreadable_image_is_named(tiny_hp, data, tmp_path):
     res = evaluate_triplets(scorer, records, "paper", workers=0, n_boot=0)
     assert res["results"]["hp"]["dropped"] == [1] and res["results"]["hp"]["n"] == 1
     assert "HP: 1 triplet(s) dropped" in format_table(res)
+
+
+def _icthp(*args: str) -> subprocess.CompletedProcess:
+    """`icthp ARGS` as a user runs it (a subprocess; offline)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "icthp_cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_upstream_protocol_ties_and_bf16(saturated_hp, tiny_ict, data, tmp_path):
+    base = ["eval", "--data", str(data["triplets"]), "--ict", str(tiny_ict), "--hp", str(saturated_hp)]
+    base += ["--workers", "0", "--device", "cpu", "--bootstrap", "0"]
+    out, scores = tmp_path / "up.json", tmp_path / "up.jsonl"
+    r = _icthp(*base, "--protocol", "upstream", "-o", str(out), "--scores-out", str(scores))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["results"]["ict_hp"]["n"] == 8 and res["dropped"] == {}  # the saturated HP loses no triplet
+    assert "dropped" in r.stdout.splitlines()[1] and "hp_logit" not in res["results"]  # hp row shown, not twice
+    items = [json.loads(x) for x in scores.read_text().splitlines()]
+    assert all(it["hp_I1"] == 1.0 and it["hp_logit_I1"] > 20 for it in items)
+
+    # --dtype bf16: each compared value is a bf16 number; reference: torch's bf16 arithmetic on the saved scores
+    out16, scores16 = tmp_path / "bf16.json", tmp_path / "bf16.jsonl"
+    r = _icthp(*base, "--protocol", "upstream", "--dtype", "bf16", "-o", str(out16), "--scores-out", str(scores16))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res16 = json.loads(out16.read_text())
+    items16 = [json.loads(x) for x in scores16.read_text().splitlines()]
+    ict = torch.tensor([[it[f"ict_I{k}"] for k in (1, 2, 3)] for it in items16]).bfloat16()
+    logit = torch.tensor([[it[f"hp_logit_I{k}"] for k in (1, 2, 3)] for it in items16]).bfloat16()
+    q = ict * torch.softmax(logit, dim=-1)  # bf16 tensors: a bf16 product of bf16 values
+    want = torch.stack([q[:, 1] > q[:, 0], q[:, 2] > q[:, 1], q[:, 2] > q[:, 0]]).double().mean().item()
+    assert res16["precision"] == "bf16" and res16["results"]["ict_hp"]["avg"] == pytest.approx(want)
+
+    # --ties: the paper protocol counts an equal pair 0 by default, 1/2 with --ties half
+    paper = _icthp(*base, "--protocol", "paper", "--metrics", "hp", "-o", str(tmp_path / "p.json"))
+    half = _icthp(*base, "--protocol", "paper", "--metrics", "hp", "--ties", "half", "-o", str(tmp_path / "h.json"))
+    assert paper.returncode == half.returncode == 0, paper.stderr[-2000:] + half.stderr[-2000:]
+    p, h = json.loads((tmp_path / "p.json").read_text()), json.loads((tmp_path / "h.json").read_text())
+    assert (p["ties"], p["tie_credit"], h["ties"], h["tie_credit"]) == ("zero", 0.0, "half", 0.5)
+    # HP is exactly 1.0 for every image: every pair ties -> 0 with ties zero, 1/2 with ties half
+    assert p["results"]["hp"]["avg"] == 0.0 and h["results"]["hp"]["avg"] == 0.5
+    bad = _icthp(*base, "--ties", "third")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
