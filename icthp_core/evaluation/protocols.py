@@ -207,15 +207,18 @@ def ict_hp_upstream(
     return round_to_precision(i * hp_triplet_softmax(hp_logits, precision), precision)
 
 
-def upstream_validation_accuracy(ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence) -> dict[str, float]:
+def upstream_validation_accuracy(
+    ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence, precision: str = "fp32"
+) -> dict[str, float]:
     """The validation accuracy of the upstream HP trainer, for training loops.
 
     `ict`: cosine of the ICT features with the easy prompt [N, 3]; `hp_logits`: raw HP head outputs [N, 3].
     Returns ``{"accuracy", "I2>I1", "I3>I2", "I3>I1", "hp_accuracy"}``: ``accuracy`` = sum of strictly correct
     ICT-HP pairs / (3 N) with ICT-HP = ICT x softmax_triplet(HP logits); ``hp_accuracy`` likewise on HP alone.
+    `precision="bf16"`: the values are compared as bf16 numbers, as upstream's bf16 validation (ties count 0).
     """
-    icthp = triplet_credit(ict_hp_upstream(ict, hp_logits), 0.0)
-    hp = triplet_credit(hp_triplet_softmax(hp_logits), 0.0)
+    icthp = triplet_credit(ict_hp_upstream(ict, hp_logits, precision), 0.0)
+    hp = triplet_credit(hp_triplet_softmax(hp_logits, precision), 0.0)
     out = {"accuracy": float(icthp.mean()) if icthp.size else float("nan")}
     out.update({k: float(icthp[:, j].mean()) if icthp.size else float("nan") for j, k in enumerate(PAIR_KEYS)})
     out["hp_accuracy"] = float(hp.mean()) if hp.size else float("nan")

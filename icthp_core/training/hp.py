@@ -291,8 +291,9 @@ class HPStage(engine.Stage):
                 )
             prod = [a * b for a, b in zip(self._val_ict, hp_s, strict=True)]
             res.update(triplet_metrics(*prod, prefix="ict_hp/"))  # paper eq. 20: ICT x sigmoid(HP)
+            precision = "bf16" if self.config.mixed_precision == "bf16" else "fp32"  # bf16: upstream's ties
             up = upstream_validation_accuracy(
-                torch.stack(self._val_ict, 1).numpy(), torch.stack(logits, 1).numpy()
+                torch.stack(self._val_ict, 1).numpy(), torch.stack(logits, 1).numpy(), precision
             )  # upstream's selection metric: ICT x softmax over the triplet of HP logits, ties 0
             res.update({f"ict_hp_upstream/{k}": v for k, v in up.items()})
         del hp

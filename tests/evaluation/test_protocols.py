@@ -93,6 +93,7 @@ def test_bf16_products_that_tie_count_zero():
     assert q[0, 0] == q[0, 1]  # the products tie in bf16
     bf16 = triplet_accuracy_table(q, get_protocol("upstream").tie_credit, n_boot=0)
     assert bf16["I2>I1"]["acc"] == 0.0 and bf16["I3>I1"]["acc"] == 1.0
+    assert upstream_validation_accuracy(ict, logits, "bf16")["I2>I1"] == 0.0  # the trainer's selection metric too
     # every value is a bf16 number: 8 significant bits (hand check: x * 2^k integral below 2^8)
     for v in q.ravel():
         m, e = math.frexp(v)
