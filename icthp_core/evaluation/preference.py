@@ -231,11 +231,11 @@ def evaluate_pairs(
     val = _pair_scores(scorer, val_records, batch_size, workers, val_report) if val_records is not None else None
     results = {}
     for m, s in scores.items():
-        ok = ~np.isnan(s).any(axis=1)
+        ok = np.isfinite(s).all(axis=1)  # a pair with an unreadable image or a non-finite score: named below
         p0, p1, lab = s[ok, 0], s[ok, 1], labels[ok]
         if val is not None:
             vs, vlab = val[0][m], val[1]
-            vok = ~np.isnan(vs).any(axis=1)
+            vok = np.isfinite(vs).all(axis=1)
             vp0, vp1, vlab = vs[vok, 0], vs[vok, 1], vlab[vok]
         else:
             vp0, vp1, vlab = p0, p1, lab
@@ -251,6 +251,7 @@ def evaluate_pairs(
             "accuracy_no_ties": pairwise_accuracy(better, worse),
             "n": int(ok.sum()),
             "n_ties": int((lab == 0.5).sum()),
+            "dropped": [int(i) for i in np.flatnonzero(~ok)],
         }
     items = [
         {
@@ -260,7 +261,9 @@ def evaluate_pairs(
         }
         for i, r in enumerate(records)
     ]
-    return {"kind": "pairs", "protocol": "pickscore_tie_aware", "n": len(records), "results": results, "items": items}
+    dropped = {m: r["dropped"] for m, r in results.items() if r["dropped"]}
+    res = {"kind": "pairs", "protocol": "pickscore_tie_aware", "n": len(records), "results": results}
+    return {**res, "dropped": dropped, "items": items}
 
 
 def _num(x: float) -> float | None:
@@ -278,11 +281,12 @@ def _cell(row: dict, key: str) -> str:
 
 
 def _dropped_lines(res: dict[str, Any]) -> list[str]:
-    """One line per row that left triplets out, naming them (data row indices, 0-based)."""
+    """One line per row that left items out, naming them (data row indices, 0-based)."""
+    unit = "triplet(s)" if res["kind"] == "triplets" else "pair(s)"
     out = []
     for name, idx in res.get("dropped", {}).items():
         shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
-        out.append(f"{_label(name)}: {len(idx)} triplet(s) dropped (non-finite score or unreadable image): {shown}")
+        out.append(f"{_label(name)}: {len(idx)} {unit} dropped (non-finite score or unreadable image): {shown}")
     return out
 
 
@@ -312,7 +316,7 @@ def format_table(res: dict[str, Any]) -> str:
             f"{_label(m):<16}{100 * r['tie_aware']:>11.2f}{100 * r['accuracy_no_ties']:>9.2f}"
             f"{r['threshold']:>9.4g}{r['n']:>8}{r['n_ties']:>7}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _dropped_lines(res))
 
 
 def markdown_table(res: dict[str, Any]) -> str:
@@ -338,7 +342,8 @@ def markdown_table(res: dict[str, Any]) -> str:
         f"| {r['n']} | {r['n_ties']} |"
         for m, r in rows.items()
     ]
-    return "\n".join(lines) + "\n"
+    drops = _dropped_lines(res)
+    return "\n".join(lines) + ("\n\n" + "\n".join(drops) if drops else "") + "\n"
 
 
 def protocol_metrics(metrics: Sequence[str], protocol: str) -> list[str]:
