@@ -305,7 +305,7 @@ register(
         "blip_itm",
         "ITM (BLIP)",
         "alignment",
-        "BLIP ViT-L image-text matching: probability of 'match'",
+        "BLIP ViT-L image-text matching: probability of 'match', [ENC] first (BLIP's retrieval training)",
         "[0, 1]",
         preprocess="blip",
         model="blip_itm",
