@@ -64,7 +64,7 @@ PAYLOADS = [
     (_arr([10**9, 1, 1, 3]), 413, "limit is 8"),
     (_arr([1, 2, 2, 3], "AAAA"), 400, "do not fill"),
     (json.dumps({"images": [_b64(HUGE_PNG)], "prompt": "x"}).encode(), 413, r"images\[0\]: 13000x13000"),
-    (json.dumps({"images": [_b64(b"II*\x00garbage")], "prompt": "x"}).encode(), 400, r"images\[0\]: cannot decode"),
+    (json.dumps({"images": [_b64(b"II*\x00garbage")], "prompt": "x"}).encode(), 400, r"images\[0\]: not an image"),
     (json.dumps({"images": [_b64(_png((1000, 1000)))] * 3, "prompt": "x"}).encode(), 413, "per request"),
     (b"\xff\xfe not utf-8", 400, "not valid JSON"),
     (b"NaN", 400, "must be a JSON object"),
@@ -312,3 +312,14 @@ def test_request_bytes_decode_like_files(tmp_path):
         got = probe_image(path.read_bytes(), f"images[{i}]", 1_000_000).decode(1_000_000)
         assert np.array_equal(np.asarray(got), np.asarray(decode_image(path))), i
     assert got.size == (20, 50)  # rotated
+
+
+def test_older_parse_json_call_decodes_every_image():
+    body = json.dumps({"images": [_b64(_png((30, 20)))], "prompt": "x"}).encode()
+    req = parse_json(body, SERVED, PROMPT_METRICS, max_images=4)
+    assert req.images[0].size == (30, 20) and req.prompts == ["x"]
+    bad = json.dumps({"images": [_b64(_png((64, 64))[:-40])], "prompt": "x"}).encode()
+    with pytest.raises(BadRequest, match=r"images\[0\]: cannot decode"):
+        parse_json(bad, SERVED, PROMPT_METRICS, max_images=4)
+    with pytest.raises(BadRequest, match="limit is 1"):
+        parse_json(json.dumps({"images": [_b64(_png())] * 2}).encode(), SERVED, PROMPT_METRICS, max_images=1)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from icthp_core.errors import ImageLoadError
 from icthp_core.scale.serve_config import ServeLimits
@@ -89,6 +89,12 @@ class ScoreRequest:
     prompts: list[str] | None
     metrics: list[str]
     charge: int = 0  # pixels charged against the budgets (header sizes x decode weight + preprocessed copies)
+    images: list[Image.Image] | None = None  # filled by `decode_all` (the server decodes item by item instead)
+
+    def decode_all(self, max_pixels: int) -> ScoreRequest:
+        """Decode every image now (BadRequest naming the first that fails); for tools and tests."""
+        self.images = [item.decode(max_pixels) for item in self.items]
+        return self
 
 
 def _decode_b64(text: object, where: str) -> bytes:
@@ -112,6 +118,8 @@ def probe_image(data: bytes, where: str, max_pixels: int) -> ImageItem:
                 weight = decode_weight(img.mode, img.info)
     except Image.DecompressionBombError:
         raise BadRequest(f"{where}: over the limit of {max_pixels:,} pixels per image", 413) from None
+    except UnidentifiedImageError:  # the file decoder's words for it
+        raise BadRequest(f"{where}: not an image (unrecognised format)") from None
     except Exception as e:  # noqa: BLE001 - any header failure is this image's 400, never the server's 500
         detail = str(e).splitlines()[0][:200] if str(e) else ""
         raise BadRequest(f"{where}: cannot decode image ({type(e).__name__}: {detail})") from None
@@ -235,9 +243,21 @@ def _load_json(body: bytes) -> object:
 
 
 def parse_json(
-    body: bytes, served: Sequence[str], prompt_metrics: set[str], limits: ServeLimits, per_image_extra: int = 0
+    body: bytes,
+    served: Sequence[str],
+    prompt_metrics: set[str],
+    limits: ServeLimits | None = None,
+    per_image_extra: int = 0,
+    *,
+    max_images: int | None = None,
 ) -> ScoreRequest:
-    """A JSON `/score` body -> ScoreRequest (headers probed, budgets checked); BadRequest naming the field."""
+    """A JSON `/score` body -> ScoreRequest (headers probed, budgets checked); BadRequest naming the field.
+
+    The older call `parse_json(body, served, prompt_metrics, max_images=N)` (default limits otherwise) also decodes
+    every image, as it did before budgets existed, so `req.images` is filled and decode errors are raised here."""
+    if limits is None:
+        req = parse_json(body, served, prompt_metrics, ServeLimits(max_images=max_images or 256), per_image_extra)
+        return req.decode_all(ServeLimits().max_image_pixels)
     payload = _load_json(body)
     if not isinstance(payload, dict):
         raise BadRequest("body must be a JSON object")
