@@ -72,7 +72,7 @@ class DecodePolicy(str, Enum):
 DECODE_POLICIES = tuple(p.value for p in DecodePolicy)
 
 
-def decode_policy(value: str | DecodePolicy | None, where: str = "decode_policy") -> DecodePolicy:
+def parse_decode_policy(value: str | DecodePolicy | None, where: str = "decode_policy") -> DecodePolicy:
     """`value` as a DecodePolicy (None: the default "view"); ConfigError naming `where` for an unknown name."""
     if value is None:
         return DecodePolicy.VIEW
@@ -259,7 +259,7 @@ def decode_image(
     exception.
     """
     where = _source_name(source, name)
-    policy = decode_policy(policy)
+    policy = parse_decode_policy(policy)
     limits = limits or ImageLimits.resolve(max_pixels)
     with _errors_named(source, where, limits), _opened(source, where, limits) as fh:
         img = Image.open(fh)
@@ -288,7 +288,7 @@ def check_image(source: ImageSource, name: str | None = None, max_pixels: int | 
 def to_pil(image: object, where: str = "image", policy: str | DecodePolicy = DecodePolicy.VIEW) -> Image.Image:
     """A path, encoded bytes, PIL image or numpy HWC array (uint8, or float in 0..1) as a PIL image: RGB under the
     "view" policy; under "upstream", paths, bytes and PIL images keep their mode (see `decode_image`)."""
-    policy = decode_policy(policy)
+    policy = parse_decode_policy(policy)
     if isinstance(image, (str, os.PathLike)):
         return decode_image(image, policy=policy)
     if isinstance(image, (bytes, bytearray)):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from icthp_core.data.images import DecodePolicy, decode_policy, to_rgb
+from icthp_core.data.images import DecodePolicy, parse_decode_policy, to_rgb
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -112,7 +112,7 @@ def preprocess_pil(
     """
     _check_mode(mode)
     size = size or MODE_SIZE[mode]
-    if decode_policy(policy) is DecodePolicy.VIEW:
+    if parse_decode_policy(policy) is DecodePolicy.VIEW:
         img = _geometry(to_rgb(img), mode, size)
     elif mode in RESIZE_BEFORE_RGB:
         img = _geometry(img, mode, size).convert("RGB")
