@@ -157,12 +157,12 @@ def test_every_source_gives_the_same_scores_or_the_same_error(data, scorer, tiny
 
 def test_serve_requests_and_app_uploads_decode_the_same(data, scorer):
     from icthp_app.logic import UploadLimits, check_image
+
     from icthp_core.scale.protocol import BadRequest, parse_json
 
     d, cases = data["dir"], data["cases"]
-    by_file = {
-        n: r for n, r in zip(NAMES, scorer.score_files([(str(d / "files" / n), PROMPT) for n in NAMES], num_workers=0))
-    }
+    rows = scorer.score_files([(str(d / "files" / n), PROMPT) for n in NAMES], num_workers=0)
+    by_file = dict(zip(NAMES, rows, strict=True))
     for name in NAMES:
         body = json.dumps({"images": [base64.b64encode(cases[name][0]).decode()], "prompt": PROMPT}).encode()
         upload = check_image(d / "files" / name, UploadLimits())
