@@ -210,7 +210,9 @@ def plan_fingerprint(shards: Sequence[dict], metrics: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-#: rows per pyarrow record batch when a parquet row group or an arrow file is read (bounded memory per batch)
+#: bytes (uncompressed, estimated from the row group's metadata) per pyarrow record batch of a parquet row group
+READ_BATCH_BYTES = 8 << 20
+#: rows per record batch at most (parquet and datasets arrow files)
 READ_BATCH_ROWS = 64
 
 
@@ -243,13 +245,16 @@ def _table_records(table, shard: dict, start: int, label: str) -> Iterator[dict]
 
 
 def _parquet_records(shard: dict) -> Iterator[dict]:
-    """One row group, read in record batches of READ_BATCH_ROWS rows (never the whole file or row group)."""
+    """One row group, read in record batches of ~READ_BATCH_BYTES (never the whole file or row group)."""
     import pyarrow.parquet as pq
 
     cols = list(dict.fromkeys([*shard["images"], *shard["keep"], *filter(None, [shard.get("prompt_column")])]))
     start = shard["start"]
     with pq.ParquetFile(shard["file"], buffer_size=1 << 20, pre_buffer=False) as pf:
-        for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[shard["row_group"]], columns=cols):
+        group = pf.metadata.row_group(shard["row_group"])
+        row_bytes = group.total_byte_size / max(group.num_rows, 1)
+        rows = int(min(max(READ_BATCH_BYTES // max(row_bytes, 1), 1), READ_BATCH_ROWS))
+        for batch in pf.iter_batches(batch_size=rows, row_groups=[shard["row_group"]], columns=cols):
             yield from _table_records(batch, shard, start, shard["file"])
             start += batch.num_rows
 
