@@ -141,6 +141,16 @@ def test_scores_under_upstream_policy_match_the_upstream_computation(tiny_ict, t
     assert differs == {"rgba.png", "palette_transparent.png", "exif_rotated.jpg"}
 
 
+def test_gpu_decoding_is_view_only(tiny_hp, files):
+    up = load_scorer(None, tiny_hp, device="cpu", decode_policy="upstream")
+    with pytest.raises(ConfigError, match='decode="gpu"'):
+        list(up.score_files([(str(files["rgb.png"]), None)], decode="gpu", num_workers=0))
+    rows = list(up.score_files([(str(files["rgba.png"]), None)], decode="auto", num_workers=0))
+    assert rows[0]["error"] is None and rows[0]["hp"] == pytest.approx(
+        float(up.score([str(files["rgba.png"])])["hp"][0])
+    )
+
+
 def test_policy_names_are_checked():
     assert parse_decode_policy(None) is DecodePolicy.VIEW and parse_decode_policy("upstream") is DecodePolicy.UPSTREAM
     with pytest.raises(ConfigError, match=r"--decode-policy='raw': expected one of view, upstream"):

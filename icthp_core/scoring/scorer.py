@@ -223,10 +223,11 @@ class MultiScorer:
         from icthp_core.data.batch import iter_file_batches
         from icthp_core.scoring.gpu_preprocess import default_workers, iter_gpu_batches, resolve_decode
 
-        upstream = self.decode_policy is DecodePolicy.UPSTREAM
-        decode = resolve_decode("cpu" if upstream and decode == "auto" else decode, self.device)
-        if decode == "gpu" and upstream:
-            raise ConfigError('decode="gpu" (--decode gpu) decodes with the "view" policy only; use decode="cpu"')
+        if self.decode_policy is DecodePolicy.UPSTREAM:
+            if decode == "gpu":
+                raise ConfigError('decode="gpu" (--decode gpu) decodes with the "view" policy only; use decode="cpu"')
+            decode = "cpu"  # "auto" too: the GPU path has no upstream policy
+        decode = resolve_decode(decode, self.device)
         if num_workers is None:
             num_workers = default_workers(self.device, decode)
         if decode == "gpu":
