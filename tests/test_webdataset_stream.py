@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from scale_data import png
 
-from icthp_core.data.sources import iter_shard, plan_dataset
+from icthp_core.data.sources import iter_record_batches, iter_shard, plan_dataset
 from icthp_core.data.webdataset import split_key, tar_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +86,7 @@ def test_truncated_tar_costs_only_what_is_lost_and_the_next_shard_is_read(tmp_pa
     a = [r for r in recs if "a.tar" in r["image"]]
     b = [r for r in recs if "b.tar" in r["image"]]
     assert len(b) == 6 and all(r.get("error") is None and r["data"] for r in b)
+    assert [len(c) for c in iter_record_batches(plan_dataset(str(folder / "b.tar"))[0], 4)] == [4, 2]
     ok = [r for r in a if not r.get("error")]
     assert ok and all(r["data"] for r in ok)
     assert "the tar ends inside this sample" in a[-2]["error"]
@@ -109,7 +110,7 @@ def test_repeated_keys_and_oversized_members_are_error_rows(tmp_path, monkeypatc
 _MEASURE = """
 import sys, tracemalloc
 import pyarrow as pa
-from icthp_core.data.sources import iter_shard, plan_dataset
+from icthp_core.data.sources import iter_record_batches, iter_shard, plan_dataset
 tracemalloc.start()
 n = sum(1 for shard in plan_dataset(sys.argv[1]) for r in iter_shard(shard))
 print(n, (tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory()) / 2**20)

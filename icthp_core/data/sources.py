@@ -330,6 +330,20 @@ def decode_records(
     return errors, pixels
 
 
+def iter_record_batches(shard: dict, batch_size: int) -> Iterator[list[dict]]:
+    """The records of one shard in lists of at most `batch_size`, streamed (memory: one list, not the shard)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    chunk: list[dict] = []
+    for rec in iter_shard(shard):
+        chunk.append(rec)
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def iter_records(shards: Sequence[dict]) -> Iterator[dict]:
     for shard in shards:
         yield from iter_shard(shard)
