@@ -141,6 +141,16 @@ def test_scores_under_upstream_policy_match_the_upstream_computation(tiny_ict, t
     assert differs == {"rgba.png", "palette_transparent.png", "exif_rotated.jpg"}
 
 
+def test_evaluation_decodes_with_the_scorers_policy(tiny_ict, tiny_hp, files):
+    from icthp_core.evaluation.preference import score_images
+
+    paths = [str(files[n]) for n in sorted(files)]
+    for policy in ("view", "upstream"):
+        scorer = load_scorer(tiny_ict, tiny_hp, device="cpu", decode_policy=policy)
+        got = score_images(scorer, paths, ["a photo"] * len(paths), batch_size=8, workers=0)
+        assert np.allclose(got["ict_hp"], scorer.score(paths, "a photo")["ict_hp"].numpy(), atol=1e-6)
+
+
 def test_gpu_decoding_is_view_only(tiny_hp, files):
     up = load_scorer(None, tiny_hp, device="cpu", decode_policy="upstream")
     with pytest.raises(ConfigError, match='decode="gpu"'):
