@@ -148,3 +148,22 @@ def test_gzip_tar_and_parquet_are_streamed_in_bounded_memory(tmp_path):
     pq.write_table(table, tmp_path / "big.parquet", row_group_size=24, write_batch_size=1, data_page_size=1 << 20)
     n, peak = _peak_mib(tmp_path / "big.parquet")
     assert n == 24 and peak < 48, peak
+
+
+def test_icthp_score_scores_the_shard_after_a_truncated_one(tiny_ict, tiny_hp, tmp_path):
+    from icthp_cli.main import main
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    members = [(f"s{i}.{ext}", png(i) if ext == "png" else b"a prompt") for i in range(4) for ext in ("png", "txt")]
+    whole = _tar(tmp_path / "whole.tar", members).read_bytes()
+    (folder / "a.tar").write_bytes(whole[: len(whole) * 2 // 3])
+    _tar(folder / "b.tar", members)
+    out = tmp_path / "rows.jsonl"
+    argv = ["score", "--ict", str(tiny_ict), "--hp", str(tiny_hp), "--dataset", str(folder), "-o", str(out)]
+    assert main([*argv, "--workers", "0", "--no-progress", "-q"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    b = [r for r in rows if "b.tar#" in r["image"]]
+    a = [r for r in rows if "a.tar#" in r["image"]]
+    assert len(b) == 4 and all(r["error"] is None and r["ict_hp"] is not None for r in b)
+    assert any(r["error"] is None for r in a) and a[-1]["image"].endswith("#<rest>") and a[-1]["error"]
