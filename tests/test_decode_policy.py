@@ -151,6 +151,29 @@ def test_evaluation_decodes_with_the_scorers_policy(tiny_ict, tiny_hp, files):
         assert np.allclose(got["ict_hp"], scorer.score(paths, "a photo")["ict_hp"].numpy(), atol=1e-6)
 
 
+def test_icthp_eval_decode_policy(tiny_ict, tiny_hp, files, tmp_path):
+    """`icthp eval --decode-policy upstream` scores each image as the upstream-policy scorer does."""
+    import json
+
+    from icthp_cli.main import main
+
+    names = ["rgba.png", "palette_transparent.png", "exif_rotated.jpg"]
+    row = {"easy_prompt": "a photo", "refine_prompt": "a photo of a thing"}
+    row |= {f"image_{k + 1}": str(files[n]) for k, n in enumerate(names)}
+    (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n")
+    scores = {}
+    for policy in ("view", "upstream"):
+        out = tmp_path / f"{policy}.jsonl"
+        argv = ["eval", "--data", str(tmp_path / "t.jsonl"), "--ict", str(tiny_ict), "--hp", str(tiny_hp)]
+        argv += ["--workers", "0", "--bootstrap", "0", "--scores-out", str(out), "--decode-policy", policy]
+        assert main(argv) == 0
+        scores[policy] = json.loads(out.read_text().splitlines()[0])
+        scorer = load_scorer(tiny_ict, tiny_hp, device="cpu", decode_policy=policy)
+        want = scorer.score([str(files[n]) for n in names], "a photo")
+        assert np.allclose([scores[policy][f"hp_I{k}"] for k in (1, 2, 3)], want["hp"].numpy(), atol=1e-6)
+    assert scores["view"]["hp_I1"] != pytest.approx(scores["upstream"]["hp_I1"], abs=1e-7)
+
+
 def test_gpu_decoding_is_view_only(tiny_hp, files):
     up = load_scorer(None, tiny_hp, device="cpu", decode_policy="upstream")
     with pytest.raises(ConfigError, match='decode="gpu"'):
