@@ -37,7 +37,9 @@ def _n_tokens(tok, text: str) -> int:
     """Number of content tokens of `text` (without the leading and trailing special tokens); 0 for blank text."""
     if not text.strip():
         return 0
-    return int((tok([text])[0] != 0).sum()) - 2
+    ids = tok([text])[0]
+    ids = ids[0] if ids.dim() == 2 else ids  # BLIP tokenizers stack ids and mask as [B, 2, L]
+    return int((ids != 0).sum()) - 2
 
 
 def map_words(prompt: str, tok=tokenize) -> list[Word]:
