@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icthp_core.explain.common import ExplainError
+from icthp_core.explain.common import ExplainError, with_grad
 
 
 def vision_tower(model: nn.Module) -> nn.Module:
@@ -78,6 +78,7 @@ def rollout(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tenso
     return r[:, 0, 1:]
 
 
+@with_grad
 def relevance(scorer, metric: str, images: torch.Tensor, prompt: str | None) -> dict[str, torch.Tensor]:
     """Relevance maps [B, g, g] of `metric` per image tower, keyed by the base metric of the tower, for float images
     in 0..1 [B,3,H,W]: one forward and one backward pass (through the explicit attention)."""
@@ -86,7 +87,7 @@ def relevance(scorer, metric: str, images: torch.Tensor, prompt: str | None) -> 
     towers = {m: vision_tower(scorer.models[m]) for m in base_metrics(metric)}
     f = metric_fn(scorer, metric, prompt)
     x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), recording_attention(list(towers.values())) as stores:
+    with recording_attention(list(towers.values())) as stores:
         score = f(x)
         probs = [p for t in towers.values() for p in stores[id(t)]]
         grads = torch.autograd.grad(score.sum(), probs)

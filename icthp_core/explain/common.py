@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -78,3 +79,33 @@ def preprocess_for(model, images: torch.Tensor, scorer) -> torch.Tensor:
     """Normalised model input of `images` (0..1) for `model`'s preprocessing mode, on the scorer's device/dtype."""
     mode = getattr(model, "preprocess_mode", "crop")
     return preprocess_tensor(images.to(scorer.device), mode).to(scorer.dtype)
+
+
+def with_grad(fn):
+    """Run `fn` with autograd on, even inside `torch.inference_mode()` (ComfyUI runs nodes in it); tensor arguments
+    made in inference mode must be cloned inside `fn` before they enter the graph."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def ensure_autograd_weights(module: torch.nn.Module) -> int:
+    """Replace parameters and buffers that are inference tensors (made or moved under `torch.inference_mode()`, as
+    a ComfyUI loader or device move may do) by normal copies, so gradients can flow through `module`.
+    Returns how many were replaced (0 in the usual case: nothing is copied)."""
+    n = 0
+    with torch.inference_mode(False):
+        for mod in module.modules():
+            for table in (mod._parameters, mod._buffers):
+                for name, t in list(table.items()):
+                    if t is not None and t.is_inference():
+                        c = t.clone()
+                        table[name] = (
+                            torch.nn.Parameter(c, requires_grad=t.requires_grad) if name in mod._parameters else c
+                        )
+                        n += 1
+    return n

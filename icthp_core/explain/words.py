@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from icthp_core.explain.common import ExplainError, base_metrics, check_metric, text_metrics
+from icthp_core.explain.common import ExplainError, base_metrics, check_metric, text_metrics, with_grad
 from icthp_core.scoring.text import tokenize
 
 #: a word: letters/digits, with inner apostrophes or hyphens ("don't", "black-and-white"); punctuation is not a word
@@ -92,6 +92,7 @@ def reading(drop: float, score: float, share: float = NEUTRAL_SHARE) -> str:
     return "contained" if drop > tol else "neutral"
 
 
+@with_grad
 def integrated_gradients(scorer, metric: str, pixels, prompt: str, steps: int = 32) -> tuple[torch.Tensor, dict]:
     """Integrated gradients of `metric` on the token embeddings of `prompt` (open_clip text towers).
 
@@ -110,6 +111,7 @@ def integrated_gradients(scorer, metric: str, pixels, prompt: str, steps: int = 
     if clip is None or not hasattr(clip, "token_embedding"):
         raise ExplainError(f"metric {metric!r}: integrated gradients need an open_clip text tower ({m} has none)")
     ids = _tokenizer_of(model)([prompt]).to(scorer.device)
+    pixels = {k: v.clone() for k, v in pixels.items()}  # inference tensors (ComfyUI) cannot enter a graph
     with torch.no_grad():
         img = model.encode_image(pixels[getattr(model, "preprocess_mode", "crop")])
         emb = clip.token_embedding(ids).detach()
@@ -128,10 +130,7 @@ def integrated_gradients(scorer, metric: str, pixels, prompt: str, steps: int = 
         return scorer._derive(metric, {**fixed, m: s}).float()
 
     ig = IntegratedGradients(forward)
-    with torch.enable_grad():
-        attr, delta = ig.attribute(
-            emb.float(), baselines=baseline.float(), n_steps=steps, return_convergence_delta=True
-        )
+    attr, delta = ig.attribute(emb.float(), baselines=baseline.float(), n_steps=steps, return_convergence_delta=True)
     per_token = attr[0].sum(-1).detach().cpu()
     with torch.no_grad():
         full, base = float(forward(emb)[0]), float(forward(baseline)[0])

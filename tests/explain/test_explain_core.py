@@ -143,3 +143,11 @@ def test_explain_api_and_errors(scorer, wide_image):
         explain(scorer, wide_image, None, metrics=["ict"])
     with pytest.raises(ExplainError, match="this scorer computes"):
         explain(scorer, wide_image, PROMPT, metrics=["pickscore"])
+
+
+def test_gradient_methods_run_inside_inference_mode(scorer, wide_image):
+    """ComfyUI executes nodes under torch.inference_mode(): IG and relevance must still get gradients."""
+    with torch.inference_mode():
+        ex = explain(scorer, wide_image, PROMPT, metrics=["ict"], methods="words,relevance", ig_steps=4)
+    assert ex.heatmaps["ict"]["relevance"].max() > 0
+    assert ex.words["ict"]["ig_check"]["relative_error"] < 0.01
