@@ -9,9 +9,7 @@ def reward_model(icthp_folder):
     from comfy_nodes.reward_nodes import ICTHPLoader
 
     with torch.inference_mode():  # as the server runs the loader node
-        (rm,) = ICTHPLoader.execute(
-            model="ICT-HP", ict_source="ict", hp_source="hp", device="cpu", dtype="fp32"
-        ).result
+        (rm,) = ICTHPLoader.execute(model="ICT-HP", ict_source="ict", hp_source="hp", device="cpu", dtype="fp32").result
     return rm
 
 
