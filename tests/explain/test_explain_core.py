@@ -151,3 +151,21 @@ def test_gradient_methods_run_inside_inference_mode(scorer, wide_image):
         ex = explain(scorer, wide_image, PROMPT, metrics=["ict"], methods="words,relevance", ig_steps=4)
     assert ex.heatmaps["ict"]["relevance"].max() > 0
     assert ex.words["ict"]["ig_check"]["relative_error"] < 0.01
+
+
+def test_blip_metric_gets_removal_drops_and_occlusion_not_relevance(tmp_path_factory, wide_image):
+    """ImageReward (BLIP + cross-attention BERT): words by removal (no IG: not an open_clip text tower), occlusion;
+    relevance is skipped with its reason."""
+    from icthp_core.scoring.scorer import MultiScorer
+    from icthp_core.testing.blip import save_tiny_imagereward
+
+    src = save_tiny_imagereward(tmp_path_factory.mktemp("ir") / "IR")
+    s = MultiScorer(["imagereward"], {"imagereward": str(src)}, device="cpu")
+    ex = explain(s, wide_image, "a red cube on a table", grid=2)
+    rows = {r["word"]: r for r in ex.words["imagereward"]["words"] if r["word"] != "a"}
+    full = float(s.score([wide_image], "a red cube on a table")["imagereward"][0])
+    for word, rest in (("red", "a cube on a table"), ("table", "a red cube on a")):
+        ref = full - float(s.score([wide_image], rest)["imagereward"][0])
+        assert rows[word]["removal_drop"] == pytest.approx(ref, abs=1e-5) and rows[word]["ig"] is None
+    assert ex.grids["imagereward"]["occlusion"].shape == (2, 2)
+    assert "open_clip ViT" in ex.skipped["imagereward/relevance"]
