@@ -100,7 +100,10 @@ def integrated_gradients(scorer, metric: str, pixels, prompt: str, steps: int = 
     attributions [77] and a check dict {score, baseline_score, sum, delta, relative_error}: completeness holds when
     the attributions sum to score - baseline_score (captum's Gauss-Legendre rule, `steps` points).
     """
-    from captum.attr import IntegratedGradients
+    try:
+        from captum.attr import IntegratedGradients
+    except ImportError:
+        raise ExplainError("integrated gradients need captum: pip install 'icthp[explain]'") from None
 
     tms = text_metrics(metric)
     if len(tms) != 1:
@@ -165,9 +168,12 @@ def word_contributions(
     scores = removal_scores(scorer, metric, image_pixels, [prompt] + [variants[i] for i in ok])
     full = float(scores[0])
     drops: dict[int, float] = {i: full - float(s) for i, s in zip(ok, scores[1:], strict=True)}
-    per_token, check = (None, None)
+    per_token, check, ig_error = None, None, None
     if ig_steps and getattr(model, "clip", None) is not None:
-        per_token, check = integrated_gradients(scorer, metric, image_pixels, prompt, ig_steps)
+        try:
+            per_token, check = integrated_gradients(scorer, metric, image_pixels, prompt, ig_steps)
+        except ExplainError as e:  # e.g. captum not installed: the removal drops still stand
+            ig_error = str(e)
     rows = []
     for i, w in enumerate(words):
         ig = float(per_token[w.tok_start : w.tok_end].sum()) if per_token is not None else None
@@ -189,4 +195,11 @@ def word_contributions(
     if per_token is not None:
         in_words = sum(float(per_token[w.tok_start : w.tok_end].sum()) for w in words)
         other = float(per_token.sum()) - in_words
-    return {"metric": metric, "score": full, "words": rows, "ig_check": check, "other_tokens_ig": other}
+    return {
+        "metric": metric,
+        "score": full,
+        "words": rows,
+        "ig_check": check,
+        "ig_error": ig_error,
+        "other_tokens_ig": other,
+    }

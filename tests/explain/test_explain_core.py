@@ -169,3 +169,13 @@ def test_blip_metric_gets_removal_drops_and_occlusion_not_relevance(tmp_path_fac
         assert rows[word]["removal_drop"] == pytest.approx(ref, abs=1e-5) and rows[word]["ig"] is None
     assert ex.grids["imagereward"]["occlusion"].shape == (2, 2)
     assert "open_clip ViT" in ex.skipped["imagereward/relevance"]
+
+
+def test_without_captum_words_keep_their_removal_drops(scorer, wide_image, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "captum", None)  # import captum -> ImportError
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    out = word_contributions(scorer, scorer.preprocess([wide_image]), PROMPT, "ict", ig_steps=4)
+    assert "pip install 'icthp[explain]'" in out["ig_error"] and out["ig_check"] is None
+    assert all(r["ig"] is None and r["removal_drop"] is not None for r in out["words"])
