@@ -82,11 +82,18 @@ def scene(i: int, size=(512, 384)) -> Image.Image:
     return im
 
 
-def _timed(fn, *args, **kwargs):
-    t = time.perf_counter()
+#: CPU seconds of this process (all its threads) per timed call, by name: on a shared CPU the wall time grows with
+#: the other load, the CPU time much less (ratios are reported for both)
+CPU_S: dict[str, float] = {}
+
+
+def _timed(fn, *args, name: str | None = None, **kwargs):
+    t, c = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    if name:
+        CPU_S[name] = time.process_time() - c
     return out, time.perf_counter() - t
 
 
@@ -116,17 +123,19 @@ def bench_image(scorer, metric: str, img: Image.Image, prompt: str, a) -> dict:
     f = metric_fn(scorer, metric, p)
     with torch.no_grad():
         f(x)  # warm-up
-        t_score = float(np.median([_timed(f, x)[1] for _ in range(3)]))
+        t_score = float(np.median([_timed(f, x, name="score")[1] for _ in range(3)]))
     row: dict = {"score_s": t_score, "fused_vs_explicit_max_abs": fused_gap(scorer, metric, x, p)}
     if p is not None:
         pixels = {k: v.to(scorer.device) for k, v in scorer.preprocess([img]).items()}
-        _, row["words_removal_s"] = _timed(word_contributions, scorer, pixels, p, metric, None)
-        words, t = _timed(word_contributions, scorer, pixels, p, metric, a.ig_steps)
+        _, row["words_removal_s"] = _timed(word_contributions, scorer, pixels, p, metric, None, name="words_removal")
+        words, t = _timed(word_contributions, scorer, pixels, p, metric, a.ig_steps, name="words_ig")
+        CPU_S["words_ig"] -= CPU_S["words_removal"]
         row["words_ig_s"] = t - row["words_removal_s"]
         row["ig_relative_error"] = words["ig_check"]["relative_error"]
         row["n_words"] = len(words["words"])
-    (occ, _), row["occlusion_s"] = _timed(occlusion, scorer, metric, x, p, a.grid, a.batch_size)
-    rel, row["relevance_s"] = _timed(relevance_map, scorer, metric, x, p)
+    (occ, _), row["occlusion_s"] = _timed(occlusion, scorer, metric, x, p, a.grid, a.batch_size, name="occlusion")
+    rel, row["relevance_s"] = _timed(relevance_map, scorer, metric, x, p, name="relevance")
+    row.update({f"{k}_cpu": v for k, v in CPU_S.items()})
     for name, heat in (("occlusion", occ), ("relevance", to_grid(rel, a.grid))):
         ev = evaluate(scorer, metric, x, p, heat, steps=a.curve_steps, n_random=a.random)
         row[name] = {k: v for k, v in ev.items() if not k.endswith("_curve")}
@@ -139,6 +148,9 @@ def summarise(rows: list[dict]) -> dict:
     gap = max(r["fused_vs_explicit_max_abs"] for r in rows)
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     out.update({k.removesuffix("_s") + "_x_score": out[k] / out["score_s"] for k in keys if k != "score_s"})
+    cpu = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.endswith("_cpu")}
+    out.update({k + "_s": v for k, v in cpu.items()})
+    out.update({k + "_x_score": v / cpu["score_cpu"] for k, v in cpu.items() if k != "score_cpu"})
     for method in ("occlusion", "relevance"):
         for k in ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc"):
             out[f"{method}_{k}"] = float(np.mean([r[method][k] for r in rows]))
