@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from icthp_core.explain.common import ExplainError, base_metrics, check_metric, text_metrics, with_grad
+from icthp_core.scoring.registry import METRICS
 from icthp_core.scoring.text import tokenize
 
 #: a word: letters/digits, with inner apostrophes or hyphens ("don't", "black-and-white"); punctuation is not a word
@@ -79,8 +80,10 @@ def removal_scores(scorer, metric: str, pixels: dict[str, torch.Tensor], prompts
         if m in text_metrics(metric):
             text = model.encode_text(_tokenizer_of(model)(prompts).to(scorer.device))
             base[m] = model.score_features(feats.expand(n, *feats.shape[1:]), text).float()
-        else:
-            base[m] = model.score_features(feats).float().expand(n)
+        else:  # an image-only part (HP in ICT-HP): the same for every prompt
+            output = METRICS[m].output
+            base[m] = model.score_features(feats, **({} if output == "score" else {"output": output}))
+            base[m] = base[m].float().expand(n)
     return scorer._derive(metric, base).float().cpu()
 
 
