@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="write the JSON result here")
     a = ap.parse_args(argv)
     torch.set_grad_enabled(False)
-    t0 = time.time()
+    t0, load_start = time.time(), os.getloadavg()
     scorer = build_scorer(a.config, a.device, metric=a.metric)
     build_s = time.time() - t0
     rows = [bench_image(scorer, a.metric, scene(i), a.prompt, a) for i in range(a.images)]
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": a.device,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "load_average_start": os.getloadavg(),
+        "load_average_start": load_start,
         "build_s": build_s,
         "settings": {"grid": a.grid, "curve_steps": a.curve_steps, "random": a.random, "ig_steps": a.ig_steps},
         "summary": summarise(rows),
