@@ -212,6 +212,13 @@ class MultiScorer:
         pixels = {mode: preprocess_tensor(x, mode).to(self.dtype) for mode in modes}
         return self._derive(metric, self._base_scores(needed, pixels, plist))
 
+    def explain(self, image, prompt: str | None = None, metrics: Sequence[str] | None = None, **kwargs):
+        """Word contributions and region heatmaps of one image as tensors (`icthp_core.explain.explain`; needs the
+        `explain` extra for integrated gradients). Returns an `icthp_core.explain.Explanation`."""
+        from icthp_core.explain import explain
+
+        return explain(self, image, prompt, list(metrics) if metrics else None, **kwargs)
+
     def score_files(
         self,
         items: Iterable[tuple[str, str | None]],
