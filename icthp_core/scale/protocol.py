@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from icthp_core.errors import ImageLoadError
 from icthp_core.scale.serve_config import ServeLimits
@@ -107,26 +107,20 @@ def _decode_b64(text: object, where: str) -> bytes:
 
 
 def probe_image(data: bytes, where: str, max_pixels: int) -> ImageItem:
-    """Read only the header of encoded image bytes: its size, checked against `max_pixels` (413 if over)."""
+    """Read only the header of encoded image bytes, with the file decoder's checks and words (`probe_image` of
+    `icthp_core.data.images`): 413 over `max_pixels`, 400 for anything else wrong; its mode gives the weight."""
+    from icthp_core.data.images import ImageLimits
+    from icthp_core.data.images import probe_image as probe_header
+
     if not data:
         raise BadRequest(f"{where}: empty image")
     try:
-        with warnings.catch_warnings():
+        w, h = probe_header(data, name=where, limits=ImageLimits(max_pixels=max_pixels))
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:  # the header again, for its mode
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                weight = decode_weight(img.mode, img.info)
-    except Image.DecompressionBombError:
-        raise BadRequest(f"{where}: over the limit of {max_pixels:,} pixels per image", 413) from None
-    except UnidentifiedImageError:  # the file decoder's words for it
-        raise BadRequest(f"{where}: not an image (unrecognised format)") from None
-    except Exception as e:  # noqa: BLE001 - any header failure is this image's 400, never the server's 500
-        detail = str(e).splitlines()[0][:200] if str(e) else ""
-        raise BadRequest(f"{where}: cannot decode image ({type(e).__name__}: {detail})") from None
-    if w < 1 or h < 1:
-        raise BadRequest(f"{where}: image has no pixels ({w}x{h})")
-    if w * h > max_pixels:
-        raise BadRequest(f"{where}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} per image", 413)
+            weight = decode_weight(img.mode, img.info)
+    except ImageLoadError as e:
+        raise BadRequest(str(e), 413 if "over the limit" in str(e) else 400) from None
     return ImageItem(where, w, h, data=data, weight=weight)
 
 
