@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,8 +52,9 @@ CONFIGS = {
 }
 
 
-def make_fixture(root: Path, config_name: str, n_images: int) -> None:
-    """Random-weight ICT and HP checkpoints in the published layout, plus JPEG images of mixed sizes."""
+def make_fixture(root: Path, config_name: str, n_images: int, images_only: bool = False) -> None:
+    """Random-weight ICT and HP checkpoints in the published layout (unless `images_only`), plus JPEG images of
+    mixed sizes."""
     import numpy as np
     import torch
     from PIL import Image
@@ -65,7 +67,7 @@ def make_fixture(root: Path, config_name: str, n_images: int) -> None:
     cfg = CONFIGS[config_name] or VIT_H_14
     if cfg == "tiny":
         cfg = tiny_clip_config()
-    if not (root / "ICT" / "pytorch_model.bin").exists():
+    if not images_only and not (root / "ICT" / "pytorch_model.bin").exists():
         if config_name == "vit-h":  # ~1B parameters per tower: initialise fast (on the GPU if any), store in bf16
             _save_random_clip(root / "ICT", cfg, seed=0)
             _save_random_clip(root / "HP" / "hp_backbone", cfg, seed=1)
@@ -75,7 +77,7 @@ def make_fixture(root: Path, config_name: str, n_images: int) -> None:
         head = tiny_head(cfg["projection_dim"], seed=2, dims=(1024, 128, 64, 16, 1))
         save_state_dict(head.state_dict(), root / "HP" / "hp_scorer" / "mlp_pytorch_model.bin")
     img_dir = root / "images"
-    img_dir.mkdir(exist_ok=True)
+    img_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     sizes = [(1024, 1024), (768, 1024), (1024, 576), (512, 512)]
     for i in range(n_images):
@@ -245,7 +247,82 @@ def _host_only(scorer, items: list, batch: int, decode: str, workers: int | None
     return {"read_img_per_s": read, "prep_img_per_s": len(items) / (time.perf_counter() - t)}
 
 
-def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, workers: int | None) -> list[dict]:
+class _ReadyPixels:
+    """A dataset of ready-made samples shaped like FileItems' (no decoding): the IPC cost alone."""
+
+    def __init__(self, n: int, modes: list[str]):
+        import torch
+
+        self.n, self.px = n, {m: torch.zeros(3, 224, 224) for m in modes}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return "x", "p", {m: t.clone() for m, t in self.px.items()}, None
+
+
+def _loader_rate(data, batch: int, workers: int, piece: int | None) -> dict:
+    """Start-up (until the first batch), steady images/s after it and images/s overall of one ordered loader."""
+    from icthp_core.data.batch import _collate, ordered_loader, worker_piece
+
+    piece = worker_piece(batch, workers) if piece is None else piece
+    t = time.perf_counter()
+    t_first, n = None, 0
+    for b in ordered_loader(data, batch, workers, _collate, piece=piece):
+        n += len(b["rows"])
+        if t_first is None:
+            t_first, n_first = time.perf_counter(), n
+    end = time.perf_counter()
+    steady = (n - n_first) / (end - t_first) if n > n_first else float("nan")
+    return {"startup_s": t_first - t, "steady_img_per_s": steady, "img_per_s": n / (end - t), "piece": piece}
+
+
+def run_host_scaling(root: Path, n: int, batch: int, workers_list: list[int], modes: list[str]) -> dict:
+    """The host pipeline with the model removed: one core's decode + preprocess rate in process (split into decode
+    and preprocess), then DataLoader workers at each count (start-up, steady rate, per-worker rate / one core), the
+    IPC ceiling (ready-made tensors through the same loader) and one worker per batch (the old split) at the most
+    workers."""
+    from icthp_core.data.batch import FileItems, decode_image
+    from icthp_core.scoring.preprocess import preprocess_pil
+
+    paths = [str(p) for p in sorted((root / "images").iterdir())[:n]]
+    items = [(p, "a tiny dragon taking a bath in a teacup") for p in paths]
+    k = min(len(items), 64)
+    t_dec = t_pre = 0.0
+    for p, _ in items[:k]:  # one core, in process: where the per-image time goes
+        t0 = time.perf_counter()
+        img = decode_image(p)
+        t1 = time.perf_counter()
+        for m in modes:
+            preprocess_pil(img, m)
+        t_dec, t_pre = t_dec + t1 - t0, t_pre + time.perf_counter() - t1
+    one_core = k / (t_dec + t_pre)
+    res: dict = {"images": len(items), "batch": batch, "modes": modes, "prefetch_per_worker": 4}
+    res["one_core"] = {"img_per_s": one_core, "decode_ms": 1e3 * t_dec / k, "preprocess_ms": 1e3 * t_pre / k}
+    print("HOST one core " + json.dumps(res["one_core"]), flush=True)
+    data = FileItems(items, modes)
+    rows = []
+    for w in workers_list:
+        r = {"workers": w, **_loader_rate(data, batch, w, None)}
+        r["per_worker_img_per_s"] = r["steady_img_per_s"] / max(w, 1)
+        r["per_worker_vs_one_core"] = r["per_worker_img_per_s"] / one_core
+        r["in_flight_items"] = 4 * w * r["piece"] if w else batch
+        rows.append(r)
+        print("HOST " + json.dumps(r), flush=True)
+    res["rows"] = rows
+    w = max(workers_list)
+    if w > 1:
+        res["one_worker_per_batch"] = {"workers": w, **_loader_rate(data, batch, w, batch)}
+        res["ipc_only"] = {"workers": w, **_loader_rate(_ReadyPixels(len(items), modes), batch, w, None)}
+        print("HOST old split " + json.dumps(res["one_worker_per_batch"]), flush=True)
+        print("HOST ipc only " + json.dumps(res["ipc_only"]), flush=True)
+    return res
+
+
+def run_ours(
+    root: Path, device: str, dtype: str, configs: list[dict], n: int, workers: int | None, n_items: int | None = None
+) -> list[dict]:
     """Each config {batch, decode, compile} on one loaded scorer (compiled configs last: compiling is in place)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -263,7 +340,7 @@ def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, w
         for d in (root / "ICT", root / "HP" / "hp_backbone")
     )
     paths = [str(p) for p in sorted((root / "images").iterdir())[:n]]
-    items = [(p, "a tiny dragon taking a bath in a teacup") for p in paths]
+    items = [(paths[i % len(paths)], "a tiny dragon taking a bath in a teacup") for i in range(n_items or n)]
     out, compiled, first = [], False, None
     for cfg in sorted(configs, key=lambda c: bool(c.get("compile"))):
         batch, decode = cfg["batch"], cfg.get("decode", "cpu")
@@ -285,9 +362,16 @@ def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, w
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             t = time.perf_counter()
-            rows = list(scorer.score_files(items, batch_size=batch, num_workers=workers, decode=decode, **kw))
+            rows, t_first, n_first = [], None, 0
+            for row in scorer.score_files(items, batch_size=batch, num_workers=workers, decode=decode, **kw):
+                if t_first is None:  # the first batch is out: worker start-up + first decode + first model call
+                    _sync(device)
+                    t_first, n_first = time.perf_counter(), batch
+                rows.append(row)
             _sync(device)
             dt = time.perf_counter() - t
+            res["startup_s"] = t_first - t
+            res["steady_img_per_s"] = (len(rows) - n_first) / max(time.perf_counter() - t_first, 1e-9)
             bad = [r for r in rows if r["error"] is not None]
             if bad:
                 raise RuntimeError(f"{len(bad)} images failed, first: {bad[0]['error']}")
@@ -307,6 +391,7 @@ def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, w
             if cfg.get("breakdown"):  # where an end-to-end gap to the model rate comes from
                 res.update(_host_only(scorer, items, batch, decode, workers, device))
                 res["overlap"] = res["img_per_s"] / min(res["prep_img_per_s"], res["model_img_per_s"])
+            res["steady_vs_model"] = res["steady_img_per_s"] / res["model_img_per_s"]
         except Exception as e:  # one failing config must not hide the others
             res["error"] = f"{type(e).__name__}: {e}"[:500]
         out.append(res)
@@ -333,6 +418,16 @@ def main() -> None:
         action="store_true",
         help="also time the host side alone (file reading; reading + decode + preprocess, no model) per config",
     )
+    ap.add_argument(
+        "--host-scaling",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="WORKERS",
+        help="only the host pipeline, model removed: decode + preprocess at these worker counts (batch: the first of "
+        "--batch-sizes) with start-up, per-worker rate vs one core, IPC ceiling, one worker per batch",
+    )
+    ap.add_argument("--items", type=int, default=None, help="items to score, cycling over the --images files (steady)")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--no-upstream", action="store_true", help="skip the upstream-style loop")
     ap.add_argument("--images", type=int, default=32)
@@ -350,16 +445,28 @@ def main() -> None:
         if args.role == "upstream":
             res = run_upstream(root, args.device, args.upstream_images or args.images)
         else:
-            res = run_ours(root, args.device, args.dtype, json.loads(args.configs), args.images, args.workers)
+            res = run_ours(
+                root, args.device, args.dtype, json.loads(args.configs), args.images, args.workers, args.items
+            )
         print("RESULT " + json.dumps(res))
         return
     root = Path(args.root or tempfile.mkdtemp(prefix="icthp_bench_"))
+    if args.host_scaling:
+        make_fixture(root, "tiny", args.images, images_only=True)
+        res = run_host_scaling(root, args.images, args.batch_sizes[0], args.host_scaling, ["crop"])
+        res.update(config="host only (model removed)", device="cpu", cpu_count=os.cpu_count())
+        print("JSON " + json.dumps(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+        return
     make_fixture(root, args.config, args.images)
     base = [sys.executable, __file__, "--root", str(root), "--device", args.device, "--images", str(args.images)]
     if args.workers is not None:
         base += ["--workers", str(args.workers)]
     if args.upstream_images:
         base += ["--upstream-images", str(args.upstream_images)]
+    if args.items:
+        base += ["--items", str(args.items)]
 
     def child(extra):
         proc = subprocess.run(base + extra, capture_output=True, text=True)
@@ -408,7 +515,14 @@ def main() -> None:
                 f"{r['batch']:5d} {r['decode']:>10s} {r['read_img_per_s']:10.1f} {r['prep_img_per_s']:17.1f} "
                 f"{r['overlap']:7.2f}"
             )
+    for r in results:
+        if "steady_img_per_s" in r:
+            print(
+                f"batch {r['batch']} {r['decode']}: start-up {r['startup_s']:.2f} s, then {r['steady_img_per_s']:.1f} "
+                f"img/s = {r['steady_vs_model']:.2f} x the model-only rate ({r['images']} items)"
+            )
     summary = {"config": args.config, "device": args.device, "images": args.images, "upstream": up, "ours": results}
+    summary["items"] = args.items or args.images
     summary["peak_tflops"] = args.peak_tflops
     print("JSON " + json.dumps(summary))
     if args.json:

@@ -4,7 +4,11 @@
     python bench/gpu_check.py --out DIR --dry-run  # tiny sizes on CPU, seconds (part of the test suite)
     bash scripts/gpu_check.sh DIR                  # installs carried wheels (.whl/) offline first
 
-Parts (each in its own process with its own time limit; a failing or timed-out part is reported, the rest run):
+Parts (each in its own process with its own time limit; a failing or timed-out part is reported, the rest run).
+By default (issue 23, <= 470 s): env, steady (8,192 items over 512 files, start-up apart, vs the model-only rate),
+host_scaling (decode + preprocess with the model removed at 1/4/8/14 workers), precision_vith (fp32 with/without
+TF32, fp16, bf16 at ViT-H/14: speed and |Δscore|), draft_offload, draft_lowmem, serve (needs Ray: skipped with the
+reason where it is missing), explain. The rest on request (--parts), measured on the H200 already:
 env (versions, GPU, measured bf16 matmul TFLOP/s), parity (fp32 GPU vs CPU scores, tiny fixtures), decode (nvjpeg
 + torch preprocessing vs PIL), precision (fp16/bf16 vs fp32 incl. ranking flips, mid-size fixture), sdpa (which
 attention kernels run in half precision), bench_score (ViT-H/14 throughput), draft_sd3 / draft_flux (DRaFT-K at
@@ -31,9 +35,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROMPT = "a tiny dragon taking a bath in a teacup"
-# part -> (time limit on a GPU in s, time limit in the dry run)
+# part -> (time limit on a GPU in s, time limit in the dry run); the default run (DEFAULT_PARTS, in this order) answers
+# issue 23's questions within the 470 s budget: env, steady (q1), host_scaling (q2), precision_vith (q3),
+# draft_offload + draft_lowmem (q4), serve (q5, needs Ray), explain (what budget is left)
 PARTS = {
-    "env": (40, 60),
+    "env": (30, 60),
+    "steady": (110, 120),
+    "host_scaling": (60, 120),
+    "precision_vith": (80, 120),
+    "draft_offload": (90, 240),
+    "draft_lowmem": (90, 240),
+    "serve": (60, 240),
+    "explain": (90, 180),
+    # measured on the H200 (bench/results/h200-2026-11-28, docs/benchmarks.md): run when named in --parts
     "parity": (60, 120),
     "decode": (60, 120),
     "precision": (90, 120),
@@ -41,14 +55,14 @@ PARTS = {
     "bench_score": (200, 240),
     "draft_sd3": (110, 240),
     "draft_flux": (110, 240),
-    "draft_offload": (90, 240),
-    "draft_lowmem": (90, 240),
-    "explain": (90, 180),
     "bench_compile": (150, 240),
 }
-# run by default, in order of priority (the budget skips the last ones first); bench_compile measured no gain on the
-# H200 (docs/benchmarks.md), so it runs only when asked for with --parts
-DEFAULT_PARTS = [p for p in PARTS if p != "bench_compile"]
+DEFAULT_PARTS = ["env", "steady", "host_scaling", "precision_vith", "draft_offload", "draft_lowmem", "serve", "explain"]
+#: why the serve part cannot run where Ray is missing (the GPU machine's image has none)
+RAY_MISSING = (
+    "skipped: Ray is not installed on this machine; its cp312 manylinux wheel (ray 2.60.0, 75.6 MiB) is larger than "
+    "the 64 MiB the device carries, so `icthp serve` and `--engine ray` cannot be measured here"
+)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -333,6 +347,73 @@ def part_precision(dry: bool, work: Path) -> dict:
     return res
 
 
+def _noise(ref, other, groups) -> dict:
+    """|Δscore| of `other` against `ref` (median, p99, max) and the ranking flips within each prompt."""
+    import numpy as np
+
+    d = np.abs(np.asarray(other, dtype=np.float64) - np.asarray(ref, dtype=np.float64))
+    return {
+        "abs_delta_median": float(np.median(d)),
+        "abs_delta_p99": float(np.quantile(d, 0.99)),
+        "abs_delta_max": float(d.max()),
+        "flips_per_prompt": pairwise_flips(ref, other, groups)["flip_rate"],
+    }
+
+
+def _spread(ref, groups) -> dict:
+    """The score spread within a prompt (the differences a ranking has to resolve): median range and std."""
+    import numpy as np
+
+    ref, groups = np.asarray(ref, dtype=np.float64), np.asarray(groups)
+    per = [ref[groups == g] for g in np.unique(groups)]
+    return {
+        "range_median": float(np.median([np.ptp(v) for v in per])),
+        "std_median": float(np.median([v.std() for v in per])),
+    }
+
+
+def part_precision_vith(dry: bool, work: Path) -> dict:
+    """q3 at ViT-H/14 size (random weights, the bench_score fixture): model-only images/s at fp32 without and with
+    TF32, fp16 and bf16 (batch 64), and |Δscore| of each against fp32 (median, p99, max) next to the spread of the
+    fp32 scores within a prompt. Dry run: tiny towers on the CPU."""
+    import torch
+
+    from icthp_core import load_scorer
+
+    sys.path.insert(0, str(HERE))
+    from bench_score import _model_only, make_fixture
+
+    device = _device(dry)
+    root = work / ("score_fixture_tiny" if dry else "score_fixture")
+    make_fixture(root, "tiny" if dry else "vit-h", 0)
+    imgs, prompts, groups = _synthetic_images(24 if dry else 256, size=96 if dry else 256)
+    batch, reps = (4, 1) if dry else (64, 4)
+    if dry:
+        torch.set_num_threads(1)  # tiny ops: the thread pool costs more than it gives on a shared CPU
+    variants = [("fp32", "fp32", False), ("fp32_tf32", "fp32", True), ("fp16", "fp16", False), ("bf16", "bf16", False)]
+    res: dict = {"device": device, "config": "tiny" if dry else "vit-h", "images": len(imgs), "batch": batch}
+    res["prompts"] = len(set(groups))
+    scores, scorer, loaded = {}, None, None
+    for name, dtype, tf32 in variants:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        if loaded != dtype:
+            del scorer
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            scorer, loaded = load_scorer(root / "ICT", root / "HP", device=device, dtype=dtype), dtype
+        ips = _model_only(scorer, batch, device, reps)
+        scores[name] = {m: v.numpy() for m, v in scorer.score(imgs, prompts, batch_size=batch).items()}
+        res[name] = {"model_img_per_s": ips}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref = scores["fp32"]
+    res["spread_fp32"] = {m: _spread(v, groups) for m, v in ref.items()}
+    for name, _, _ in variants[1:]:
+        res[name]["vs_fp32"] = {m: _noise(ref[m], scores[name][m], groups) for m in ref}
+    res["note"] = "random weights: spreads within a prompt are narrower than with trained models, flips pessimistic"
+    return res
+
+
 def part_sdpa(dry: bool, work: Path) -> dict:
     """Which attention kernels the image and text towers run in half precision (profiler kernel names)."""
     import torch
@@ -432,6 +513,60 @@ def part_bench_score(dry: bool, work: Path, log=None, timeout: float = 200, comp
     return res
 
 
+def _script_part(script: str, args: list[str], out_json: Path | None, timeout: float, log) -> dict:
+    """Run bench/<script> with `args` (plus --json out_json when given); its JSON result, or the error."""
+    cmd = [sys.executable, str(HERE / script), *args] + (["--json", str(out_json)] if out_json else [])
+    rc, text = _run_script(cmd, timeout, log or sys.stdout)
+    res: dict = {"command": " ".join(["python", f"bench/{script}", *args]), "rc": rc}
+    if out_json and out_json.exists():
+        res.update(json.loads(out_json.read_text()))
+    elif out_json is None and rc == 0 and "\n{" in text:  # bench_scale.py prints its JSON last
+        res.update(json.loads(text[text.rindex("\n{") + 1 :]))
+    else:
+        res["error"] = "timed out" if rc == 124 else f"rc {rc}: " + text[-1500:]
+    return res
+
+
+def part_steady(dry: bool, work: Path, log=None, timeout: float = 110) -> dict:
+    """q1: steady-state scoring, 8,192 items cycled over the 512 files, start-up (until the first batch) apart."""
+    if dry:
+        args = ["--config", "tiny", "--device", "cpu", "--images", "8", "--items", "24", "--workers", "0"]
+        args += ["--batch-sizes", "4", "--decodes", "cpu"]
+    else:
+        args = ["--config", "vit-h", "--device", "cuda", "--dtype", "bf16", "--images", "512", "--items", "8192"]
+        args += ["--batch-sizes", "64", "--decodes", "gpu", "cpu"]
+    args += ["--no-upstream", "--root", str(work / "score_fixture")]
+    return _script_part("bench_score.py", args, work / "steady.json", timeout, log)
+
+
+def part_host_scaling(dry: bool, work: Path, log=None, timeout: float = 60) -> dict:
+    """q2: the host pipeline with the model removed at 1, 4, 8, 14 workers (dry: 0, 1)."""
+    workers = ["0", "1"] if dry else ["1", "4", "8", "14"]
+    args = ["--host-scaling", *workers, "--images", "8" if dry else "512", "--batch-sizes", "4" if dry else "64"]
+    args += ["--root", str(work / "score_fixture")]
+    return _script_part("bench_score.py", args, work / "host_scaling.json", timeout, log)
+
+
+def ray_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def part_serve(dry: bool, work: Path, log=None, timeout: float = 60) -> dict:
+    """q5: `icthp serve` (dynamic batching vs one request at a time) and `--engine ray` vs local, ViT-H on the GPU.
+    Skipped with RAY_MISSING where Ray is not installed."""
+    if not ray_available():
+        return {"rc": 0, "status": "skipped", "error": RAY_MISSING}
+    if dry:
+        args = ["--config", "tiny", "--images", "16", "--actors", "1", "--requests", "8", "--clients", "4"]
+    else:
+        args = ["--config", "vit-h", "--device", "cuda", "--images", "1024", "--actors", "1", "--batch-size", "64"]
+        args += ["--shard-size", "256", "--workers", "8", "--requests", "256", "--clients", "32"]
+        args += ["--max-batch-size", "32"]
+    return _script_part("bench_scale.py", args, None, timeout, log)
+
+
 #: the draft parts: (arch, K values, extra bench_draft.py options)
 DRAFT_PARTS = {
     "draft_sd3": ("sd3", "1,3", []),
@@ -463,14 +598,17 @@ def part_draft(name: str, dry: bool, work: Path, log=None, timeout: float = 110)
 # ---------------------------------------------------------------------------------------------------- driver
 def run_part(name: str, dry: bool, work: Path, timeout: float, log) -> dict:
     """Run one part in a fresh process (isolates CUDA state, memory and crashes) with a time limit."""
-    if name in ("bench_score", "bench_compile", *DRAFT_PARTS):
+    if name in ("bench_score", "bench_compile", *DRAFT_PARTS, *SCRIPT_PARTS):
         t0 = time.time()
         try:
             if name in DRAFT_PARTS:
                 res = part_draft(name, dry, work, log, timeout)
+            elif name in SCRIPT_PARTS:
+                res = SCRIPT_PARTS[name](dry, work, log, timeout)
             else:
                 res = part_bench_score(dry, work, log, timeout, compile_only=name == "bench_compile")
-            res["status"] = "ok" if res.get("rc") == 0 else ("timeout" if res.get("rc") == 124 else "failed")
+            if res.get("status") != "skipped":
+                res["status"] = "ok" if res.get("rc") == 0 else ("timeout" if res.get("rc") == 124 else "failed")
         except Exception as e:
             res = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         res["seconds"] = round(time.time() - t0, 1)
@@ -503,7 +641,9 @@ def part_explain(dry: bool, work: Path) -> dict:
     return {"command": res["command"], "device": device, "summary": res["summary"]}
 
 
+SCRIPT_PARTS = {"steady": part_steady, "host_scaling": part_host_scaling, "serve": part_serve}
 PART_FUNCS = {
+    "precision_vith": part_precision_vith,
     "explain": part_explain,
     "env": part_env,
     "parity": part_parity,
@@ -517,6 +657,68 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def _md_steady(st: dict) -> list[str]:
+    if not st.get("ours"):
+        return []
+    lines = ["", "## steady", "", f"`{st.get('command')}`", ""]
+    lines += [f"{st.get('items')} items over {st.get('images')} files", ""]
+    lines += ["| batch | decode | start-up s | steady img/s | model img/s | steady / model | overall img/s |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for r in st["ours"]:
+        if "error" in r:
+            lines.append(f"| {r['batch']} | {r['decode']} | error: {r['error'][:100]} |")
+            continue
+        lines.append(
+            f"| {r['batch']} | {r['decode']} | {r['startup_s']:.2f} | {r['steady_img_per_s']:.1f} | "
+            f"{r['model_img_per_s']:.1f} | {r['steady_vs_model']:.2f} | {r['img_per_s']:.1f} |"
+        )
+    return lines
+
+
+def _md_host(hs: dict) -> list[str]:
+    if not hs.get("rows"):
+        return []
+    one = hs["one_core"]
+    lines = ["", "## host_scaling", "", f"`{hs.get('command')}`", ""]
+    lines += [
+        f"One core in process: {one['img_per_s']:.1f} img/s (decode {one['decode_ms']:.1f} ms + preprocess "
+        f"{one['preprocess_ms']:.1f} ms per image); {hs['images']} files, batch {hs['batch']}, "
+        f"{hs['prefetch_per_worker']} pieces ahead per worker, {hs.get('cpu_count')} cores",
+        "",
+        "| workers | items per worker task | start-up s | steady img/s | per worker img/s | per worker / one core |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in hs["rows"]:
+        lines.append(
+            f"| {r['workers']} | {r['piece']} | {r['startup_s']:.2f} | {r['steady_img_per_s']:.1f} | "
+            f"{r['per_worker_img_per_s']:.1f} | {r['per_worker_vs_one_core']:.2f} |"
+        )
+    for key, label in (("one_worker_per_batch", "one worker per batch (old split)"), ("ipc_only", "IPC only")):
+        if key in hs:
+            r = hs[key]
+            lines.append(
+                f"| {r['workers']}, {label} | {r['piece']} | {r['startup_s']:.2f} | {r['steady_img_per_s']:.1f} | | |"
+            )
+    return lines
+
+
+def _md_precision_vith(pv: dict) -> list[str]:
+    if "fp32" not in pv:
+        return []
+    lines = ["", f"## precision_vith ({pv['config']}, {pv['images']} images, {pv['prompts']} prompts)", ""]
+    lines += ["| dtype | model img/s | metric | median abs d | p99 abs d | max abs d | flips per prompt |"]
+    lines += ["|---|---|---|---|---|---|---|", f"| fp32 | {pv['fp32']['model_img_per_s']:.1f} | | | | | |"]
+    for name in ("fp32_tf32", "fp16", "bf16"):
+        for m, d in pv[name]["vs_fp32"].items():
+            lines.append(
+                f"| {name} | {pv[name]['model_img_per_s']:.1f} | {m} | {d['abs_delta_median']:.2e} | "
+                f"{d['abs_delta_p99']:.2e} | {d['abs_delta_max']:.2e} | {d['flips_per_prompt']:.4f} |"
+            )
+    lines += ["", "Spread of the fp32 scores within a prompt (median over prompts):", ""]
+    lines += [f"- {m}: range {v['range_median']:.3e}, std {v['std_median']:.3e}" for m, v in pv["spread_fp32"].items()]
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -617,6 +819,13 @@ def markdown(report: dict) -> str:
                 )
         if dr.get("error"):
             lines.append(f"\n{name} error: {str(dr['error'])[:300]}")
+    lines += _md_steady(report["parts"].get("steady", {})) + _md_host(report["parts"].get("host_scaling", {}))
+    lines += _md_precision_vith(report["parts"].get("precision_vith", {}))
+    sv = report["parts"].get("serve", {})
+    if sv:
+        lines += ["", "## serve", "", f"`{sv.get('command', '')}`", ""]
+        lines += [str(sv.get("error"))] if sv.get("status") == "skipped" else ["```", json.dumps(sv.get("server"))]
+        lines += [] if sv.get("status") == "skipped" else [json.dumps(sv.get("engines")), "```"]
     ex = report["parts"].get("explain", {})
     if ex.get("summary"):
         lines += ["", "## explain", "", f"`{ex.get('command')}`", ""]

@@ -61,21 +61,82 @@ def _collate(samples: list) -> dict:
     return {"rows": rows, "pixels": {m: torch.stack(v) for m, v in pix.items()}}
 
 
+def _pieces(n: int, batch_size: int, piece: int) -> list[list[int]]:
+    """Index lists: each batch of `batch_size` items split into pieces of at most `piece` items."""
+    out = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        out += [list(range(i, min(i + piece, stop))) for i in range(start, stop, piece)]
+    return out
+
+
+def _merge(parts: list, pin_memory: bool = False):
+    """Pieces collated in the workers -> one batch: lists are concatenated; {"rows", "pixels"} dicts get their rows
+    joined and their pixels concatenated per mode (into pinned memory when `pin_memory`)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], list):
+        return [s for p in parts for s in p]
+    pixels = {}
+    for m in {m for p in parts for m in p["pixels"]}:
+        ts = [p["pixels"][m] for p in parts if m in p["pixels"]]
+        shape = (sum(t.shape[0] for t in ts), *ts[0].shape[1:])
+        pixels[m] = torch.cat(ts, out=torch.empty(shape, dtype=ts[0].dtype, pin_memory=pin_memory))
+    return {"rows": [r for p in parts for r in p["rows"]], "pixels": pixels}
+
+
+class _Batches:
+    """Batches of `batch_size` in input order, each assembled from pieces that the workers decode in parallel."""
+
+    def __init__(self, loader: DataLoader, sizes: list[int], pin_memory: bool):
+        self.loader, self.sizes, self.pin_memory = loader, sizes, pin_memory
+        self.dataset = loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self) -> Iterator:
+        it = iter(self.loader)
+        for k in self.sizes:
+            yield _merge([next(it) for _ in range(k)], self.pin_memory)
+
+
+def worker_piece(batch_size: int, num_workers: int) -> int:
+    """Items per worker task: a batch is split over the workers (at least 4 items a piece, to bound IPC per item),
+    so every worker decodes part of each batch instead of one whole batch (a list of fewer batches than workers left
+    workers idle, and the first batch waited for one worker to decode all of it)."""
+    return batch_size if num_workers <= 1 else max(min(4, batch_size), -(-batch_size // num_workers))
+
+
 def ordered_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, collate_fn, pin_memory: bool = False
-) -> DataLoader:
-    """Batches in input order, decoded by `num_workers` background processes (4 batches ahead each)."""
+    dataset: Dataset, batch_size: int, num_workers: int, collate_fn, pin_memory: bool = False, piece: int | None = None
+):
+    """Batches in input order, decoded by `num_workers` background processes (4 pieces ahead each); `piece`: items per
+    worker task (default `worker_piece`; = batch_size: one worker per batch)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    return DataLoader(
+    piece = worker_piece(batch_size, num_workers) if piece is None else max(1, min(piece, batch_size))
+    if piece >= batch_size:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            prefetch_factor=4 if num_workers else None,
+        )
+    n = len(dataset)
+    sizes = [-(-min(batch_size, n - s) // piece) for s in range(0, n, batch_size)]
+    loader = DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=_pieces(n, batch_size, piece),
         num_workers=num_workers,
         collate_fn=collate_fn,
-        pin_memory=pin_memory,
+        pin_memory=False,
         prefetch_factor=4 if num_workers else None,
     )
+    return _Batches(loader, sizes, pin_memory)
 
 
 def progress_bar(total: int, enabled: bool = True):

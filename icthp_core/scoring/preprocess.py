@@ -26,6 +26,7 @@ from icthp_core.data.images import DecodePolicy, parse_decode_policy, to_rgb
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_MEAN_NP, _STD_NP = np.asarray(OPENAI_MEAN, dtype=np.float32), np.asarray(OPENAI_STD, dtype=np.float32)
 MODES = ("crop", "letterbox", "imagereward", "blip")
 #: output side of each mode
 MODE_SIZE = {"crop": 224, "letterbox": 224, "imagereward": 224, "blip": 384}
@@ -118,8 +119,10 @@ def preprocess_pil(
         img = _geometry(img, mode, size).convert("RGB")
     else:
         img = _geometry(img.convert("RGB"), mode, size)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return _normalize(x)
+    # normalised in numpy, values identical to `_normalize`: torch's intra-op thread pool costs ~20x the work on
+    # one small image when the decoding runs in the main process of a loaded machine (docs/benchmarks.md)
+    x = (np.asarray(img, dtype=np.float32) / 255.0 - _MEAN_NP) / _STD_NP
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def to_nchw(images: torch.Tensor) -> torch.Tensor:
