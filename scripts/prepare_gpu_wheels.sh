@@ -5,6 +5,8 @@
 # Python 3.12 manylinux x86_64, no dependencies resolved beyond this list. About 50 MiB in all (49.5 MiB
 # measured): 9 MiB for the first five + 41 MiB for bitsandbytes (8-bit AdamW of the draft_lowmem part; it carries
 # its kernels for every CUDA version). The device carry limit is 64 MiB, so the script fails above 56 MiB.
+# Ray is not carried: its cp312 manylinux wheel (ray 2.60.0) is 75.6 MiB on its own, above the 64 MiB carry
+# limit, so the serve part of bench/gpu_check.py (icthp serve, --engine ray) skips on the GPU machine, saying so.
 #   bash scripts/prepare_gpu_wheels.sh [DEST]
 # scripts/gpu_check.sh installs them offline on the GPU machine:
 #   pip install --no-index --no-deps --target /tmp/site DEST/*.whl
