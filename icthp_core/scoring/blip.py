@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icthp_core.checkpoints.files import load_state_dict
-from icthp_core.checkpoints.hub import resolve_file
+from icthp_core.checkpoints.hub import ensure_available, resolve_file
 from icthp_core.checkpoints.loading import parse_device, parse_dtype
 from icthp_core.errors import CheckpointError
 from icthp_core.scoring.models import HPHead
@@ -56,6 +56,7 @@ def blip_tokenizer(source: str | os.PathLike = BERT_TOKENIZER):
     """
     from transformers import BertTokenizer
 
+    ensure_available(source, "vocab.txt")
     tok = BertTokenizer.from_pretrained(os.fspath(source))
     if tok.bos_token != "[DEC]":
         tok.add_special_tokens({"bos_token": "[DEC]"})
@@ -273,6 +274,7 @@ class _BlipRetrieval(nn.Module):
         from transformers import BlipForImageTextRetrieval
 
         device, dtype = parse_device(device), parse_dtype(dtype)
+        ensure_available(src, "config.json")
         try:
             model, info = BlipForImageTextRetrieval.from_pretrained(os.fspath(src), output_loading_info=True)
         except OSError as e:
