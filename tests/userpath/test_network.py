@@ -53,6 +53,7 @@ def one_image(tmp_path: Path) -> Path:
     return tmp_path / "img.png"
 
 
+@pytest.mark.slow  # a subprocess: ~7 s on a busy 2-core machine
 def test_score_unreachable_hub_is_one_fast_line(tmp_path, one_image):
     proc, wall = _icthp(
         ["score", "--prompt", "x", str(one_image)], _env(tmp_path, f"http://127.0.0.1:{_closed_port()}"), tmp_path
@@ -106,6 +107,7 @@ def status_hub():
     hub.close()
 
 
+@pytest.mark.slow
 def test_score_refused_repo_is_named(tmp_path, one_image, status_hub):
     """401 through the user's command: one line naming the repo and the login."""
     args = ["score", "--metrics", "ict", "--ict", "acme/private", "--prompt", "x", str(one_image)]
