@@ -249,7 +249,7 @@ class ImageRewardModel(nn.Module):
         if tokenizer is None:
             local = Path(os.fspath(src))
             tokenizer = local if (local.is_dir() and (local / "vocab.txt").is_file()) else BERT_TOKENIZER
-        tok = tokenizer if hasattr(tokenizer, "encode") else blip_tokenizer(tokenizer)
+        tok = blip_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer  # str has .encode
         model = cls(vision, text, head, tok, IMAGEREWARD_MAX_LENGTH)
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
