@@ -3,7 +3,8 @@
 Every fenced shell or Python block carries a marker comment on one of the two lines above it:
 
 - `<!-- docs-test: run -->`: the block is executed here, in a folder holding the files the docs name (`img1.png`,
-  `img2.jpg`, `folder/`, `a.png`, `b.jpg`, `pairs.csv`), with the tiny hub cache (tiny random models under the real
+  `img2.jpg`, `folder/`, `a.png`, `b.jpg`, `pairs.csv`; links to the repository's `bench/`, `examples/`,
+  `scripts/`, `train/`), with the tiny hub cache (tiny random models under the real
   repo ids, `HF_HUB_OFFLINE=1`), after the substitutions of SHELL_SUBS / PY_SUBS (sizes, devices, step counts);
 - `<!-- docs-test: skip (why) -->`: it cannot run here (a GPU, a real data set, a download, a server); the reason
   is required.
@@ -81,6 +82,8 @@ def user_dir(tmp_path) -> Path:
     img(tmp_path / "folder" / "x.png", "yellow")
     img(tmp_path / "folder" / "y.jpg", "black")
     (tmp_path / "pairs.csv").write_text("image,prompt\nimg1.png,a red square\nfolder/x.png,a yellow square\n")
+    for name in ("bench", "examples", "scripts", "train"):  # the repository's folders the docs run from its root
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
     return tmp_path
 
 
