@@ -3,7 +3,7 @@
 Every fenced shell or Python block carries a marker comment on one of the two lines above it:
 
 - `<!-- docs-test: run -->`: the block is executed here, in a folder holding the files the docs name (`img1.png`,
-  `img2.jpg`, `folder/`, `a.png`, `b.jpg`, `pairs.csv`; links to the repository's `bench/`, `examples/`,
+  `img2.jpg`, `folder/`, `a.png`, `b.jpg`, `best.png`, `runner_up.png`, `pairs.csv`; links to the repository's `bench/`, `examples/`,
   `scripts/`, `train/`), with the tiny hub cache (tiny random models under the real
   repo ids, `HF_HUB_OFFLINE=1`), after the substitutions of SHELL_SUBS / PY_SUBS (sizes, devices, step counts);
 - `<!-- docs-test: skip (why) -->`: it cannot run here (a GPU, a real data set, a download, a server); the reason
@@ -26,6 +26,7 @@ from doc_blocks import ROOT, all_blocks, is_shell
 #: (pattern, replacement) applied to shell blocks before they run: CPU sizes for the docs' GPU-sized values
 SHELL_SUBS: list[tuple[str, str]] = [
     (r"(?m)^\. \.venv/bin/activate$", ": the test runs icthp from its own environment"),
+    (r"(?m)^pip install .*$", ": the test environment has every extra installed"),
     (r"--device cuda\b", "--device cpu"),
     (r"--dtype (?:bf16|fp16)\b", "--dtype fp32"),
     (r"\bmax_steps=\d+", "max_steps=2"),
@@ -77,7 +78,8 @@ def user_dir(tmp_path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (48, 40), color).save(path)
 
-    for name, color in (("img1.png", "red"), ("img2.jpg", "green"), ("a.png", "blue"), ("b.jpg", "white")):
+    names = (("img1.png", "red"), ("img2.jpg", "green"), ("a.png", "blue"), ("b.jpg", "white"))
+    for name, color in (*names, ("best.png", "red"), ("runner_up.png", "gray")):
         img(tmp_path / name, color)
     img(tmp_path / "folder" / "x.png", "yellow")
     img(tmp_path / "folder" / "y.jpg", "black")
