@@ -2,10 +2,10 @@
 
 Every fenced shell or Python block carries a marker comment on one of the two lines above it:
 
-- `<!-- docs-test: run -->`: the block is executed here, in a folder holding the files the docs name (`img1.png`,
-  `img2.jpg`, `folder/`, `a.png`, `b.jpg`, `best.png`, `runner_up.png`, `pairs.csv`; links to the repository's `bench/`, `examples/`,
-  `scripts/`, `train/`), with the tiny hub cache (tiny random models under the real
-  repo ids, `HF_HUB_OFFLINE=1`), after the substitutions of SHELL_SUBS / PY_SUBS (sizes, devices, step counts);
+- `<!-- docs-test: run -->`: the block is executed here, in a folder holding the files the docs name
+  (`img1.png`, `img2.jpg`, `folder/`, `a.png`, `b.jpg`, `best.png`, `runner_up.png`, `pairs.csv`; links to the
+  repository's `bench/`, `examples/`, `scripts/`, `train/`), with the tiny hub cache (tiny random models under the
+  real repo ids, `HF_HUB_OFFLINE=1`), after the substitutions of SHELL_SUBS / PY_SUBS (sizes, devices, step counts);
 - `<!-- docs-test: skip (why) -->`: it cannot run here (a GPU, a real data set, a download, a server); the reason
   is required.
 
