@@ -239,8 +239,8 @@ def part_decode(dry: bool, work: Path) -> dict:
     import torch
 
     from icthp_core.data.batch import iter_file_batches
+    from icthp_core.data.preprocess import OPENAI_STD
     from icthp_core.scoring.gpu_preprocess import DECODE_TOLERANCE, iter_gpu_batches
-    from icthp_core.scoring.preprocess import OPENAI_STD
     from icthp_core.scoring.scorer import MultiScorer
 
     device = _device(dry)

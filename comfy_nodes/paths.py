@@ -7,8 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES
-from icthp_core.scoring.models import HP_BACKBONE_NAMES, HP_HEAD_NAMES
+from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, HP_HEAD_NAMES
 
 FOLDER = "icthp"
 ICT_HUB = "8y/ICT"

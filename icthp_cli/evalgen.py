@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from icthp_core.evaluation.evalgen import DEFAULT_METRICS, EvalGenConfig, run_evalgen
-from icthp_core.evaluation.generation import parse_lora
+from icthp_core.diffusion.evalgen import DEFAULT_METRICS, EvalGenConfig, run_evalgen
+from icthp_core.diffusion.generation import parse_lora
 from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scoring.registry import parse_metrics
 

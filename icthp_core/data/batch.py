@@ -12,8 +12,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from icthp_core.data.images import decode_image as _decode
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.errors import ImageLoadError
-from icthp_core.scoring.preprocess import preprocess_pil
 
 ImageSource = str | bytes
 

@@ -9,6 +9,15 @@ from pathlib import Path
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "easy_prompt", "refine_prompt")
 
 
+def check_prompt(prompt: object, where: str = "prompt") -> str:
+    """Return the prompt, or raise ValueError for a non-string or blank prompt."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}: expected a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"{where}: the prompt is empty")
+    return prompt
+
+
 def prompt_column(columns, column: str | None, path: Path, where: str = "") -> str:
     """`column` if the table has it, else the first of PROMPT_COLUMNS it has; a one-line error naming `path`."""
     if column is not None:

@@ -320,7 +320,7 @@ def record_image(rec: dict):
 
 def decode_records(records: Sequence[dict], modes: Sequence[str]) -> tuple[list[str | None], dict[str, np.ndarray]]:
     """Per-record errors (None = decoded) and pixels {mode: float32 [n,3,224,224]} (zeros for failed records)."""
-    from icthp_core.scoring.preprocess import preprocess_pil
+    from icthp_core.data.preprocess import preprocess_pil
 
     errors: list[str | None] = []
     pixels = {m: np.zeros((len(records), 3, 224, 224), np.float32) for m in modes}

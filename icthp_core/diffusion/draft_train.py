@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 
+from icthp_core.diffusion.pipelines import ARCH_DEFAULTS, TEXT_COMPONENTS, load_pipeline, pipeline_info
 from icthp_core.dtypes import parse_dtype
 from icthp_core.training.checkpointing import resolve_resume, write_checkpoint
 from icthp_core.training.config import CommonTrainConfig, ConfigError, parse_args
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog
 from icthp_core.training.optim import optimizer_from_config
 from icthp_core.training.plots import plot_metrics
-
-ARCH_DEFAULTS = {"sd3": {"num_steps": 8, "k": 3}, "flux": {"num_steps": 4, "k": 1}}
 
 #: the panels of `curves.png`: the training reward with the fixed-seed sample reward, then the monitors
 DRAFT_PANELS = [
@@ -169,37 +168,6 @@ def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> 
 
 
 # ---------------------------------------------------------------- training
-
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
-
-
-def pipeline_info(base_model: str) -> tuple[str, bool]:
-    """(arch, guidance_embeds) of a diffusers pipeline from its configs only (nothing big is loaded)."""
-    from diffusers import DiffusionPipeline, FluxTransformer2DModel
-
-    name = DiffusionPipeline.load_config(base_model)["_class_name"]
-    if name.startswith("StableDiffusion3"):
-        return "sd3", False
-    if name.startswith("Flux"):
-        tcfg = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
-        return "flux", bool(tcfg.get("guidance_embeds", False))
-    raise ValueError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
-
-
-def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denoiser: bool = True):
-    """The pipeline with frozen eval components; `text=False` skips the text encoders, `denoiser=False` the
-    transformer and VAE."""
-    from diffusers import DiffusionPipeline
-
-    index = DiffusionPipeline.load_config(base_model)
-    kwargs = {k: None for k in TEXT_COMPONENTS if k in index and not text}
-    kwargs.update({k: None for k in ("transformer", "vae") if not denoiser})
-
-    pipe = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **kwargs)
-    for c in pipe.components.values():
-        if isinstance(c, torch.nn.Module):
-            c.eval().requires_grad_(False)
-    return pipe
 
 
 def text_conditioning(cfg: DraftTrainConfig, prompts: list[str], negative: bool, dtype: torch.dtype, accelerator):
@@ -340,8 +308,8 @@ def _train(cfg: DraftTrainConfig) -> Path:
         swap = draft_swap(model, reward_fn, device)
     monitor = None
     if cfg.monitor and cfg.sample_every > 0:
+        from icthp_core.data.preprocess import preprocess_tensor
         from icthp_core.diffusion.monitors import RewardHackingMonitor, gold_metric_fns
-        from icthp_core.scoring.preprocess import preprocess_tensor
 
         rmodel = next(iter(reward_fn.scorer.models.values()))
         rmode, rdtype = getattr(rmodel, "preprocess_mode", "crop"), reward_fn.scorer.dtype

@@ -17,8 +17,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scale.protocol import BadRequest, ScoreRequest, parse_json, parse_multipart
-from icthp_core.scoring.preprocess import preprocess_pil
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_WAIT_S = 0.01

@@ -11,12 +11,10 @@ from torch import nn
 from icthp_core.checkpoints.config import read_hf_config
 from icthp_core.checkpoints.files import check_finite, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, load_clip, parse_device, parse_dtype
+from icthp_core.checkpoints.loading import HP_BACKBONE_NAMES, HP_HEAD_NAMES, load_clip, parse_device, parse_dtype
 from icthp_core.errors import CheckpointError
 from icthp_core.scoring.text import tokenizer_for
 
-HP_HEAD_NAMES = ("hp_scorer/mlp.safetensors", "hp_scorer/mlp_pytorch_model.bin")
-HP_BACKBONE_NAMES = tuple(f"hp_backbone/{n}" for n in CLIP_WEIGHT_NAMES)
 _HEAD_LAYERS = (0, 2, 4, 6, 7)
 
 

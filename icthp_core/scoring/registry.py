@@ -32,7 +32,7 @@ class MetricSpec:
     description: str
     value_range: str  # documented range, e.g. "(0, 1)"
     needs_prompt: bool = True
-    preprocess: str = "crop"  # a mode of icthp_core.scoring.preprocess.MODES ("crop": CLIP processor)
+    preprocess: str = "crop"  # a mode of icthp_core.data.preprocess.MODES ("crop": CLIP processor)
     model: str = ""
     default_source: str | None = None
     higher_is_better: bool = True

@@ -14,9 +14,10 @@ from torch import nn
 
 from icthp_core.checkpoints.loading import parse_device, parse_dtype
 from icthp_core.data.images import to_pil
-from icthp_core.scoring.preprocess import preprocess_pil, preprocess_tensor
+from icthp_core.data.preprocess import preprocess_pil, preprocess_tensor
+from icthp_core.data.prompts import check_prompt
 from icthp_core.scoring.registry import DERIVED, METRICS, create_reward_model, required_base_metrics
-from icthp_core.scoring.text import check_prompt, tokenize
+from icthp_core.scoring.text import tokenize
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-from icthp_core.dtypes import parse_dtype
-from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
-from icthp_core.evaluation.generation import (
+from icthp_core.diffusion.generation import (
     BASE,
     GenerationSettings,
     ImageItem,
@@ -34,6 +32,8 @@ from icthp_core.evaluation.generation import (
     shard_batches,
     write_metadata,
 )
+from icthp_core.dtypes import parse_dtype
+from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
 from icthp_core.evaluation.image_stats import jpeg_size_kb
 from icthp_core.evaluation.prompt_sets import load_prompt_set
 
@@ -72,7 +72,7 @@ class EvalGenConfig:
 
 
 def default_steps_guidance(arch: str, guidance_embeds: bool) -> tuple[int, float]:
-    from icthp_core.diffusion.draft_train import ARCH_DEFAULTS
+    from icthp_core.diffusion.pipelines import ARCH_DEFAULTS
 
     if arch == "flux" and guidance_embeds:
         return 28, 3.5  # FLUX.1-dev
@@ -174,7 +174,7 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from icthp_core.diffusion.draft_train import load_pipeline, pipeline_info
+    from icthp_core.diffusion.pipelines import load_pipeline, pipeline_info
 
     # PartialState reads no ACCELERATE_USE_CPU; without CUDA, several processes meet over gloo
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
