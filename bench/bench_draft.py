@@ -29,6 +29,8 @@ from contextlib import contextmanager
 
 import torch
 
+from icthp_core.dtypes import DTYPE_CHOICES, parse_dtype
+
 # Published configs (transformer/config.json, vae/config.json of the hub repos)
 SD35_LARGE = dict(
     sample_size=128,
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--dtype", default="bf16", choices=DTYPE_CHOICES)
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument(
         "--offload-frozen",
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         # torch 2.11 on an H200 picks cuDNN attention, whose backward failed for FLUX at 1024² ("mha_graph.execute
         # ... is_good()", then illegal memory access); flash / memory-efficient SDPA kernels are used instead
         torch.backends.cuda.enable_cudnn_sdp(False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    dtype = parse_dtype(a.dtype)
     if a.tiny:
         dtype = torch.float32
         torch.set_num_threads(1)

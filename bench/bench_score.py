@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from icthp_core.dtypes import DTYPE_CHOICES
+
 CONFIGS = {
     "vit-h": None,  # icthp_core.checkpoints.config.VIT_H_14
     "tiny": "tiny",  # icthp_core.testing.TINY_CLIP, for dry runs
@@ -318,7 +320,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=list(CONFIGS), default="small")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     ap.add_argument(
         "--decodes",

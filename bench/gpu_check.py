@@ -308,7 +308,9 @@ def part_precision(dry: bool, work: Path) -> dict:
     imgs, prompts, groups = _synthetic_images(24 if dry else 384, size=128)
     res: dict = {"device": device, "config": "tiny" if dry else "small (ViT-B/16 towers)", "images": len(imgs)}
     scores = {}
-    dtypes = ["fp32", "bf16"] if dry else ["fp32", "fp16", "bf16"]
+    from icthp_core.dtypes import DTYPE_CHOICES
+
+    dtypes = ["fp32", "bf16"] if dry else list(DTYPE_CHOICES)
     for dt in dtypes:
         models = _tiny_models(work / ("tiny" if dry else "mid"), device, dt, config=cfg)
         scorer = MultiScorer(METRICS, device=device, dtype=dt, models=models)

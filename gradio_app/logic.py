@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from icthp_core.data.images import check_image as core_check_image
 from icthp_core.errors import ICTHPError
 from icthp_core.evaluation.stats import win_rate
 from icthp_core.scoring.registry import list_metrics, metric_label
+from icthp_core.scoring.selection import competition_ranks
 
 #: ICT, HP and ICT-HP: the metrics of the two published models (they share one scorer in the app)
 CORE_METRICS: tuple[str, ...] = ("ict", "hp", "ict_hp")
@@ -53,12 +53,9 @@ def alignment_baselines() -> list[str]:
 
 
 def rank(values: Sequence[float]) -> list[int | None]:
-    """Competition ranks, 1 = highest score; equal scores share a rank; NaN gets None."""
-    v = [float(x) for x in values]
-    out: list[int | None] = []
-    for x in v:
-        out.append(None if math.isnan(x) else 1 + sum(1 for y in v if not math.isnan(y) and y > x))
-    return out
+    """Competition ranks, 1 = highest score; equal scores share a rank; NaN gets None (the core's one rule,
+    `icthp_core.scoring.selection.competition_ranks`)."""
+    return competition_ranks(values)
 
 
 def rank_scores(scores: Mapping[str, Sequence[float]]) -> dict[str, list[int | None]]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "easy_prompt", "refine_prompt")
+#: the one list of prompt columns (prompt files, tables, parquet/HF data sets), first match wins
+PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "txt", "easy_prompt", "refine_prompt")
 
 
 def check_prompt(prompt: object, where: str = "prompt") -> str:

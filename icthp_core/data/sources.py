@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from icthp_core.data.prompts import PROMPT_COLUMNS
 from icthp_core.errors import ImageLoadError
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "png", "webp", "image_bytes", "image_path", "file_name", "path")
-PROMPT_COLUMN_CANDIDATES = ("prompt", "caption", "text", "txt")
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1")
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 WDS_TEXT_EXTS = ("txt", "caption", "prompt")
@@ -101,7 +101,7 @@ def _choose_columns(
             if images[0] is None:
                 raise ValueError(f"{where}: no image column found in {names}; pass --image-column")
     if prompt_column is None:
-        prompt_column = next((c for c in PROMPT_COLUMN_CANDIDATES if c in names), None)
+        prompt_column = next((c for c in PROMPT_COLUMNS if c in names), None)
     for c in [*images, *([prompt_column] if prompt_column else []), *keep]:
         if c not in names:
             raise ValueError(f"{where}: no column {c!r}; columns are {names}")
@@ -259,7 +259,7 @@ def _tar_records(shard: dict) -> list[dict]:
             if txt is not None:
                 prompt = txt.decode("utf-8", "replace").strip()
             elif isinstance(meta, dict):
-                prompt = next((meta[k] for k in PROMPT_COLUMN_CANDIDATES if isinstance(meta.get(k), str)), None)
+                prompt = next((meta[k] for k in PROMPT_COLUMNS if isinstance(meta.get(k), str)), None)
         rec = {"image": f"{shard['file']}#{key}", "prompt": prompt, "path": None, "data": parts.get(img_ext)}
         if img_ext is None:
             rec["error"] = f"{shard['file']}#{key}: no image member (.{'/.'.join(WDS_IMAGE_EXTS)})"

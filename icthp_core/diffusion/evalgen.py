@@ -32,7 +32,7 @@ from icthp_core.diffusion.generation import (
     shard_batches,
     write_metadata,
 )
-from icthp_core.dtypes import parse_dtype
+from icthp_core.dtypes import DTYPE_CHOICES, parse_dtype
 from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
 from icthp_core.evaluation.image_stats import jpeg_size_kb
 from icthp_core.evaluation.prompt_sets import load_prompt_set
@@ -80,8 +80,8 @@ def default_steps_guidance(arch: str, guidance_embeds: bool) -> tuple[int, float
 
 
 def _dtype(name: str) -> torch.dtype:
-    if name not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"--gen-dtype {name!r}: choose fp32, fp16 or bf16")
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"--gen-dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     return parse_dtype(name, "--gen-dtype")
 
 

@@ -271,8 +271,8 @@ class ICTHPScorer(MultiScorer):
 
 
 def load_scorer(
-    ict: str | os.PathLike | None = "8y/ICT",
-    hp: str | os.PathLike | None = "8y/HP",
+    ict: str | os.PathLike | None = METRICS["ict"].default_source,
+    hp: str | os.PathLike | None = METRICS["hp"].default_source,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "fp32",
 ) -> ICTHPScorer:
