@@ -74,8 +74,8 @@ def make_app(args: argparse.Namespace, factory: Any = None) -> tuple[Any, dict[s
     from . import generate
     from .app import LAUNCH_CSS, build_app
     from .controller import Controller
-    from .logic import UploadLimits
     from .pool import ScorerPool
+    from .uploads import UploadLimits
 
     sources = _sources(args)
     metrics = _metrics(args.metrics, sources.get("ict"), sources.get("hp"))
