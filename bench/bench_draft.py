@@ -26,7 +26,7 @@ import random
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -303,9 +303,9 @@ def _device_dtype(a: argparse.Namespace) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
-@dataclass
-class _Setup:
-    """One architecture built for the sweep: models, LoRA parameters, optimizer, offload swap."""
+class _Setup(NamedTuple):
+    """One architecture built for the sweep: models, LoRA parameters, optimizer, offload swap (a NamedTuple: the
+    tests load this file without registering it as a module, which dataclasses need)."""
 
     arch: str
     steps: int
