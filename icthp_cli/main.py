@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from types import ModuleType
 
 
-
 @dataclass(frozen=True)
 class Command:
     name: str
