@@ -321,6 +321,7 @@ class _Setup(NamedTuple):
 
 
 def _build(a: argparse.Namespace, arch: str, device: str, dtype: torch.dtype) -> _Setup:
+    from icthp_core.diffusion.draft import reward_towers
     from icthp_core.diffusion.lora import add_lora
     from icthp_core.diffusion.offload import draft_swap
     from icthp_core.training.optim import make_optimizer
@@ -335,7 +336,7 @@ def _build(a: argparse.Namespace, arch: str, device: str, dtype: torch.dtype) ->
     model.set_vae_memory(tiling=a.vae_tiling, slicing=a.vae_slicing, tile_size=tile)
     opt = make_optimizer(a.optimizer, params, lr=5e-6)
     swap = draft_swap(model, reward_fn, device) if a.offload_frozen and not a.estimate_only else None
-    reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+    reward_models = reward_towers(reward_fn)
     text_tokens = cond_fn(1).prompt_embeds.shape[1]
     n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
     print(

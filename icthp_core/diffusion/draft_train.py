@@ -139,6 +139,7 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 4) -> None:
 
 def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> None:
     """Print the expected peak memory (icthp_core.diffusion.memory) before training starts."""
+    from icthp_core.diffusion.draft import reward_towers
     from icthp_core.diffusion.memory import estimate_draft_memory
 
     if torch.device(accelerator.device).type == "cuda":
@@ -147,7 +148,7 @@ def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> 
         torch.backends.cuda.enable_cudnn_sdp(False)
     k = {"draft": cfg.k, "refl": 1}.get(cfg.variant, 1)
     copies = cfg.lv_copies if cfg.variant == "draft_lv" else 1
-    reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+    reward_models = reward_towers(reward_fn)
     est = estimate_draft_memory(
         model.transformer,
         model.vae,
