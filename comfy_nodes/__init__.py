@@ -11,6 +11,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .early_nodes import ICTHPEarlyBestOfN
 from .encoder_nodes import ICTHPCLIPVision, ICTHPTextEncoderSwap
+from .explain_node import ICTHPExplain
 from .lora_node import ICTHPLoraLoader
 from .manager_nodes import ICTHPModelManager
 from .metadata_nodes import ICTHPSaveWithScores
@@ -30,6 +31,7 @@ NODES: list[type[io.ComfyNode]] = [
     ICTHPSelect,
     ICTHPSaveWithScores,
     ICTHPModelManager,
+    ICTHPExplain,
 ]
 
 

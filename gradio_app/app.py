@@ -9,6 +9,7 @@ import gradio as gr
 
 from icthp_core.errors import ICTHPError
 
+from . import explain_view
 from .controller import Controller, gradio_progress
 from .logic import InputError, label, public_message
 from .render import CSS
@@ -64,6 +65,7 @@ def _compare_tab(controller: Controller, metric_box: Callable[[str], gr.Checkbox
             api_name="compare",
             show_progress="full",
         )
+        explain_view.build(controller, files, prompt, metrics, _user_errors)
 
 
 def _ab_tab(controller: Controller, metric_box: Callable[[str], gr.CheckboxGroup]) -> None:
