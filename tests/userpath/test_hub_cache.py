@@ -64,7 +64,7 @@ def test_score_every_metric_from_the_cache(hub_env, tmp_path):
 def test_base_pipeline_from_the_cache(hub_home, monkeypatch):
     from huggingface_hub import constants
 
-    from icthp_core.diffusion.draft_train import pipeline_info
+    from icthp_core.diffusion.pipelines import pipeline_info
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(hub_home) / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

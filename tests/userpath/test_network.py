@@ -140,7 +140,7 @@ def test_refused_gated_missing_repos(tmp_path, monkeypatch, status_hub, repo, wo
 
 def test_base_pipeline_unreachable_is_one_line(tmp_path, monkeypatch):
     """`draft`/`evalgen` read the base pipeline's configs first: no network -> WeightsNotFoundError in seconds."""
-    from icthp_core.diffusion.draft_train import pipeline_info
+    from icthp_core.diffusion.pipelines import pipeline_info
 
     _point_hub(monkeypatch, tmp_path, f"http://127.0.0.1:{_closed_port()}")
     t0 = time.monotonic()
