@@ -8,8 +8,8 @@ import time
 import pytest
 
 from gradio_app.cli import default_metrics
+from icthp_core.diffusion.evalgen import DEFAULT_METRICS
 from icthp_core.errors import WeightsNotFoundError
-from icthp_core.evaluation.evalgen import DEFAULT_METRICS
 
 
 def test_default_metrics_are_the_given_weights():
