@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from icthp_core.dtypes import DTYPE_CHOICES
+
 CONFIGS = {
     "vit-h": None,  # icthp_core.checkpoints.config.VIT_H_14
     "tiny": "tiny",  # icthp_core.testing.TINY_CLIP, for dry runs
@@ -284,7 +286,7 @@ def run_host_scaling(root: Path, n: int, batch: int, workers_list: list[int], mo
     IPC ceiling (ready-made tensors through the same loader) and one worker per batch (the old split) at the most
     workers."""
     from icthp_core.data.batch import FileItems, decode_image
-    from icthp_core.scoring.preprocess import preprocess_pil
+    from icthp_core.data.preprocess import preprocess_pil
 
     paths = [str(p) for p in sorted((root / "images").iterdir())[:n]]
     items = [(p, "a tiny dragon taking a bath in a teacup") for p in paths]
@@ -399,11 +401,11 @@ def run_ours(
     return out
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=list(CONFIGS), default="small")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     ap.add_argument(
         "--decodes",
@@ -439,45 +441,11 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="fixture folder (default: a temp dir)")
     ap.add_argument("--role", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--configs", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.role:
-        root = Path(args.root)
-        if args.role == "upstream":
-            res = run_upstream(root, args.device, args.upstream_images or args.images)
-        else:
-            res = run_ours(
-                root, args.device, args.dtype, json.loads(args.configs), args.images, args.workers, args.items
-            )
-        print("RESULT " + json.dumps(res))
-        return
-    root = Path(args.root or tempfile.mkdtemp(prefix="icthp_bench_"))
-    if args.host_scaling:
-        make_fixture(root, "tiny", args.images, images_only=True)
-        res = run_host_scaling(root, args.images, args.batch_sizes[0], args.host_scaling, ["crop"])
-        res.update(config="host only (model removed)", device="cpu", cpu_count=os.cpu_count())
-        print("JSON " + json.dumps(res))
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2))
-        return
-    make_fixture(root, args.config, args.images)
-    base = [sys.executable, __file__, "--root", str(root), "--device", args.device, "--images", str(args.images)]
-    if args.workers is not None:
-        base += ["--workers", str(args.workers)]
-    if args.upstream_images:
-        base += ["--upstream-images", str(args.upstream_images)]
-    if args.items:
-        base += ["--items", str(args.items)]
+    return ap
 
-    def child(extra):
-        proc = subprocess.run(base + extra, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"child {extra[:2]} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
-        return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
-    configs = [{"batch": b, "decode": d, "breakdown": args.breakdown} for d in args.decodes for b in args.batch_sizes]
-    configs += [{"batch": b, "decode": args.decodes[-1], "compile": True} for b in args.compile_batches]
-    up = None if args.no_upstream else child(["--role", "upstream"])
-    results = child(["--role", "ours", "--dtype", args.dtype, "--configs", json.dumps(configs)])
+def _print_results(args: argparse.Namespace, up: dict | None, results: list[dict]) -> None:
+    """The comparison table (upstream loop vs each configuration) and the host-side breakdown."""
     cuda = args.device.startswith("cuda")
     print(f"config={args.config} device={args.device} images={args.images}")
     head = f"{'side':8s} {'batch':>5s} {'dtype':>5s} {'decode':>6s} {'compile':>7s} {'img/s':>9s} {'model img/s':>11s}"
@@ -521,6 +489,53 @@ def main() -> None:
                 f"batch {r['batch']} {r['decode']}: start-up {r['startup_s']:.2f} s, then {r['steady_img_per_s']:.1f} "
                 f"img/s = {r['steady_vs_model']:.2f} x the model-only rate ({r['images']} items)"
             )
+
+
+def _host_scaling_main(args: argparse.Namespace, root: Path) -> None:
+    make_fixture(root, "tiny", args.images, images_only=True)
+    res = run_host_scaling(root, args.images, args.batch_sizes[0], args.host_scaling, ["crop"])
+    res.update(config="host only (model removed)", device="cpu", cpu_count=os.cpu_count())
+    print("JSON " + json.dumps(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.role:
+        root = Path(args.root)
+        if args.role == "upstream":
+            res = run_upstream(root, args.device, args.upstream_images or args.images)
+        else:
+            res = run_ours(
+                root, args.device, args.dtype, json.loads(args.configs), args.images, args.workers, args.items
+            )
+        print("RESULT " + json.dumps(res))
+        return
+    root = Path(args.root or tempfile.mkdtemp(prefix="icthp_bench_"))
+    if args.host_scaling:
+        _host_scaling_main(args, root)
+        return
+    make_fixture(root, args.config, args.images)
+    base = [sys.executable, __file__, "--root", str(root), "--device", args.device, "--images", str(args.images)]
+    if args.workers is not None:
+        base += ["--workers", str(args.workers)]
+    if args.upstream_images:
+        base += ["--upstream-images", str(args.upstream_images)]
+    if args.items:
+        base += ["--items", str(args.items)]
+
+    def child(extra):
+        proc = subprocess.run(base + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"child {extra[:2]} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+    configs = [{"batch": b, "decode": d, "breakdown": args.breakdown} for d in args.decodes for b in args.batch_sizes]
+    configs += [{"batch": b, "decode": args.decodes[-1], "compile": True} for b in args.compile_batches]
+    up = None if args.no_upstream else child(["--role", "upstream"])
+    results = child(["--role", "ours", "--dtype", args.dtype, "--configs", json.dumps(configs)])
+    _print_results(args, up, results)
     summary = {"config": args.config, "device": args.device, "images": args.images, "upstream": up, "ours": results}
     summary["items"] = args.items or args.images
     summary["peak_tflops"] = args.peak_tflops

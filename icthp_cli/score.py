@@ -16,11 +16,13 @@ from icthp_core.data.outputs import (
     prepare_resume,
     read_prompt_rows,
     row_key,
+    stored_image,
     unique_items,
 )
 from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scale.score_cmd import add_scale_arguments, run_scaled, wants_scale
 from icthp_core.scoring.registry import metric_label, parse_metrics
+from icthp_core.scoring.selection import competition_ranks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +91,8 @@ def _rank_table(rows: list[dict], metrics: list[str]) -> str:
         if r.get("error") is None:
             by_prompt[r.get("prompt")].append(r)
     for group in by_prompt.values():
-        for rank, r in enumerate(sorted(group, key=lambda r: -r[key]), 1):
-            r["rank"] = rank
+        for r, rank in zip(group, competition_ranks([r[key] for r in group]), strict=True):
+            r["rank"] = rank if rank is not None else "-"
     heads = ["image"] + [metric_label(m) for m in metrics] + ["rank"]
     body = []
     for r in rows:
@@ -138,7 +140,7 @@ def cmd_score(args) -> int:
     if args.resume and out is not None:
         done = prepare_resume(out, metrics, retry_errors=args.retry_errors)
         before = len(items) + len(bad_rows)
-        items = [it for it in items if row_key(*it) not in done]
+        items = [it for it in items if row_key(stored_image(it[0], out), it[1]) not in done]
         bad_rows = [r for r in bad_rows if row_key(r["image"], r["prompt"]) not in done]
         todo = len(items) + len(bad_rows)
         print(f"resume: {before - todo} rows already in {out}, {todo} to score", file=sys.stderr)

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from icthp_core.checkpoints.export import save_ict
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import TripletRecord, load_triplets, write_triplets
+from icthp_core.scoring.export import save_ict
 from icthp_core.scoring.models import ICTModel
 from icthp_core.scoring.text import tokenizer_for
 from icthp_core.training import engine
@@ -200,7 +200,9 @@ class ICTStage(engine.Stage):
                 logger.info("ICT labels built with theta=%.4f -> %s", theta, target)
             accelerator.wait_for_everyone()  # every rank passes this barrier once (same data on all ranks)
             self.theta = json.loads(meta_file.read_text())["theta"]
-            records, _ = load_triplets(target, require_labels=True)
+            records, label_report = load_triplets(target, require_labels=True)
+            if label_report.kept < label_report.total:  # rows lost reading the labels back: name that file
+                report = label_report
         return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images, cfg.tokenizer)
 
     def val_dataset(self, accelerator):
