@@ -76,14 +76,15 @@ def test_dry_run_of_the_parts_on_request(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["dry_run"] is True
 
 
-def test_ordered_loader_splits_batches_over_workers(tmp_path):
+def test_ordered_loader_splits_batches_over_workers(tmp_path, monkeypatch):
     """Each batch is decoded in pieces by all workers and reassembled in order: same batches as in process."""
     from PIL import Image
 
     from icthp_core.data.batch import _pieces, iter_file_batches, worker_piece
 
     assert _pieces(7, 5, 2) == [[0, 1], [2, 3], [4], [5, 6]]
-    assert worker_piece(64, 14) == 5 and worker_piece(64, 1) == 64 and worker_piece(8, 14) == 4
+    assert worker_piece(64, 14) == 16 and worker_piece(64, 1) == 64 and worker_piece(8, 14) == 8
+    assert worker_piece(128, 4) == 32
     items = []
     for i in range(7):
         p = tmp_path / f"{i}.png"
@@ -91,6 +92,7 @@ def test_ordered_loader_splits_batches_over_workers(tmp_path):
         items.append((str(p), "a"))
     items.insert(3, (str(tmp_path / "missing.png"), "a"))
     ref = list(iter_file_batches(items, ["crop"], batch_size=5, num_workers=0))
+    monkeypatch.setattr("icthp_core.data.batch.MIN_PIECE", 2)  # pieces of 3 + 2 items per batch of 5
     got = list(iter_file_batches(items, ["crop"], batch_size=5, num_workers=2))
     assert [len(b["rows"]) for b in got] == [5, 3]
     assert [r["image"] for b in got for r in b["rows"]] == [r["image"] for b in ref for r in b["rows"]]

@@ -101,11 +101,16 @@ class _Batches:
             yield _merge([next(it) for _ in range(k)], self.pin_memory)
 
 
+#: fewest items a worker decodes per task: smaller pieces cost more in IPC and reassembly than they gain (measured on 2
+#: cores: batch 8 split in pieces of 4 over 2 workers ran at 0.7x of whole batches; docs/benchmarks.md)
+MIN_PIECE = 16
+
+
 def worker_piece(batch_size: int, num_workers: int) -> int:
-    """Items per worker task: a batch is split over the workers (at least 4 items a piece, to bound IPC per item),
-    so every worker decodes part of each batch instead of one whole batch (a list of fewer batches than workers left
+    """Items per worker task: a large batch is split over the workers (pieces of at least MIN_PIECE items), so several
+    workers decode each batch instead of one worker the whole of it (a list of fewer batches than workers left
     workers idle, and the first batch waited for one worker to decode all of it)."""
-    return batch_size if num_workers <= 1 else max(min(4, batch_size), -(-batch_size // num_workers))
+    return batch_size if num_workers <= 1 else min(batch_size, max(MIN_PIECE, -(-batch_size // num_workers)))
 
 
 def ordered_loader(
