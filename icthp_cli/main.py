@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from types import ModuleType
 
 
-
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -76,7 +75,6 @@ def find(name: str) -> Command:
 
 #: TRANSITIONAL (removed when every job has moved into icthp_cli): job -> "module:function" taking argv
 LEGACY: dict[str, str] = {
-    "score": "icthp_cli.score:main",
     "metrics": "icthp_cli.metrics:main",
     "download": "icthp_cli.download:main",
     "eval": "icthp_cli.eval:main",
