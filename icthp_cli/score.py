@@ -185,6 +185,8 @@ def _show(result, from_metadata: bool) -> None:
         lines = metadata_lines(result.rows, result.metrics)
     elif result.rows and result.all_rows_kept and not result.has_datasets:
         lines = [rank_table(result.rows, result.metrics)]
+        for line in result.summary.lines():  # the table is the output; the counts are information
+            print(line, file=sys.stderr)
     else:
         lines = result.summary.lines()
     for line in lines:
