@@ -1,0 +1,133 @@
+"""What every `icthp score` sink writes: kept columns (binary ones never as reprs), non-finite scores (never bare
+NaN/Infinity), and `--from-metadata` as a source of the one pipeline (any sink, error rows, no silent overwrite)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from scale_data import write_pickapic
+
+from icthp_cli.main import main
+from icthp_core.data.metadata import KEY, build_record, save_png
+from icthp_core.data.outputs import read_rows
+from icthp_core.data.parquet_out import table_rows
+from icthp_core.data.rows import finish_row, keep_text
+from icthp_core.data.sinks import SinkOptions, open_sink
+
+SINKS = ["jsonl", "csv", "parquet", "folder"]
+
+
+def _read(out, sink: str) -> list[dict]:
+    return list(read_rows(out)) if sink in ("jsonl", "csv") else table_rows(pq.read_table(out))
+
+
+def _out(tmp_path, sink: str):
+    return tmp_path / ("out" if sink == "folder" else f"out.{sink}")
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_keep_columns_in_every_sink_and_binary_as_base64(tiny_ict, tiny_hp, tmp_path, sink):
+    src = write_pickapic(tmp_path / "pick.parquet", n=2)
+    out = _out(tmp_path, sink)
+    argv = ["score", "--ict", str(tiny_ict), "--hp", str(tiny_hp), "--dataset", str(src), "--image-column", "jpg_1"]
+    argv += ["--keep-columns", "ranking_id,jpg_0", "--workers", "0", "--no-progress", "-q", "-o", str(out)]
+    assert main(argv) == 0
+    rows = _read(out, sink)
+    assert [r["ranking_id"] for r in rows] == ["0", "1"]
+    want = pq.read_table(src).column("jpg_0").to_pylist()
+    assert [r["jpg_0"] for r in rows] == ["base64:" + base64.b64encode(b).decode() for b in want]
+    assert all(not str(r["jpg_0"]).startswith("b'") for r in rows)
+
+
+def test_keep_text_policy():
+    assert keep_text(None) is None and keep_text("x") == "x" and keep_text(3) == "3" and keep_text(True) == "true"
+    assert keep_text(b"\x00\xff") == "base64:AP8=" and keep_text({"a": [1, b"\x01"]}) == '{"a": [1, "base64:AQ=="]}'
+    assert keep_text(float("nan")) == "nan"
+
+
+@pytest.mark.parametrize("sink", SINKS)
+def test_non_finite_scores_become_null_and_an_error(tmp_path, sink):
+    out = _out(tmp_path, sink)
+    s = open_sink(out, ["ict", "hp"], (), SinkOptions(), fingerprint="f", num_shards=1)
+    s.write(0, [{"image": "a.png", "prompt": "p", "ict": float("nan"), "hp": 1.0, "error": None}], False)
+    s.write(0, [{"image": "b.png", "prompt": "p", "ict": 0.5, "hp": float("inf"), "error": None}], True)
+    s.close()
+    rows = _read(out, sink)
+    assert [r["error"] for r in rows] == [
+        "a.png: no finite score for ict (written as null)",
+        "b.png: no finite score for hp (written as null)",
+    ]
+    assert all(r["ict"] in (None, "") and r["hp"] in (None, "") for r in rows)
+    if sink == "jsonl":
+        text = out.read_text()
+        assert "NaN" not in text and "Infinity" not in text
+
+
+def test_finish_row_keeps_good_rows():
+    row = finish_row({"image": "a", "prompt": None, "ict": 0.25, "error": None, "extra": 1}, ["ict"])
+    assert row == {"image": "a", "prompt": None, "ict": 0.25, "error": None}
+    assert math.isfinite(row["ict"])
+
+
+# ------------------------------------------------------------------------------------------ --from-metadata
+@pytest.fixture()
+def stored(tmp_path):
+    d = tmp_path / "pngs"
+    d.mkdir()
+    img = Image.new("RGB", (16, 16), (10, 20, 30))
+    save_png(img, d / "a.png", build_record({"ict": 0.5, "hp": 0.25, "ict_hp": 0.125}, "a cat", "ICT-HP"))
+    img.save(d / "b_plain.png")  # no record
+    for name, text in [
+        ("c_nan.png", json.dumps({"scores": {"ict": float("nan")}, "prompt": "x"})),  # NaN as written by json
+        ("d_text.png", json.dumps({"scores": {"ict": "high"}})),
+        ("e_deep.png", "[" * 100_000 + "]" * 100_000),
+    ]:
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text(KEY, text)
+        img.save(d / name, pnginfo=info)
+    return d
+
+
+def test_from_metadata_writes_csv_with_error_rows(stored, tmp_path, capsys):
+    out = tmp_path / "meta.csv"
+    assert main(["score", "--from-metadata", str(stored), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "a.png  ict=0.5000  hp=0.2500  ict_hp=0.1250  model=ICT-HP  prompt='a cat'" in captured.out
+    assert "4 of 5 images have no readable scores" in captured.err
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["image", "prompt", "model", "ict", "hp", "ict_hp", "error"]
+    by_name = {r["image"].rsplit("/", 1)[-1]: r for r in rows}
+    assert len(by_name) == 5  # every image has a row: none silently dropped
+    assert by_name["a.png"]["ict_hp"] == "0.125" and not by_name["a.png"]["error"]
+    assert "no icthp_scores metadata" in by_name["b_plain.png"]["error"]
+    assert "not a finite number" in by_name["c_nan.png"]["error"]
+    assert "not a finite number" in by_name["d_text.png"]["error"]
+    assert by_name["e_deep.png"]["error"]
+    # an existing output is never overwritten silently
+    assert main(["score", "--from-metadata", str(stored), "-o", str(out)]) == 2
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert main(["score", "--from-metadata", str(stored), "-o", str(out), "--overwrite", "-q"]) == 0
+
+
+def test_from_metadata_jsonl_has_no_bare_nan_and_refuses_model_options(stored, tmp_path, capsys):
+    out = tmp_path / "meta.jsonl"
+    assert main(["score", "--from-metadata", str(stored), "-o", str(out), "--metrics", "ict", "-q"]) == 0
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert [json.loads(line)["ict"] for line in text.splitlines()][0] == 0.5
+    assert main(["score", "--from-metadata", str(stored), "--engine", "ray"]) == 2
+    assert "--from-metadata" in capsys.readouterr().err
+    (stored / "b_plain.png").unlink()
+    for name in ("c_nan.png", "d_text.png", "e_deep.png", "a.png"):
+        (stored / name).unlink()
+    Image.new("RGB", (4, 4)).save(stored / "x.png")
+    assert main(["score", "--from-metadata", str(stored)]) == 1  # no readable record at all
