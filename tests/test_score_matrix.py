@@ -33,7 +33,8 @@ SINKS = ["jsonl", "csv", "parquet", "folder"]
 CELLS = [pytest.param(e, s, id=f"{e}-{s}") for e in ENGINES for s in SINKS]
 PROMPT = "a small boat"
 RAW_NAME = b"caf\xe9 \xff.png"  # a file name that is not UTF-8
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+#: a joining driver needs token auth on, as the module's Ray (Ray's default) has it
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token"}
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures

@@ -1,8 +1,9 @@
-"""Sharded batch scoring: plan shards -> read -> decode + preprocess (CPU) -> score (models loaded once) -> write.
+"""The executors of the score pipeline (`scale.score`): shards -> read -> decode + preprocess -> score -> sink.
 
-`engine="local"` runs the stages in this process (decoding in a process pool); `engine="ray"` runs them as a Ray
-Data pipeline: read and decode as CPU tasks, scoring on an actor pool (one actor per GPU, or N CPU actors), rows
-gathered per shard and written as `part-NNNNN.parquet` files. Both call the same read/decode/score functions.
+`run_local` runs the stages in this process (image files through `MultiScorer.score_files`, dataset shards decoded
+in a process pool); `run_ray` runs them as a Ray Data pipeline: read and decode as CPU tasks, scoring on an actor
+pool (one actor per GPU, or N CPU actors), rows gathered on the driver. Both call the same read/decode/score
+functions and write through the same `data.sinks.Sink`: a file gets every batch, a folder a whole shard.
 """
 
 from __future__ import annotations
@@ -235,9 +236,11 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join `address` (a running cluster, e.g. 'auto' or 'ray://head:10001'), else start a local Ray on loopback
-    (127.0.0.1) without the dashboard. A no-op when Ray is already initialised in this process."""
-    if not address and "ray" not in sys.modules:
+    """Join `address` (a running cluster, e.g. 'auto', 'ray://head:10001' or '127.0.0.1:PORT'), else start a local
+    Ray on loopback (127.0.0.1) without the dashboard. A no-op when Ray is already initialised in this process.
+    Joining a cluster with token authentication (Ray's default) needs `RAY_AUTH_MODE=token` and its token."""
+    loopback = not address or address.removeprefix("ray://").startswith(("127.", "localhost"))
+    if loopback and "ray" not in sys.modules:  # a local Ray, or one on this machine's loopback: stay on 127.0.0.1
         os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray

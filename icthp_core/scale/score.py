@@ -31,17 +31,15 @@ class ScoreResult:
     has_datasets: bool = False
 
 
-def _load_local(config: ScoreConfig, log: Callable[[str], None]) -> LocalRun:
+def _load_local(config: ScoreConfig, metrics: list[str], log: Callable[[str], None]) -> LocalRun:
     """The models of this run, loaded once, and how the local executor batches and decodes."""
     from icthp_core.checkpoints.loading import parse_device
-    from icthp_core.scale.plan import resolve_metrics
     from icthp_core.scoring.gpu_preprocess import default_workers, resolve_decode
     from icthp_core.scoring.scorer import MultiScorer
 
     device = parse_device(config.device)
     decode = resolve_decode(config.decode, device)
     workers = config.workers if config.workers is not None else default_workers(device, decode)
-    metrics = resolve_metrics(config.metrics)
     scorer = MultiScorer(metrics, dict(config.sources), device=device, dtype=config.dtype)
     if config.compile:
         scorer.compile()
@@ -75,7 +73,7 @@ def _execute(config: ScoreConfig, plan: Plan, todo: list[int], sink, done: set, 
             todo=todo,
             done=done,
         )
-    return run_local(plan.shards, todo, _load_local(config, log), sink, done, on_rows)
+    return run_local(plan.shards, todo, _load_local(config, plan.metrics, log), sink, done, on_rows)
 
 
 def score(
