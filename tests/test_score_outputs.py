@@ -131,3 +131,26 @@ def test_from_metadata_jsonl_has_no_bare_nan_and_refuses_model_options(stored, t
         (stored / name).unlink()
     Image.new("RGB", (4, 4)).save(stored / "x.png")
     assert main(["score", "--from-metadata", str(stored)]) == 1  # no readable record at all
+
+
+def test_from_metadata_reads_text_chunks_without_decoding_pixels(tmp_path):
+    from icthp_core.data.metadata import read_record
+
+    path = tmp_path / "damaged.png"
+    record = build_record({"ict_hp": 0.75}, "a dog", "ICT-HP")
+    save_png(Image.new("RGB", (64, 64), (1, 2, 3)), path, record)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start : start + 20] = b"\xff" * 20  # pixels that cannot be decoded (bad zlib stream and CRC)
+    path.write_bytes(bytes(data))
+    with pytest.raises(OSError):
+        Image.open(path).load()
+    assert read_record(path)["scores"] == {"ict_hp": 0.75}
+    late = tmp_path / "late.png"  # the same record moved after the pixels (where Pillow reads it only on load)
+    raw = path.read_bytes()
+    iend = raw.index(b"IEND") - 4
+    text_at = raw.index(b"tEXt") - 4
+    length = int.from_bytes(raw[text_at : text_at + 4], "big")
+    chunk = raw[text_at : text_at + 12 + length]
+    late.write_bytes(raw[:text_at] + raw[text_at + len(chunk) : iend] + chunk + raw[iend:])
+    assert read_record(late)["prompt"] == "a dog"

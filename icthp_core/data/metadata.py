@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +57,69 @@ def png_info(record: dict[str, Any], extra: dict[str, str] | None = None) -> Png
     return info
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The record of a PNG written by ``png_info`` (None when the image has none).
+#: the largest text chunk read (compressed or not); a bigger one is skipped
+MAX_TEXT_BYTES = 16 << 20
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    Raises ``ValueError`` naming the file when the chunk is not valid JSON (no code is ever evaluated)."""
-    with Image.open(path) as im:
-        text = (getattr(im, "text", None) or im.info).get(KEY)
+
+def _inflate(data: bytes) -> bytes:
+    out = zlib.decompressobj()
+    text = out.decompress(data, MAX_TEXT_BYTES)
+    if out.unconsumed_tail:
+        raise ValueError(f"a compressed text chunk inflates past {MAX_TEXT_BYTES} bytes")
+    return text
+
+
+def _chunk_text(kind: bytes, body: bytes) -> str:
+    """The text of a tEXt / zTXt / iTXt chunk body after its keyword."""
+    if kind == b"tEXt":
+        return body.decode("latin-1")
+    if kind == b"zTXt":
+        return _inflate(body[1:]).decode("latin-1")
+    compressed, rest = body[0], body[2:]  # iTXt: flag, method, language\0, translated keyword\0, text
+    text = rest.split(b"\0", 2)[-1]
+    return (_inflate(text) if compressed else text).decode("utf-8")
+
+
+def png_text(path: str | os.PathLike, key: str) -> str | None:
+    """The text chunk `key` of a PNG, read chunk by chunk: the pixels are never decoded (a huge or damaged image
+    costs nothing). None when the file has no such chunk; ValueError when it is not a PNG."""
+    with open(path, "rb") as fh:
+        if fh.read(8) != _PNG_SIGNATURE:
+            raise ValueError(f"{path}: not a PNG file")
+        while len(head := fh.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                break
+            if kind not in (b"tEXt", b"zTXt", b"iTXt") or length > MAX_TEXT_BYTES:
+                fh.seek(length + 4, os.SEEK_CUR)
+                continue
+            name, _, body = fh.read(length).partition(b"\0")
+            fh.seek(4, os.SEEK_CUR)  # CRC
+            if name == key.encode("latin-1"):
+                return _chunk_text(kind, body)
+    return None
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The record of a PNG written by ``png_info`` (None when the image has none or is not a PNG).
+
+    Reads the text chunks only (no pixel is decoded). Raises ``ValueError`` naming the file when the chunk is not
+    valid JSON (no code is ever evaluated; a nesting too deep to parse is invalid too)."""
+    try:
+        text = png_text(path, KEY)
+    except (ValueError, zlib.error, UnicodeDecodeError) as e:
+        if "not a PNG" in str(e):
+            return None
+        raise ValueError(f"{path}: the {KEY} metadata cannot be read ({e})") from None
     if text is None:
         return None
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: the {KEY} metadata is not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: the {KEY} metadata is nested too deeply to read") from None
     if not isinstance(record, dict) or not isinstance(record.get("scores"), dict):
         raise ValueError(f"{path}: the {KEY} metadata has no 'scores' object")
     return record
