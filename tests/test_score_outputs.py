@@ -154,3 +154,24 @@ def test_from_metadata_reads_text_chunks_without_decoding_pixels(tmp_path):
     chunk = raw[text_at : text_at + 12 + length]
     late.write_bytes(raw[:text_at] + raw[text_at + len(chunk) : iend] + chunk + raw[iend:])
     assert read_record(late)["prompt"] == "a dog"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--engine", "ray", "--compile"], "--compile and --decode gpu apply to --engine local"),
+        (["--actors", "2"], "apply to --engine ray"),
+        (["--keep-columns", "x"], "no --dataset was given"),
+        (["--retry-errors"], "--retry-errors needs --resume"),
+        (["--metrics", "ict,nope"], "unknown metric(s) nope"),
+        (["--shard-size", "0"], "--shard-size 0: must be >= 1"),
+        (["--from-metadata", "--dataset", "d.parquet"], "--from-metadata reads PNG files"),
+        (["-o", "out.txt"], "unsupported file type '.txt'"),
+    ],
+)
+def test_options_that_cannot_work_are_one_line_errors(tmp_path, capsys, extra, message):
+    (tmp_path / "a.png").write_bytes(b"x")
+    argv = ["score", "--ict", str(tmp_path / "none"), "--prompt", "p", str(tmp_path / "a.png"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and message in err.splitlines()[-1]

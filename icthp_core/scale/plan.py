@@ -108,9 +108,20 @@ def check_config(config: ScoreConfig) -> None:
         raise ConfigError(f"--engine {config.engine!r}: choose from {', '.join(ENGINES)}")
     if config.decode not in DECODES:
         raise ConfigError(f"--decode {config.decode!r}: choose from {', '.join(DECODES)}")
+    _check_unused(config)
     if config.from_metadata and (config.datasets or config.prompts_file or config.engine != "local"):
         raise ConfigError("--from-metadata reads PNG files and loads no model: --dataset, --prompts-file and "
                           "--engine ray do not apply")  # fmt: skip
+
+
+def _check_unused(config: ScoreConfig) -> None:
+    """Options that the chosen engine or inputs would ignore are refused (one line), never silently dropped."""
+    if config.engine == "ray" and (config.compile or config.decode == "gpu"):
+        raise ConfigError("--compile and --decode gpu apply to --engine local (Ray actors decode on the CPU)")
+    if config.engine == "local" and (config.address or config.actors is not None or config.gpus_per_actor is not None):
+        raise ConfigError("--address, --actors and --gpus-per-actor apply to --engine ray")
+    if config.keep_columns and not config.datasets:
+        raise ConfigError("--keep-columns copies columns of --dataset inputs; no --dataset was given")
 
 
 def resolve_metrics(text: str | None) -> list[str]:
