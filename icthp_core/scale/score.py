@@ -7,6 +7,7 @@ the other shards run by the local executor or the Ray executor (`scale.pipeline`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -97,8 +98,7 @@ def score(
         log(f"note: {plan.duplicates} repeated (image, prompt) items scored once")
     options = SinkOptions(config.resume, config.retry_errors, config.overwrite)
     sink = open_sink(config.output, plan.metrics, plan.keep, options, plan.fingerprint, len(plan.shards), log)
-    result = ScoreResult(Summary(), plan.metrics, plan.keep, duplicates=plan.duplicates)
-    result.has_datasets = plan.has_datasets
+    result = ScoreResult(Summary(), plan.metrics, plan.keep, duplicates=plan.duplicates, has_datasets=plan.has_datasets)
 
     def collect(rows: list[dict]) -> None:
         room = MAX_KEPT_ROWS - len(result.rows)
@@ -106,8 +106,6 @@ def score(
         result.all_rows_kept = result.all_rows_kept and len(rows) <= room
         if on_rows is not None:
             on_rows(rows)
-
-    import time
 
     t0 = time.perf_counter()
     try:
