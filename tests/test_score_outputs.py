@@ -175,3 +175,27 @@ def test_options_that_cannot_work_are_one_line_errors(tmp_path, capsys, extra, m
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and message in err.splitlines()[-1]
+
+
+def test_single_parquet_keeps_flushed_parts_and_merges_each_row_once(tmp_path):
+    from icthp_core.data.parquet_out import ParquetScoreFile
+
+    out = tmp_path / "o.parquet"
+    rows = [{"image": f"{i}.png", "prompt": "p", "ict": i / 10, "error": None} for i in range(4)]
+    w = ParquetScoreFile(out, ["ict"])
+    w.write(rows[:2])
+    w.write(rows[2:3])  # killed here: no close(), so no file yet, but two flushed parts
+    assert not out.exists() and len(list(w.parts.glob("part-*.parquet"))) == 2
+    w = ParquetScoreFile(out, ["ict"], resume=True)  # --resume merges what was flushed
+    assert w.done == {(f"{i}.png", "p") for i in range(3)} and out.exists()
+    w.write(rows[3:])
+    parts = sorted(w.parts.glob("part-*.parquet"))
+    w.close()
+    # a kill between the merge's rename and the removal of the parts: the parts come back, merged once
+    w.parts.mkdir()
+    for p in parts:
+        (w.parts / p.name).write_bytes(pq.read_table(out).slice(3).to_pandas().to_parquet())
+    got = ParquetScoreFile(out, ["ict"], resume=True)
+    assert sorted(got.done) == [(f"{i}.png", "p") for i in range(4)]
+    got.close()
+    assert [r["image"] for r in table_rows(pq.read_table(out))] == [f"{i}.png" for i in range(4)]
