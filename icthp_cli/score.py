@@ -154,16 +154,17 @@ def rank_table(rows: list[dict], metrics: list[str]) -> str:
     """The rows as a text table, ranked within each prompt by ICT-HP (else the first metric)."""
     from icthp_core.data.images import display_name
     from icthp_core.scoring.registry import metric_label
+    from icthp_core.scoring.selection import competition_ranks
 
     key = "ict_hp" if "ict_hp" in metrics else metrics[0]
     by_prompt: dict[str | None, list[dict]] = defaultdict(list)
     for r in rows:
         if r.get("error") is None:
             by_prompt[r.get("prompt")].append(r)
-    ranks: dict[int, int] = {}
+    ranks: dict[int, int | str] = {}
     for group in by_prompt.values():
-        for rank, r in enumerate(sorted(group, key=lambda r: -r[key]), 1):
-            ranks[id(r)] = rank
+        for r, rank in zip(group, competition_ranks([r[key] for r in group]), strict=True):
+            ranks[id(r)] = rank if rank is not None else "-"
     heads = ["image"] + [metric_label(m) for m in metrics] + ["rank"]
     body = []
     for r in rows:

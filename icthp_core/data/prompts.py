@@ -15,7 +15,17 @@ from pathlib import Path
 
 from icthp_core.errors import DataError
 
-PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "easy_prompt", "refine_prompt")
+#: the one list of prompt columns (prompt files, tables, parquet/HF data sets), first match wins
+PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "txt", "easy_prompt", "refine_prompt")
+
+
+def check_prompt(prompt: object, where: str = "prompt") -> str:
+    """Return the prompt, or raise ValueError for a non-string or blank prompt."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}: expected a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"{where}: the prompt is empty")
+    return prompt
 
 
 def prompt_column(columns, column: str | None, path: Path, where: str = "") -> str:
@@ -106,8 +116,6 @@ def read_prompt_rows(path: str | os.PathLike) -> tuple[list[tuple[str, str]], li
     cannot be read at all (missing, not UTF-8, no header) raises DataError. Relative image paths are kept as
     given when they exist from the current directory, else resolved against the file's folder.
     """
-    from icthp_core.scoring.text import check_prompt
-
     path = Path(path)
     text = read_text_file(path)
     rows: list[tuple[int, object]] = []
