@@ -14,11 +14,12 @@ from PIL import Image
 from scale_data import write_pickapic
 
 from icthp_cli.main import main
-from icthp_core.data.metadata import KEY, build_record, save_png
+from icthp_core.data.metadata import KEY, save_png
 from icthp_core.data.outputs import read_rows
 from icthp_core.data.parquet_out import table_rows
 from icthp_core.data.rows import finish_row, keep_text
 from icthp_core.data.sinks import SinkOptions, open_sink
+from icthp_core.scoring.records import build_record
 
 SINKS = ["jsonl", "csv", "parquet", "folder"]
 
@@ -75,6 +76,10 @@ def test_finish_row_keeps_good_rows():
     assert math.isfinite(row["ict"])
 
 
+def _bare_token(name: str):
+    raise AssertionError(f"bare {name} written as a JSON value")
+
+
 # ------------------------------------------------------------------------------------------ --from-metadata
 @pytest.fixture()
 def stored(tmp_path):
@@ -109,8 +114,8 @@ def test_from_metadata_writes_csv_with_error_rows(stored, tmp_path, capsys):
     assert len(by_name) == 5  # every image has a row: none silently dropped
     assert by_name["a.png"]["ict_hp"] == "0.125" and not by_name["a.png"]["error"]
     assert "no icthp_scores metadata" in by_name["b_plain.png"]["error"]
-    assert "not a finite number" in by_name["c_nan.png"]["error"]
-    assert "not a finite number" in by_name["d_text.png"]["error"]
+    assert "NaN is not a number" in by_name["c_nan.png"]["error"]  # refused where the record is read
+    assert "d_text.png" in by_name["d_text.png"]["error"] and by_name["d_text.png"]["ict"] == ""
     assert by_name["e_deep.png"]["error"]
     # an existing output is never overwritten silently
     assert main(["score", "--from-metadata", str(stored), "-o", str(out)]) == 2
@@ -122,8 +127,8 @@ def test_from_metadata_jsonl_has_no_bare_nan_and_refuses_model_options(stored, t
     out = tmp_path / "meta.jsonl"
     assert main(["score", "--from-metadata", str(stored), "-o", str(out), "--metrics", "ict", "-q"]) == 0
     text = out.read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    assert [json.loads(line)["ict"] for line in text.splitlines()][0] == 0.5
+    rows = [json.loads(line, parse_constant=_bare_token) for line in text.splitlines()]  # strict JSON
+    assert rows[0]["ict"] == 0.5
     assert main(["score", "--from-metadata", str(stored), "--engine", "ray"]) == 2
     assert "--from-metadata" in capsys.readouterr().err
     (stored / "b_plain.png").unlink()
