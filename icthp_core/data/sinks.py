@@ -181,9 +181,10 @@ def open_sink(
         writer = ParquetScoreFile(path, metrics, keep, resume=options.resume, retry_errors=options.retry_errors)
         done = writer.done
     else:
-        from icthp_core.data.outputs import ScoreWriter, prepare_resume
+        from icthp_core.data.outputs import ScoreWriter, item_image, prepare_resume
 
-        done = prepare_resume(path, metrics, options.retry_errors, keep) if options.resume else set()
+        held = prepare_resume(path, metrics, options.retry_errors, keep) if options.resume else set()
+        done = {(str(item_image(image, path)), prompt) for image, prompt in held}  # paths as the items name them
         writer = ScoreWriter(path, metrics, append=options.resume, keep=keep)
     if options.resume and log is not None:
         log(f"resume: {len(done)} rows already in {path}")
