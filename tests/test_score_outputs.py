@@ -204,3 +204,16 @@ def test_single_parquet_keeps_flushed_parts_and_merges_each_row_once(tmp_path):
     assert sorted(got.done) == [(f"{i}.png", "p") for i in range(4)]
     got.close()
     assert [r["image"] for r in table_rows(pq.read_table(out))] == [f"{i}.png" for i in range(4)]
+
+
+def test_resume_with_relative_paths_stored_relative_to_the_output(tiny_ict, tiny_hp, tmp_path, monkeypatch):
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 20), (40 * i, 9, 9)).save(tmp_path / "imgs" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    argv = ["score", "--ict", str(tiny_ict), "--hp", str(tiny_hp), "--prompt", "p", "imgs", "-o", "runs/o.jsonl"]
+    argv += ["--workers", "0", "--no-progress", "-q"]
+    assert main(argv) == 0
+    assert [r["image"] for r in read_rows("runs/o.jsonl")] == ["../imgs/0.png", "../imgs/1.png", "../imgs/2.png"]
+    assert main([*argv, "--resume"]) == 0
+    assert len(list(read_rows("runs/o.jsonl"))) == 3  # recognised, not scored again
