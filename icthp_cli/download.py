@@ -7,8 +7,7 @@ import json
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icthp download", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help="models of the manifest (default: ict hp; 'all' for every one)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--dir", help="download into DIR/<model folder>/ (default: the Hugging Face cache)")
@@ -25,15 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the manifest with the sizes and SHA-256 of the files present (to fill in a verified manifest)",
     )
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when every file is present and verified, 1 when one is missing or bad (each listed on stdout)."""
     from pathlib import Path
 
     from icthp_core.checkpoints.manager import fetch, load_manifest, summary
 
-    args = build_parser().parse_args(argv)
     if args.list:
         for name, m in load_manifest(args.manifest).items():
             files = ", ".join(f["path"] for f in m["files"])

@@ -19,16 +19,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from icthp_cli.options import SCORE_METRICS, add_model_arguments, model_options, user_path
 from icthp_core.data import outputs
+from icthp_core.errors import ConfigError
 from icthp_core.evaluation.protocols import PROTOCOLS
-from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scoring.registry import list_metrics, parse_metrics
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="icthp eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--data", required=True, help="triplets or pairs: .jsonl/.csv/.parquet (or Pick-High .pkl)")
     p.add_argument("--kind", choices=("auto", "triplets", "pairs"), default="auto", help="default: from the columns")
     p.add_argument("--val-data", help="pairs used to choose the tie threshold (tie-aware protocol)")
@@ -36,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         default=None,
         help=f"comma-separated metrics or 'all' ({', '.join(list_metrics())}); "
-        "default: ict, hp and ict_hp for the models given",
+        f"default {SCORE_METRICS} less those whose weights are 'none', plus any --source metric",
     )
     p.add_argument(
         "--protocol", choices=tuple(PROTOCOLS), default="paper", help="triplet accuracy protocol (default: paper)"
@@ -54,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the Random row")
     add_model_arguments(p, output_help="write the results as JSON here (and the Markdown table beside it, .md)")
     p.add_argument("--scores-out", help="write per-item scores (JSON lines) here")
-    return p
 
 
 def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:
@@ -65,7 +63,7 @@ def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:
         metrics.append("ict_hp")
     metrics += [m for m in sources if m not in metrics]
     if not metrics:
-        raise ValueError("no metric: give --ict and/or --hp, or --metrics")
+        raise ConfigError("no metric: give --ict and/or --hp, or --metrics")
     return metrics
 
 
@@ -80,7 +78,8 @@ def markdown_path(output: str | os.PathLike) -> Path:
     return p.with_suffix(".md") if p.suffix.lower() != ".md" else p.with_name(p.name + ".md")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """The results of the parsed `args` (written to `--output`/`--scores-out` when given)."""
     from icthp_core.data.datasets import detect_kind, load_pairs, load_triplets
     from icthp_core.evaluation.preference import evaluate_pairs, evaluate_triplets, markdown_table
     from icthp_core.scoring.scorer import MultiScorer
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.protocol == "upstream" and "ict_hp" in metrics:  # its ICT-HP is rebuilt from the ICT and HP scores
         metrics = [m for m in ("ict", "hp") if m not in metrics] + metrics
     if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
+        raise ConfigError(f"--bootstrap {args.bootstrap}: must be >= 0")
     check_writable(opts.output, "--output")
     if opts.output:
         check_writable(markdown_path(opts.output), "--output (Markdown)")
@@ -125,26 +124,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["val_report"] = val_report.to_dict()
     items = res.pop("items")
     if args.scores_out:
-        with open(args.scores_out, "w", encoding="utf-8") as f:
+        with user_path("--scores-out", args.scores_out, write=True), open(args.scores_out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(it) + "\n" for it in items)
     if opts.output:
-        Path(opts.output).write_text(json.dumps(res, indent=2))
-        markdown_path(opts.output).write_text(markdown_table(res))
+        with user_path("--output", opts.output, write=True):
+            Path(opts.output).write_text(json.dumps(res, indent=2))
+            markdown_path(opts.output).write_text(markdown_table(res))
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Prints the data report and the table; returns an exit code (errors are printed by `icthp`)."""
     from icthp_core.evaluation.preference import format_table
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from icthp_core.data.datasets import UnsafeDataError
-
-    try:
-        res = run(args)
-    except UnsafeDataError as e:  # a user decision (trust the pickle), reported as one line
-        raise ValueError(str(e)) from None
+    res = evaluate(args)
     rep = res["report"]
     print(
         f"{res['data']}: {res['kind']}, {rep['kept']}/{rep['total']} rows used"

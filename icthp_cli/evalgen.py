@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+from icthp_cli.options import add_model_arguments, add_output_argument, model_options
+from icthp_core.errors import ConfigError
 from icthp_core.evaluation.evalgen import DEFAULT_METRICS, EvalGenConfig, run_evalgen
 from icthp_core.evaluation.generation import parse_lora
-from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scoring.registry import parse_metrics
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icthp evalgen", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--model", required=True, help="diffusers pipeline (SD3/SD3.5/FLUX.1): hub id or local folder")
     g.add_argument(
@@ -43,16 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="metrics besides JPEG kB: comma list, 'all', or 'none' (default ict,hp,ict_hp,aesthetic)",
     )
     add_model_arguments(p)
-    p.add_argument("--outdir", required=True, help="output folder (images, scores, report); a rerun resumes")
+    add_output_argument(p, "output folder (images, scores, report); a rerun resumes", required=True)
     p.add_argument("--grid-prompts", type=int, default=8, help="image grids for the first N prompts (8)")
     p.add_argument("--overwrite", action="store_true", help="delete this folder's images and scores first")
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
-        raise ValueError(f"{name} {value}: must be >= 1")
+        raise ConfigError(f"{name} {value}: must be >= 1")
 
 
 def config_from_args(args: argparse.Namespace) -> EvalGenConfig:
@@ -63,7 +62,7 @@ def config_from_args(args: argparse.Namespace) -> EvalGenConfig:
     return EvalGenConfig(
         model=args.model,
         prompts=args.prompts,
-        outdir=args.outdir,
+        outdir=args.output,
         loras=[parse_lora(x, args.lora_scale) for x in args.lora],
         prompt_column=args.prompt_column,
         limit=args.limit,
@@ -89,10 +88,9 @@ def config_from_args(args: argparse.Namespace) -> EvalGenConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     paths = run_evalgen(config_from_args(args))
     if paths:
         print(paths["summary_md"].read_text(encoding="utf-8"))
-        print(f"report: {paths['summary_md']} (per-image rows: {paths['per_image_csv']}, images: {args.outdir}/images)")
+        print(f"report: {paths['summary_md']} (per-image rows: {paths['per_image_csv']}, images: {args.output}/images)")
     return 0

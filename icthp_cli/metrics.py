@@ -26,7 +26,10 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="icthp metrics", description=__doc__).parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options."""
+
+
+def run(args: argparse.Namespace) -> int:
     print(table())
     return 0

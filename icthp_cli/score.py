@@ -8,6 +8,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+from icthp_cli.options import add_model_arguments, model_options
 from icthp_core.data.images import display_name
 from icthp_core.data.outputs import (
     ScoreWriter,
@@ -18,7 +19,6 @@ from icthp_core.data.outputs import (
     row_key,
     unique_items,
 )
-from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scale.score_cmd import add_scale_arguments, run_scaled, wants_scale
 from icthp_core.scoring.registry import metric_label, parse_metrics
 

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from icthp_core.data.images import decode_image
-from icthp_core.errors import DataFormatError, UnsafeDataError
+from icthp_core.errors import ConfigError, DataFormatError, UnsafeDataError
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def load_pick_high_pickle(path: str | os.PathLike, trust_pickle: bool = False):
         raise UnsafeDataError(
             f"{path}: refusing to unpickle (pickle can run arbitrary code). If you trust this file, pass "
             "trust_pickle=True (CLI: --trust-pickle), or better convert it once with "
-            "`icthp convert-pick-high --trust-pickle SRC OUT` and load the converted JSONL/parquet."
+            "`icthp convert-pick-high --trust-pickle SRC -o OUT` and load the converted JSONL/parquet."
         )
     import pandas as pd
 
@@ -369,9 +369,9 @@ def convert_pick_high(
     import pandas as pd
 
     if fmt not in ("jsonl", "parquet"):
-        raise ValueError(f"fmt must be 'jsonl' or 'parquet', got {fmt!r}")
+        raise ConfigError(f"--format {fmt!r}: expected 'jsonl' or 'parquet'")
     if embed_images and fmt != "parquet":
-        raise ValueError("embed_images needs fmt='parquet'")
+        raise ConfigError("--embed needs --format parquet (JSONL rows hold image paths)")
     src, out = Path(src), Path(out_dir)
     pkl_dir = src / "Pick-High" if (src / "Pick-High").is_dir() else src
     out.mkdir(parents=True, exist_ok=True)

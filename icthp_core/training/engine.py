@@ -38,7 +38,7 @@ from icthp_core.training.checkpointing import (
     resolve_resume,
     rotate,
 )
-from icthp_core.training.config import CommonTrainConfig, config_dict, load_config, parse_args
+from icthp_core.training.config import CommonTrainConfig, config_dict, load_config
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog, read_metrics
 from icthp_core.training.optim import optimizer_from_config
 from icthp_core.training.plots import plot_metrics
@@ -49,7 +49,6 @@ __all__ = [
     "run",
     "lr_lambda",
     "load_config",
-    "parse_args",
     "config_dict",
     "read_metrics",
     "plot_metrics",

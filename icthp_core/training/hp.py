@@ -290,10 +290,6 @@ class HPStage(engine.Stage):
         return {"frozen_blocks": self.n_frozen, "data": self.reports}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = engine.parse_args(HPConfig, argv, "Train the HP reward model (stage 2, ICT frozen).")
+def train(cfg: HPConfig) -> dict:
+    """Train the HP reward model (stage 2, ICT frozen): the summary (frozen blocks, data report)."""
     return engine.run(HPStage(cfg))
-
-
-if __name__ == "__main__":
-    main()
