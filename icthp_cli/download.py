@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from icthp_cli.options import user_path
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help="models of the manifest (default: ict hp; 'all' for every one)")
@@ -33,11 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from icthp_core.checkpoints.manager import fetch, load_manifest, summary
 
     if args.list:
-        for name, m in load_manifest(args.manifest).items():
+        with user_path("--manifest", args.manifest):
+            manifest = load_manifest(args.manifest)
+        for name, m in manifest.items():
             files = ", ".join(f["path"] for f in m["files"])
             print(f"{name:<12} {m['repo']}  [{files}]")
         return 0
     root = Path(args.comfyui) / "models" / "icthp" if args.comfyui else args.dir
+    with user_path("--manifest", args.manifest):
+        load_manifest(args.manifest)  # a missing or unreadable manifest is one line before any download
     reports = fetch(
         args.models,
         root,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from icthp_cli.options import add_config_arguments, reject_unknown, training_config
+from icthp_cli.options import add_config_arguments, config_from_argv, reject_unknown, training_config
 
-__all__ = ["add_arguments", "reject_unknown", "run"]
+__all__ = ["add_arguments", "parse_config", "reject_unknown", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DraftTrainConfig)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train; print the summary as one JSON line on stdout."""
-    from icthp_core.diffusion.draft_train import DraftTrainConfig, train
+def parse_config(argv: list[str]):
+    """The checked `DraftTrainConfig` of `[--config file.yaml] [key=value ...]`."""
+    from icthp_core.diffusion.draft_train import DraftTrainConfig, check_config
 
-    summary = train(training_config(DraftTrainConfig, args))
+    cfg = config_from_argv(DraftTrainConfig, argv)
+    check_config(cfg)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; print the final LoRA file as one JSON line on stdout."""
+    from icthp_core.diffusion.draft_train import DraftTrainConfig, check_config, train
+
+    cfg = training_config(DraftTrainConfig, args)
+    check_config(cfg)
+    summary = train(cfg)
     print(json.dumps({"lora": str(summary)}, default=str))
     return 0

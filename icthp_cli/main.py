@@ -17,8 +17,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from dataclasses import dataclass
 from types import ModuleType
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (`icthp JOB: MESSAGE (icthp JOB --help)`), exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ def build_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
     """The parser of job `name`, with `prog="icthp NAME"`, and the job's module."""
     command = find(name)
     module = load(name)
-    parser = argparse.ArgumentParser(prog=f"icthp {name}", description=module.__doc__ or command.help)
+    parser = Parser(prog=f"icthp {name}", description=module.__doc__ or command.help)
     module.add_arguments(parser)
     return parser, module
 

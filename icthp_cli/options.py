@@ -124,11 +124,26 @@ def parse_overrides(cls: type, items: list[str]) -> dict[str, Any]:
     return values
 
 
-def training_config(cls: type, args: argparse.Namespace):
-    """The `cls` instance of a parsed `[--config FILE.yaml] [key=value ...]` command line."""
+def cli_config(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None):
+    """The `cls` instance of a YAML file and `key=value` overrides (as given on the command line)."""
     from icthp_core.training.config import load_config
 
-    return load_config(cls, args.config, parse_overrides(cls, args.overrides))
+    return load_config(cls, path, parse_overrides(cls, overrides or []))
+
+
+def training_config(cls: type, args: argparse.Namespace):
+    """The `cls` instance of a parsed `[--config FILE.yaml] [key=value ...]` command line."""
+    return cli_config(cls, args.config, args.overrides)
+
+
+def config_from_argv(cls: type, argv: list[str]):
+    """The `cls` instance of an unparsed `[--config FILE.yaml] [key=value ...]` argument list (scripts, tests)."""
+    parser = argparse.ArgumentParser(prog=cls.__name__)
+    add_config_arguments(parser, cls)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        reject_unknown(extra)
+    return training_config(cls, args)
 
 
 @contextmanager

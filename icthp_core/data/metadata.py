@@ -20,6 +20,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, PngImagePlugin
 
+from icthp_core.errors import DataError
+
 KEY = "icthp_scores"
 FORMAT = 1
 
@@ -66,9 +68,9 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: the {KEY} metadata is not valid JSON ({e.msg})") from None
+        raise DataError(f"{path}: the {KEY} metadata is not valid JSON ({e.msg})") from None
     if not isinstance(record, dict) or not isinstance(record.get("scores"), dict):
-        raise ValueError(f"{path}: the {KEY} metadata has no 'scores' object")
+        raise DataError(f"{path}: the {KEY} metadata has no 'scores' object")
     return record
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from icthp_core.errors import DataError, DataFormatError, MissingFileError
+
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "easy_prompt", "refine_prompt")
 
 
@@ -13,12 +15,14 @@ def prompt_column(columns, column: str | None, path: Path, where: str = "") -> s
     """`column` if the table has it, else the first of PROMPT_COLUMNS it has; a one-line error naming `path`."""
     if column is not None:
         if column not in columns:
-            raise ValueError(f"{path}{where}: no column {column!r}; columns are {list(columns)}")
+            raise DataFormatError(f"{path}{where}: no column {column!r}; columns are {list(columns)}")
         return column
     for c in PROMPT_COLUMNS:
         if c in columns:
             return c
-    raise ValueError(f"{path}{where}: none of the prompt columns {PROMPT_COLUMNS} found; columns are {list(columns)}")
+    raise DataFormatError(
+        f"{path}{where}: none of the prompt columns {PROMPT_COLUMNS} found; columns are {list(columns)}"
+    )
 
 
 def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool = False) -> list[str]:
@@ -30,7 +34,7 @@ def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"prompt file not found: {p}")
+        raise MissingFileError(f"prompt file not found: {p}")
     suf = p.suffix.lower()
     if suf == ".txt":
         items = p.read_text(encoding="utf-8").splitlines()
@@ -44,13 +48,13 @@ def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool
             elif isinstance(r, dict):
                 items.append(str(r[prompt_column(r.keys(), column, p)]))
             else:
-                raise ValueError(f"{p}: entry {i} is neither a string nor an object")
+                raise DataError(f"{p}: entry {i} is neither a string nor an object")
     elif suf in (".csv", ".tsv", ".parquet", ".pkl"):
         import pandas as pd
 
         if suf == ".pkl":
             if not allow_pickle:
-                raise ValueError(
+                raise DataError(
                     f"{p}: pickle runs code when loaded; set trust_pickle (allow_pickle=True in Python) if you trust it"
                 )
             df = pd.read_pickle(p)
@@ -61,8 +65,8 @@ def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool
             df = pd.read_csv(p, sep="\t" if suf == ".tsv" else ",")
         items = df[prompt_column(df.columns, column, p)].astype(str).tolist()
     else:
-        raise ValueError(f"{p}: unsupported prompt file type {suf!r} (.txt, .jsonl, .json, .csv, .tsv, .parquet, .pkl)")
+        raise DataError(f"{p}: unsupported prompt file type {suf!r} (.txt, .jsonl, .json, .csv, .tsv, .parquet, .pkl)")
     out = [s.strip() for s in items if s and s.strip()]
     if not out:
-        raise ValueError(f"{p}: no prompts found")
+        raise DataError(f"{p}: no prompts found")
     return out

@@ -177,7 +177,7 @@ def pipeline_info(base_model: str) -> tuple[str, bool]:
     if name.startswith("Flux"):
         tcfg = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
         return "flux", bool(tcfg.get("guidance_embeds", False))
-    raise ValueError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
+    raise ConfigError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
 
 
 def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denoiser: bool = True):
@@ -311,7 +311,7 @@ def _train(cfg: DraftTrainConfig) -> Path:
     cond_all = text_conditioning(cfg, all_prompts, neg, wdtype, accelerator)
     pipe = load_pipeline(cfg.base_model, wdtype, text=False)
     if detect_arch(pipe.transformer) != arch:
-        raise ValueError(f"{cfg.base_model}: pipeline class and transformer disagree")
+        raise ConfigError(f"{cfg.base_model}: pipeline class and transformer disagree")
     model = FlowModel.from_pipeline(pipe, cfg.guidance_scale)
     del pipe
     if not cfg.offload_frozen:  # else the VAE and reward towers come to the device only for the reward phase

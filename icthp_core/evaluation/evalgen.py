@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from icthp_core.dtypes import parse_dtype
+from icthp_core.errors import ConfigError, DataError
 from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
 from icthp_core.evaluation.generation import (
     BASE,
@@ -81,7 +82,7 @@ def default_steps_guidance(arch: str, guidance_embeds: bool) -> tuple[int, float
 
 def _dtype(name: str) -> torch.dtype:
     if name not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"--gen-dtype {name!r}: choose fp32, fp16 or bf16")
+        raise ConfigError(f"--gen-dtype {name!r}: choose fp32, fp16 or bf16")
     return parse_dtype(name, "--gen-dtype")
 
 
@@ -93,9 +94,9 @@ def _check_run(out: Path, record: dict, overwrite: bool) -> None:
         diff = [k for k in record if k not in ("loras", "prompts") and old.get(k) != record[k]]
         diff += [f"lora {n}" for n, v in record["loras"].items() if n in old.get("loras", {}) and old["loras"][n] != v]
         if diff:
-            raise ValueError(
+            raise ConfigError(
                 f"{f}: this folder holds a run with other settings ({', '.join(diff)}); "
-                "use another --outdir or pass --overwrite"
+                "use another --output or pass --overwrite"
             )
         record = {**record, "loras": {**old.get("loras", {}), **record["loras"]}}
     elif overwrite:
@@ -186,7 +187,7 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
     records = load_prompt_set(cfg.prompts, cfg.prompt_column, cfg.limit)
     names = [BASE] + [s.name for s in cfg.loras]
     if len(set(names)) != len(names):
-        raise ValueError(f"--lora: model names must be unique, got {names}")
+        raise ConfigError(f"--lora: model names must be unique, got {names}")
     arch, guidance_embeds = pipeline_info(cfg.model)
     steps, guidance = default_steps_guidance(arch, guidance_embeds)
     gen_dtype = cfg.gen_dtype or ("bf16" if state.device.type == "cuda" else "fp32")
@@ -271,5 +272,5 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
     rows = [r for r in read_score_rows(out / "scores") if (r["model"], r["index"], r["n"]) in keys]
     bad = [r for r in rows if r.get("error")]
     if bad:
-        raise ValueError(f"{out / bad[0]['image']}: {bad[0]['error']} ({len(bad)} image(s) could not be scored)")
+        raise DataError(f"{out / bad[0]['image']}: {bad[0]['error']} ({len(bad)} image(s) could not be scored)")
     return write_report(out, rows, [JPEG, *metrics], names, cfg.seeds_per_prompt, cfg.grid_prompts)

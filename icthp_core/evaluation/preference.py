@@ -20,6 +20,7 @@ import numpy as np
 
 from icthp_core.data.batch import iter_file_batches
 from icthp_core.data.datasets import LoadReport, PairRecord, TripletRecord
+from icthp_core.errors import ConfigError
 from icthp_core.evaluation.metrics import (
     DEFAULT_TIE_GRID,
     choose_tie_threshold,
@@ -157,7 +158,7 @@ def tie_grid(spec: str, metric: str, p0, p1) -> list[float]:
     try:
         return [float(x) for x in spec.split(",")]
     except ValueError:
-        raise ValueError(f"--tie-grid {spec!r}: expected auto, pickscore, relative or a comma list") from None
+        raise ConfigError(f"--tie-grid {spec!r}: expected auto, pickscore, relative or a comma list") from None
 
 
 def _pair_scores(scorer, records, batch_size, workers, report):

@@ -14,6 +14,7 @@ from torch import nn
 
 from icthp_core.checkpoints.loading import parse_device, parse_dtype
 from icthp_core.data.images import to_pil
+from icthp_core.errors import ConfigError
 from icthp_core.scoring.preprocess import preprocess_pil, preprocess_tensor
 from icthp_core.scoring.registry import DERIVED, METRICS, create_reward_model, required_base_metrics
 from icthp_core.scoring.text import check_prompt, tokenize
@@ -130,7 +131,7 @@ class MultiScorer:
             feats = model.encode_image(pixels[getattr(model, "preprocess_mode", "crop")])
             if getattr(model, "needs_prompt", False):
                 if prompts is None:
-                    raise ValueError(f"prompts: metric {m!r} needs a prompt")
+                    raise ConfigError(f"prompts: metric {m!r} needs a prompt")
                 text = self._text_features(m, prompts)
                 if not torch.is_inference_mode_enabled():
                     text = text.clone()  # cached inference tensors cannot enter an autograd graph
@@ -168,7 +169,7 @@ class MultiScorer:
             raise ValueError("images: the batch is empty")
         plist = prompts_for(prompts, n)
         if plist is None and self.needs_prompt:
-            raise ValueError(f"prompts: metrics {self.metrics} need a prompt")
+            raise ConfigError(f"prompts: metrics {self.metrics} need a prompt")
         chunks = []
         for s in range(0, n, batch_size):
             chunk = {k: v[s : s + batch_size] for k, v in pixels.items()}

@@ -17,6 +17,8 @@ from functools import lru_cache
 
 import torch
 
+from icthp_core.errors import ConfigError, DataError
+
 CONTEXT_LENGTH = 77
 
 
@@ -34,9 +36,9 @@ class PromptTruncatedWarning(UserWarning):
 def check_prompt(prompt: object, where: str = "prompt") -> str:
     """Return the prompt, or raise ValueError for a non-string or blank prompt."""
     if not isinstance(prompt, str):
-        raise ValueError(f"{where}: expected a string, got {type(prompt).__name__}")
+        raise DataError(f"{where}: expected a string, got {type(prompt).__name__}")
     if not prompt.strip():
-        raise ValueError(f"{where}: the prompt is empty")
+        raise DataError(f"{where}: the prompt is empty")
     return prompt
 
 
@@ -72,7 +74,7 @@ TOKENIZERS = {"open_clip": None, "hf": tokenize_hf}
 def tokenizer_for(name: str):
     """The tokenize function of flavour `name` ("open_clip" or "hf")."""
     if name not in TOKENIZERS:
-        raise ValueError(f"tokenizer {name!r}: choose from {', '.join(TOKENIZERS)}")
+        raise ConfigError(f"tokenizer {name!r}: choose from {', '.join(TOKENIZERS)}")
     return TOKENIZERS[name] or tokenize
 
 

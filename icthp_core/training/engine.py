@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from icthp_core.errors import ConfigError
 from icthp_core.scoring.text import TOKENIZERS
 from icthp_core.training.checkpointing import (
     COMPLETE_MARKER,
@@ -140,9 +141,9 @@ def lr_lambda(cfg: RewardTrainConfig):
     with T = max_steps and p = (s-W)/(T-W).
     """
     if cfg.warmup_type not in ("linear", "log"):
-        raise ValueError(f"warmup_type={cfg.warmup_type!r}: expected linear or log")
+        raise ConfigError(f"warmup_type={cfg.warmup_type!r}: expected linear or log")
     if cfg.lr_schedule not in ("constant", "cosine", "linear"):
-        raise ValueError(f"lr_schedule={cfg.lr_schedule!r}: expected constant, cosine or linear")
+        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r}: expected constant, cosine or linear")
 
     def f(step: int) -> float:
         w = cfg.warmup_steps
@@ -238,7 +239,7 @@ def run(stage: Stage) -> dict[str, Any]:
 
     cfg = stage.config
     if not cfg.train_data:
-        raise ValueError("train_data: required (a triplet or pair table, see docs/training.md)")
+        raise ConfigError("train_data: required (a triplet or pair table, see docs/training.md)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     acc = _make_accelerator(cfg)
@@ -270,7 +271,7 @@ def run(stage: Stage) -> dict[str, Any]:
     # step once per process), so it is stepped here on every synchronised step and checkpointed by us.
     sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer if hasattr(opt, "optimizer") else opt, lr_lambda(cfg))
     if cfg.best_metric and not cfg.val_data:
-        raise ValueError(f"best_metric={cfg.best_metric!r} needs val_data (a validation table)")
+        raise ConfigError(f"best_metric={cfg.best_metric!r} needs val_data (a validation table)")
     state = TrainState(BestTracker(cfg.best_metric, cfg.best_mode))
     acc.register_for_checkpointing(state)
     acc.register_for_checkpointing(sched)
@@ -278,7 +279,7 @@ def run(stage: Stage) -> dict[str, Any]:
     micro_per_epoch = len(train_loader)
     steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise ConfigError(
             f"train_data: {len(train_ds)} examples give no full optimizer step with batch_size={cfg.batch_size} x "
             f"{acc.num_processes} processes x gradient_accumulation_steps={cfg.gradient_accumulation_steps}"
         )

@@ -81,3 +81,19 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def train_ict_main(overrides: list[str]) -> dict:
+    """Train ICT in this process from `key=value` overrides (the command line's form); returns the summary."""
+    from icthp_cli.options import cli_config
+    from icthp_core.training.ict import ICTConfig, train
+
+    return train(cli_config(ICTConfig, None, overrides))
+
+
+def train_hp_main(overrides: list[str]) -> dict:
+    """Train HP in this process from `key=value` overrides; returns the summary."""
+    from icthp_cli.options import cli_config
+    from icthp_core.training.hp import HPConfig, train
+
+    return train(cli_config(HPConfig, None, overrides))

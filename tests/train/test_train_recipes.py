@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from icthp_cli.options import cli_config
 from icthp_core.checkpoints.convert import hf_to_open_clip
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.testing.tiny import tiny_hf_clip
@@ -21,7 +22,7 @@ from icthp_core.training.checkpointing import BestTracker, best_step
 from icthp_core.training.hp import HPConfig, freeze_first_half, freeze_upstream
 from icthp_core.training.ict import ICTConfig
 from icthp_core.training.losses import hp_stage_loss, icthp_margin_loss
-from tests.train.conftest import REPO, common_overrides
+from tests.train.conftest import REPO, common_overrides, train_hp_main
 
 
 def _upstream_set_grad_with_rate(model, fix_rate):
@@ -149,13 +150,12 @@ def test_best_step_selection():
 
 
 def test_upstream_hp_run_exports_best_validation_step(tiny_base, tiny_ict, synth, tmp_path):
-    from icthp_core.training import hp as train_hp
 
     extra = dict(
         recipe="upstream", ict_model=tiny_ict, val_data=synth["val"], max_steps=6, eval_every=2, warmup_steps=3
     )
     extra["head_dims"] = "[32,16,8,4]"
-    summary = train_hp.main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+    summary = train_hp_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
     series = engine.read_metrics(tmp_path / "metrics.jsonl")
     acc = series["val/ict_hp_upstream/accuracy"]
     assert [s for s, _ in acc] == [2, 4, 6]
@@ -170,8 +170,8 @@ def test_upstream_hp_run_exports_best_validation_step(tiny_base, tiny_ict, synth
 
 
 def test_ict_recipes_resolve():
-    paper = engine.load_config(ICTConfig, None, ["recipe=paper"])
-    up = engine.load_config(ICTConfig, None, ["recipe=upstream"])
+    paper = cli_config(ICTConfig, None, ["recipe=paper"])
+    up = cli_config(ICTConfig, None, ["recipe=upstream"])
     assert (paper.lr, paper.lam, paper.max_steps, paper.weight_decay) == (3e-5, 0.1, 40000, 0.0)
     assert (up.lr, up.lam, up.max_steps, up.weight_decay, up.warmup_type) == (3e-6, 0.5, 5000, 0.01, "log")
 
