@@ -7,6 +7,7 @@ import json
 import sys
 
 from icthp_cli.options import user_path
+from icthp_core.errors import CheckpointError, WeightsNotFoundError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when every file is present and verified, 1 when one is missing or bad (each listed on stdout)."""
+    """Every file on stdout; exit 0 when all are present and verified, else the summary as one error line (2)."""
     from pathlib import Path
 
     from icthp_core.checkpoints.manager import fetch, load_manifest, summary
@@ -59,8 +60,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in reports:
         print(r.line())
+    if any(r.state == "bad" for r in reports):
+        raise CheckpointError(f"{summary(reports)} (each file listed on stdout)")
+    if any(r.state == "missing" for r in reports):
+        raise WeightsNotFoundError(f"{summary(reports)} (each file listed on stdout)")
     print(summary(reports), file=sys.stderr)
-    return 1 if any(r.state in ("missing", "bad") for r in reports) else 0
+    return 0
 
 
 def filled_manifest(path: str | None, reports) -> dict:
