@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from icthp_cli.options import SCORE_METRICS, add_model_arguments, model_options, user_path
-from icthp_core.data import outputs
 from icthp_core.errors import ConfigError
-from icthp_core.evaluation.protocols import PROTOCOLS
-from icthp_core.scoring.registry import list_metrics, parse_metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from icthp_core.evaluation.protocols import PROTOCOLS
+
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--data", required=True, help="triplets or pairs: .jsonl/.csv/.parquet (or Pick-High .pkl)")
     p.add_argument("--kind", choices=("auto", "triplets", "pairs"), default="auto", help="default: from the columns")
@@ -34,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated metrics or 'all' ({', '.join(list_metrics())}); "
+        help="comma-separated metrics or 'all' (`icthp metrics` lists them); "
         f"default {SCORE_METRICS} less those whose weights are 'none', plus any --source metric",
     )
     p.add_argument(
@@ -56,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:
+    from icthp_core.scoring.registry import parse_metrics
+
     if text:
         return parse_metrics(text)
     metrics = [m for m in ("ict", "hp") if m in sources]
@@ -69,6 +70,8 @@ def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:
 
 def check_writable(path: str | os.PathLike | None, what: str) -> None:
     """Fail now (before any model loads) if `path` cannot be written: its folder is created if needed."""
+    from icthp_core.data import outputs
+
     if path:
         outputs.check_writable(path, what)  # the one check shared by every command that writes
 

@@ -7,9 +7,6 @@ import argparse
 
 from icthp_cli.options import add_model_arguments, add_output_argument, model_options
 from icthp_core.errors import ConfigError
-from icthp_core.evaluation.evalgen import DEFAULT_METRICS, EvalGenConfig, run_evalgen
-from icthp_core.evaluation.generation import parse_lora
-from icthp_core.scoring.registry import parse_metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-offload", action="store_true", help="diffusers model CPU offload (small GPUs)")
     p.add_argument(
         "--metrics",
-        default=",".join(DEFAULT_METRICS),
-        help="metrics besides JPEG kB: comma list, 'all', or 'none' (default ict,hp,ict_hp,aesthetic)",
+        default=None,
+        help="metrics besides JPEG kB: comma list, 'all', or 'none' (default: the paper's Table 2/3 columns, "
+        "ict,hp,ict_hp,aesthetic)",
     )
     add_model_arguments(p)
     add_output_argument(p, "output folder (images, scores, report); a rerun resumes", required=True)
@@ -54,11 +52,17 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(f"{name} {value}: must be >= 1")
 
 
-def config_from_args(args: argparse.Namespace) -> EvalGenConfig:
+def config_from_args(args: argparse.Namespace):
+    """The core's `EvalGenConfig` of the parsed `args`."""
+    from icthp_core.evaluation.evalgen import DEFAULT_METRICS, EvalGenConfig
+    from icthp_core.evaluation.generation import parse_lora
+    from icthp_core.scoring.registry import parse_metrics
+
     opts = model_options(args)
     for name in ("limit", "seeds_per_prompt", "steps", "size", "height", "width", "gen_batch_size"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    metrics = [] if args.metrics.strip().lower() == "none" else parse_metrics(args.metrics)
+    text = args.metrics if args.metrics is not None else ",".join(DEFAULT_METRICS)
+    metrics = [] if text.strip().lower() == "none" else parse_metrics(text)
     return EvalGenConfig(
         model=args.model,
         prompts=args.prompts,
@@ -89,6 +93,8 @@ def config_from_args(args: argparse.Namespace) -> EvalGenConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from icthp_core.evaluation.evalgen import run_evalgen
+
     paths = run_evalgen(config_from_args(args))
     if paths:
         print(paths["summary_md"].read_text(encoding="utf-8"))

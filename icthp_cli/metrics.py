@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from icthp_core.scoring.registry import METRICS
-
 
 def table() -> str:
+    from icthp_core.scoring.registry import METRICS
+
     heads = ("metric", "label", "family", "prompt", "range", "default weights", "description")
     rows = [
         (

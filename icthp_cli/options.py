@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from icthp_core.options import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DTYPES, ModelOptions, parse_sources
+from icthp_core.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DTYPE,
+    DTYPES,
+    ModelOptions,
+    default_weights,
+    parse_sources,
+)
 
 #: the one spelling of a job's main output
 OUTPUT_FLAGS = ("--output", "-o")
@@ -36,14 +43,13 @@ def add_model_arguments(
 ) -> argparse.ArgumentParser:
     """Add the shared model options to `parser` (one group); `output_help` adds `--output/-o`, `workers=False`
     leaves out `--workers` (jobs that decode no image files themselves)."""
-    from icthp_core.scoring.registry import get_metric
-
     g = parser.add_argument_group("models")
-    for name in ("ict", "hp"):
+    for name in ("ict", "hp"):  # the default (None) is the registry's published weights, resolved in model_options
         g.add_argument(
             f"--{name}",
-            default=get_metric(name).default_source,
-            help=f"{name.upper()} weights: hub id or local dir in the published layout ('none' to skip)",
+            default=None,
+            help=f"{name.upper()} weights: hub id or local dir in the published layout ('none' to skip; default: "
+            "the published weights, `icthp download --list`)",
         )
     g.add_argument(
         "--source",
@@ -72,7 +78,7 @@ def add_model_arguments(
 def model_options(args: argparse.Namespace) -> ModelOptions:
     """The typed `ModelOptions` of parsed shared options (one-line `ConfigError` for bad values)."""
     return ModelOptions.create(
-        sources=parse_sources(args.ict, args.hp, args.source),
+        sources=parse_sources(default_weights(args.ict, "ict"), default_weights(args.hp, "hp"), args.source),
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icthp_core.errors import ConfigError
-from icthp_core.scoring.registry import METRICS
 
 DTYPES = ("fp32", "fp16", "bf16")
 DEFAULT_DTYPE = "fp32"
@@ -53,8 +52,17 @@ class ModelOptions:
         return default_workers(parse_device(device if device is not None else self.device), decode)
 
 
+def default_weights(value: str | None, metric: str) -> str:
+    """`value`, or (None: the option was not given) the registry's published weights of `metric`."""
+    from icthp_core.scoring.registry import get_metric
+
+    return value if value is not None else get_metric(metric).default_source
+
+
 def parse_sources(ict: str | None, hp: str | None, items: list[str]) -> dict[str, str]:
     """Sources by base metric from `--ict`, `--hp` and repeated `--source METRIC=SRC` (checked against the registry)."""
+    from icthp_core.scoring.registry import METRICS
+
     sources: dict[str, str] = {}
     for name, value in (("ict", ict), ("hp", hp)):
         if value is not None and value.strip().lower() != "none":
@@ -78,7 +86,7 @@ def model_options(args: Any) -> ModelOptions:
     """TRANSITIONAL (used by `scale/score_cmd.py` until `icthp score` is one pipeline): `ModelOptions` from an
     object with the shared option attributes; the command line itself is `icthp_cli.options`."""
     return ModelOptions.create(
-        sources=parse_sources(args.ict, args.hp, args.source),
+        sources=parse_sources(default_weights(args.ict, "ict"), default_weights(args.hp, "hp"), args.source),
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,

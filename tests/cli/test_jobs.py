@@ -86,6 +86,20 @@ def test_job_help_names_the_job(job, capsys):
     assert capsys.readouterr().out.startswith(f"usage: icthp {job} ")
 
 
+def test_metrics_defaults_are_documented_in_each_help(capsys):
+    """One `--metrics` default per job family, shown in the job's help."""
+    from icthp_cli.options import APP_METRICS, SCORE_METRICS
+    from icthp_core.evaluation.evalgen import DEFAULT_METRICS
+
+    for job, default in (("serve", SCORE_METRICS), ("eval", SCORE_METRICS), ("app", APP_METRICS)):
+        with pytest.raises(SystemExit):
+            main([job, "--help"])
+        assert f"default {default}" in " ".join(capsys.readouterr().out.split()), job
+    with pytest.raises(SystemExit):
+        main(["evalgen", "--help"])
+    assert ",".join(DEFAULT_METRICS) in " ".join(capsys.readouterr().out.split())
+
+
 PLANT = """
 import sys
 import icthp_core.testing.synthetic as synthetic
