@@ -2,7 +2,7 @@
 aesthetic score on Parti-Prompts) and Table 3 (GenEval), plus ICT, HP, ICT-HP and any registry baseline.
 
     icthp evalgen --model stabilityai/stable-diffusion-3.5-large-turbo --lora ict_hp=out/sd35-icthp \\
-        --prompts PartiPrompts.tsv --outdir eval/parti
+        --prompts PartiPrompts.tsv -o eval/parti
     accelerate launch --num_processes 8 -m icthp_cli evalgen ...   # prompts split over 8 GPUs, one result
 
 Steps: (1) generate the missing images of the base model and of each LoRA (`generation.py`), (2) score the images
