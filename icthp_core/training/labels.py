@@ -107,7 +107,9 @@ def auto_theta(clip_i3_easy: torch.Tensor, percentile: float = 10.0) -> float:
         raise ConfigError(f"auto_theta: percentile must be in [0, 100], got {percentile}")
     theta = float(torch.quantile(values.double(), percentile / 100.0))
     if theta <= 0:
-        raise DataError(f"auto_theta: percentile {percentile} of CLIP(I3, P_easy) is {theta:.4g} <= 0; give theta (the threshold) explicitly")
+        raise DataError(
+            f"auto_theta: percentile {percentile} of CLIP(I3, P_easy) is {theta:.4g} <= 0; give theta explicitly"
+        )
     return theta
 
 
