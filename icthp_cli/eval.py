@@ -4,8 +4,9 @@
     icthp eval --data pickapic_test.parquet --val-data pickapic_val.parquet --metrics pickscore
 
 Triplets (Pick-High): the Table-1 rows (Average, I2>I1, I3>I2, I3>I1) under `--protocol paper` (ICT-HP = ICT x HP,
-ties count 1/2) or `--protocol upstream` (the upstream trainer's ICT x softmax over the triplet of HP logits, ties
-count 0), with bootstrap intervals, a Random row and an ICT-groundtruth row when the data has E/R labels.
+ties count 0 as Table 1; `--ties half` for 1/2) or `--protocol upstream` (the upstream trainer's ICT x softmax over
+the triplet of raw HP logits, ties 0; with `--dtype bf16` in its bf16 arithmetic), with bootstrap intervals, a
+Random row, an ICT-groundtruth row when the data has E/R labels, and the dropped triplets of each row named.
 Pairs (Pick-a-Pic v2): PickScore's tie-aware accuracy. `--output X.json` also writes `X.md` (Markdown table).
 See docs/evaluation.md.
 """
@@ -24,7 +25,7 @@ from icthp_core.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from icthp_core.evaluation.protocols import PROTOCOLS
+    from icthp_core.evaluation.protocols import PROTOCOLS, TIES
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--data", required=True, help="triplets or pairs: .jsonl/.csv/.parquet (or Pick-High .pkl)")
@@ -38,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--protocol", choices=tuple(PROTOCOLS), default="paper", help="triplet accuracy protocol (default: paper)"
+    )
+    p.add_argument(
+        "--ties",
+        choices=tuple(TIES),
+        default=None,
+        help="credit of an equal pair: zero (Table 1 and upstream; the default of both protocols) or half",
     )
     p.add_argument("--image-root", help="folder for relative image paths (default: the data file's folder)")
     p.add_argument("--trust-pickle", action="store_true", help="allow Pick-High .pkl files (pickle runs code)")
@@ -84,13 +91,12 @@ def markdown_path(output: str | os.PathLike) -> Path:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """The results of the parsed `args` (written to `--output`/`--scores-out` when given)."""
     from icthp_core.data.datasets import detect_kind, load_pairs, load_triplets
-    from icthp_core.evaluation.preference import evaluate_pairs, evaluate_triplets, markdown_table
+    from icthp_core.evaluation.preference import evaluate_pairs, evaluate_triplets, markdown_table, protocol_metrics
     from icthp_core.scoring.scorer import MultiScorer
 
     opts = model_options(args)
     metrics = _metrics(args.metrics, opts.sources)
-    if args.protocol == "upstream" and "ict_hp" in metrics:  # its ICT-HP is rebuilt from the ICT and HP scores
-        metrics = [m for m in ("ict", "hp") if m not in metrics] + metrics
+    metrics = protocol_metrics(metrics, args.protocol)  # upstream: ICT and the raw HP logits for its ICT-HP
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap {args.bootstrap}: must be >= 0")
     check_writable(opts.output, "--output")
@@ -112,7 +118,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     scorer = MultiScorer(metrics, opts.sources, device=opts.device, dtype=opts.dtype)
     common = {"batch_size": opts.batch_size, "workers": opts.decode_workers(), "report": report}
     if kind == "triplets":
-        res = evaluate_triplets(scorer, records, args.protocol, n_boot=args.bootstrap, seed=args.seed, **common)
+        # upstream in bf16: its validation's bf16 arithmetic (equal bf16 products count 0); paper: the dtype only
+        precision = "bf16" if args.protocol == "upstream" and opts.dtype == "bf16" else "fp32"
+        res = evaluate_triplets(
+            scorer, records, args.protocol, n_boot=args.bootstrap, seed=args.seed, ties=args.ties,
+            precision=precision, **common,
+        )  # fmt: skip
     else:
         res = evaluate_pairs(scorer, records, val_records, args.tie_grid, val_report=val_report, **common)
     res = {

@@ -16,7 +16,7 @@ def table() -> str:
             s.family,
             "yes" if s.needs_prompt else "no",
             s.value_range,
-            s.default_source or "from " + " x ".join(s.inputs),
+            s.default_source or ("from " + " x ".join(s.inputs) if s.inputs else "give --source"),
             s.description,
         )
         for s in METRICS.values()

@@ -37,22 +37,27 @@ def _np(x: torch.Tensor | Sequence[float] | np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
-def pairwise_accuracy(better: Sequence[float], worse: Sequence[float]) -> float:
-    """Mean over pairs of 1[better > worse] + 0.5 * 1[better == worse]."""
+def pairwise_accuracy(better: Sequence[float], worse: Sequence[float], tie_credit: float = 0.5) -> float:
+    """Mean over pairs of 1[better > worse] + tie_credit * 1[better == worse]."""
     b, w = _np(better), _np(worse)
     if b.shape != w.shape:
         raise ValueError(f"pairwise_accuracy: shapes differ {b.shape} vs {w.shape}")
     if b.size == 0:
         return float("nan")
-    return float(np.mean((b > w) + 0.5 * (b == w)))
+    return float(np.mean((b > w) + tie_credit * (b == w)))
 
 
-def triplet_accuracy(s1: Sequence[float], s2: Sequence[float], s3: Sequence[float]) -> dict[str, float]:
-    """Table-1 accuracies for scores of I1 (loser), I2 (winner), I3 (refined) -> keys of TRIPLET_KEYS."""
+def triplet_accuracy(
+    s1: Sequence[float], s2: Sequence[float], s3: Sequence[float], tie_credit: float = 0.0
+) -> dict[str, float]:
+    """Table-1 accuracies for scores of I1 (loser), I2 (winner), I3 (refined) -> keys of TRIPLET_KEYS.
+
+    An equal pair counts `tie_credit`: 0 as the paper's Table 1 (docs/evaluation.md, "The tie rule of Table 1").
+    """
     out = {
-        "I2>I1": pairwise_accuracy(s2, s1),
-        "I3>I2": pairwise_accuracy(s3, s2),
-        "I3>I1": pairwise_accuracy(s3, s1),
+        "I2>I1": pairwise_accuracy(s2, s1, tie_credit),
+        "I3>I2": pairwise_accuracy(s3, s2, tie_credit),
+        "I3>I1": pairwise_accuracy(s3, s1, tie_credit),
     }
     out["avg"] = float(np.mean([out["I2>I1"], out["I3>I2"], out["I3>I1"]]))
     return out

@@ -28,7 +28,14 @@ from icthp_core.evaluation.metrics import (
     relative_tie_grid,
     tie_aware_accuracy,
 )
-from icthp_core.evaluation.protocols import PAIR_KEYS, get_protocol, ict_hp_upstream, triplet_accuracy_table
+from icthp_core.evaluation.protocols import (
+    PAIR_KEYS,
+    get_protocol,
+    hp_triplet_softmax,
+    ict_hp_upstream,
+    round_to_precision,
+    triplet_accuracy_table,
+)
 from icthp_core.scoring.registry import metric_label
 
 logger = logging.getLogger("icthp.eval")
@@ -36,6 +43,8 @@ logger = logging.getLogger("icthp.eval")
 __all__ = [
     "score_images",
     "evaluate_triplets",
+    "protocol_scores",
+    "protocol_metrics",
     "evaluate_pairs",
     "tie_grid",
     "format_table",
@@ -79,19 +88,50 @@ def score_images(
 
 
 def _hp_logits(hp: np.ndarray) -> np.ndarray:
-    """Raw HP logits from HP scores (sigmoid outputs): log(p) - log(1 - p) in float64."""
+    """HP logits recovered from HP scores (sigmoid outputs): log(p) - log(1 - p) in float64.
+
+    Only a fallback for a scorer without `hp_logit`: a saturated score (exactly 0 or 1 in float32) gives an infinite
+    logit, and that triplet is dropped (counted and named in the results).
+    """
     p = np.asarray(hp, dtype=np.float64)
     with np.errstate(divide="ignore"):
         return np.log(p) - np.log1p(-p)
 
 
 def _flat_row(table: dict) -> dict[str, Any]:
-    """{"I2>I1": acc, ..., "avg": acc, "n": N, "ci": {key: [low, high]}} (flat accuracies for easy reading)."""
+    """{"I2>I1": acc, ..., "avg": acc, "n": N, "dropped": [rows], "ci": {key: [low, high]}} (flat accuracies)."""
     keys = (*PAIR_KEYS, "avg")
     row: dict[str, Any] = {k: table[k]["acc"] for k in keys}
     row["n"] = table["n"]
+    row["dropped"] = table["dropped"]
     row["ci"] = {k: [table[k]["low"], table[k]["high"]] for k in keys}
     return row
+
+
+def protocol_scores(scores: dict[str, np.ndarray], protocol: str, precision: str = "fp32") -> dict[str, np.ndarray]:
+    """The [N, 3] score arrays each Table-1 row compares under `protocol` ("paper" | "upstream").
+
+    paper: every metric as scored (ICT-HP = ICT x HP). upstream: ICT-HP = ICT x softmax over the triplet of the raw
+    HP logits (`hp_logit` when scored, else recovered from `hp`), HP = that softmax, as upstream's trainer; with
+    `precision="bf16"` every compared value is rounded to bfloat16 as upstream's bf16 validation computes it.
+    """
+    proto = get_protocol(protocol)
+    used = {m: round_to_precision(s, precision) for m, s in scores.items()}
+    if proto.ict_hp != "triplet_softmax" or not ({"hp", "ict_hp"} & set(scores)):
+        return used
+    if "hp_logit" in scores:
+        logits = scores["hp_logit"]
+    elif "hp" in scores:
+        logits = _hp_logits(scores["hp"])
+    else:
+        raise ConfigError("protocol upstream: ict_hp needs the hp_logit (or hp) scores")
+    if "ict_hp" in scores:
+        if "ict" not in scores:
+            raise ConfigError("protocol upstream: ict_hp needs the ict scores")
+        used["ict_hp"] = ict_hp_upstream(scores["ict"], logits, precision)
+    if "hp" in scores:
+        used["hp"] = hp_triplet_softmax(logits, precision)  # the trainer's HP accuracy compares these
+    return used
 
 
 def evaluate_triplets(
@@ -104,25 +144,25 @@ def evaluate_triplets(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    ties: str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Table-1 accuracies of every metric of `scorer` on triplet records under `protocol` ("paper"/"upstream").
 
-    Returns {"kind", "protocol", "tie_credit", "n", "results": {row: {...}}, "items": [...]}; "results" holds
-    each metric, then "random" and (if every record has labels) "ict_groundtruth".
+    `ties` ("zero" | "half") overrides the protocol's credit of an equal pair; `precision` "bf16" rounds the
+    compared values to bfloat16 (see :func:`protocol_scores`). Returns {"kind", "protocol", "tie_credit", "n",
+    "results": {row: {...}}, "dropped": {row: [triplet index, ...]}, "items": [...]}; "results" holds each metric
+    (`hp_logit` only when `hp` is absent: the same order), then "random" and (if every record has labels)
+    "ict_groundtruth".
     """
-    proto = get_protocol(protocol)
+    proto = get_protocol(protocol, ties)
     images = [ref for r in records for ref in r.images]
     prompts = [r.easy_prompt for r in records for _ in range(3)]
     flat = score_images(scorer, images, prompts, batch_size, workers, report)
     scores = {m: s.reshape(-1, 3) for m, s in flat.items()}
-    used = dict(scores)
-    if proto.ict_hp == "triplet_softmax" and "ict_hp" in used:
-        if "ict" not in scores or "hp" not in scores:
-            raise ValueError("protocol upstream: ict_hp needs the ict and hp scores")
-        used["ict_hp"] = ict_hp_upstream(scores["ict"], _hp_logits(scores["hp"]))
-    if proto.ict_hp == "triplet_softmax" and "hp" in used:
-        used["hp"] = _hp_logits(scores["hp"])  # the trainer compares softmax(logits): same order as the logits
-    rows = {m: used[m] for m in scorer.metrics}
+    used = protocol_scores(scores, proto.name, precision)
+    shown = [m for m in scorer.metrics if not (m == "hp_logit" and "hp" in scorer.metrics)]
+    rows = {m: used[m] for m in shown}
     rows[RANDOM] = np.random.default_rng(seed).random((len(records), 3))
     if records and all(r.labels for r in records):
         rows[GROUNDTRUTH] = np.array([[r.labels["E1"], r.labels["E2"], 1.0] for r in records])
@@ -130,6 +170,10 @@ def evaluate_triplets(
         name: _flat_row(triplet_accuracy_table(s, proto.tie_credit, n_boot, confidence, seed))
         for name, s in rows.items()
     }
+    dropped = {name: r["dropped"] for name, r in results.items() if r["dropped"]}
+    for name, idx in dropped.items():
+        logger.warning("%s: %d of %d triplets dropped (a non-finite score or an unreadable image): rows %s",
+                       _label(name), len(idx), len(records), idx[:20])  # fmt: skip
     items = [
         {"easy_prompt": r.easy_prompt, **{f"{m}_I{k + 1}": _num(scores[m][i, k]) for m in scores for k in range(3)}}
         for i, r in enumerate(records)
@@ -139,10 +183,13 @@ def evaluate_triplets(
         "protocol": proto.name,
         "protocol_description": proto.description,
         "tie_credit": proto.tie_credit,
+        "ties": "half" if proto.tie_credit == 0.5 else "zero",
+        "precision": precision,
         "confidence": confidence,
         "n_boot": n_boot,
         "n": len(records),
         "results": results,
+        "dropped": dropped,
         "items": items,
     }
 
@@ -184,11 +231,11 @@ def evaluate_pairs(
     val = _pair_scores(scorer, val_records, batch_size, workers, val_report) if val_records is not None else None
     results = {}
     for m, s in scores.items():
-        ok = ~np.isnan(s).any(axis=1)
+        ok = np.isfinite(s).all(axis=1)  # a pair with an unreadable image or a non-finite score: named below
         p0, p1, lab = s[ok, 0], s[ok, 1], labels[ok]
         if val is not None:
             vs, vlab = val[0][m], val[1]
-            vok = ~np.isnan(vs).any(axis=1)
+            vok = np.isfinite(vs).all(axis=1)
             vp0, vp1, vlab = vs[vok, 0], vs[vok, 1], vlab[vok]
         else:
             vp0, vp1, vlab = p0, p1, lab
@@ -204,6 +251,7 @@ def evaluate_pairs(
             "accuracy_no_ties": pairwise_accuracy(better, worse),
             "n": int(ok.sum()),
             "n_ties": int((lab == 0.5).sum()),
+            "dropped": [int(i) for i in np.flatnonzero(~ok)],
         }
     items = [
         {
@@ -213,7 +261,9 @@ def evaluate_pairs(
         }
         for i, r in enumerate(records)
     ]
-    return {"kind": "pairs", "protocol": "pickscore_tie_aware", "n": len(records), "results": results, "items": items}
+    dropped = {m: r["dropped"] for m, r in results.items() if r["dropped"]}
+    res = {"kind": "pairs", "protocol": "pickscore_tie_aware", "n": len(records), "results": results}
+    return {**res, "dropped": dropped, "items": items}
 
 
 def _num(x: float) -> float | None:
@@ -230,6 +280,16 @@ def _cell(row: dict, key: str) -> str:
     return f"{100 * row[key]:.2f}{ci}"
 
 
+def _dropped_lines(res: dict[str, Any]) -> list[str]:
+    """One line per row that left items out, naming them (data row indices, 0-based)."""
+    unit = "triplet(s)" if res["kind"] == "triplets" else "pair(s)"
+    out = []
+    for name, idx in res.get("dropped", {}).items():
+        shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+        out.append(f"{_label(name)}: {len(idx)} {unit} dropped (non-finite score or unreadable image): {shown}")
+    return out
+
+
 _TABLE1_COLS = ("avg", *PAIR_KEYS)
 _TABLE1_HEADS = ("Average", *PAIR_KEYS)
 
@@ -241,11 +301,13 @@ def format_table(res: dict[str, Any]) -> str:
         cells = {name: [_cell(r, c) for c in _TABLE1_COLS] for name, r in rows.items()}
         w = max(len(x) for c in cells.values() for x in c)
         lw = max(16, *(len(_label(n)) for n in rows))
-        head = f"{'model':<{lw}}" + "".join(f"  {h:>{w}}" for h in _TABLE1_HEADS) + f"{'n':>8}"
+        head = f"{'model':<{lw}}" + "".join(f"  {h:>{w}}" for h in _TABLE1_HEADS) + f"{'n':>8}{'dropped':>9}"
         lines = [head, "-" * len(head)]
         for name, r in rows.items():
-            lines.append(f"{_label(name):<{lw}}" + "".join(f"  {c:>{w}}" for c in cells[name]) + f"{r['n']:>8}")
+            cols = "".join(f"  {c:>{w}}" for c in cells[name])
+            lines.append(f"{_label(name):<{lw}}{cols}{r['n']:>8}{len(r['dropped']):>9}")
         lines.append(f"protocol {res['protocol']}: {res['protocol_description']}; [{100 * res['confidence']:.0f}% CI]")
+        lines += _dropped_lines(res)
         return "\n".join(lines)
     head = f"{'model':<16}{'tie-aware':>11}{'no-ties':>9}{'t':>9}{'n':>8}{'ties':>7}"
     lines = [head, "-" * len(head)]
@@ -254,7 +316,7 @@ def format_table(res: dict[str, Any]) -> str:
             f"{_label(m):<16}{100 * r['tie_aware']:>11.2f}{100 * r['accuracy_no_ties']:>9.2f}"
             f"{r['threshold']:>9.4g}{r['n']:>8}{r['n_ties']:>7}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _dropped_lines(res))
 
 
 def markdown_table(res: dict[str, Any]) -> str:
@@ -265,18 +327,32 @@ def markdown_table(res: dict[str, Any]) -> str:
             f"Protocol `{res['protocol']}` ({res['protocol_description']}); n = {res['n']} triplets; "
             f"{100 * res['confidence']:.0f}% percentile-bootstrap intervals ({res['n_boot']} resamples).",
             "",
-            "| Model | " + " | ".join(_TABLE1_HEADS) + " | n |",
-            "|---|" + "---:|" * (len(_TABLE1_HEADS) + 1),
+            "| Model | " + " | ".join(_TABLE1_HEADS) + " | n | dropped |",
+            "|---|" + "---:|" * (len(_TABLE1_HEADS) + 2),
         ]
         lines += [
-            f"| {_label(n)} | " + " | ".join(_cell(r, c) for c in _TABLE1_COLS) + f" | {r['n']} |"
+            f"| {_label(n)} | " + " | ".join(_cell(r, c) for c in _TABLE1_COLS) + f" | {r['n']} | {len(r['dropped'])} |"
             for n, r in rows.items()
         ]
-        return "\n".join(lines) + "\n"
+        drops = _dropped_lines(res)
+        return "\n".join(lines) + ("\n\n" + "\n".join(drops) if drops else "") + "\n"
     lines = ["| Model | tie-aware | no ties | threshold | n | ties |", "|---|---:|---:|---:|---:|---:|"]
     lines += [
         f"| {_label(m)} | {100 * r['tie_aware']:.2f} | {100 * r['accuracy_no_ties']:.2f} | {r['threshold']:.4g} "
         f"| {r['n']} | {r['n_ties']} |"
         for m, r in rows.items()
     ]
-    return "\n".join(lines) + "\n"
+    drops = _dropped_lines(res)
+    return "\n".join(lines) + ("\n\n" + "\n".join(drops) if drops else "") + "\n"
+
+
+def protocol_metrics(metrics: Sequence[str], protocol: str) -> list[str]:
+    """The metrics a scorer must compute for `metrics` under `protocol`: upstream's ICT-HP and HP rows need ICT and
+    the raw HP logits (`hp_logit`, the same HP instance: no second model, no triplet lost to a saturated sigmoid)."""
+    out = list(metrics)
+    if get_protocol(protocol).ict_hp == "triplet_softmax" and {"hp", "ict_hp"} & set(out):
+        needed = ["ict"] if "ict_hp" in out else []
+        out = [m for m in needed if m not in out] + out
+        if "hp_logit" not in out:
+            out.append("hp_logit")
+    return out

@@ -6,10 +6,12 @@ accuracy and their mean ("avg"; with the same N for every pair this equals the u
 ``sum(correct) / (3 N)``).
 
 - ``paper``: each metric's own scores; ICT-HP = ICT x sigmoid(HP logit) (= ICT x HP score, paper eq. 20);
-  an equal pair counts 1/2 (a coin flip).
+  an equal pair counts 0, as the paper's Table 1 did (its ICT-groundtruth row can only win or tie on I2>I1 and
+  reads 62.80: ties counted 0; docs/evaluation.md derives it). ``ties="half"`` counts them 1/2 instead.
 - ``upstream``: what BarretBa/ICTHP's trainer computes for its validation accuracy (``icthp_task.py``):
   ICT-HP = ICT(easy prompt) x softmax over the triplet of the raw HP logits; a pair counts only when strictly
-  greater (an equal pair counts 0).
+  greater (an equal pair counts 0). ``precision="bf16"`` rounds the scores, the softmax and the products to
+  bfloat16 as the trainer's bf16 validation does, so pairs that tie in bf16 count 0 there too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from icthp_core.errors import ConfigError
+
 __all__ = [
+    "TIES",
+    "PRECISIONS",
+    "round_to_precision",
+    "hp_triplet_softmax",
     "PAIRS",
     "PAIR_KEYS",
     "Protocol",
@@ -48,8 +56,13 @@ class Protocol:
     description: str
 
 
+#: credit of an equal pair, by the name `--ties` takes
+TIES: dict[str, float] = {"zero": 0.0, "half": 0.5}
+#: arithmetic of the protocol's scores: as computed (fp32 scores compared in float64) or rounded to bfloat16
+PRECISIONS = ("fp32", "bf16")
+
 PROTOCOLS: dict[str, Protocol] = {
-    "paper": Protocol("paper", 0.5, "product", "paper Table 1: ICT-HP = ICT x sigmoid(HP); ties count 1/2"),
+    "paper": Protocol("paper", 0.0, "product", "paper Table 1: ICT-HP = ICT x sigmoid(HP); ties count 0"),
     "upstream": Protocol(
         "upstream",
         0.0,
@@ -59,11 +72,29 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def get_protocol(name: str) -> Protocol:
-    """The protocol called `name`; a one-line error naming the choices otherwise."""
+def get_protocol(name: str, ties: str | None = None) -> Protocol:
+    """The protocol called `name`, with its tie credit replaced when `ties` ("zero" | "half") is given.
+
+    A one-line :class:`ConfigError` naming the choices otherwise.
+    """
     if name not in PROTOCOLS:
-        raise ValueError(f"protocol {name!r}: choose from {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+        raise ConfigError(f"protocol {name!r}: choose from {', '.join(PROTOCOLS)}")
+    proto = PROTOCOLS[name]
+    if ties is None:
+        return proto
+    if ties not in TIES:
+        raise ConfigError(f"ties {ties!r}: choose from {', '.join(TIES)}")
+    credit = TIES[ties]
+    if credit == proto.tie_credit:
+        return proto
+    desc = proto.description.replace(
+        f"ties count {_credit_text(proto.tie_credit)}", f"ties count {_credit_text(credit)}"
+    )
+    return Protocol(proto.name, credit, proto.ict_hp, desc)
+
+
+def _credit_text(credit: float) -> str:
+    return "1/2" if credit == 0.5 else f"{credit:g}"
 
 
 def _triplets(scores: np.ndarray | Sequence, what: str = "scores") -> np.ndarray:
@@ -92,12 +123,16 @@ def triplet_accuracy_table(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, dict[str, float] | int]:
-    """Accuracy of each pair and "avg" with percentile-bootstrap intervals over triplets (rows with NaN dropped).
+    """Accuracy of each pair and "avg" with percentile-bootstrap intervals over triplets.
 
-    Returns ``{"I2>I1": {"acc", "low", "high"}, ..., "avg": {...}, "n": N}``; ``n_boot=0`` skips the intervals.
+    Rows with a non-finite score (an unreadable image, a NaN or infinite model output) cannot be compared and are
+    left out, never silently: ``"dropped"`` lists their row indices. Returns ``{"I2>I1": {"acc", "low", "high"},
+    ..., "avg": {...}, "n": N used, "dropped": [row, ...]}``; ``n_boot=0`` skips the intervals.
     """
     s = _triplets(scores)
-    s = s[~np.isnan(s).any(axis=1)]
+    finite = np.isfinite(s).all(axis=1)
+    dropped = [int(i) for i in np.flatnonzero(~finite)]
+    s = s[finite]
     credit = triplet_credit(s, tie_credit)
     n = credit.shape[0]
     per = np.concatenate([credit, credit.mean(axis=1, keepdims=True)], axis=1)  # [N, 4]: 3 pairs + avg
@@ -107,6 +142,7 @@ def triplet_accuracy_table(
         for k in keys:
             out[k] = {"acc": float("nan"), "low": float("nan"), "high": float("nan")}
         out["n"] = 0
+        out["dropped"] = dropped
         return out
     acc = per.mean(axis=0)
     if n_boot > 0:
@@ -120,6 +156,7 @@ def triplet_accuracy_table(
     for j, k in enumerate(keys):
         out[k] = {"acc": float(acc[j]), "low": float(lows[j]), "high": float(highs[j])}
     out["n"] = int(n)
+    out["dropped"] = dropped
     return out
 
 
@@ -132,22 +169,56 @@ def ict_hp_paper(ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence) -
     return np.asarray(ict, dtype=np.float64) * _sigmoid(np.asarray(hp_logits, dtype=np.float64))
 
 
-def ict_hp_upstream(ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence) -> np.ndarray:
-    """Upstream-trainer ICT-HP: ICT [N, 3] x softmax over each triplet of the raw HP logits [N, 3]."""
-    i, h = _triplets(ict, "ict"), _triplets(hp_logits, "hp_logits")
-    e = np.exp(h - h.max(axis=1, keepdims=True))
-    return i * (e / e.sum(axis=1, keepdims=True))
+def round_to_precision(x: np.ndarray | Sequence, precision: str = "fp32") -> np.ndarray:
+    """`x` as float64, each value first rounded to bfloat16 (round to nearest even) when `precision` is "bf16"."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    a = np.asarray(x, dtype=np.float64)
+    if precision == "fp32":
+        return a
+    import torch
+
+    return torch.from_numpy(a).to(torch.bfloat16).to(torch.float64).numpy()
 
 
-def upstream_validation_accuracy(ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence) -> dict[str, float]:
+def hp_triplet_softmax(hp_logits: np.ndarray | Sequence, precision: str = "fp32") -> np.ndarray:
+    """Softmax over each triplet of raw HP logits [N, 3] (upstream's HP validation scores); in bf16 the logits
+    and the probabilities are rounded to bfloat16 as a bf16 model computes them."""
+    h = _triplets(hp_logits, "hp_logits")
+    if precision == "bf16":
+        import torch
+
+        t = torch.from_numpy(round_to_precision(h, "bf16")).to(torch.bfloat16)
+        return torch.softmax(t, dim=-1).to(torch.float64).numpy()
+    round_to_precision(h, precision)  # validates the name
+    with np.errstate(invalid="ignore"):  # a row with an infinite logit gives NaN: dropped and named later
+        e = np.exp(h - h.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def ict_hp_upstream(
+    ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence, precision: str = "fp32"
+) -> np.ndarray:
+    """Upstream-trainer ICT-HP: ICT [N, 3] x softmax over each triplet of the raw HP logits [N, 3].
+
+    `precision="bf16"`: ICT, the softmax and the product are each rounded to bfloat16 (upstream's bf16 validation).
+    """
+    i = round_to_precision(_triplets(ict, "ict"), precision)
+    return round_to_precision(i * hp_triplet_softmax(hp_logits, precision), precision)
+
+
+def upstream_validation_accuracy(
+    ict: np.ndarray | Sequence, hp_logits: np.ndarray | Sequence, precision: str = "fp32"
+) -> dict[str, float]:
     """The validation accuracy of the upstream HP trainer, for training loops.
 
     `ict`: cosine of the ICT features with the easy prompt [N, 3]; `hp_logits`: raw HP head outputs [N, 3].
     Returns ``{"accuracy", "I2>I1", "I3>I2", "I3>I1", "hp_accuracy"}``: ``accuracy`` = sum of strictly correct
     ICT-HP pairs / (3 N) with ICT-HP = ICT x softmax_triplet(HP logits); ``hp_accuracy`` likewise on HP alone.
+    `precision="bf16"`: the values are compared as bf16 numbers, as upstream's bf16 validation (ties count 0).
     """
-    icthp = triplet_credit(ict_hp_upstream(ict, hp_logits), 0.0)
-    hp = triplet_credit(_triplets(hp_logits, "hp_logits"), 0.0)
+    icthp = triplet_credit(ict_hp_upstream(ict, hp_logits, precision), 0.0)
+    hp = triplet_credit(hp_triplet_softmax(hp_logits, precision), 0.0)
     out = {"accuracy": float(icthp.mean()) if icthp.size else float("nan")}
     out.update({k: float(icthp[:, j].mean()) if icthp.size else float("nan") for j, k in enumerate(PAIR_KEYS)})
     out["hp_accuracy"] = float(hp.mean()) if hp.size else float("nan")

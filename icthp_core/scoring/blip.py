@@ -4,8 +4,12 @@
   cross-attention over them ([CLS]-led prompt, max 35 tokens) -> [CLS] state -> 5-Linear head -> z-normalised
   with ImageReward's constants. Keys are converted strictly onto `BlipVisionModel` + `BlipTextModel`.
 - BLIP ITC / ITM (`Salesforce/blip-itm-large-coco`, transformers `BlipForImageTextRetrieval`): ITC = cosine of the
-  projected [CLS] features (text without the image); ITM = softmax(itm_head)[:, 1] of the [ENC]-led prompt
-  attending to the image tokens (as BLIP's own `blip_itm.py`).
+  projected [CLS] features (text without the image); ITM = softmax(itm_head)[:, 1] of the prompt attending to the
+  image tokens, `[ENC]` first (`blip_itm`, as BLIP's retrieval training) or `[CLS]` first (`blip_itm_cls`, as
+  BLIP's `blip_itm.py` and transformers' `BlipProcessor`).
+- BLIP pretrain ITC (`blip_pretrain_itc`): ImageReward's BLIP baseline (`BLIPScore.py`): BLIP's *pretrain* ViT-L
+  checkpoint `model_large.pth` at 224 px (ImageReward's Resize + CenterCrop), cosine of the projected [CLS]
+  features of the text-only BERT and the image.
 
 Each model carries its tokenizer (`tokenize`) and preprocessing mode; `encode_text` output is what the scorer
 caches per prompt (token ids + mask where the text must meet the image, projected features for ITC).
@@ -42,6 +46,9 @@ __all__ = [
     "ImageRewardModel",
     "BlipITCModel",
     "BlipITMModel",
+    "BlipPretrainITCModel",
+    "convert_blip_pretrain_state_dict",
+    "BLIP_PRETRAIN_FILES",
     "blip_tokenizer",
     "convert_imagereward_state_dict",
     "IMAGEREWARD_MEAN",
@@ -300,10 +307,12 @@ class BlipITCModel(_BlipRetrieval):
 
 
 class BlipITMModel(_BlipRetrieval):
-    """BLIP image-text matching score: probability of "match", in [0, 1]."""
+    """BLIP image-text matching score: probability of "match", in [0, 1]; `[ENC]` first (BLIP's retrieval training)."""
+
+    enc_first = True
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        return _encode(self.tokenizer, prompts, self.max_length, enc_first=True)
+        return _encode(self.tokenizer, prompts, self.max_length, enc_first=self.enc_first)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens
@@ -318,3 +327,131 @@ class BlipITMModel(_BlipRetrieval):
             encoder_attention_mask=atts,
         ).last_hidden_state[:, 0]
         return torch.softmax(m.itm_head(out).float(), dim=-1)[:, 1]
+
+
+class BlipITMClsModel(BlipITMModel):
+    """BLIP ITM with `[CLS]` first, as BLIP's `blip_itm.py` and transformers' `BlipProcessor` feed the model."""
+
+    enc_first = False
+
+
+# ----------------------------------------------------------------------------------------------- BLIP pretrain
+
+BLIP_PRETRAIN_FILES = ("model_large.pth", "model_base.pth")
+#: tensors of a BLIP pretrain checkpoint the ITC score does not use (momentum encoders, queues, ITM head, decoder)
+BLIP_PRETRAIN_UNUSED = re.compile(
+    r"^(visual_encoder_m|text_encoder_m|vision_proj_m|text_proj_m|itm_head|text_decoder)\.|"
+    r"^(image_queue|text_queue|idx_queue|ptr_queue|temp)$|^text_encoder\.embeddings\.position_ids$"
+)
+
+
+def convert_blip_pretrain_state_dict(
+    sd: dict[str, torch.Tensor], file: str | os.PathLike = "model_large.pth"
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split a BLIP pretrain state dict into (vision, text, projections) in transformers / Linear key names.
+
+    Every tensor is converted or known to be unused (BLIP_PRETRAIN_UNUSED); anything else is an error.
+    """
+    vision, text, proj, unknown = {}, {}, {}, []
+    for key, value in sd.items():
+        if BLIP_PRETRAIN_UNUSED.search(key):
+            continue
+        if key.startswith("visual_encoder."):
+            new = _vit_key(key[len("visual_encoder.") :])
+            if new is None:
+                unknown.append(key)
+            else:
+                vision[new] = value
+        elif key.startswith("text_encoder."):
+            text[key[len("text_encoder.") :]] = value
+        elif key.startswith(("vision_proj.", "text_proj.")):
+            proj[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{file}: unexpected BLIP pretrain keys {sorted(unknown)[:10]} ({len(unknown)} in all)")
+    return vision, text, proj
+
+
+def _med_from_shapes(text: dict[str, torch.Tensor], file) -> dict:
+    """BERT config of a BLIP text encoder from its weight shapes (heads = width / 64, as BERT-base)."""
+    try:
+        vocab, width = text["embeddings.word_embeddings.weight"].shape
+        layers = 1 + max(int(k.split(".")[2]) for k in text if k.startswith("encoder.layer."))
+        return {
+            "vocab_size": vocab,
+            "hidden_size": width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": max(1, width // 64),
+            "intermediate_size": text["encoder.layer.0.intermediate.dense.weight"].shape[0],
+            "max_position_embeddings": text["embeddings.position_embeddings.weight"].shape[0],
+        }
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a BLIP text encoder (missing {e})") from None
+
+
+class BlipPretrainITCModel(nn.Module):
+    """ImageReward's BLIP baseline: cosine of BLIP pretrain's projected [CLS] text and image features, in [-1, 1]."""
+
+    needs_prompt = True
+    preprocess_mode = "imagereward"  # Resize(224, bicubic) + CenterCrop(224), OpenAI mean/std: BLIPScore's _transform
+
+    def __init__(self, vision: nn.Module, text: nn.Module, vision_proj: nn.Linear, text_proj: nn.Linear, tokenizer):
+        super().__init__()
+        self.vision, self.text, self.vision_proj, self.text_proj = vision, text, vision_proj, text_proj
+        self.tokenizer = tokenizer
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        return _encode(self.tokenizer, prompts, BLIP_MAX_LENGTH)  # [CLS] first, 35 tokens, as BLIPScore
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixel_values=pixels).last_hidden_state
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.text(input_ids=tokens[:, 0], attention_mask=tokens[:, 1]).last_hidden_state[:, 0]
+        return F.normalize(self.text_proj(out), dim=-1)  # text only: no cross-attention (BLIP's mode='text')
+
+    def score_features(self, image_embeds: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        img = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+        return (img.float() * text_features.to(img.device).float()).sum(-1)
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.score_features(self.encode_image(pixels), self.encode_text(tokens))
+
+    @classmethod
+    def from_pretrained(cls, src: str | os.PathLike | None, device=None, dtype="fp32", tokenizer=None):
+        """BLIP's pretrain checkpoint (`model_large.pth`, `{"model": state dict}`): a file or a folder holding it
+        (with `med_config.json` and `vocab.txt` if present; else the config from the shapes, bert-base-uncased)."""
+        from transformers import BlipTextModel, BlipVisionModel
+
+        if src is None:
+            raise CheckpointError(
+                "blip_pretrain_itc: no default weights; give --source blip_pretrain_itc=PATH to BLIP's pretrain "
+                "checkpoint model_large.pth (https://storage.googleapis.com/sfr-vision-language-research/BLIP/"
+                "models/model_large.pth, the file ImageReward's BLIP baseline loads)"
+            )
+        device, dtype = parse_device(device), parse_dtype(dtype)
+        weights = resolve_file(src, BLIP_PRETRAIN_FILES)
+        vision_sd, text_sd, proj = convert_blip_pretrain_state_dict(
+            load_state_dict(weights, nested_key="model"), weights
+        )
+        vision = BlipVisionModel(_vision_config(vision_sd, weights))
+        _load_strict(vision, vision_sd, weights, "visual encoder")
+        folder = Path(weights).parent
+        med_file = folder / MED_CONFIG[0]
+        med = json.loads(med_file.read_text()) if med_file.is_file() else _med_from_shapes(text_sd, weights)
+        text = BlipTextModel(_text_config(med, vision.config.hidden_size), add_pooling_layer=False)
+        _load_strict(text, text_sd, weights, "text encoder")
+        linears = []
+        for name in ("vision_proj", "text_proj"):
+            w, b = proj.get(f"{name}.weight"), proj.get(f"{name}.bias")
+            if w is None or b is None:
+                raise CheckpointError(f"{weights}: missing keys ['{name}.weight', '{name}.bias']")
+            lin = nn.Linear(w.shape[1], w.shape[0])
+            lin.load_state_dict({"weight": w, "bias": b})
+            linears.append(lin)
+        if tokenizer is None:
+            tokenizer = folder if (folder / "vocab.txt").is_file() else BERT_TOKENIZER
+        tok = tokenizer if hasattr(tokenizer, "encode") else blip_tokenizer(tokenizer)
+        model = cls(vision, text, *linears, tok)
+        return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -159,12 +159,17 @@ class ImageHeadModel(nn.Module):
             object.__setattr__(self, "_folded", self.head.folded())
         return self._folded
 
-    def score_features(self, features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+    def score_features(
+        self, features: torch.Tensor, text_features: torch.Tensor | None = None, output: str = "score"
+    ) -> torch.Tensor:
+        """The score ([B] float32); `output="logit"` gives the head's raw output, before any sigmoid."""
+        if output not in ("score", "logit"):
+            raise ValueError(f"output={output!r}: expected 'score' or 'logit'")
         if self.normalize:
             features = F.normalize(features.float(), dim=-1)
         head = self._head()
         out = head(features.to(next(head.parameters()).dtype)).squeeze(-1).float()
-        return torch.sigmoid(out) if self.sigmoid else out
+        return torch.sigmoid(out) if self.sigmoid and output == "score" else out
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         return self.score_features(self.encode_image(pixels))
@@ -175,7 +180,10 @@ class ImageHeadModel(nn.Module):
 
 
 class HPModel(ImageHeadModel):
-    """HP score: sigmoid(head(unnormalised projected image features)) of the HP backbone, in (0, 1) (~0.77 typical)."""
+    """HP score: sigmoid(head(unnormalised projected image features)) of the HP backbone, in (0, 1) (~0.77 typical).
+
+    `score_features(..., output="logit")` is the head's raw output (metric `hp_logit`): finite where the float32
+    sigmoid saturates at exactly 1.0, and what upstream's trainer compares."""
 
     @classmethod
     def from_pretrained(cls, src: str | os.PathLike = "8y/HP", device=None, dtype="fp32") -> HPModel:

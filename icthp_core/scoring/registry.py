@@ -24,7 +24,8 @@ class MetricSpec:
     """A registered metric: the single source of its metadata for the CLI, the app, the ComfyUI nodes and eval.
 
     `model`: key of the model that computes it (metrics sharing a model share one instance); `inputs`/`combine`:
-    for a metric derived from others (e.g. ICT-HP = ICT x HP) instead of a model of its own.
+    for a metric derived from others (e.g. ICT-HP = ICT x HP) instead of a model of its own. `output`: which output
+    of the model's `score_features` (e.g. "logit": HP's raw head output, metric `hp_logit`).
     """
 
     name: str
@@ -39,6 +40,8 @@ class MetricSpec:
     higher_is_better: bool = True
     inputs: tuple[str, ...] = ()
     combine: Callable[..., torch.Tensor] | None = field(default=None, compare=False)
+    output: str = "score"
+    in_all: bool = True  # False: left out of `--metrics all` (its weights must be given with --source)
 
     @property
     def derived(self) -> bool:
@@ -96,8 +99,12 @@ def metric_label(name: str) -> str:
 
 
 def parse_metrics(text: str | None, what: str = "--metrics") -> list[str]:
-    """A comma-separated metric list ('all' = every metric) checked against the registry."""
-    names = list_metrics() if (text or "").strip() == "all" else [m.strip() for m in (text or "").split(",")]
+    """A comma-separated metric list checked against the registry; 'all' = every metric but those registered with
+    `in_all=False` (weights that must be given with `--source`, e.g. `blip_pretrain_itc`)."""
+    if (text or "").strip() == "all":
+        names = [n for n in list_metrics() if METRICS[n].in_all]
+    else:
+        names = [m.strip() for m in (text or "").split(",")]
     names = list(dict.fromkeys(m for m in names if m))
     unknown = [m for m in names if m not in METRICS]
     if unknown:
@@ -162,6 +169,19 @@ register(
         default_source="8y/HP",
     ),
     lambda src, device, dtype: HPModel.from_pretrained(src, device=device, dtype=dtype),
+)
+register(
+    MetricSpec(
+        "hp_logit",
+        "HP logit",
+        "image-only",
+        "HP's raw head output before the sigmoid (same HP weights and order; what the upstream trainer compares)",
+        "unbounded, typically -2..4",
+        needs_prompt=False,
+        model="hp",
+        default_source="8y/HP",
+        output="logit",
+    )
 )
 register(
     MetricSpec(
@@ -243,7 +263,13 @@ def _blip_metric(kind: str):
     def load(source, device, dtype):
         from icthp_core.scoring import blip
 
-        cls = {"imagereward": blip.ImageRewardModel, "itc": blip.BlipITCModel, "itm": blip.BlipITMModel}[kind]
+        cls = {
+            "imagereward": blip.ImageRewardModel,
+            "itc": blip.BlipITCModel,
+            "itm": blip.BlipITMModel,
+            "itm_cls": blip.BlipITMClsModel,
+            "pretrain_itc": blip.BlipPretrainITCModel,
+        }[kind]
         return cls.from_pretrained(source, device=device, dtype=dtype)
 
     return load
@@ -280,13 +306,40 @@ register(
         "blip_itm",
         "ITM (BLIP)",
         "alignment",
-        "BLIP ViT-L image-text matching: probability of 'match'",
+        "BLIP ViT-L image-text matching: probability of 'match', [ENC] first (BLIP's retrieval training)",
         "[0, 1]",
         preprocess="blip",
         model="blip_itm",
         default_source="Salesforce/blip-itm-large-coco",
     ),
     _blip_metric("itm"),
+)
+register(
+    MetricSpec(
+        "blip_itm_cls",
+        "ITM (BLIP, [CLS])",
+        "alignment",
+        "BLIP ViT-L image-text matching with [CLS] first (BLIP's blip_itm.py, transformers' BlipProcessor)",
+        "[0, 1]",
+        preprocess="blip",
+        model="blip_itm_cls",
+        default_source="Salesforce/blip-itm-large-coco",
+    ),
+    _blip_metric("itm_cls"),
+)
+register(
+    MetricSpec(
+        "blip_pretrain_itc",
+        "ITC (BLIP pretrain)",
+        "alignment",
+        "ImageReward's BLIP baseline: BLIP pretrain ViT-L (model_large.pth) at 224 px, cosine of projected [CLS]",
+        "[-1, 1]",
+        preprocess="imagereward",
+        model="blip_pretrain_itc",
+        default_source=None,
+        in_all=False,
+    ),
+    _blip_metric("pretrain_itc"),
 )
 
 

@@ -58,14 +58,22 @@ class MultiScorer:
         sources = sources or {}
         self.models: dict[str, nn.Module] = {}
         for m in self.base_metrics:
-            given = (models or {}).get(m)
-            self.models[m] = (
-                given
-                if given is not None
-                else create_reward_model(m, sources.get(m), device=self.device, dtype=self.dtype)
-            )
+            self.models[m] = self._model_for(m, sources, models or {})
         self._text_cache: dict[str, OrderedDict[str, torch.Tensor]] = {m: OrderedDict() for m in self.models}
         self._text_cache_size = text_cache_size
+
+    def _model_for(self, metric: str, sources: dict[str, str], models: dict[str, nn.Module]) -> nn.Module:
+        """The model of `metric`: given, shared with a metric of the same model and source (`hp_logit` uses the
+        `hp` instance and `--hp` weights), or loaded."""
+        spec = METRICS[metric]
+        src = sources.get(metric, sources.get(spec.model))
+        for other, model in self.models.items():
+            if METRICS[other].model == spec.model and sources.get(other, sources.get(spec.model)) == src:
+                return model
+        given = models.get(metric, models.get(spec.model))
+        if given is not None:
+            return given
+        return create_reward_model(metric, src, device=self.device, dtype=self.dtype)
 
     def to(self, device: str | torch.device) -> MultiScorer:
         """Move every model to `device` (a no-op for weights already there) and drop cached text features."""
@@ -81,7 +89,7 @@ class MultiScorer:
     def compile(self, **kwargs) -> MultiScorer:
         """`torch.compile` every image tower in place (state-dict keys unchanged); the first batch of each new
         shape pays the compile time, so warm up before timing. `kwargs` go to `torch.compile`."""
-        for model in self.models.values():
+        for model in {id(m): m for m in self.models.values()}.values():
             tower = getattr(model, "visual", None)
             if tower is None and getattr(model, "clip", None) is not None:
                 tower = getattr(model.clip, "visual", None)
@@ -126,18 +134,22 @@ class MultiScorer:
     ) -> dict[str, torch.Tensor]:
         """Scores of base `metrics` from normalised pixels on the device (mode -> [B,3,224,224])."""
         scores = {}
+        image_features: dict[int, torch.Tensor] = {}  # one image pass per model instance (hp and hp_logit share)
         for m in metrics:
             model = self.models[m]
-            feats = model.encode_image(pixels[getattr(model, "preprocess_mode", "crop")])
+            if id(model) not in image_features:
+                image_features[id(model)] = model.encode_image(pixels[getattr(model, "preprocess_mode", "crop")])
+            feats = image_features[id(model)]
+            output = {} if METRICS[m].output == "score" else {"output": METRICS[m].output}
             if getattr(model, "needs_prompt", False):
                 if prompts is None:
                     raise ConfigError(f"prompts: metric {m!r} needs a prompt")
                 text = self._text_features(m, prompts)
                 if not torch.is_inference_mode_enabled():
                     text = text.clone()  # cached inference tensors cannot enter an autograd graph
-                scores[m] = model.score_features(feats, text)
+                scores[m] = model.score_features(feats, text, **output)
             else:
-                scores[m] = model.score_features(feats)
+                scores[m] = model.score_features(feats, **output)
         return scores
 
     @torch.inference_mode()

@@ -8,6 +8,7 @@
   from the newest one. The data order is a function of (seed, epoch) and random numbers are re-seeded from
   (seed, step, rank) every step, so a killed and resumed run continues exactly as an uninterrupted one;
 - with `best_metric` set, the model of the best validation step is exported (the last one too, as `<name>_last`);
+  `export_candidates_every: N` restricts the candidates to multiples of N and the last step (upstream HP: 5000);
 - metrics go to accelerate trackers and `<output_dir>/metrics.jsonl`; a plot `<output_dir>/curves.png` is drawn
   at the end (:mod:`icthp_core.training.plots`).
 """
@@ -93,6 +94,9 @@ class RewardTrainConfig(CommonTrainConfig):
     eval_batch_size: int = 64
     best_metric: str | None = None  # validation metric selecting the exported model (None: the last step)
     best_mode: str = "max"  # "max" | "min"
+    # with best_metric: only validation steps that are multiples of this (and the last step) may be exported;
+    # 0: every validation step. Such steps are validated even when eval_every does not divide them (upstream HP: 5000)
+    export_candidates_every: int = 0
     report_to: str | None = "tensorboard"
     debug_crash_at_step: int | None = None  # testing: hard-exit (as if killed) after this optimizer step
 
@@ -294,6 +298,10 @@ def run(stage: Stage) -> dict[str, Any]:
     export_name = getattr(cfg, "export_name", stage.name)
     val_loader = _loader(val_ds, cfg.eval_batch_size, num_workers=cfg.num_workers) if val_ds is not None else None
 
+    def candidate(step: int) -> bool:
+        every = cfg.export_candidates_every
+        return not every or step % every == 0 or step >= cfg.max_steps
+
     def evaluate(step: int) -> dict[str, float]:
         res: dict[str, float] = {}
         if val_loader is not None and acc.is_main_process:
@@ -304,7 +312,7 @@ def run(stage: Stage) -> dict[str, Any]:
             m.train()
             mlog.log({f"val/{k}": v for k, v in res.items()}, step)
             logger.info("step %d validation: %s", step, json.dumps({k: round(v, 4) for k, v in res.items()}))
-            if state.best.update(step, res):
+            if candidate(step) and state.best.update(step, res):
                 path = stage.export(acc.unwrap_model(module), acc, export_name)
                 (out / "best.json").write_text(json.dumps({**state.best.state_dict(), "exported": str(path)}))
                 logger.info("step %d: new best %s=%.4f, exported to %s", step, cfg.best_metric, state.best.value, path)
@@ -360,7 +368,9 @@ def run(stage: Stage) -> dict[str, Any]:
                 mlog.log(vals, step)
                 logger.info("step %d: %s", step, json.dumps({k: round(v, 6) for k, v in vals.items()}))
                 running, n_running, t0 = {}, 0, time.time()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            due = cfg.eval_every and step % cfg.eval_every == 0
+            due = due or (cfg.best_metric and cfg.export_candidates_every and step % cfg.export_candidates_every == 0)
+            if due and step < cfg.max_steps:
                 last_val = evaluate(step)
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps:
                 checkpoint(step)

@@ -8,8 +8,9 @@ pairs table, on winner > loser with ties skipped). Two recipes (`recipe: paper |
   post-LayerNorm, the projection and the head trained with the margin loss of eq. 13 (m = 0.2);
 - upstream (BarretBa/ICTHP): of [blocks..., post-LN] the first int(n * 0.5) frozen (blocks 0-15 of CLIP-H),
   the projection frozen, embeddings and pre-LN trainable; loss = HP margin loss (m = 0.3) + the ICT-HP term
-  (:func:`~icthp_core.training.losses.icthp_margin_loss`, frozen ICT in the loop) over the gathered batch;
-  the best validation step by upstream's ICT-HP accuracy is exported.
+  (:func:`~icthp_core.training.losses.icthp_margin_loss`, frozen ICT in the loop) summed over the gathered batch
+  and scaled to upstream's world batch of 256 (`reference_world_batch`); the best of the validation steps at
+  multiples of 5000 and the last step, by upstream's ICT-HP accuracy, is exported.
 Exported to `<output_dir>/HP` (`hp_backbone/`, `hp_scorer/`).
 """
 
@@ -60,7 +61,8 @@ class HPConfig(engine.RewardTrainConfig):
             lr=3e-6, weight_decay=0.01, warmup_steps=500, warmup_type="log", lr_schedule="linear",
             max_steps=50000, batch_size=32, margin=0.3, freeze_rule="upstream", freeze_fraction=0.5,
             hp_loss_weight=1.0, icthp_loss_weight=1.0, gather_batch=True, max_grad_norm=1.0,
-            best_metric="ict_hp_upstream/accuracy", best_mode="max", tokenizer="hf",
+            icthp_term_reduction="sum", reference_world_batch=256,
+            best_metric="ict_hp_upstream/accuracy", best_mode="max", export_candidates_every=5000, tokenizer="hf",
         ),
     }  # fmt: skip
 
@@ -71,6 +73,11 @@ class HPConfig(engine.RewardTrainConfig):
     freeze_fraction: float = 0.5  # fraction of the vision transformer blocks (from the input side) kept frozen
     hp_loss_weight: float = 1.0
     icthp_loss_weight: float = 0.0  # > 0: add upstream's ICT-HP margin term (needs ict_model)
+    # the ICT-HP term over the (gathered) batch: "sum" as upstream (its weight grows with the world batch) or "mean"
+    icthp_term_reduction: str = "sum"
+    # with "sum": scale the term by reference_world_batch / the batch it was summed over, so a run on fewer GPUs
+    # keeps upstream's effective weight (upstream: 8 GPUs x 32 = 256); null: no scaling
+    reference_world_batch: int | None = None
     gather_batch: bool = True  # under DDP compute the loss on every process's triplets (as upstream)
     score_space: str = "logit"  # margin on the head output before the sigmoid ("logit", as upstream) or after
     head_dims: tuple[int, ...] = (1024, 128, 64, 16)  # hidden sizes of the head (published HP: 1024,128,64,16)
@@ -159,6 +166,10 @@ class HPStage(engine.Stage):
         if cfg.freeze_rule not in FREEZE_RULES:
             raise ConfigError(f"freeze_rule={cfg.freeze_rule!r}: expected one of {sorted(FREEZE_RULES)}")
         tokenizer_for(cfg.tokenizer)  # a bad name fails before any model is loaded
+        if cfg.icthp_term_reduction not in ("sum", "mean"):
+            raise ValueError(f"icthp_term_reduction={cfg.icthp_term_reduction!r}: expected 'sum' or 'mean'")
+        if cfg.reference_world_batch is not None and cfg.reference_world_batch < 1:
+            raise ValueError(f"reference_world_batch={cfg.reference_world_batch}: expected a positive batch or null")
         if cfg.icthp_loss_weight and not cfg.ict_model:
             raise ConfigError("icthp_loss_weight > 0 needs ict_model (the frozen ICT model of stage 1)")
         self.config = cfg
@@ -240,7 +251,15 @@ class HPStage(engine.Stage):
                 )
         if cfg.gather_batch and accelerator.num_processes > 1:
             s, ict = gather_batch(s, ict)
-        loss, hp_term, icthp_term = hp_stage_loss(s, cfg.margin, ict, cfg.hp_loss_weight, cfg.icthp_loss_weight)
+        loss, hp_term, icthp_term = hp_stage_loss(
+            s,
+            cfg.margin,
+            ict,
+            cfg.hp_loss_weight,
+            cfg.icthp_loss_weight,
+            cfg.icthp_term_reduction,
+            cfg.reference_world_batch,
+        )
         logs = {
             "hp_loss": hp_term.item(),
             "acc_I2>I1": (s[:, 1] > s[:, 0]).float().mean().item(),
@@ -273,8 +292,9 @@ class HPStage(engine.Stage):
                 )
             prod = [a * b for a, b in zip(self._val_ict, hp_s, strict=True)]
             res.update(triplet_metrics(*prod, prefix="ict_hp/"))  # paper eq. 20: ICT x sigmoid(HP)
+            precision = "bf16" if self.config.mixed_precision == "bf16" else "fp32"  # bf16: upstream's ties
             up = upstream_validation_accuracy(
-                torch.stack(self._val_ict, 1).numpy(), torch.stack(logits, 1).numpy()
+                torch.stack(self._val_ict, 1).numpy(), torch.stack(logits, 1).numpy(), precision
             )  # upstream's selection metric: ICT x softmax over the triplet of HP logits, ties 0
             res.update({f"ict_hp_upstream/{k}": v for k, v in up.items()})
         del hp

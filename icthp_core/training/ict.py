@@ -49,8 +49,7 @@ class ICTConfig(engine.RewardTrainConfig):
         ),
         "upstream": dict(
             lr=3e-6, weight_decay=0.01, warmup_steps=500, warmup_type="log", lr_schedule="linear",
-            max_steps=5000, batch_size=32, lam=0.5, max_grad_norm=1.0, best_metric="avg", best_mode="max",
-            tokenizer="hf",
+            max_steps=5000, batch_size=32, lam=0.5, max_grad_norm=1.0, best_metric=None, tokenizer="hf",
         ),
     }  # fmt: skip
 

@@ -17,6 +17,7 @@ scores are scaled (set `score_scale`, e.g. a 1/tau temperature, in :func:`ict_sc
 HP, upstream recipe (BarretBa/ICTHP `icthp_criterion.py`, `loss_hp` + `loss_icthp`): the HP loss above with
 m = 0.3, plus an ICT-HP term on q = ICT_easy * softmax over the triplet of the raw HP logits (the frozen ICT
 model's cosines with the easy prompt): sum over the (gathered) batch of max(0, m - (q2 - q1)) + max(0, m - (q3 - q2)).
+A sum grows with the batch it runs over (upstream: 8 GPUs x 32 = 256); `reference_batch` rescales it to that batch.
 
 HP (eq. 13): mean hinge max(0, -(s2 - s1) + m) + mean hinge max(0, -(s3 - s2) + m), m = 0.2, on the HP scores
 of I1 < I2 < I3 (the trainer uses the head's pre-sigmoid output by default, as upstream; see `train/`).
@@ -152,13 +153,29 @@ def pair_margin_loss(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, 
     return hinge.sum() / decisive.sum().clamp_min(1)
 
 
-def icthp_margin_loss(ict: torch.Tensor, hp_logits: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
-    """Upstream's ICT-HP term: q = ict * softmax_triplet(hp_logits) ([B, 3] each, columns I1, I2, I3);
-    sum over the batch of max(0, m - (q2 - q1)) + max(0, m - (q3 - q2)) (a sum, not a mean, as upstream)."""
+def icthp_margin_loss(
+    ict: torch.Tensor,
+    hp_logits: torch.Tensor,
+    margin: float = 0.3,
+    reduction: str = "sum",
+    reference_batch: int | None = None,
+) -> torch.Tensor:
+    """Upstream's ICT-HP term: q = ict * softmax_triplet(hp_logits) ([B, 3] each, columns I1, I2, I3) and the hinges
+    h = max(0, m - (q2 - q1)) + max(0, m - (q3 - q2)) per triplet.
+
+    reduction "sum": sum over the B triplets, as upstream (so its weight is proportional to the batch it is summed
+    over: 8 GPUs x 32 = 256 upstream); with `reference_batch` R the sum is scaled by R / B, i.e. R x the mean, which
+    equals upstream's term at B = R and keeps its effective weight on fewer GPUs. reduction "mean": mean over B.
+    """
     if ict.shape != hp_logits.shape or ict.ndim != 2 or ict.shape[1] != 3:
         raise ValueError(f"ict and hp_logits must both be [B, 3], got {tuple(ict.shape)}, {tuple(hp_logits.shape)}")
     q = ict.to(hp_logits.dtype) * torch.softmax(hp_logits, dim=-1)
-    return (margin - (q[:, 1] - q[:, 0])).clamp_min(0).sum() + (margin - (q[:, 2] - q[:, 1])).clamp_min(0).sum()
+    h = (margin - (q[:, 1] - q[:, 0])).clamp_min(0) + (margin - (q[:, 2] - q[:, 1])).clamp_min(0)
+    if reduction == "mean":
+        return h.mean()
+    if reduction != "sum":
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    return h.sum() * (reference_batch / h.shape[0]) if reference_batch else h.sum()
 
 
 def hp_stage_loss(
@@ -167,17 +184,20 @@ def hp_stage_loss(
     ict: torch.Tensor | None = None,
     hp_weight: float = 1.0,
     icthp_weight: float = 0.0,
+    icthp_reduction: str = "sum",
+    reference_batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(total, hp term, ict-hp term) of the HP stage on [B, 3] logits of (I1, I2, I3) (already gathered if DDP).
 
-    total = hp_weight * mean margin loss (eq. 13) + icthp_weight * :func:`icthp_margin_loss` (needs `ict`).
+    total = hp_weight * mean margin loss (eq. 13) + icthp_weight * :func:`icthp_margin_loss` (needs `ict`;
+    `icthp_reduction` and `reference_batch` as there).
     """
     hp = hp_margin_loss(hp_logits[:, 0], hp_logits[:, 1], hp_logits[:, 2], margin)
     if not icthp_weight:
         return hp_weight * hp, hp.detach(), None
     if ict is None:
         raise ValueError("the ICT-HP loss term needs the frozen ICT model's scores (set ict_model)")
-    icthp = icthp_margin_loss(ict, hp_logits, margin)
+    icthp = icthp_margin_loss(ict, hp_logits, margin, icthp_reduction, reference_batch)
     return hp_weight * hp + icthp_weight * icthp, hp.detach(), icthp.detach()
 
 

@@ -76,7 +76,8 @@ def test_pairs_with_image_bytes(data, tiny_hp, tmp_path):
     res, items, md = _run(tmp_path, "--data", str(pq), "--ict", "none", "--hp", str(tiny_hp))
     assert res["kind"] == "pairs" and res["results"]["hp"]["n"] == len(rows) - 1
     assert res["report"]["decode_failures"] == 1 and items[0]["hp_1"] is None and items[1]["hp_1"] is not None
-    assert "| HP |" in md
+    assert res["results"]["hp"]["dropped"] == [0] and res["dropped"] == {"hp": [0]}  # named, not silently lost
+    assert "| HP |" in md and "HP: 1 pair(s) dropped (non-finite score or unreadable image): 0" in md
 
 
 def test_outputs_checked_before_models_load(data, tmp_path, capsys):

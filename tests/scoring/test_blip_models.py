@@ -153,3 +153,84 @@ def test_blip_itc_itm_match_transformers(blip_dir):
     torch.testing.assert_close(got["blip_itc"], sim.diagonal(), atol=1e-5, rtol=0)
     torch.testing.assert_close(got["blip_itm"], logits.softmax(-1)[:, 1], atol=1e-5, rtol=0)
     assert got["blip_itc"].std() > 1e-4 and got["blip_itm"].std() > 1e-4
+
+
+def test_blip_itm_cls_variant_matches_the_processor_path(blip_dir):
+    """`blip_itm_cls`: [CLS] first, as transformers' BlipProcessor tokenizes (and BLIP's blip_itm.py); the reference
+    is the processor's own ids and pixels into `BlipForImageTextRetrieval`. `blip_itm` ([ENC] first) differs."""
+    from transformers import BertTokenizer, BlipForImageTextRetrieval, BlipImageProcessor, BlipProcessor
+
+    ref = BlipForImageTextRetrieval.from_pretrained(blip_dir).eval()
+    proc = BlipProcessor(
+        BlipImageProcessor(size={"height": 384, "width": 384}), BertTokenizer.from_pretrained(blip_dir)
+    )
+    images = _images()
+    enc = proc(images=images, text=PROMPTS, padding="max_length", max_length=35, truncation=True, return_tensors="pt")
+    scorer = MultiScorer(["blip_itm", "blip_itm_cls"], {"blip_itm": str(blip_dir), "blip_itm_cls": str(blip_dir)})
+    ours = scorer.models["blip_itm_cls"].tokenize(PROMPTS)
+    assert torch.equal(ours[:, 0], enc["input_ids"]) and torch.equal(ours[:, 1], enc["attention_mask"])
+    got = scorer.score_pixels({"blip": enc["pixel_values"]}, PROMPTS)
+    with torch.no_grad():
+        want = ref(enc["input_ids"], enc["pixel_values"], attention_mask=enc["attention_mask"]).itm_score
+    torch.testing.assert_close(got["blip_itm_cls"], want.softmax(-1)[:, 1], atol=1e-5, rtol=0)
+    assert (got["blip_itm_cls"] - got["blip_itm"]).abs().max() > 1e-4  # the two variants are different numbers
+
+
+@pytest.fixture(scope="module")
+def reference_blip_pretrain(reference_ir, tmp_path_factory):
+    """ImageReward's own `BLIPScore` (its BLIP_Pretrain; the tiny ViT and local tokenizer patched in by
+    `reference_ir`) and its weights as BLIP's `model_large.pth` (`{"model": state dict}` with momentum / queue / ITM
+    tensors, which a real pretrain checkpoint also holds and the score does not use)."""
+    score_mod = __import__("ImageReward.models.BLIPScore", fromlist=["x"])
+    d = tmp_path_factory.mktemp("blip_pretrain")
+    write_tiny_vocab(d)
+    (d / "med_config.json").write_text(json.dumps(TINY_MED))
+    torch.manual_seed(0)
+    model = score_mod.BLIPScore(med_config=str(d / "med_config.json"), device="cpu").eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    sd = {k: v.clone() for k, v in model.blip.state_dict().items()}
+    sd["itm_head.weight"] = torch.zeros(2, TINY_MED["hidden_size"])
+    sd["image_queue"] = torch.zeros(256, 8)
+    sd["visual_encoder_m.cls_token"] = torch.zeros(1, 1, TINY_VIT["hidden_size"])
+    torch.save({"model": sd}, d / "model_large.pth")
+    return model, d
+
+
+def test_blip_pretrain_itc_matches_imagereward_blipscore(reference_blip_pretrain, tmp_path):
+    ref, d = reference_blip_pretrain
+    images = _images()
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        im.save(paths[-1])
+    with torch.no_grad():
+        want = torch.tensor([ref.score(p, str(f)) for p, f in zip(PROMPTS, paths, strict=True)])
+    scorer = MultiScorer(["blip_pretrain_itc"], {"blip_pretrain_itc": str(d)}, device="cpu")
+    got = scorer.score([str(f) for f in paths], PROMPTS, batch_size=2)["blip_pretrain_itc"]
+    assert (got - want).abs().max().item() <= 1e-5, (got, want)
+    assert want.std() > 1e-3
+    # the file alone (no med_config.json / vocab.txt beside it) works: config from the shapes, vocabulary given
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model_large.pth").write_bytes((d / "model_large.pth").read_bytes())
+    from icthp_core.scoring.blip import BlipPretrainITCModel, blip_tokenizer
+
+    m = BlipPretrainITCModel.from_pretrained(alone / "model_large.pth", tokenizer=blip_tokenizer(d))
+    got2 = MultiScorer(["blip_pretrain_itc"], models={"blip_pretrain_itc": m}).score([str(f) for f in paths], PROMPTS)
+    torch.testing.assert_close(got2["blip_pretrain_itc"], got, atol=1e-6, rtol=0)
+
+
+def test_blip_pretrain_itc_needs_a_source_and_strict_keys(reference_blip_pretrain, tmp_path):
+    from icthp_core.scoring.registry import create_reward_model, parse_metrics
+
+    assert "blip_pretrain_itc" not in parse_metrics("all")  # its weights must be given with --source
+    with pytest.raises(CheckpointError, match="--source blip_pretrain_itc=PATH"):
+        create_reward_model("blip_pretrain_itc")
+    _, d = reference_blip_pretrain
+    sd = torch.load(d / "model_large.pth", weights_only=True)["model"]
+    torch.save({"model": {**sd, "mystery.weight": torch.zeros(1)}}, tmp_path / "model_large.pth")
+    with pytest.raises(CheckpointError, match=r"unexpected BLIP pretrain keys \['mystery.weight'\]"):
+        create_reward_model("blip_pretrain_itc", tmp_path)

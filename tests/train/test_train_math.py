@@ -119,11 +119,13 @@ def test_hp_margin_loss_hand_value():
 
 
 def test_triplet_accuracy_hand_values():
+    # I2>I1: wins at rows 0 and 3, a tie at row 2 -> 2/4 with Table 1's tie rule (0), 2.5/4 with ties 1/2
     acc = triplet_accuracy([0, 1, 0.5, 0.2], [1, 0, 0.5, 0.3], [2, 2, 0.4, 0.1])
-    assert acc["I2>I1"] == pytest.approx(0.625)
+    assert acc["I2>I1"] == pytest.approx(0.5)
     assert acc["I3>I2"] == pytest.approx(0.5)
     assert acc["I3>I1"] == pytest.approx(0.5)
-    assert acc["avg"] == pytest.approx((0.625 + 0.5 + 0.5) / 3)
+    assert acc["avg"] == pytest.approx(0.5)
+    assert triplet_accuracy([0, 1, 0.5, 0.2], [1, 0, 0.5, 0.3], [2, 2, 0.4, 0.1], 0.5)["I2>I1"] == pytest.approx(0.625)
     assert pairwise_accuracy(torch.tensor([1.0]), torch.tensor([0.0])) == 1.0
 
 

@@ -22,7 +22,7 @@ from icthp_core.training.checkpointing import BestTracker, best_step
 from icthp_core.training.hp import HPConfig, freeze_first_half, freeze_upstream
 from icthp_core.training.ict import ICTConfig
 from icthp_core.training.losses import hp_stage_loss, icthp_margin_loss
-from tests.train.conftest import REPO, common_overrides, train_hp_main
+from tests.train.conftest import REPO, common_overrides, train_hp_main, train_ict_main
 
 
 def _upstream_set_grad_with_rate(model, fix_rate):
@@ -149,24 +149,27 @@ def test_best_step_selection():
         BestTracker("nope").update(1, {"acc": 1.0})
 
 
-def test_upstream_hp_run_exports_best_validation_step(tiny_base, tiny_ict, synth, tmp_path):
-
-    extra = dict(
-        recipe="upstream", ict_model=tiny_ict, val_data=synth["val"], max_steps=6, eval_every=2, warmup_steps=3
-    )
-    extra["head_dims"] = "[32,16,8,4]"
+def test_upstream_hp_run_exports_best_of_the_candidate_steps(tiny_base, tiny_ict, synth, tmp_path):
+    """Upstream HP saves candidates only at multiples of 5000 and at the end (`train_hp.py`); here every 4 of 7
+    steps, validation every 3: steps 3, 4, 6, 7 are validated (4 although 3 does not divide it), only 4 and 7 may
+    be exported."""
+    assert cli_config(HPConfig, None, ["recipe=upstream"]).export_candidates_every == 5000
+    extra = dict(recipe="upstream", ict_model=tiny_ict, val_data=synth["val"], max_steps=7, eval_every=3)
+    extra.update(warmup_steps=3, export_candidates_every=4, head_dims="[32,16,8,4]")
     summary = train_hp_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
     series = engine.read_metrics(tmp_path / "metrics.jsonl")
     acc = series["val/ict_hp_upstream/accuracy"]
-    assert [s for s, _ in acc] == [2, 4, 6]
+    assert [s for s, _ in acc] == [3, 4, 6, 7]
     assert "train/icthp_loss" in series and "train/hp_loss" in series
     best = json.loads((tmp_path / "best.json").read_text())
-    assert (best["step"], best["value"]) == best_step(acc, "max") == (summary["best"]["step"], summary["best"]["value"])
+    want = best_step([(s, v) for s, v in acc if s in (4, 7)], "max")
+    assert (best["step"], best["value"]) == want == (summary["best"]["step"], summary["best"]["value"])
     assert (tmp_path / "HP" / "hp_scorer").is_dir() and (tmp_path / "HP_last" / "hp_scorer").is_dir()
     cfg = json.loads((tmp_path / "hp_config.json").read_text())
     assert (cfg["margin"], cfg["weight_decay"], cfg["freeze_rule"], cfg["icthp_loss_weight"]) == (
         0.3, 0.01, "upstream", 1.0
     )  # fmt: skip
+    assert (cfg["icthp_term_reduction"], cfg["reference_world_batch"]) == ("sum", 256)
 
 
 def test_ict_recipes_resolve():
@@ -174,6 +177,39 @@ def test_ict_recipes_resolve():
     up = cli_config(ICTConfig, None, ["recipe=upstream"])
     assert (paper.lr, paper.lam, paper.max_steps, paper.weight_decay) == (3e-5, 0.1, 40000, 0.0)
     assert (up.lr, up.lam, up.max_steps, up.weight_decay, up.warmup_type) == (3e-6, 0.5, 5000, 0.01, "log")
+    # upstream ships the final step (train_ict.py keeps a full state only at the end); best-val is an option
+    assert up.best_metric is None and paper.best_metric is None
+    assert cli_config(ICTConfig, None, ["recipe=paper", "best_metric=avg"]).best_metric == "avg"
+
+
+def test_upstream_ict_run_exports_the_final_step(tiny_base, synth, tmp_path):
+    extra = dict(recipe="upstream", val_data=synth["val"], max_steps=4, eval_every=2, warmup_steps=2, limit_val=8)
+    summary = train_ict_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+    assert summary["best"] is None and not (tmp_path / "best.json").exists() and not (tmp_path / "ICT_last").exists()
+    assert summary["exported"] == str(tmp_path / "ICT") and summary["steps"] == 4
+
+
+def test_icthp_term_scaling_arithmetic():
+    """ICT = 0 makes q = 0, so every triplet's hinges are m + m = 0.6: the summed term is 0.6 B."""
+    m = 0.3
+    for b in (32, 64, 256):
+        ict, logits = torch.zeros(b, 3), torch.randn(b, 3, generator=torch.Generator().manual_seed(b))
+        assert icthp_margin_loss(ict, logits, m).item() == pytest.approx(0.6 * b)  # upstream: grows with B
+        # scaled to upstream's 8 GPUs x 32: what 256 triplets sum to, on any world batch
+        assert icthp_margin_loss(ict, logits, m, "sum", 256).item() == pytest.approx(0.6 * 256)
+        assert icthp_margin_loss(ict, logits, m, "mean").item() == pytest.approx(0.6)
+    # on general values: sum scaled by R / B = R x mean; identical to the plain sum at B = R
+    g = torch.Generator().manual_seed(0)
+    ict, logits = torch.rand(32, 3, generator=g), torch.randn(32, 3, generator=g)
+    plain = icthp_margin_loss(ict, logits, m)
+    assert icthp_margin_loss(ict, logits, m, "sum", 256).item() == pytest.approx(8 * plain.item())
+    assert icthp_margin_loss(ict, logits, m, "sum", 32).item() == pytest.approx(plain.item())
+    total, _, term = hp_stage_loss(logits, m, ict, 1.0, 1.0, "sum", 256)
+    assert term.item() == pytest.approx(8 * plain.item())
+    with pytest.raises(ValueError, match="'sum' or 'mean'"):
+        icthp_margin_loss(ict, logits, m, "max")
+    up = cli_config(HPConfig, None, ["recipe=upstream"])
+    assert (up.icthp_term_reduction, up.reference_world_batch) == ("sum", 256)
 
 
 _GATHER_WORKER = r"""

@@ -49,6 +49,7 @@ def test_kill_and_resume_matches_uninterrupted(module, accum, recipe, optimizer,
         extra["head_dims"] = "[32,16,8,4]"  # the head has dropout: the random stream must be restored too
     if recipe == "upstream":  # log warmup + linear decay, weight decay, best-validation export (needs val data)
         extra.update(recipe="upstream", val_data=synth["val"], eval_every=4, limit_val=8, warmup_steps=5)
+        extra["export_candidates_every"] = 4  # the recipe's 5000 would leave only the last step a candidate
         if module == "train-hp":
             extra["ict_model"] = tiny_ict  # the ICT-HP loss term runs the frozen ICT model
     full = run_module(module, common_overrides(tiny_base, synth["train"], tmp_path / "full", **extra))
