@@ -167,9 +167,9 @@ class HPStage(engine.Stage):
             raise ConfigError(f"freeze_rule={cfg.freeze_rule!r}: expected one of {sorted(FREEZE_RULES)}")
         tokenizer_for(cfg.tokenizer)  # a bad name fails before any model is loaded
         if cfg.icthp_term_reduction not in ("sum", "mean"):
-            raise ValueError(f"icthp_term_reduction={cfg.icthp_term_reduction!r}: expected 'sum' or 'mean'")
+            raise ConfigError(f"icthp_term_reduction={cfg.icthp_term_reduction!r}: expected 'sum' or 'mean'")
         if cfg.reference_world_batch is not None and cfg.reference_world_batch < 1:
-            raise ValueError(f"reference_world_batch={cfg.reference_world_batch}: expected a positive batch or null")
+            raise ConfigError(f"reference_world_batch={cfg.reference_world_batch}: expected a positive batch or null")
         if cfg.icthp_loss_weight and not cfg.ict_model:
             raise ConfigError("icthp_loss_weight > 0 needs ict_model (the frozen ICT model of stage 1)")
         self.config = cfg
