@@ -179,6 +179,7 @@ def test_convert_pick_high(tmp_path):
     assert len((tmp_path / "out" / "val.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_build_labels(tiny_clip, toy, tmp_path):
     out = tmp_path / "labeled.jsonl"
     args = ["build-labels", "--data", toy["triplets"], "-o", out, "--clip", tiny_clip, "--device", "cpu"]
