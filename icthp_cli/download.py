@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in reports:
         print(r.line())
-    if any(r.state == "bad" for r in reports):
+    if any(r.state in ("bad", "error") for r in reports):  # checkpoints.manager.FAILED less "missing"
         raise CheckpointError(f"{summary(reports)} (each file listed on stdout)")
     if any(r.state == "missing" for r in reports):
         raise WeightsNotFoundError(f"{summary(reports)} (each file listed on stdout)")

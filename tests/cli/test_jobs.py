@@ -35,6 +35,7 @@ USER_ERRORS = {
     "evalgen": (["evalgen", "--model", "m", "--prompts", MISSING, "-o", "/tmp/eg"], [MISSING]),
     "convert-pick-high": (["convert-pick-high", "src"], ["--output"]),
     "toy-data": (["toy-data", "-o", "/tmp/toy", "--triplets", "-1"], ["--triplets"]),
+    "explain": (["explain", "x.png", "--grid", "0", "-o", "/tmp/explain"], ["--grid"]),
 }
 
 
