@@ -82,8 +82,8 @@ def make_app(cfg: AppConfig, factory: Any = None) -> tuple[Any, dict[str, Any]]:
     from . import generate
     from .app import LAUNCH_CSS, build_app
     from .controller import Controller
-    from .logic import UploadLimits
     from .pool import ScorerPool
+    from .uploads import UploadLimits
 
     metrics = offered_metrics(cfg.metrics, cfg.sources)
     pool = ScorerPool(metrics, cfg.sources, cfg.device, cfg.dtype, cfg.batch_size, factory=factory)

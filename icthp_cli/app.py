@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from icthp_cli.options import APP_METRICS, add_model_arguments, model_options
+from icthp_core.dtypes import DTYPE_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen = parser.add_argument_group("generation (tab 3, needs a GPU)")
     gen.add_argument("--base-model", default=None, help="diffusers pipeline: hub id or local folder")
     gen.add_argument("--lora", default=None, help="LoRA .safetensors for the base pipeline")
-    gen.add_argument("--gen-dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
+    gen.add_argument("--gen-dtype", default="bf16", choices=DTYPE_CHOICES)
 
 
 def config(args: argparse.Namespace):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from icthp_cli.options import add_model_arguments, add_output_argument, model_options
+from icthp_core.dtypes import DTYPE_CHOICES
 from icthp_core.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="width (overrides --size)")
     g.add_argument("--max-sequence-length", type=int, help="T5 tokens (pipeline default; 256 for FLUX-schnell)")
     g.add_argument("--gen-batch-size", type=int, default=4, help="images per pipeline call (4)")
-    g.add_argument("--gen-dtype", choices=("fp32", "fp16", "bf16"), help="pipeline dtype (bf16 on CUDA, else fp32)")
+    g.add_argument("--gen-dtype", choices=DTYPE_CHOICES, help="pipeline dtype (bf16 on CUDA, else fp32)")
     g.add_argument("--cpu-offload", action="store_true", help="diffusers model CPU offload (small GPUs)")
     p.add_argument(
         "--metrics",
@@ -54,8 +55,8 @@ def _positive(name: str, value: int | None) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The core's `EvalGenConfig` of the parsed `args`."""
-    from icthp_core.evaluation.evalgen import DEFAULT_METRICS, EvalGenConfig
-    from icthp_core.evaluation.generation import parse_lora
+    from icthp_core.diffusion.evalgen import DEFAULT_METRICS, EvalGenConfig
+    from icthp_core.diffusion.generation import parse_lora
     from icthp_core.scoring.registry import parse_metrics
 
     opts = model_options(args)
@@ -93,7 +94,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from icthp_core.evaluation.evalgen import run_evalgen
+    from icthp_core.diffusion.evalgen import run_evalgen
 
     paths = run_evalgen(config_from_args(args))
     if paths:

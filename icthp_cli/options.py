@@ -29,7 +29,7 @@ OUTPUT_FLAGS = ("--output", "-o")
 
 #: `--metrics` default of each job family (shown in each job's help)
 SCORE_METRICS = "ict,hp,ict_hp"  # score, serve, eval (eval: less those whose weights are 'none')
-# evalgen: icthp_core.evaluation.evalgen.DEFAULT_METRICS (the paper's Table 2/3 columns; JPEG kB always)
+# evalgen: icthp_core.diffusion.evalgen.DEFAULT_METRICS (the paper's Table 2/3 columns; JPEG kB always)
 APP_METRICS = "all"  # app: every registered metric is offered, models load on first use
 
 

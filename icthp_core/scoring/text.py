@@ -17,7 +17,8 @@ from functools import lru_cache
 
 import torch
 
-from icthp_core.errors import ConfigError, DataError
+from icthp_core.data.prompts import check_prompt
+from icthp_core.errors import ConfigError
 
 CONTEXT_LENGTH = 77
 
@@ -31,15 +32,6 @@ def _tokenizer():
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt is longer than the CLIP context and was cut."""
-
-
-def check_prompt(prompt: object, where: str = "prompt") -> str:
-    """Return the prompt, or raise ValueError for a non-string or blank prompt."""
-    if not isinstance(prompt, str):
-        raise DataError(f"{where}: expected a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise DataError(f"{where}: the prompt is empty")
-    return prompt
 
 
 @lru_cache(maxsize=1)

@@ -90,7 +90,7 @@ def test_job_help_names_the_job(job, capsys):
 def test_metrics_defaults_are_documented_in_each_help(capsys):
     """One `--metrics` default per job family, shown in the job's help."""
     from icthp_cli.options import APP_METRICS, SCORE_METRICS
-    from icthp_core.evaluation.evalgen import DEFAULT_METRICS
+    from icthp_core.diffusion.evalgen import DEFAULT_METRICS
 
     for job, default in (("serve", SCORE_METRICS), ("eval", SCORE_METRICS), ("app", APP_METRICS)):
         with pytest.raises(SystemExit):

@@ -11,7 +11,7 @@ from icthp_cli.main import main as icthp_main
 from icthp_cli.options import cli_config, config_from_argv
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets, open_image
-from icthp_core.scoring.preprocess import preprocess_pil
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.text import tokenize
 from icthp_core.training import engine
 from icthp_core.training.hp import HPConfig, freeze_first_half, new_head

@@ -13,8 +13,8 @@ from icthp_cli.main import main as icthp_main
 from icthp_core import load_scorer
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
-from icthp_core.scoring.preprocess import preprocess_pil
 from tests.train.conftest import common_overrides, train_hp_main, train_ict_main
 
 HP_SEED = 5  # a head whose random initial direction ranks the triplets backwards (accuracy ~0)
