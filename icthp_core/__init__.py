@@ -4,14 +4,6 @@ ICT(image, prompt): how much of the prompt the image contains (cosine, ~0.9 for 
 HP(image): prompt-free high-preference score in (0, 1) (~0.77 typical). ICT-HP = ICT x HP.
 """
 
-from icthp_core.checkpoints.loading import load_clip
-from icthp_core.data.preprocess import preprocess_pil, preprocess_tensor, to_nchw
-from icthp_core.errors import CheckpointError, ICTHPError, ImageLoadError, WeightsNotFoundError
-from icthp_core.scoring.models import HPHead, HPModel, ICTModel, ImageHeadModel, TextImageModel
-from icthp_core.scoring.registry import METRICS, create_reward_model, list_metrics
-from icthp_core.scoring.scorer import ICTHPScorer, MultiScorer, load_scorer
-from icthp_core.scoring.text import tokenize
-
 __version__ = "0.1.0"
 
 #: public name -> the module defining it, imported on first use: `import icthp_core.errors` (the command line's
@@ -20,7 +12,7 @@ _LAZY = {
     "load_clip": "icthp_core.checkpoints.loading",
     **dict.fromkeys(("CheckpointError", "ICTHPError", "ImageLoadError", "WeightsNotFoundError"), "icthp_core.errors"),
     **dict.fromkeys(("HPHead", "HPModel", "ICTModel", "ImageHeadModel", "TextImageModel"), "icthp_core.scoring.models"),
-    **dict.fromkeys(("preprocess_pil", "preprocess_tensor", "to_nchw"), "icthp_core.scoring.preprocess"),
+    **dict.fromkeys(("preprocess_pil", "preprocess_tensor", "to_nchw"), "icthp_core.data.preprocess"),
     **dict.fromkeys(("METRICS", "create_reward_model", "list_metrics"), "icthp_core.scoring.registry"),
     **dict.fromkeys(("ICTHPScorer", "MultiScorer", "load_scorer"), "icthp_core.scoring.scorer"),
     "tokenize": "icthp_core.scoring.text",
