@@ -11,9 +11,6 @@ from typing import Any
 from icthp_core.errors import ConfigError
 from icthp_core.scoring.registry import list_metrics
 
-#: metrics ticked in the UI by default
-DEFAULT_TICKED = ("ict", "hp", "ict_hp", "clip", "pickscore")
-
 
 @dataclass
 class AppConfig:
@@ -22,7 +19,7 @@ class AppConfig:
     Args:
         metrics: metrics offered in the UI (models load on first use).
         sources: weight sources by base metric; without `ict`/`hp` the metrics built on them are not offered.
-        default_metrics: metrics ticked by default.
+        default_metrics: metrics ticked at start (None: ICT, HP, ICT-HP and the baselines given a source).
         preload: load the default metrics' models before serving.
         device, dtype, batch_size: where and how the models run (batch_size >= 1).
         host, port: bind address (loopback by default).
@@ -34,7 +31,7 @@ class AppConfig:
 
     metrics: list[str]
     sources: dict[str, str] = field(default_factory=dict)
-    default_metrics: list[str] = field(default_factory=lambda: list(DEFAULT_TICKED))
+    default_metrics: list[str] | None = None
     preload: bool = False
     device: str | None = None
     dtype: str = "fp32"
@@ -75,6 +72,17 @@ def offered_metrics(metrics: Sequence[str], sources: dict[str, str]) -> list[str
     return ms
 
 
+def default_ticked(given: str | Sequence[str] | None, offered: Sequence[str], sources: dict[str, str]) -> list[str]:
+    """Metrics ticked at start: `given`, else ICT, HP, ICT-HP and the baselines given a source (a baseline without
+    one would need a download on first use: off by default, so a first click works offline)."""
+    if isinstance(given, str):
+        given = [m.strip() for m in given.split(",") if m.strip()]
+    if given:
+        return list(given)
+    wanted = ["ict", "hp", "ict_hp"] + [m for m in sources if m not in ("ict", "hp")]
+    return [m for m in wanted if m in offered] or list(offered[:1])
+
+
 def make_app(cfg: AppConfig, factory: Any = None) -> tuple[Any, dict[str, Any]]:
     """(demo, launch kwargs) of `cfg`; `factory` overrides the scorer factory (tests)."""
     cfg.check()
@@ -86,9 +94,10 @@ def make_app(cfg: AppConfig, factory: Any = None) -> tuple[Any, dict[str, Any]]:
     from .uploads import UploadLimits
 
     metrics = offered_metrics(cfg.metrics, cfg.sources)
+    defaults = default_ticked(cfg.default_metrics, metrics, cfg.sources)
     pool = ScorerPool(metrics, cfg.sources, cfg.device, cfg.dtype, cfg.batch_size, factory=factory)
     if cfg.preload:
-        pool.preload([m for m in cfg.default_metrics if m in metrics] or metrics)
+        pool.preload([m for m in defaults if m in metrics] or metrics)
     missing = generate.requirements_missing(cfg.base_model, cfg.lora)
     generator = None
     if not missing:
@@ -99,7 +108,7 @@ def make_app(cfg: AppConfig, factory: Any = None) -> tuple[Any, dict[str, Any]]:
     )
     demo = build_app(
         controller,
-        default_metrics=cfg.default_metrics,
+        default_metrics=defaults,
         generation_note=generate.explanation(missing) if missing else None,
     )
     demo.queue(default_concurrency_limit=1, max_size=64)

@@ -17,7 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=APP_METRICS,
         help=f"comma-separated metrics offered in the UI, or 'all' (default {APP_METRICS}); models load on first use",
     )
-    g.add_argument("--default-metrics", default="ict,hp,ict_hp,clip,pickscore", help="metrics ticked by default")
+    g.add_argument(
+        "--default-metrics",
+        default=None,
+        help="metrics ticked by default (default: ICT, HP, ICT-HP and the baselines given with --source)",
+    )
     g.add_argument("--preload", action="store_true", help="load the default metrics' models before serving")
     s = parser.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -49,7 +53,7 @@ def config(args: argparse.Namespace):
     cfg = AppConfig(
         metrics=parse_metrics(args.metrics),
         sources=opts.sources,
-        default_metrics=[m.strip() for m in args.default_metrics.split(",") if m.strip()],
+        default_metrics=[m.strip() for m in (args.default_metrics or "").split(",") if m.strip()] or None,
         preload=args.preload,
         device=opts.device,
         dtype=opts.dtype,

@@ -38,8 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics",
         default=None,
-        help="metrics besides JPEG kB: comma list, 'all', or 'none' (default: the paper's Table 2/3 columns, "
-        "ict,hp,ict_hp,aesthetic)",
+        help="metrics besides JPEG kB: comma list, 'all', or 'none' (default ict,hp,ict_hp; add aesthetic for Table 2)",
     )
     add_model_arguments(p)
     add_output_argument(p, "output folder (images, scores, report); a rerun resumes", required=True)

@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, default=64, help="pairs written (64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (64)")
+    p.add_argument(
+        "--models",
+        action="store_true",
+        help="also write tiny RANDOM models (ICT, HP, SD3) and print a command to try each job (scores meaningless)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,4 +39,10 @@ def run(args: argparse.Namespace) -> int:
     with user_path("--output", args.output, write=True):
         paths = make_dataset(args.output, args.triplets, args.pairs, args.seed, args.size)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
+    if args.models:
+        from icthp_core.testing.toy import describe, write_toy_models
+
+        with user_path("--output", args.output, write=True):
+            write_toy_models(args.output)
+        print(describe(args.output))
     return 0
