@@ -7,6 +7,8 @@ with a deterministic sampler (euler), the kept seeds' final latents equal a plai
 import pytest
 import torch
 
+pytestmark = [pytest.mark.comfyui]
+
 STEPS = 10
 PROMPT = "a red apple on a table"
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from draft_common import PROMPTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,12 +14,8 @@ if str(ROOT) not in sys.path:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster single-threaded on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (the root conftest's `one_thread`)."""
 
 
 @pytest.fixture
