@@ -19,6 +19,8 @@ from icthp_core.training import hp as train_hp
 from icthp_core.training import ict as train_ict
 from tests.train.conftest import common_overrides
 
+pytestmark = [pytest.mark.slow]
+
 HP_SEED = 5  # a head whose random initial direction ranks the triplets backwards (accuracy ~0)
 
 
