@@ -46,12 +46,9 @@ def pipe(request):
 
 
 @pytest.fixture(scope="session")
-def tiny_rewards(tmp_path_factory) -> dict[str, str]:
-    """Tiny ICT and HP checkpoints in the published layouts (the core's test models)."""
-    from icthp_core.testing.tiny import save_tiny_hp, save_tiny_ict
-
-    root = tmp_path_factory.mktemp("rewards")
-    return {"ict": str(save_tiny_ict(root / "ict")), "hp": str(save_tiny_hp(root / "hp"))}
+def tiny_rewards(tiny_ict, tiny_hp) -> dict[str, str]:
+    """The root conftest's tiny ICT and HP checkpoints (the core's test models), as reward sources."""
+    return {"ict": str(tiny_ict), "hp": str(tiny_hp)}
 
 
 @pytest.fixture(scope="session")
