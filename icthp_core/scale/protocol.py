@@ -300,7 +300,7 @@ def to_uint8_batch(images) -> list[np.ndarray]:
     if hasattr(images, "detach"):  # torch tensor
         import torch
 
-        from icthp_core.scoring.preprocess import to_nchw
+        from icthp_core.data.preprocess import to_nchw
 
         x = to_nchw(images.detach().float().cpu())
         arr = (torch.clamp(x, 0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()

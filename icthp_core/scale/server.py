@@ -26,9 +26,9 @@ import torch
 from ray import serve
 from starlette.requests import Request
 
+from icthp_core.data.preprocess import MODE_SIZE, preprocess_pil
 from icthp_core.scale.protocol import BadRequest, ScoreRequest, parse_json, parse_multipart
 from icthp_core.scale.serve_config import ServeConfig, ServeLimits
-from icthp_core.scoring.preprocess import MODE_SIZE, preprocess_pil
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_WAIT_S = 0.01
