@@ -60,22 +60,20 @@ def over_budget_without_slow(durations: dict[str, float], items, budget: float =
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--store-durations",
-        nargs="?",
-        const=str(DURATIONS_FILE),
-        default=None,
-        metavar="FILE",
-        help=f"merge each test's set-up+call+tear-down seconds into FILE (default tests/{DURATIONS_FILE.name}; "
-        f"also: {_ENV}=1)",
+        action="store_true",
+        default=False,
+        help=f"merge each test's set-up+call+tear-down seconds into tests/{DURATIONS_FILE.name} (also: {_ENV}=1)",
     )
+    parser.addoption("--durations-file", default=str(DURATIONS_FILE), help="where --store-durations writes")
 
 
 def _target(config: pytest.Config) -> Path | None:
     """The file to write, or None when not storing (under xdist only the controller writes)."""
     if hasattr(config, "workerinput"):
         return None
-    if config.getoption("--store-durations"):
-        return Path(config.getoption("--store-durations"))
-    return DURATIONS_FILE if os.environ.get(_ENV, "") not in ("", "0") else None
+    if config.getoption("--store-durations") or os.environ.get(_ENV, "") not in ("", "0"):
+        return Path(config.getoption("--durations-file"))
+    return None
 
 
 def _cpu_seconds() -> float:

@@ -40,7 +40,7 @@ def test_the_check_flags_only_unmarked_tests_over_budget(tmp_path):
 
 
 def test_store_durations_merges_the_measured_seconds(tmp_path):
-    """`--store-durations FILE` in a real pytest run: set-up + call + tear-down per id, other ids kept."""
+    """`--store-durations --durations-file FILE` in a real run: set-up + call + tear-down per id, other ids kept."""
     (tmp_path / "test_x.py").write_text(
         "import time\nimport pytest\n\n@pytest.fixture\ndef slow_setup():\n    time.sleep(0.3)\n\n"
         "def test_a(slow_setup):\n    pass\n\ndef test_b():\n    pass\n"
@@ -50,7 +50,7 @@ def test_store_durations_merges_the_measured_seconds(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "durations_plugin", "-p", "no:cacheprovider"]
     res = subprocess.run(
-        [*cmd, "--store-durations", str(out), "test_x.py"],
+        [*cmd, "--store-durations", "--durations-file", str(out), "test_x.py"],
         cwd=tmp_path,
         env=env,
         text=True,
