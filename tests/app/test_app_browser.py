@@ -26,6 +26,8 @@ from browser_support import launch_chromium
 from icthp_core import MultiScorer, load_scorer
 from icthp_core.evaluation.stats import win_rate
 
+pytestmark = [pytest.mark.browser]
+
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a red balloon over a green field"
 METRICS = ("ict", "hp", "ict_hp", "clip")

@@ -130,4 +130,16 @@ def test_charts_have_one_panel_per_metric():
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["ICT", "CLIP"]
     t = pd.DataFrame({"metric": ["ICT"], "A win rate": [0.6], "CI low": [0.4], "CI high": [0.8]})
     assert win_rate_figure(t).axes[0].get_xlim() == (0.0, 1.0)
-    assert build_app is not None
+
+
+def test_build_app_lays_out_the_tabs_from_the_controller():
+    """The Blocks have the compare, A/B and generate tabs, the pool's metrics as choices, the defaults ticked."""
+    pool = ScorerPool(["hp", "ict"], factory=lambda *a: pytest.fail("build_app must not load a model"))
+    demo = build_app(Controller(pool), default_metrics=["hp"], title="My title", generation_note="NOTE-XYZ")
+    assert isinstance(demo, gr.Blocks) and demo.title == "My title"
+    props = {c["props"].get("elem_id"): c["props"] for c in demo.get_config_file()["components"] if "props" in c}
+    tabs = [c["props"]["label"] for c in demo.get_config_file()["components"] if c["type"] == "tabitem"]
+    assert tabs == ["Compare images", "A/B models", "Generate: base vs LoRA"]
+    for box in ("cmp-metrics", "ab-metrics"):
+        assert [v for _, v in props[box]["choices"]] == ["hp", "ict"] and props[box]["value"] == ["hp"]
+    assert props["gen-note"]["value"] == "NOTE-XYZ" and "cmp-run" in props and "exp-run" in props

@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+pytestmark = [pytest.mark.comfyui]
+
 PROMPT = "a bowl of fruit"
 
 

@@ -13,6 +13,8 @@ from torch import nn
 
 from icthp_core.scoring.registry import METRICS, MetricSpec, register, unregister
 
+pytestmark = [pytest.mark.comfyui]
+
 NEW = ("imagereward", "blip_itc", "blip_itm")
 
 

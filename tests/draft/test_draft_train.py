@@ -26,6 +26,7 @@ def _log(out):
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["sd3", "flux"])
 def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     out = tmp_path / arch
@@ -41,6 +42,7 @@ def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_
     assert (cfg["num_steps"], cfg["k"]) == ((8, 3) if arch == "sd3" else (4, 1))  # paper defaults
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path, monkeypatch):
     import icthp_core.diffusion.draft_train as mod
 
@@ -60,6 +62,7 @@ def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_r
     assert [r["step"] for r in _log(part) if "reward" in r] == [2, 4]
 
 
+@pytest.mark.slow
 def test_sd3_cfg_training_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     final = train(
         _cfg(
@@ -141,6 +144,7 @@ def test_weighted_reward_spec(tiny_rewards):
     assert all(not p.requires_grad for m in s.models.values() for p in m.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kw",
     [
@@ -195,6 +199,8 @@ def test_conditioning_cache_roundtrip(sd3_pipe, tmp_path):
     assert load_conditioning_cache(tmp_path / "missing", "k1") is None
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     """torchrun with 2 CPU processes (gloo): LoRA gradients are all-reduced, replicas checked equal at the end."""
     import os

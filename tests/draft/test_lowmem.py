@@ -15,6 +15,8 @@ from icthp_core.diffusion.lora import add_lora
 from icthp_core.errors import ConfigError
 from icthp_core.training import optim
 
+pytestmark = [pytest.mark.slow]
+
 PROMPTS2 = ["a photo of a cat", "a red car"]
 
 

@@ -10,6 +10,8 @@ import torch
 from icthp_core import load_scorer
 from tests.train.conftest import REPO, common_overrides, run_module
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 LAUNCH = ["--config_file", str(REPO / "train" / "configs" / "accelerate_cpu2.yaml")]
 
 

@@ -19,6 +19,8 @@ from icthp_core.training.ict import ICTConfig
 from icthp_core.training.labels import auto_theta, ict_labels
 from tests.train.conftest import REPO, common_overrides, train_hp_main, train_ict_main
 
+pytestmark = [pytest.mark.slow]
+
 
 def test_yaml_configs_load_with_overrides(tmp_path):
     ict = cli_config(ICTConfig, REPO / "train" / "configs" / "ict_paper.yaml", ["lr=1e-4", "max_steps=7"])

@@ -17,6 +17,8 @@ from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
 from tests.train.conftest import common_overrides, train_hp_main, train_ict_main
 
+pytestmark = [pytest.mark.slow]
+
 HP_SEED = 5  # a head whose random initial direction ranks the triplets backwards (accuracy ~0)
 
 

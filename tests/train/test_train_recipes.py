@@ -149,6 +149,7 @@ def test_best_step_selection():
         BestTracker("nope").update(1, {"acc": 1.0})
 
 
+@pytest.mark.slow
 def test_upstream_hp_run_exports_best_of_the_candidate_steps(tiny_base, tiny_ict, synth, tmp_path):
     """Upstream HP saves candidates only at multiples of 5000 and at the end (`train_hp.py`); here every 4 of 7
     steps, validation every 3: steps 3, 4, 6, 7 are validated (4 although 3 does not divide it), only 4 and 7 may
@@ -182,6 +183,7 @@ def test_ict_recipes_resolve():
     assert cli_config(ICTConfig, None, ["recipe=paper", "best_metric=avg"]).best_metric == "avg"
 
 
+@pytest.mark.slow
 def test_upstream_ict_run_exports_the_final_step(tiny_base, synth, tmp_path):
     extra = dict(recipe="upstream", val_data=synth["val"], max_steps=4, eval_every=2, warmup_steps=2, limit_val=8)
     summary = train_ict_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
@@ -230,6 +232,8 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_process_gloo_gathering_gives_the_one_process_loss(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from tests.train.conftest import common_overrides, run_module
 
+pytestmark = [pytest.mark.slow]
+
 
 def _losses(run_dir):
     out = {}
