@@ -18,6 +18,7 @@ import comfy.utils
 import latent_preview
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from icthp_core.scoring.selection import rank, select_batch, select_mask
 
@@ -59,6 +60,36 @@ def _candidates(latent: dict, n: int) -> torch.Tensor:
     return samples
 
 
+def _progress(model, total: int):
+    """A ComfyUI progress bar (with latent previews) over ``total`` steps: ``progress(step, x0)``."""
+    pbar = comfy.utils.ProgressBar(total)
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def progress(step: int, x0: torch.Tensor) -> None:
+        image = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+        pbar.update_absolute(step, total, image)
+
+    return progress
+
+
+def _phase1(model, noise, cfg, sampler, sigmas, s, positive, negative, base, mask, seed, vae):
+    """Run ``sigmas[0..s]`` for every candidate; returns the latents at step ``s`` and the decoded x0 previews."""
+    total = len(sigmas) - 1
+    progress = _progress(model, total)
+    captured: dict[str, torch.Tensor] = {}
+
+    def phase1_cb(step, x0, x, _total):
+        captured["x0"] = x0
+        progress(step + 1, x0)
+
+    x_s = comfy.sample.sample_custom(
+        model, noise, cfg, sampler, sigmas[: s + 1], positive, negative, base, mask, phase1_cb, True, seed
+    )
+    # x0 of the last phase-1 model call, in VAE latent space
+    x0 = model.model.process_latent_out(captured["x0"].to(torch.float32)).to(mm.intermediate_device())
+    return x_s, vae.decode(x0)[..., :3]
+
+
 def early_best_of_n(
     model,
     positive,
@@ -94,25 +125,13 @@ def early_best_of_n(
     seeds = [(seed + i) % 2**64 for i in range(n)]
     noise = torch.cat([comfy.sample.prepare_noise(base[i : i + 1], s_i) for i, s_i in enumerate(seeds)])
     mask = latent.get("noise_mask")
-    total = len(sigmas) - 1
-    pbar = comfy.utils.ProgressBar(total)
-    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-    captured: dict[str, torch.Tensor] = {}
-
-    def progress(step: int, x0: torch.Tensor) -> None:
-        image = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
-        pbar.update_absolute(step, total, image)
-
-    def phase1_cb(step, x0, x, _total):
-        captured["x0"] = x0
-        progress(step + 1, x0)
-
-    x_s = comfy.sample.sample_custom(
-        model, noise, cfg, sampler, sigmas[: s + 1], positive, negative, base, mask, phase1_cb, True, seed
-    )
-    # x0 of the last phase-1 model call, in VAE latent space
-    x0 = model.model.process_latent_out(captured["x0"].to(torch.float32)).to(mm.intermediate_device())
-    previews = vae.decode(x0)[..., :3]
+    total = max(len(sigmas) - 1, 0)  # denoise=0: no sigmas, nothing to sample (as KSampler: latent unchanged)
+    if total == 0:
+        s = 0
+        x_s = base
+        previews = vae.decode(base)[..., :3]
+    else:
+        x_s, previews = _phase1(model, noise, cfg, sampler, sigmas, s, positive, negative, base, mask, seed, vae)
     prompts = split_prompts(prompt, n, False, reward.needs_prompt)
     scores = reward.score(previews, prompts)
     metric = reward.primary if metric == "auto" else metric
@@ -125,6 +144,7 @@ def early_best_of_n(
     x_kept = select_batch(x_s, kept, "LATENT samples")
     mask_kept = select_mask(mask, kept, n, "LATENT noise_mask") if mask is not None else None
     if s < total:
+        progress = _progress(model, total)
 
         def phase2_cb(step, x0, x, _total):
             progress(s + step + 1, x0)
@@ -171,7 +191,7 @@ def summary(res: EarlyResult, metric: str) -> str:
     saved = res.full_steps - res.model_steps
     lines = [
         f"early best-of-{n}: scored x0 at step {res.stop_step}/{res.steps} ({metric}), kept {len(res.kept)}; "
-        f"{res.model_steps} of {res.full_steps} candidate-steps run ({saved} saved, {saved / res.full_steps:.0%})"
+        f"{res.model_steps} of {res.full_steps} candidate-steps run ({saved} saved, {saved / max(res.full_steps, 1):.0%})"
     ]
     for rank_i, i in enumerate(res.kept):
         final = f", final {res.final_scores[rank_i]:.4f}" if res.final_scores is not None else ""
@@ -276,7 +296,10 @@ class ICTHPEarlyBestOfN(io.ComfyNode):
         name = reward_model.primary if metric == "auto" else metric
         text = summary(res, name)
         scores = res.final_scores if res.final_scores is not None else [res.preview_scores[i] for i in res.kept]
-        pruned = select_batch(res.previews, [i for i in range(n) if i not in res.kept])
+        # nothing pruned (k >= n, or n = 1): block the nodes fed by `pruned_previews` silently, as the Best-of-N node
+        # does for `rejected_images`, instead of sending them an empty IMAGE batch they cannot handle
+        pruned_idx = [i for i in range(n) if i not in res.kept]
+        pruned = select_batch(res.previews, pruned_idx) if pruned_idx else ExecutionBlocker(None)
         return io.NodeOutput(
             res.images, res.latent, scores, res.seeds, res.previews, pruned, text, ui=ui.PreviewText(text)
         )
