@@ -189,9 +189,10 @@ def early_best_of_n(
 def summary(res: EarlyResult, metric: str) -> str:
     n = len(res.preview_scores)
     saved = res.full_steps - res.model_steps
+    share = saved / max(res.full_steps, 1)
     lines = [
         f"early best-of-{n}: scored x0 at step {res.stop_step}/{res.steps} ({metric}), kept {len(res.kept)}; "
-        f"{res.model_steps} of {res.full_steps} candidate-steps run ({saved} saved, {saved / max(res.full_steps, 1):.0%})"
+        f"{res.model_steps} of {res.full_steps} candidate-steps run ({saved} saved, {share:.0%})"
     ]
     for rank_i, i in enumerate(res.kept):
         final = f", final {res.final_scores[rank_i]:.4f}" if res.final_scores is not None else ""

@@ -49,7 +49,7 @@ def test_threshold_and_nothing_passed():
 
 
 def test_batch_nan_is_ranked_last_and_does_not_zero_the_metric():
-    """One failed image (NaN) is left out of the batch statistics; the others keep their order; best-of-1 is the best."""
+    """A failed image (NaN) is left out of the batch statistics; the others keep their order; best-of-1 is the best."""
     nan = float("nan")
     a = torch.tensor([1.0, nan, 3.0, 2.0])
     got = combine_scores({"a": a}, {"a": 1.0}, "batch")
