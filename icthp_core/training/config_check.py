@@ -59,8 +59,11 @@ def _ranges(cls: type) -> dict[str, str]:
     return out
 
 
-def check_config(cfg: Any, where: str = "config") -> None:
-    """Raise :class:`ConfigError` for the first option out of range, non-finite, or inconsistent with another."""
+def check_config(cfg: Any, where: str = "config", complete: bool = False) -> None:
+    """Raise :class:`ConfigError` for the first option out of range, non-finite, or inconsistent with another.
+
+    ``complete``: the config is the one about to train (not a file to be completed on the command line), so options
+    needing another (``best_metric`` needs ``val_data``) are checked too."""
     choices: dict[str, tuple[str, ...]] = getattr(cfg, "CHOICES", None) or {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
@@ -77,7 +80,7 @@ def check_config(cfg: Any, where: str = "config") -> None:
         valid = getattr(cfg, "VALIDATION_METRICS", ())
         if valid and metric not in valid:
             raise ConfigError(f"{where}: option best_metric={metric!r}: validation reports {', '.join(valid)}")
-        if not getattr(cfg, "val_data", None):
+        if complete and not getattr(cfg, "val_data", None):
             raise ConfigError(f"{where}: option best_metric={metric!r} needs val_data (a validation table)")
 
 

@@ -261,7 +261,7 @@ def run(stage: Stage) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     cfg = stage.config
-    check_config(cfg)
+    check_config(cfg, complete=True)
     if not cfg.train_data:
         raise ValueError("train_data: required (a triplet or pair table, see docs/training.md)")
     out = Path(cfg.output_dir)

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from icthp_core.training.config import ConfigError, load_config
+from icthp_core.training.config_check import check_config
 from icthp_core.training.hp import HPConfig
 from icthp_core.training.ict import ICTConfig
 from tests.train.conftest import REPO, common_overrides, run_module
@@ -52,8 +53,9 @@ def test_valid_configs_and_recipes_load():
     cfg = load_config(HPConfig, None, ["recipe=upstream", "val_data=v.jsonl"])
     assert cfg.best_metric == "ict_hp_upstream/accuracy"
     load_config(ICTConfig, None, ["recipe=paper", "best_metric=avg", "val_data=v.jsonl"])
+    cfg = load_config(ICTConfig, None, ["best_metric=avg"])  # a file may leave val_data to the command line
     with pytest.raises(ConfigError, match="needs val_data"):
-        load_config(ICTConfig, None, ["best_metric=avg"])
+        check_config(cfg, complete=True)  # what the training run checks before building anything
 
 
 @pytest.mark.slow
