@@ -9,8 +9,10 @@ env (versions, GPU, measured bf16 matmul TFLOP/s), parity (fp32 GPU vs CPU score
 + torch preprocessing vs PIL), precision (fp16/bf16 vs fp32 incl. ranking flips, mid-size fixture), sdpa (which
 attention kernels run in half precision), bench_score (ViT-H/14 throughput), draft_sd3 / draft_flux (DRaFT-K at
 1024², memory vs the estimator), draft_offload (SD3.5-Large 1024², K=3, offload_frozen: the 24 GB recipe),
-draft_lowmem (the same with 8-bit AdamW + VAE tiling), bench_compile (torch.compile at ViT-H/14; only when named in
---parts). Output: DIR/report.json, DIR/report.md, DIR/log.txt.
+draft_lowmem (the same with 8-bit AdamW + VAE tiling), explain (cost of word contributions, occlusion and
+attention relevance at ViT-H/14 with deletion/insertion AUCs and the fused vs explicit attention gap),
+bench_compile (torch.compile at ViT-H/14; only when named in --parts).
+Output: DIR/report.json, DIR/report.md, DIR/log.txt.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ PARTS = {
     "draft_flux": (110, 240),
     "draft_offload": (90, 240),
     "draft_lowmem": (90, 240),
+    "explain": (90, 180),
     "bench_compile": (150, 240),
 }
 # run by default, in order of priority (the budget skips the last ones first); bench_compile measured no gain on the
@@ -487,7 +490,21 @@ def run_part(name: str, dry: bool, work: Path, timeout: float, log) -> dict:
     return res
 
 
+def part_explain(dry: bool, work: Path) -> dict:
+    """bench/bench_explain.py on one picture: ViT-H/14 ICT-HP (random weights) on the GPU, 14 x 14 occlusion grid;
+    tiny models on the CPU in the dry run."""
+    sys.path.insert(0, str(HERE))
+    import bench_explain
+
+    device = _device(dry)
+    args = ["--config", "tiny" if dry else "vit-h", "--device", device, "--images", "1"]
+    args += ["--grid", "4", "--curve-steps", "4", "--random", "1", "--ig-steps", "8"] if dry else ["--grid", "14"]
+    res = bench_explain.main([*args, "--out", str(work / "explain.json")])
+    return {"command": res["command"], "device": device, "summary": res["summary"]}
+
+
 PART_FUNCS = {
+    "explain": part_explain,
     "env": part_env,
     "parity": part_parity,
     "decode": part_decode,
@@ -600,6 +617,10 @@ def markdown(report: dict) -> str:
                 )
         if dr.get("error"):
             lines.append(f"\n{name} error: {str(dr['error'])[:300]}")
+    ex = report["parts"].get("explain", {})
+    if ex.get("summary"):
+        lines += ["", "## explain", "", f"`{ex.get('command')}`", ""]
+        lines += [f"- {k}: {_fmt(v)}" for k, v in ex["summary"].items()]
     for name, res in report["parts"].items():
         if res.get("status") != "ok" and res.get("error") and name not in DRAFT_PARTS:
             lines += ["", f"### {name} failed", "", "```", str(res["error"])[-1500:], "```"]

@@ -3,7 +3,7 @@
 ComfyUI loads the repository root (``custom_nodes/<pack>/__init__.py``), which re-exports
 ``comfy_entrypoint`` from here. Node ids are stable: ICTHPLoader, ICTHPScore, ICTHPBestOfN,
 ICTHPLoraLoader, ICTHPTextEncoderSwap, ICTHPCLIPVision; then ICTHPEarlyBestOfN, ICTHPRewardMix,
-ICTHPSelect, ICTHPSaveWithScores, ICTHPModelManager.
+ICTHPSelect, ICTHPSaveWithScores, ICTHPModelManager, ICTHPExplain.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .early_nodes import ICTHPEarlyBestOfN
 from .encoder_nodes import ICTHPCLIPVision, ICTHPTextEncoderSwap
+from .explain_node import ICTHPExplain
 from .lora_node import ICTHPLoraLoader
 from .manager_nodes import ICTHPModelManager
 from .metadata_nodes import ICTHPSaveWithScores
@@ -31,6 +32,7 @@ NODES: list[type[io.ComfyNode]] = [
     ICTHPSelect,
     ICTHPSaveWithScores,
     ICTHPModelManager,
+    ICTHPExplain,
 ]
 
 

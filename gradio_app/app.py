@@ -9,6 +9,7 @@ import gradio as gr
 
 from icthp_core.errors import ICTHPError
 
+from . import explain_view
 from .controller import Controller, gradio_progress
 from .logic import InputError, label, public_message
 from .render import CSS
@@ -87,6 +88,7 @@ def build_app(
                     api_name="compare",
                     show_progress="full",
                 )
+                explain_view.build(controller, files, prompt, metrics, _user_errors)
 
             # ---------------------------------------------------------------- tab 2
             with gr.Tab("A/B models", id="ab"):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from icthp_core.data import outputs
+from icthp_core.data.images import DECODE_POLICIES
 from icthp_core.evaluation.protocols import PROTOCOLS, TIES
 from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scoring.registry import list_metrics, parse_metrics
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the Random row")
     add_model_arguments(p, output_help="write the results as JSON here (and the Markdown table beside it, .md)")
     p.add_argument("--scores-out", help="write per-item scores (JSON lines) here")
+    p.add_argument(
+        "--decode-policy",
+        choices=DECODE_POLICIES,
+        default="view",
+        help="view: EXIF orientation, alpha on white (default); upstream: as the reference code, convert('RGB') "
+        "without rotation (docs/evaluation.md)",
+    )
     return p
 
 
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val_records = val_report = None
     if kind == "pairs" and args.val_data:
         val_records, val_report = load_pairs(args.val_data, image_root=args.image_root)
-    scorer = MultiScorer(metrics, opts.sources, device=opts.device, dtype=opts.dtype)
+    scorer = MultiScorer(metrics, opts.sources, device=opts.device, dtype=opts.dtype, decode_policy=args.decode_policy)
     common = {"batch_size": opts.batch_size, "workers": opts.decode_workers(), "report": report}
     if kind == "triplets":
         # upstream in bf16: its validation's bf16 arithmetic (equal bf16 products count 0); paper: the dtype only
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": metrics,
         "sources": opts.sources,
         "dtype": opts.dtype,
+        "decode_policy": args.decode_policy,
         "report": report.to_dict(),
         **res,
     }

@@ -32,6 +32,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("serve", "icthp_cli.serve", "serve rewards over HTTP on Ray Serve (dynamic batching)"),
     Command("metrics", "icthp_cli.metrics", "list the registered metrics with their ranges"),
     Command("download", "icthp_cli.download", "download and verify ICT, HP and baseline weights (manifest)"),
+    Command("explain", "icthp_cli.explain", "explain scores: word contributions and region heatmaps per image"),
     Command("eval", "icthp_cli.eval", "preference accuracy (paper Table 1, Pick-a-Pic)"),
     Command("app", "icthp_cli.app", "launch the Gradio comparison app"),
     Command("train-ict", "icthp_cli.train_ict", "train the ICT model (stage 1; accelerate)"),

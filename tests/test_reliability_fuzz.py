@@ -21,3 +21,26 @@ def test_fuzzed_images_each_give_a_score_or_an_error_row(scorer):
     assert report["scored"] > 100 and report["error_rows"] > 100  # the corpus really mixes both
     assert "over the limit of 40,000,000 pixels" in report["error_kinds"]  # header bombs refused before decoding
     assert report["peak_rss_growth_mib"] < 400, report
+
+
+@pytest.mark.slow
+def test_fuzzed_bytes_give_one_row_each_in_every_dataset_layout():
+    from icthp_core.testing.fuzz import run_datasets
+
+    report = run_datasets(240, seed=1)
+    n = report["items"]
+    decoded = report["bytes"]["decoded"]
+    assert 0 < decoded < n  # the corpus mixes good and bad bytes
+    for layout in ("parquet", "webdataset"):  # the same bytes, the same outcome as a serve request or an upload
+        assert report[layout]["rows"] == n and report[layout]["errors"] == n - decoded, report
+    cut = report["truncated"]  # rows for the samples before the cut, the sample cut through and the rest: no abort
+    assert n // 2 < cut["rows"] < n and cut["errors"] > 0, report
+    assert report["peak_rss_growth_mib"] < 400, report
+
+
+def test_fuzzed_metadata_is_a_record_none_or_one_error():
+    from icthp_core.testing.fuzz import run_metadata
+
+    report = run_metadata(1500, seed=2)
+    assert report.get("unexpected", 0) == 0, report["unexpected_examples"]
+    assert report["record"] > 100 and report["error"] > 100 and report["none"] > 100, report

@@ -109,7 +109,7 @@ def _payload(**kw) -> bytes:
     [
         (b"{not json", "not valid JSON"),
         (_payload(images=["%%%"], prompts=["x"]), "not valid base64"),
-        (_payload(images=[base64.b64encode(b"hello").decode()], prompts=["x"]), "cannot decode image"),
+        (_payload(images=[base64.b64encode(b"hello").decode()], prompts=["x"]), r"images\[0\]: not an image"),
         (_payload(images=[base64.b64encode(png(1)).decode()] * 2, prompts=["a", "b", "c"]), "3 prompts for 2"),
         (_payload(images=[base64.b64encode(png(1)).decode()], prompts=[" "]), "need a non-empty prompt"),
         (_payload(images=[base64.b64encode(png(1)).decode()], prompt="x", metrics=["clip"]), "not served"),

@@ -9,6 +9,7 @@ const NODES = new Set([
   "ICTHPEarlyBestOfN",
   "ICTHPSelect",
   "ICTHPModelManager",
+  "ICTHPExplain",
 ]);
 const WIDGET = "icthp_result";
 

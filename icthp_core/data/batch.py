@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from icthp_core.data.images import DecodePolicy
 from icthp_core.data.images import decode_image as _decode
 from icthp_core.errors import ImageLoadError
 from icthp_core.scoring.preprocess import preprocess_pil
@@ -18,18 +19,23 @@ from icthp_core.scoring.preprocess import preprocess_pil
 ImageSource = str | bytes
 
 
-def decode_image(ref: ImageSource, where: str = "image") -> Image.Image:
-    """A path or encoded image bytes as a fully decoded RGB PIL image (`icthp_core.data.images.decode_image`:
-    pixel limit, EXIF, every mode); ImageLoadError naming the path, or `where` for bytes."""
-    return _decode(ref, name=where if isinstance(ref, (bytes, bytearray)) else None)
+def decode_image(ref: ImageSource, where: str = "image", policy: str | DecodePolicy = DecodePolicy.VIEW) -> Image.Image:
+    """A path or encoded image bytes as a fully decoded PIL image (`icthp_core.data.images.decode_image`: limits,
+    decode policy, every mode); ImageLoadError naming the path, or `where` for bytes."""
+    return _decode(ref, name=where if isinstance(ref, (bytes, bytearray)) else None, policy=policy)
 
 
 class FileItems(Dataset):
     """(image path or bytes, prompt) items -> (image, prompt, {mode: pixels} | None, error | None); never raises on
-    bad images (an error for bytes names the item's index)."""
+    bad images (an error for bytes names the item's index). `policy`: the decode policy (`DecodePolicy`)."""
 
-    def __init__(self, items: Sequence[tuple[ImageSource, str | None]], modes: Sequence[str]):
-        self.items, self.modes = list(items), list(modes)
+    def __init__(
+        self,
+        items: Sequence[tuple[ImageSource, str | None]],
+        modes: Sequence[str],
+        policy: str | DecodePolicy = DecodePolicy.VIEW,
+    ):
+        self.items, self.modes, self.policy = list(items), list(modes), DecodePolicy(policy)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -37,8 +43,8 @@ class FileItems(Dataset):
     def __getitem__(self, i: int):
         path, prompt = self.items[i]
         try:
-            img = decode_image(path, f"item {i}")
-            return path, prompt, {m: preprocess_pil(img, m) for m in self.modes}, None
+            img = decode_image(path, f"item {i}", self.policy)
+            return path, prompt, {m: preprocess_pil(img, m, policy=self.policy) for m in self.modes}, None
         except ImageLoadError as e:
             return path, prompt, None, str(e)
         except Exception as e:  # noqa: BLE001 - one bad file is that file's error row, never the run's
@@ -102,11 +108,13 @@ def iter_file_batches(
     pin_memory: bool = False,
     progress: bool = False,
     total: int | None = None,
+    policy: str | DecodePolicy = DecodePolicy.VIEW,
 ) -> Iterator[dict]:
     """Batches `{"rows": [...], "pixels": {mode: [b,3,224,224]}}` in item order, decoded in worker processes.
 
-    Unreadable files come back as rows with an `error` message naming the file (and no pixels).
+    Unreadable files come back as rows with an `error` message naming the file (and no pixels). `policy`: the decode
+    policy (`icthp_core.data.images.DecodePolicy`).
     """
-    data = FileItems(items, modes)
+    data = FileItems(items, modes, policy)
     loader = ordered_loader(data, batch_size, num_workers, _collate, pin_memory=pin_memory)
     yield from with_progress(loader, total if total is not None else len(data), progress)

@@ -23,7 +23,6 @@ counted too, so a run never crashes on data.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from icthp_core.data.images import decode_image
+from icthp_core.data.images import check_image, decode_image
 from icthp_core.errors import DataFormatError, UnsafeDataError
 
 logger = logging.getLogger(__name__)
@@ -195,12 +194,8 @@ def _float(v: Any) -> float | None:
 
 
 def _verify(ref: ImageRef) -> str:
-    try:
-        with _open_raw(ref) as im:
-            im.verify()
-    except Exception as e:  # noqa: BLE001 - any decoder error means an unreadable file
-        return f"{type(e).__name__}: {e}"
-    return ""
+    """Why `ref` cannot be decoded (the one decoder, its limits included), or "" when it can."""
+    return check_image(ref, name="<image bytes>" if isinstance(ref, bytes) else None) or ""
 
 
 def _pick_high_roots(path: Path, image_root: Path | None, split: str) -> tuple[Path, Path]:
@@ -406,10 +401,6 @@ def convert_pick_high(
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-
-
-def _open_raw(ref: ImageRef) -> Image.Image:
-    return Image.open(io.BytesIO(ref)) if isinstance(ref, bytes) else Image.open(ref)
 
 
 def open_image(ref: ImageRef) -> Image.Image:

@@ -1,16 +1,31 @@
-"""Decoding user images (paths, bytes, PIL, numpy) into RGB PIL images; the one place images are opened.
+"""Decoding user images (paths, bytes, PIL, numpy) into PIL images; the one place images are opened.
 
-Every front end (CLI, Python API, app, data sets, ComfyUI loaders of files) decodes through `decode_image`, so the
-same file gives the same pixels everywhere:
+Every front end (CLI, Python API, app uploads, data sets: parquet, Hugging Face, WebDataset; `icthp serve`
+requests, ComfyUI loaders of files) decodes through `decode_image`, so the same image gives the same pixels
+everywhere. One set of limits (`ImageLimits`), checked *before* decoding:
 
-- the pixel count is checked from the header *before* decoding: images over `max_pixels` (default
-  `DEFAULT_MAX_PIXELS`, override with the environment variable `ICTHP_MAX_PIXELS` or the argument) are refused;
-- EXIF orientation is applied (as ComfyUI's LoadImage and phone viewers do);
-- every Pillow mode becomes 8-bit RGB by scaling, never clipping: 16/32-bit integer greyscale (`I;16*`, `I`) is
+- the pixel count, read from the header: images over `max_pixels` (default `DEFAULT_MAX_PIXELS`, override with
+  the environment variable `ICTHP_MAX_PIXELS` or the argument) are refused;
+- the encoded size: files, byte strings and archive members over `max_bytes` (default `DEFAULT_MAX_BYTES`,
+  `ICTHP_MAX_IMAGE_BYTES`) are refused without being read.
+
+`probe_image` applies both limits from the header alone (no pixel is decoded) and returns the size, for callers
+that budget pixels before work (the reward server).
+
+One policy (`DecodePolicy`) says how decoded pixels become RGB:
+
+- "view" (default, what a person sees): EXIF orientation applied (as ComfyUI's LoadImage and phone viewers do);
+  every Pillow mode becomes 8-bit RGB by scaling, never clipping: 16/32-bit integer greyscale (`I;16*`, `I`) is
   taken as 0..65535, float (`F`) as 0..1; alpha (RGBA, LA, PA, premultiplied, palette/RGB transparency) is
-  composited on `ALPHA_BACKGROUND` (white);
-- any failure (not only Pillow's own errors: a malformed TIFF raises TypeError) becomes one `ImageLoadError`
-  whose message names the file.
+  composited on `ALPHA_BACKGROUND` (white). `decode_image` returns an RGB image.
+- "upstream" (what the published reference code computes): no rotation, and `Image.convert("RGB")` (alpha
+  dropped, 16-bit clipped) at the point where each upstream preprocessor does it — before resizing for CLIP's
+  processor (ICT, HP, CLIP, PickScore, BLIP), after resizing for ImageReward and HPSv2 (see
+  `icthp_core.scoring.preprocess`). `decode_image` returns the loaded image in its own mode; give it to
+  `preprocess_pil(..., policy="upstream")`.
+
+Any failure (not only Pillow's own errors: a malformed TIFF raises TypeError) becomes one `ImageLoadError` whose
+message names the item.
 """
 
 from __future__ import annotations
@@ -18,12 +33,17 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from icthp_core.errors import ImageLoadError
+from icthp_core.errors import ConfigError, ImageLoadError
 
 #: file suffixes taken as images when a folder is expanded or an upload is checked
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -31,26 +51,93 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 DEFAULT_MAX_PIXELS = 40_000_000
 #: environment variable that overrides DEFAULT_MAX_PIXELS
 MAX_PIXELS_ENV = "ICTHP_MAX_PIXELS"
+#: default limit on an encoded image (file, bytes, archive member), checked before reading it: 512 MiB
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+#: environment variable that overrides DEFAULT_MAX_BYTES
+MAX_BYTES_ENV = "ICTHP_MAX_IMAGE_BYTES"
 #: colour that transparent pixels are composited on
 ALPHA_BACKGROUND = (255, 255, 255)
 
 ImageSource = str | os.PathLike | bytes
 
 
+class DecodePolicy(str, Enum):
+    """How decoded pixels become RGB (see the module docstring): "view" (default) or "upstream"."""
+
+    VIEW = "view"
+    UPSTREAM = "upstream"
+
+
+#: the policy names, for command-line choices
+DECODE_POLICIES = tuple(p.value for p in DecodePolicy)
+
+
+def parse_decode_policy(value: str | DecodePolicy | None, where: str = "decode_policy") -> DecodePolicy:
+    """`value` as a DecodePolicy (None: the default "view"); ConfigError naming `where` for an unknown name."""
+    if value is None:
+        return DecodePolicy.VIEW
+    try:
+        return DecodePolicy(value)
+    except ValueError:
+        raise ConfigError(f"{where}={value!r}: expected one of {', '.join(DECODE_POLICIES)}") from None
+
+
+def _env_limit(env: str, default: int, what: str) -> int:
+    text = os.environ.get(env)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ImageLoadError(f"${env}={text!r}: expected a whole number of {what}") from None
+    if value < 1:
+        raise ImageLoadError(f"${env}={text!r}: must be >= 1")
+    return value
+
+
 def max_pixels_limit(max_pixels: int | None = None) -> int:
     """The pixel-count limit in force: `max_pixels`, else $ICTHP_MAX_PIXELS, else DEFAULT_MAX_PIXELS."""
     if max_pixels is not None:
         return int(max_pixels)
-    env = os.environ.get(MAX_PIXELS_ENV)
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ImageLoadError(f"${MAX_PIXELS_ENV}={env!r}: expected a whole number of pixels") from None
-        if value < 1:
-            raise ImageLoadError(f"${MAX_PIXELS_ENV}={env!r}: must be >= 1")
-        return value
-    return DEFAULT_MAX_PIXELS
+    return _env_limit(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, "pixels")
+
+
+def max_bytes_limit(max_bytes: int | None = None) -> int:
+    """The encoded-size limit in force: `max_bytes`, else $ICTHP_MAX_IMAGE_BYTES, else DEFAULT_MAX_BYTES."""
+    if max_bytes is not None:
+        return int(max_bytes)
+    return _env_limit(MAX_BYTES_ENV, DEFAULT_MAX_BYTES, "bytes")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The limits every decode enforces before decoding: pixels (from the header) and encoded bytes."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @classmethod
+    def resolve(cls, max_pixels: int | None = None, max_bytes: int | None = None) -> ImageLimits:
+        """The limits in force: the arguments, else the environment variables, else the defaults."""
+        return cls(max_pixels_limit(max_pixels), max_bytes_limit(max_bytes))
+
+    def check_bytes(self, size: int, where: str) -> None:
+        """ImageLoadError naming `where` when an encoded image of `size` bytes is over `max_bytes`."""
+        if size > self.max_bytes:
+            raise ImageLoadError(
+                f"{where}: {size:,} bytes is over the limit of {self.max_bytes:,} bytes "
+                f"(set ${MAX_BYTES_ENV} to raise it)"
+            )
+
+    def check_size(self, w: int, h: int, where: str) -> None:
+        """ImageLoadError naming `where` for an image without pixels or over `max_pixels`."""
+        if w < 1 or h < 1:
+            raise ImageLoadError(f"{where}: image has no pixels ({w}x{h})")
+        if w * h > self.max_pixels:
+            raise ImageLoadError(
+                f"{where}: {w}x{h} = {w * h:,} pixels is over the limit of {self.max_pixels:,} "
+                f"(set ${MAX_PIXELS_ENV} to raise it)"
+            )
 
 
 def display_name(name: str) -> str:
@@ -58,12 +145,14 @@ def display_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _is_bytes(source: object) -> bool:
+    return isinstance(source, (bytes, bytearray, memoryview))
+
+
 def _source_name(source: ImageSource, name: str | None) -> str:
     if name is not None:
         return name
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return "<image bytes>"
-    return os.fspath(source) if not isinstance(source, bytes) else "<image bytes>"
+    return "<image bytes>" if _is_bytes(source) else os.fspath(source)
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = ALPHA_BACKGROUND) -> Image.Image:
@@ -86,60 +175,100 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = ALPHA_BACKGROUND
     return img.convert("RGB")
 
 
-def decode_image(
-    source: ImageSource,
-    name: str | None = None,
-    max_pixels: int | None = None,
-    background: tuple[int, int, int] = ALPHA_BACKGROUND,
-) -> Image.Image:
-    """Decode a file path or encoded bytes to an RGB PIL image (EXIF orientation applied, fully loaded).
+@contextmanager
+def _opened(source: ImageSource, where: str, limits: ImageLimits) -> Iterator[BinaryIO]:
+    """A binary file object for a path or bytes, after the emptiness and encoded-size checks."""
+    if _is_bytes(source):
+        if len(source) == 0:
+            raise ImageLoadError(f"{where}: empty file")
+        limits.check_bytes(len(source), where)
+        with io.BytesIO(bytes(source)) as fh:
+            yield fh
+        return
+    path = Path(source)
+    if path.is_dir():
+        raise ImageLoadError(f"{where}: is a folder, not an image file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageLoadError(f"{where}: empty file")
+    limits.check_bytes(size, where)
+    with open(path, "rb") as fh:
+        yield fh
 
-    `name`: how the image is named in errors (default: the path). Raises ImageLoadError naming it for a missing,
-    empty, undecodable or over-limit image; never any other exception.
-    """
-    where = _source_name(source, name)
-    limit = max_pixels_limit(max_pixels)
+
+@contextmanager
+def _errors_named(source: ImageSource, where: str, limits: ImageLimits) -> Iterator[None]:
+    """Turn any exception inside into one ImageLoadError naming `where` (never another exception type)."""
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if len(source) == 0:
-                raise ImageLoadError(f"{where}: empty file")
-            fh = io.BytesIO(bytes(source))
-        else:
-            path = Path(source)
-            if path.is_dir():
-                raise ImageLoadError(f"{where}: is a folder, not an image file")
-            if path.stat().st_size == 0:
-                raise ImageLoadError(f"{where}: empty file")
-            fh = open(path, "rb")  # noqa: SIM115 - closed below
-        with fh, warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")  # corrupt-EXIF and bomb warnings: the limit and errors below decide
-            with Image.open(fh) as img:
-                w, h = img.size
-                if w < 1 or h < 1:
-                    raise ImageLoadError(f"{where}: image has no pixels ({w}x{h})")
-                if w * h > limit:
-                    raise ImageLoadError(
-                        f"{where}: {w}x{h} = {w * h:,} pixels is over the limit of {limit:,} "
-                        f"(set ${MAX_PIXELS_ENV} to raise it)"
-                    )
-                img.load()  # decode now, so truncated files fail here
-                img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img, background)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # corrupt-EXIF and bomb warnings: the limits and errors decide
+            yield
     except ImageLoadError:
         raise
     except FileNotFoundError:
         raise ImageLoadError(f"{where}: no such file") from None
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"{where}: over the limit of {limit:,} pixels (Pillow: {e})") from None
+        raise ImageLoadError(f"{where}: over the limit of {limits.max_pixels:,} pixels (Pillow: {e})") from None
     except MemoryError:
         raise ImageLoadError(f"{where}: not enough memory to decode") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{where}: not an image (unrecognised format)") from None
-    except Exception as e:  # noqa: BLE001 - any decoder failure is this file's error, never the run's
+    except RecursionError:
+        raise ImageLoadError(f"{where}: cannot decode image (nested too deeply)") from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure is this item's error, never the run's
         detail = str(e).splitlines()[0] if str(e) else ""
-        if not isinstance(source, (bytes, bytearray, memoryview)):
+        if not _is_bytes(source):
             detail = detail.replace(os.fspath(source), where)  # the caller's name only (the app hides server paths)
         raise ImageLoadError(f"{where}: cannot decode image ({type(e).__name__}: {detail})") from e
+
+
+def probe_image(
+    source: ImageSource, name: str | None = None, max_pixels: int | None = None, limits: ImageLimits | None = None
+) -> tuple[int, int]:
+    """(width, height) of a file or encoded bytes read from the header only (no pixel decoded), after the checks
+    `decode_image` makes before decoding (encoded size, pixel count). ImageLoadError naming the item otherwise."""
+    where = _source_name(source, name)
+    limits = limits or ImageLimits.resolve(max_pixels)
+    with _errors_named(source, where, limits), _opened(source, where, limits) as fh, Image.open(fh) as img:
+        w, h = img.size
+        limits.check_size(w, h, where)
+        return w, h
+
+
+def decode_image(
+    source: ImageSource,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    background: tuple[int, int, int] = ALPHA_BACKGROUND,
+    *,
+    policy: str | DecodePolicy = DecodePolicy.VIEW,
+    limits: ImageLimits | None = None,
+) -> Image.Image:
+    """Decode a file path or encoded bytes to a fully loaded PIL image.
+
+    Args:
+        source: a path or the encoded bytes of an image.
+        name: how the image is named in errors (default: the path, or "<image bytes>").
+        max_pixels: the pixel limit (default: $ICTHP_MAX_PIXELS or DEFAULT_MAX_PIXELS); ignored with `limits`.
+        background: the colour alpha is composited on ("view" policy).
+        policy: "view" (default): EXIF orientation applied, RGB with alpha on `background`; "upstream": no
+            rotation, the image in its own mode, for `preprocess_pil(..., policy="upstream")`.
+        limits: the pixel and byte limits (default: `ImageLimits.resolve(max_pixels)`).
+
+    Raises ImageLoadError naming the item for a missing, empty, undecodable or over-limit image; never any other
+    exception.
+    """
+    where = _source_name(source, name)
+    policy = parse_decode_policy(policy)
+    limits = limits or ImageLimits.resolve(max_pixels)
+    with _errors_named(source, where, limits), _opened(source, where, limits) as fh:
+        img = Image.open(fh)
+        limits.check_size(*img.size, where)
+        img.load()  # decode now, so truncated files fail here
+        if policy is DecodePolicy.UPSTREAM:
+            return img  # as `Image.open(path)` hands it to the upstream preprocessors
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img, background)
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
@@ -148,7 +277,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
 
 
 def check_image(source: ImageSource, name: str | None = None, max_pixels: int | None = None) -> str | None:
-    """Why `source` cannot be scored (the ImageLoadError message), or None when it decodes within the limit."""
+    """Why `source` cannot be scored (the ImageLoadError message), or None when it decodes within the limits."""
     try:
         decode_image(source, name=name, max_pixels=max_pixels)
     except ImageLoadError as e:
@@ -156,14 +285,16 @@ def check_image(source: ImageSource, name: str | None = None, max_pixels: int | 
     return None
 
 
-def to_pil(image: object, where: str = "image") -> Image.Image:
-    """A path, encoded bytes, PIL image or numpy HWC array (uint8, or float in 0..1) as an RGB PIL image."""
+def to_pil(image: object, where: str = "image", policy: str | DecodePolicy = DecodePolicy.VIEW) -> Image.Image:
+    """A path, encoded bytes, PIL image or numpy HWC array (uint8, or float in 0..1) as a PIL image: RGB under the
+    "view" policy; under "upstream", paths, bytes and PIL images keep their mode (see `decode_image`)."""
+    policy = parse_decode_policy(policy)
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return decode_image(image, policy=policy)
     if isinstance(image, (bytes, bytearray)):
-        return decode_image(bytes(image), name=where)
+        return decode_image(bytes(image), name=where, policy=policy)
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return image if policy is DecodePolicy.UPSTREAM else to_rgb(image)
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:

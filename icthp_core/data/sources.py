@@ -1,10 +1,12 @@
 """Data sources for batch scoring: image files, parquet (bytes or paths), WebDataset tars, Hugging Face datasets.
 
 Every source is planned into *shards* (small JSON-able dicts: a list of files, a parquet row group, a tar file, a row
-range of a datasets arrow file). `read_shard(spec)` turns a shard into *records*
-`{"image": id, "prompt": str|None, "path": str|None, "data": bytes|None, **kept columns}`, and `decode_records` turns
-records into normalised pixels (one entry per preprocessing mode) plus per-record errors. The single-process and the
-Ray engine run the same three functions, so they score the same pixels.
+range of a datasets arrow file). `iter_shard(spec)` streams a shard's *records*
+`{"image": id, "prompt": str|None, "path": str|None, "data": bytes|None, **kept columns}` (parquet by record batch,
+WebDataset member by member: `icthp_core.data.webdataset`; `read_shard` is its list), and `decode_records` turns
+records into normalised pixels (one entry per preprocessing mode) plus per-record errors, decoding every image with
+`icthp_core.data.images.decode_image` (the one decoder: same limits and policy as files, uploads and requests).
+The single-process and the Ray engine run the same functions, so they score the same pixels.
 
 Record ids (`image`) are stable: the file path; `<file>#<row>:<column>` for parquet and datasets rows;
 `<tar>#<key>` for WebDataset samples.
@@ -14,22 +16,21 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
-import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from icthp_core.errors import ImageLoadError
+from icthp_core.data.images import DecodePolicy, decode_image
+from icthp_core.data.webdataset import WDS_SUFFIXES, is_wds_name
+from icthp_core.errors import ConfigError, DataError, ImageLoadError
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "png", "webp", "image_bytes", "image_path", "file_name", "path")
 PROMPT_COLUMN_CANDIDATES = ("prompt", "caption", "text", "txt")
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1")
-WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-WDS_TEXT_EXTS = ("txt", "caption", "prompt")
 DATASET_KINDS = ("auto", "parquet", "webdataset", "hf")
 
 
@@ -63,25 +64,30 @@ def detect_kind(source: str) -> str:
     if p.is_file():
         if p.suffix.lower() == ".parquet":
             return "parquet"
-        if p.suffix.lower() == ".tar":
+        if is_wds_name(p.name):
             return "webdataset"
-        raise ValueError(f"--dataset {source}: unknown file type {p.suffix!r} (.parquet or .tar)")
+        raise DataError(f"--dataset {source}: unknown file type {p.suffix!r} (.parquet, {', '.join(WDS_SUFFIXES)})")
     if p.is_dir():
         if (p / "dataset_info.json").exists() or (p / "state.json").exists() or (p / "dataset_dict.json").exists():
             return "hf"
         if any(p.glob("*.parquet")):
             return "parquet"
-        if any(p.glob("*.tar")):
+        if _wds_files(p):
             return "webdataset"
-        raise ValueError(f"--dataset {source}: folder has no *.parquet, *.tar or datasets save_to_disk files")
+        raise DataError(f"--dataset {source}: folder has no *.parquet, *.tar or datasets save_to_disk files")
     if "/" in source and not source.startswith((".", "/")):
         return "hf"  # looks like a hub id
-    raise ValueError(f"--dataset {source}: no such file or folder")
+    raise DataError(f"--dataset {source}: no such file or folder")
 
 
 def _files(source: str, suffix: str) -> list[Path]:
     p = Path(source)
     return sorted(p.glob(f"*{suffix}")) if p.is_dir() else [p]
+
+
+def _wds_files(p: Path) -> list[Path]:
+    """The WebDataset shards of a folder (sorted), or the file itself."""
+    return sorted(f for f in p.iterdir() if f.is_file() and is_wds_name(f.name)) if p.is_dir() else [p]
 
 
 def _split_cols(value: str | None) -> list[str]:
@@ -99,12 +105,12 @@ def _choose_columns(
         else:
             images = [next((c for c in IMAGE_COLUMN_CANDIDATES if c in names), None)]
             if images[0] is None:
-                raise ValueError(f"{where}: no image column found in {names}; pass --image-column")
+                raise DataError(f"{where}: no image column found in {names}; pass --image-column")
     if prompt_column is None:
         prompt_column = next((c for c in PROMPT_COLUMN_CANDIDATES if c in names), None)
     for c in [*images, *([prompt_column] if prompt_column else []), *keep]:
         if c not in names:
-            raise ValueError(f"{where}: no column {c!r}; columns are {names}")
+            raise DataError(f"{where}: no column {c!r}; columns are {names}")
     return images, prompt_column
 
 
@@ -139,7 +145,7 @@ def plan_dataset(
             try:
                 meta = pq.ParquetFile(f)
             except Exception as e:
-                raise ValueError(f"--dataset {f}: not a readable parquet file ({e})") from None
+                raise DataError(f"--dataset {f}: not a readable parquet file ({e})") from None
             images, pcol = _choose_columns(meta.schema_arrow.names, image_column, prompt_column, keep, str(f))
             start = 0
             for g in range(meta.num_row_groups):
@@ -152,26 +158,26 @@ def plan_dataset(
                 start += n
         return shards
     if kind == "webdataset":
-        files = _files(source, ".tar")
+        files = _wds_files(Path(source))
         if not files:
-            raise ValueError(f"--dataset {source}: no .tar shards")
+            raise DataError(f"--dataset {source}: no {', '.join(WDS_SUFFIXES)} shards")
         return [{"kind": "tar", "file": str(f)} | common for f in files]
     if kind == "hf":
         return _plan_hf(source, image_column, prompt_column, keep, split, shard_size, common)
-    raise ValueError(f"--dataset-format {kind!r}: choose from {DATASET_KINDS}")
+    raise ConfigError(f"--dataset-format {kind!r}: choose from {DATASET_KINDS}")
 
 
 def _plan_hf(source, image_column, prompt_column, keep, split, shard_size, common) -> list[dict]:
     try:
         import datasets
     except ImportError:
-        raise ValueError("Hugging Face datasets need `pip install datasets` (or icthp[scale])") from None
+        raise ConfigError("Hugging Face datasets need `pip install datasets` (or icthp[scale])") from None
     name = source.removeprefix("hf:")
     if Path(name).is_dir():
         ds = datasets.load_from_disk(name)
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise ValueError(f"--dataset {name}: no split {split!r}; splits are {list(ds)}")
+                raise DataError(f"--dataset {name}: no split {split!r}; splits are {list(ds)}")
             ds = ds[split]
     else:
         ds = datasets.load_dataset(name, split=split)
@@ -193,7 +199,7 @@ def _plan_hf(source, image_column, prompt_column, keep, split, shard_size, commo
                 | common
             )
     if not shards:
-        raise ValueError(f"--dataset {name}: no arrow files behind this dataset (in-memory datasets are not supported)")
+        raise DataError(f"--dataset {name}: no arrow files behind this dataset (in-memory datasets are not supported)")
     return shards
 
 
@@ -204,6 +210,12 @@ def plan_fingerprint(shards: Sequence[dict], metrics: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- reading
+#: bytes (uncompressed, estimated from the row group's metadata) per pyarrow record batch of a parquet row group
+READ_BATCH_BYTES = 8 << 20
+#: rows per record batch at most (parquet and datasets arrow files)
+READ_BATCH_ROWS = 64
+
+
 def _cell(value, base: Path) -> tuple[str | None, bytes | None]:
     """(path, data) from a cell: bytes, a datasets Image struct {bytes, path}, or a path string."""
     if isinstance(value, dict):
@@ -218,126 +230,120 @@ def _cell(value, base: Path) -> tuple[str | None, bytes | None]:
     return None, None
 
 
-def _table_records(table, shard: dict, start: int, label: str) -> list[dict]:
+def _table_records(table, shard: dict, start: int, label: str) -> Iterator[dict]:
+    """Records of a pyarrow table or record batch whose first row is row `start` of the source."""
     base = Path(shard["file"]).parent
     cols = {c: table.column(c).to_pylist() for c in {*shard["images"], *shard["keep"]}}
     prompts = table.column(shard["prompt_column"]).to_pylist() if shard.get("prompt_column") else None
-    out = []
     for i in range(table.num_rows):
         prompt = shard["prompt"] if shard["prompt"] is not None else (prompts[i] if prompts else None)
         for c in shard["images"]:
             path, data = _cell(cols[c][i], base)
             rec = {"image": f"{label}#{start + i}:{c}", "prompt": prompt, "path": path, "data": data}
             rec.update({k: cols[k][i] for k in shard["keep"]})
-            out.append(rec)
-    return out
+            yield rec
 
 
-def _tar_records(shard: dict) -> list[dict]:
-    samples: dict[str, dict] = {}
-    with tarfile.open(shard["file"]) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            name = m.name
-            key, dot, ext = name.partition(".")
-            if not dot or os.path.basename(key).startswith("."):
-                continue
-            samples.setdefault(key, {})[ext.lower()] = tf.extractfile(m).read()
-    out = []
-    for key, parts in samples.items():
-        img_ext = next((e for e in WDS_IMAGE_EXTS if e in parts), None)
-        prompt = shard["prompt"]
-        meta = {}
-        if "json" in parts:
-            try:
-                meta = json.loads(parts["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                meta = {}
-        if prompt is None:
-            txt = next((parts[e] for e in WDS_TEXT_EXTS if e in parts), None)
-            if txt is not None:
-                prompt = txt.decode("utf-8", "replace").strip()
-            elif isinstance(meta, dict):
-                prompt = next((meta[k] for k in PROMPT_COLUMN_CANDIDATES if isinstance(meta.get(k), str)), None)
-        rec = {"image": f"{shard['file']}#{key}", "prompt": prompt, "path": None, "data": parts.get(img_ext)}
-        if img_ext is None:
-            rec["error"] = f"{shard['file']}#{key}: no image member (.{'/.'.join(WDS_IMAGE_EXTS)})"
-        rec.update({k: meta.get(k) if isinstance(meta, dict) else None for k in shard["keep"]})
-        out.append(rec)
-    return out
+def _parquet_records(shard: dict) -> Iterator[dict]:
+    """One row group, read in record batches of ~READ_BATCH_BYTES (never the whole file or row group)."""
+    import pyarrow.parquet as pq
+
+    cols = list(dict.fromkeys([*shard["images"], *shard["keep"], *filter(None, [shard.get("prompt_column")])]))
+    start = shard["start"]
+    with pq.ParquetFile(shard["file"], buffer_size=1 << 20, pre_buffer=False) as pf:
+        group = pf.metadata.row_group(shard["row_group"])
+        row_bytes = group.total_byte_size / max(group.num_rows, 1)
+        rows = int(min(max(READ_BATCH_BYTES // max(row_bytes, 1), 1), READ_BATCH_ROWS))
+        for batch in pf.iter_batches(batch_size=rows, row_groups=[shard["row_group"]], columns=cols):
+            yield from _table_records(batch, shard, start, shard["file"])
+            start += batch.num_rows
+
+
+def _arrow_records(shard: dict) -> Iterator[dict]:
+    """A row range of a datasets arrow file (memory-mapped; rows materialised READ_BATCH_ROWS at a time)."""
+    import pyarrow as pa
+
+    with pa.memory_map(shard["file"]) as mm:
+        table = pa.ipc.open_stream(mm).read_all().slice(shard["start"], shard["stop"] - shard["start"])
+        start = shard["start"]
+        for batch in table.to_batches(max_chunksize=READ_BATCH_ROWS):
+            yield from _table_records(batch, shard, start, shard["name"])
+            start += batch.num_rows
 
 
 def read_shard(shard: dict) -> list[dict]:
     """The records of one shard (see the module docstring); image bytes are not decoded here."""
+    return list(iter_shard(shard))
+
+
+def iter_shard(shard: dict) -> Iterator[dict]:
+    """The records of one shard, streamed: parquet by record batch, WebDataset member by member."""
     kind = shard["kind"]
     if kind == "files":
-        return [{"image": p, "prompt": q, "path": p, "data": None} for p, q in shard["items"]]
-    if kind == "parquet":
-        import pyarrow.parquet as pq
+        yield from ({"image": p, "prompt": q, "path": p, "data": None} for p, q in shard["items"])
+    elif kind == "parquet":
+        yield from _parquet_records(shard)
+    elif kind == "arrow":
+        yield from _arrow_records(shard)
+    elif kind == "tar":
+        from icthp_core.data.webdataset import tar_records
 
-        cols = list(dict.fromkeys([*shard["images"], *shard["keep"], *filter(None, [shard.get("prompt_column")])]))
-        table = pq.ParquetFile(shard["file"]).read_row_group(shard["row_group"], columns=cols)
-        return _table_records(table, shard, shard["start"], shard["file"])
-    if kind == "arrow":
-        import pyarrow as pa
-
-        with pa.memory_map(shard["file"]) as mm:
-            table = pa.ipc.open_stream(mm).read_all().slice(shard["start"], shard["stop"] - shard["start"])
-        return _table_records(table, shard, shard["start"], shard["name"])
-    if kind == "tar":
-        return _tar_records(shard)
-    raise ValueError(f"unknown shard kind {kind!r}")
+        yield from tar_records(shard["file"], shard["prompt"], shard["keep"])
+    else:
+        raise ValueError(f"unknown shard kind {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
-def decode_bytes(data: bytes, where: str):
-    """Fully decode encoded image bytes as RGB; ImageLoadError naming `where` on failure."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ImageLoadError(f"{where}: empty image")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except UnidentifiedImageError:
-        raise ImageLoadError(f"{where}: cannot decode image (not a known image format)") from None
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise ImageLoadError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
-
-
-def record_image(rec: dict):
-    """The RGB PIL image of a record (file path or bytes)."""
-    from icthp_core.data.images import load_image
-
+def record_image(rec: dict, policy: str | DecodePolicy = DecodePolicy.VIEW) -> Image.Image:
+    """The decoded image of a record (file path or bytes) through `decode_image`, named by the record id."""
     if rec.get("data") is not None:
-        return decode_bytes(rec["data"], rec["image"])
+        return decode_image(rec["data"], name=rec["image"], policy=policy)
     if rec.get("path"):
-        return load_image(rec["path"])
+        return decode_image(rec["path"], name=rec["image"] if rec["image"] != rec["path"] else None, policy=policy)
     raise ImageLoadError(f"{rec['image']}: no image (empty cell)")
 
 
-def decode_records(records: Sequence[dict], modes: Sequence[str]) -> tuple[list[str | None], dict[str, np.ndarray]]:
-    """Per-record errors (None = decoded) and pixels {mode: float32 [n,3,224,224]} (zeros for failed records)."""
-    from icthp_core.scoring.preprocess import preprocess_pil
+def decode_records(
+    records: Sequence[dict], modes: Sequence[str], policy: str | DecodePolicy = DecodePolicy.VIEW
+) -> tuple[list[str | None], dict[str, np.ndarray]]:
+    """Per-record errors (None = decoded) and pixels {mode: float32 [n,3,S,S]} (zeros for failed records).
+
+    `policy`: the decode policy (`icthp_core.data.images.DecodePolicy`); every record goes through `decode_image`.
+    """
+    from icthp_core.scoring.preprocess import MODE_SIZE, preprocess_pil
 
     errors: list[str | None] = []
-    pixels = {m: np.zeros((len(records), 3, 224, 224), np.float32) for m in modes}
+    pixels = {m: np.zeros((len(records), 3, MODE_SIZE[m], MODE_SIZE[m]), np.float32) for m in modes}
     for i, rec in enumerate(records):
         if rec.get("error"):
             errors.append(rec["error"])
             continue
         try:
-            img = record_image(rec)
+            img = record_image(rec, policy)
             for m in modes:
-                pixels[m][i] = preprocess_pil(img, m).numpy()
+                pixels[m][i] = preprocess_pil(img, m, policy=policy).numpy()
             errors.append(None)
         except ImageLoadError as e:
             errors.append(str(e))
+        except Exception as e:  # noqa: BLE001 - one bad image is that record's error row, never the run's
+            errors.append(f"{rec['image']}: cannot preprocess image ({type(e).__name__}: {e})")
     return errors, pixels
+
+
+def iter_record_batches(shard: dict, batch_size: int) -> Iterator[list[dict]]:
+    """The records of one shard in lists of at most `batch_size`, streamed (memory: one list, not the shard)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    chunk: list[dict] = []
+    for rec in iter_shard(shard):
+        chunk.append(rec)
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def iter_records(shards: Sequence[dict]) -> Iterator[dict]:
     for shard in shards:
-        yield from read_shard(shard)
+        yield from iter_shard(shard)

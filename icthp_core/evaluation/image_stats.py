@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from icthp_core.data.images import to_pil
+from icthp_core.data.images import decode_image, to_pil
 
 __all__ = ["JPEG_QUALITY", "jpeg_size_kb", "saturation", "color_histogram", "histogram_distance"]
 
@@ -27,8 +27,7 @@ JPEG_QUALITY = 95
 
 def _rgb(image: Image.Image | np.ndarray | str | os.PathLike) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            return im.convert("RGB")
+        return decode_image(image)  # the one decoder: limits, EXIF, alpha on white
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image: expected a uint8 [H, W, 3] array, got {image.dtype} {list(image.shape)}")

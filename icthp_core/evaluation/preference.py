@@ -66,12 +66,14 @@ def score_images(
     workers: int = 2,
     report: LoadReport | None = None,
 ) -> dict[str, np.ndarray]:
-    """Scores [N] per metric of `scorer` (a MultiScorer); NaN where an image could not be decoded (counted)."""
+    """Scores [N] per metric of `scorer` (a MultiScorer); NaN where an image could not be decoded (counted).
+    Images are decoded with the scorer's `decode_policy`."""
     n = len(images)
     out = {m: np.full(n, np.nan) for m in scorer.metrics}
     items = list(zip(images, prompts, strict=True))
     k = 0
-    for batch in iter_file_batches(items, scorer.preprocess_modes, batch_size, workers):
+    policy = getattr(scorer, "decode_policy", "view")
+    for batch in iter_file_batches(items, scorer.preprocess_modes, batch_size, workers, policy=policy):
         rows = batch["rows"]
         ok = [k + j for j, r in enumerate(rows) if r["error"] is None]
         for j, r in enumerate(rows):

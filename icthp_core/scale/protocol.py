@@ -48,10 +48,10 @@ def _decode_b64(text: object, where: str) -> bytes:
 
 
 def _image_from_bytes(data: bytes, where: str) -> Image.Image:
-    from icthp_core.data.sources import decode_bytes
+    from icthp_core.data.images import decode_image
 
     try:
-        return decode_bytes(data, where)
+        return decode_image(data, name=where)
     except ImageLoadError as e:
         raise BadRequest(str(e)) from None
 

@@ -5,6 +5,12 @@ to [0, 1], normalise with the OpenAI mean/std — as `CLIPImageProcessor`.
 "letterbox" (HPSv2): resize the longest side to 224 with bicubic, pad with black to a square, normalise.
 "imagereward" (ImageReward): as "crop" but centred as torchvision's `CenterCrop` (offset round((s - 224) / 2)).
 "blip" (BLIP ITC/ITM): resize to 384 x 384 with bicubic (aspect not kept), normalise, as `BlipImageProcessor`.
+
+Decode policy (`icthp_core.data.images.DecodePolicy`): under "view" a non-RGB image is made RGB first (`to_rgb`:
+alpha on white, high bit depths scaled). Under "upstream" it is `Image.convert("RGB")` where the upstream code
+does it: first for "crop" and "blip" (CLIPImageProcessor / BlipImageProcessor convert before resizing), after the
+resize (and pad or crop) for "imagereward" (ImageReward's torchvision transform) and "letterbox" (HPSv2's
+open_clip transform), which resize the image in its own mode (palette images then resample as nearest).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from icthp_core.data.images import to_rgb
+from icthp_core.data.images import DecodePolicy, parse_decode_policy, to_rgb
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,23 +77,47 @@ def _resize_center_crop(img: Image.Image, size: int, torchvision_centre: bool = 
     return cols.resize((size, size), bicubic)
 
 
-def preprocess_pil(img: Image.Image, mode: str = "crop", size: int | None = None) -> torch.Tensor:
-    """A normalised float32 tensor [3, size, size] from a PIL image (size: the mode's own by default)."""
+def _letterbox(img: Image.Image, size: int) -> Image.Image:
+    """Longest side to `size` (bicubic), centred on a black square (palette images: index 0, as torchvision pads)."""
+    w, h = img.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = img.resize(new, Image.Resampling.BICUBIC)
+    canvas = Image.new(img.mode, (size, size), 0)
+    if img.mode == "P":
+        canvas.putpalette(img.getpalette() or [])
+    canvas.paste(img, ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
+def _geometry(img: Image.Image, mode: str, size: int) -> Image.Image:
+    if mode == "blip":
+        return img.resize((size, size), Image.Resampling.BICUBIC)
+    if mode in ("crop", "imagereward"):
+        return _resize_center_crop(img, size, torchvision_centre=mode == "imagereward")
+    return _letterbox(img, size)
+
+
+#: modes whose upstream preprocessor resizes before converting to RGB (torchvision / open_clip transforms)
+RESIZE_BEFORE_RGB = ("imagereward", "letterbox")
+
+
+def preprocess_pil(
+    img: Image.Image, mode: str = "crop", size: int | None = None, policy: str | DecodePolicy = DecodePolicy.VIEW
+) -> torch.Tensor:
+    """A normalised float32 tensor [3, size, size] from a PIL image (size: the mode's own by default).
+
+    `policy`: how a non-RGB image becomes RGB (module docstring); "upstream" expects the image as
+    `decode_image(..., policy="upstream")` returns it (its own mode, not rotated).
+    """
     _check_mode(mode)
     size = size or MODE_SIZE[mode]
-    img = to_rgb(img)
-    w, h = img.size
-    if mode == "blip":
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
-    elif mode in ("crop", "imagereward"):
-        img = _resize_center_crop(img, size, torchvision_centre=mode == "imagereward")
+    if parse_decode_policy(policy) is DecodePolicy.VIEW:
+        img = _geometry(to_rgb(img), mode, size)
+    elif mode in RESIZE_BEFORE_RGB:
+        img = _geometry(img, mode, size).convert("RGB")
     else:
-        scale = size / max(w, h)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        img = img.resize(new, Image.Resampling.BICUBIC)
-        canvas = Image.new("RGB", (size, size), (0, 0, 0))
-        canvas.paste(img, ((size - new[0]) // 2, (size - new[1]) // 2))
-        img = canvas
+        img = _geometry(img.convert("RGB"), mode, size)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return _normalize(x)
 

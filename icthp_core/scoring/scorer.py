@@ -13,7 +13,8 @@ from PIL import Image
 from torch import nn
 
 from icthp_core.checkpoints.loading import parse_device, parse_dtype
-from icthp_core.data.images import to_pil
+from icthp_core.data.images import DecodePolicy, parse_decode_policy, to_pil
+from icthp_core.errors import ConfigError
 from icthp_core.scoring.preprocess import preprocess_pil, preprocess_tensor
 from icthp_core.scoring.registry import DERIVED, METRICS, create_reward_model, required_base_metrics
 from icthp_core.scoring.text import check_prompt, tokenize
@@ -37,7 +38,9 @@ class MultiScorer:
     """Scores images with several metrics, sharing models, preprocessing and text features.
 
     `metrics`: names from `icthp_core.list_metrics()`; `sources`: metric -> hub id or local path;
-    `models`: already-built models by metric name (skips loading).
+    `models`: already-built models by metric name (skips loading); `decode_policy`: how images given as paths,
+    bytes or PIL images become RGB ("view", the default: EXIF orientation, alpha on white; "upstream": as the
+    reference code, `convert("RGB")` without rotation; see `icthp_core.data.images.DecodePolicy`).
     """
 
     def __init__(
@@ -48,7 +51,9 @@ class MultiScorer:
         dtype: str | torch.dtype = "fp32",
         models: dict[str, nn.Module] | None = None,
         text_cache_size: int = 4096,
+        decode_policy: str | DecodePolicy = DecodePolicy.VIEW,
     ):
+        self.decode_policy = parse_decode_policy(decode_policy)
         self.metrics = list(metrics)
         if not self.metrics:
             raise ValueError("metrics: at least one metric is needed")
@@ -165,10 +170,13 @@ class MultiScorer:
                 return {mode: preprocess_tensor(images.float(), mode) for mode in self.preprocess_modes}
         if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
-        pils = [to_pil(img, f"images[{i}]") for i, img in enumerate(images)]
+        policy = self.decode_policy
+        pils = [to_pil(img, f"images[{i}]", policy) for i, img in enumerate(images)]
         if not pils:
             raise ValueError("images: the batch is empty")
-        return {mode: torch.stack([preprocess_pil(p, mode) for p in pils]) for mode in self.preprocess_modes}
+        return {
+            mode: torch.stack([preprocess_pil(p, mode, policy=policy) for p in pils]) for mode in self.preprocess_modes
+        }
 
     def score(
         self, images, prompts: str | Sequence[str] | None = None, batch_size: int = 32
@@ -204,6 +212,13 @@ class MultiScorer:
         pixels = {mode: preprocess_tensor(x, mode).to(self.dtype) for mode in modes}
         return self._derive(metric, self._base_scores(needed, pixels, plist))
 
+    def explain(self, image, prompt: str | None = None, metrics: Sequence[str] | None = None, **kwargs):
+        """Word contributions and region heatmaps of one image as tensors (`icthp_core.explain.explain`; needs the
+        `explain` extra for integrated gradients). Returns an `icthp_core.explain.Explanation`."""
+        from icthp_core.explain import explain
+
+        return explain(self, image, prompt, list(metrics) if metrics else None, **kwargs)
+
     def score_files(
         self,
         items: Iterable[tuple[str, str | None]],
@@ -219,13 +234,18 @@ class MultiScorer:
         Rows: {"image", "prompt", <metric>: float ..., "error": None} or, for an unreadable image or a NaN/Inf
         score, {"image", "prompt", "error": "<message naming the file>"} (other images are scored as usual).
         `decode`: "cpu" = PIL-exact preprocessing (default); "gpu" = nvjpeg decode and torch preprocessing on the
-        device (within `gpu_preprocess.DECODE_TOLERANCE` of the PIL path); "auto" = gpu on CUDA, else cpu.
+        device (within `gpu_preprocess.DECODE_TOLERANCE` of the PIL path; "view" decode policy only); "auto" = gpu
+        on CUDA with the "view" policy, else cpu.
         `num_workers`: decoding processes (None: sized from the core count, see `default_workers`).
         `gpu_prefetch`: with decode on the GPU, batches prepared ahead on a side CUDA stream (0: in series).
         """
         from icthp_core.data.batch import iter_file_batches
         from icthp_core.scoring.gpu_preprocess import default_workers, iter_gpu_batches, resolve_decode
 
+        if self.decode_policy is DecodePolicy.UPSTREAM:
+            if decode == "gpu":
+                raise ConfigError('decode="gpu" (--decode gpu) decodes with the "view" policy only; use decode="cpu"')
+            decode = "cpu"  # "auto" too: the GPU path has no upstream policy
         decode = resolve_decode(decode, self.device)
         if num_workers is None:
             num_workers = default_workers(self.device, decode)
@@ -249,6 +269,7 @@ class MultiScorer:
                 pin_memory=self.device.type == "cuda",
                 progress=progress,
                 total=total,
+                policy=self.decode_policy,
             )
         for batch in batches:
             ok = [r for r in batch["rows"] if r["error"] is None]
@@ -286,10 +307,12 @@ def load_scorer(
     hp: str | os.PathLike | None = "8y/HP",
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "fp32",
+    decode_policy: str | DecodePolicy = DecodePolicy.VIEW,
 ) -> ICTHPScorer:
     """Load ICT and/or HP (hub ids or local dirs in the published layout); `None` skips a model.
 
-    The scorer computes `ict`, `hp` and, when both are loaded, `ict_hp`.
+    The scorer computes `ict`, `hp` and, when both are loaded, `ict_hp`. `decode_policy`: "view" (default) or
+    "upstream" (see `MultiScorer`).
     """
     metrics = [m for m, src in (("ict", ict), ("hp", hp)) if src is not None]
     if not metrics:
@@ -297,7 +320,7 @@ def load_scorer(
     if len(metrics) == 2:
         metrics.append("ict_hp")
     sources = {m: os.fspath(src) for m, src in (("ict", ict), ("hp", hp)) if src is not None}
-    return ICTHPScorer(metrics, sources, device=device, dtype=dtype)
+    return ICTHPScorer(metrics, sources, device=device, dtype=dtype, decode_policy=decode_policy)
 
 
 __all__ = ["ICTHPScorer", "METRICS", "MultiScorer", "load_scorer", "prompts_for"]

@@ -142,6 +142,110 @@ def run(count: int, seed: int = 0, scorer=None, batch_size: int = 64) -> dict:
     }
 
 
+def _dataset_rows(source: str, batch: int = 64) -> tuple[int, Counter]:
+    """Read every record of a dataset source and decode it through `decode_records`: (rows, error kinds)."""
+    from icthp_core.data.sources import decode_records, iter_shard, plan_dataset
+
+    rows, kinds, chunk = 0, Counter(), []
+
+    def flush() -> None:
+        nonlocal rows
+        errors, _ = decode_records(chunk, ["crop"])
+        rows += len(errors)
+        kinds.update(e.split(": ", 1)[1].split(" (")[0] for e in errors if e)
+        chunk.clear()
+
+    for shard in plan_dataset(source):
+        for rec in iter_shard(shard):
+            chunk.append(rec)
+            if len(chunk) >= batch:
+                flush()
+    flush()
+    return rows, kinds
+
+
+def _write_sources(d: Path, blobs: list[bytes]) -> dict[str, Path]:
+    """The blobs as a parquet file of bytes, a WebDataset tar and a copy of that tar cut at 60%."""
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = {"parquet": d / "set.parquet", "webdataset": d / "set.tar", "truncated": d / "cut.tar"}
+    pq.write_table(pa.table({"image": blobs, "prompt": ["a photo"] * len(blobs)}), out["parquet"], row_group_size=128)
+    with tarfile.open(out["webdataset"], "w") as tf:
+        for i, blob in enumerate(blobs):
+            info = tarfile.TarInfo(f"./s{i:05d}.png")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    data = out["webdataset"].read_bytes()
+    out["truncated"].write_bytes(data[: len(data) * 3 // 5])
+    return out
+
+
+def run_datasets(count: int, seed: int = 0) -> dict:
+    """The mutated corpus as encoded bytes (serve requests, uploads), parquet cells and WebDataset members (and a
+    truncated tar): every item must give one row (pixels or an error), whatever the bytes; nothing aborts."""
+    from icthp_core.data.images import decode_image
+    from icthp_core.errors import ImageLoadError
+
+    start, rss0 = time.perf_counter(), peak_rss_mib()
+    report: dict = {"items": 0}
+    with tempfile.TemporaryDirectory() as d:
+        blobs = [p.read_bytes() for p in write_corpus(Path(d) / "corpus", count, seed)]
+        report["items"] = len(blobs)
+        ok = 0
+        for i, blob in enumerate(blobs):
+            try:
+                decode_image(blob, name=f"request[{i}]")
+                ok += 1
+            except ImageLoadError:
+                pass
+        report["bytes"] = {"rows": len(blobs), "decoded": ok}
+        for label, src in _write_sources(Path(d), blobs).items():
+            rows, kinds = _dataset_rows(str(src))
+            report[label] = {"rows": rows, "errors": sum(kinds.values()), "error_kinds": dict(kinds.most_common(4))}
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["peak_rss_growth_mib"] = round(peak_rss_mib() - rss0, 1)
+    return report
+
+
+def run_metadata(count: int, seed: int = 0) -> dict:
+    """Mutated PNGs carrying a score record: `read_record` gives a record, None or a DataError/OSError, never
+    another exception; returns the counts (and the first unexpected exceptions, which must be none)."""
+    import json
+
+    from icthp_core.data.metadata import png_info, read_record
+    from icthp_core.errors import DataError
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    record = {"scores": {"ict": 0.9, "hp": 0.7}, "prompt": "a cat", "nested": {"a": [1, 2, {"b": None}]}}
+    Image.new("RGB", (32, 24), (9, 8, 7)).save(buf, format="PNG", pnginfo=png_info(record))
+    seed_png = buf.getvalue()
+    counts: Counter = Counter()
+    unexpected: list[str] = []
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.png"
+        for _ in range(count):
+            data = seed_png
+            for _ in range(int(rng.integers(1, 4))):
+                data = mutate(data, rng)
+            p.write_bytes(data)
+            try:
+                got = read_record(p)
+                counts["record" if got else "none"] += 1
+                if got:
+                    json.dumps(got, allow_nan=False)  # a record never carries NaN/Infinity
+            except (DataError, OSError):
+                counts["error"] += 1
+            except Exception as e:  # noqa: BLE001 - what the test must never see
+                counts["unexpected"] += 1
+                if len(unexpected) < 5:
+                    unexpected.append(f"{type(e).__name__}: {e}")
+    return {"files": count, **counts, "unexpected_examples": unexpected}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m icthp_core.testing.fuzz", description=__doc__)
     p.add_argument("--count", type=int, default=2000)

@@ -20,6 +20,7 @@ NODE_IDS = [
     "ICTHPSelect",
     "ICTHPSaveWithScores",
     "ICTHPModelManager",
+    "ICTHPExplain",
 ]
 
 

@@ -66,6 +66,7 @@ def test_pack_registers_in_server(server):
         "ICTHPSelect",
         "ICTHPSaveWithScores",
         "ICTHPModelManager",
+        "ICTHPExplain",
     ):
         assert node in info, node
     # the dropdowns list the model folders of <base>/models/icthp

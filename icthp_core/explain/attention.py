@@ -1,0 +1,103 @@
+"""Gradient-weighted attention relevance for the open_clip ViT towers (Chefer et al. 2021, "Generic
+Attention-model Explainability"), through an explicit (non-fused) attention path used only while explaining."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icthp_core.explain.common import ExplainError, with_grad
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    """The open_clip VisionTransformer of a reward model (TextImageModel: `.clip.visual`; ImageHeadModel:
+    `.visual`); a one-line error for towers without open_clip attention blocks (BLIP)."""
+    tower = getattr(getattr(model, "clip", None), "visual", None) or getattr(model, "visual", None)
+    blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+    if blocks is None or not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks):
+        raise ExplainError(f"{type(model).__name__}: attention relevance needs an open_clip ViT tower")
+    return tower
+
+
+def _explicit_attention(block: nn.Module, store: list[torch.Tensor]):
+    """A replacement for `ResidualAttentionBlock.attention` that computes softmax(QK^T/sqrt(d))V step by step and
+    keeps the attention probabilities [B, heads, N, N] in `store` (with their graph, for gradients)."""
+    attn: nn.MultiheadAttention = block.attn
+
+    def attention(q_x, k_x=None, v_x=None, attn_mask=None):
+        if k_x is not None or v_x is not None:
+            raise ExplainError("attention relevance: cross-attention blocks are not supported")
+        x = q_x if attn.batch_first else q_x.transpose(0, 1)
+        b, n, d = x.shape
+        h = attn.num_heads
+        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        logits = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            logits = logits + attn_mask.to(logits.dtype)
+        probs = logits.softmax(dim=-1)
+        store.append(probs)
+        out = attn.out_proj((probs @ v).transpose(1, 2).reshape(b, n, d))
+        return out if attn.batch_first else out.transpose(0, 1)
+
+    return attention
+
+
+@contextmanager
+def recording_attention(towers: list[nn.Module]) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """Within the block, the attention of each tower runs non-fused and its probabilities are recorded:
+    yields {id(tower): [probs of block 0, block 1, ...]} (filled by each forward pass)."""
+    stores: dict[int, list[torch.Tensor]] = {}
+    patched = []
+    try:
+        for tower in towers:
+            store = stores.setdefault(id(tower), [])
+            for block in tower.transformer.resblocks:
+                block.attention = _explicit_attention(block, store)
+                patched.append(block)
+        yield stores
+    finally:
+        for block in patched:
+            del block.attention
+
+
+def rollout(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """Relevance of each patch token to the class token: R = I; R += mean_heads((grad * A)^+) @ R per block.
+
+    `probs`/`grads`: per block [B, heads, N, N] (token 0 = class token). Returns [B, N - 1].
+    """
+    b, _, n, _ = probs[0].shape
+    r = torch.eye(n, dtype=torch.float32, device=probs[0].device).expand(b, n, n).clone()
+    for a, g in zip(probs, grads, strict=True):
+        cam = (g.float() * a.float()).clamp(min=0).mean(dim=1)
+        r = r + cam @ r
+    return r[:, 0, 1:]
+
+
+@with_grad
+def relevance(scorer, metric: str, images: torch.Tensor, prompt: str | None) -> dict[str, torch.Tensor]:
+    """Relevance maps [B, g, g] of `metric` per image tower, keyed by the base metric of the tower, for float images
+    in 0..1 [B,3,H,W]: one forward and one backward pass (through the explicit attention)."""
+    from icthp_core.explain.common import base_metrics, metric_fn
+
+    towers = {m: vision_tower(scorer.models[m]) for m in base_metrics(metric)}
+    f = metric_fn(scorer, metric, prompt)
+    x = images.detach().clone().requires_grad_(True)
+    with recording_attention(list(towers.values())) as stores:
+        score = f(x)
+        probs = [p for t in towers.values() for p in stores[id(t)]]
+        grads = torch.autograd.grad(score.sum(), probs)
+    out, k = {}, 0
+    for m, t in towers.items():
+        count = len(stores[id(t)])
+        rel = rollout(probs[k : k + count], list(grads[k : k + count]))
+        k += count
+        side = int(round(rel.shape[1] ** 0.5))
+        if side * side != rel.shape[1]:
+            raise ExplainError(f"{m}: {rel.shape[1]} patch tokens do not form a square grid")
+        out[m] = rel.reshape(-1, side, side).detach().cpu()
+    return out
