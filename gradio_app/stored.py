@@ -43,6 +43,8 @@ def read_stored_noted(path: str | os.PathLike) -> tuple[StoredScores | None, str
         return None, "stored scores ignored (metadata JSON nested too deeply)"
     except ValueError as e:
         return None, f"stored scores ignored ({str(e).removeprefix(f'{path}: ')})"
+    except OverflowError:  # an integer too large for a float (the reader's finiteness check converts it)
+        return None, "stored scores ignored (a stored number is too large)"
     if record is None:
         return None, None
     scores: dict[str, float] = {}
