@@ -92,10 +92,13 @@ def test_select_lists_threshold_and_alignment(models):
     # threshold between the 2nd and 3rd best: two pass
     thr = (order[1][2] + order[2][2]) / 2
     assert len(run(5, thr)[0]) == 2
-    # nothing passed: keep_best keeps one, empty gives empty lists (ComfyUI then runs no downstream node)
+    # nothing passed: keep_best keeps one; empty blocks every list output (ComfyUI then skips the nodes fed by them:
+    # an empty list would make it call them with no image at all)
+    from comfy_execution.graph_utils import ExecutionBlocker
+
     assert run(5, 2.0)[4] == [f"{order[0][0]}:{order[0][1]}"]
     empty = run(5, 2.0, "empty")
-    assert empty[0] == [] and empty[3] == [] and "nothing passed" in empty[5]
+    assert all(isinstance(x, ExecutionBlocker) for x in empty[:5]) and "nothing passed" in empty[5]
     with pytest.raises(ValueError, match="no score reached the threshold 2.0"):
         run(5, 2.0, "error")
 
