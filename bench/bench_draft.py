@@ -26,8 +26,11 @@ import random
 import tempfile
 import time
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
+
+from icthp_core.dtypes import DTYPE_CHOICES, parse_dtype
 
 # Published configs (transformer/config.json, vae/config.json of the hub repos)
 SD35_LARGE = dict(
@@ -252,7 +255,7 @@ def run_config(model, cond_fn, reward_fn, params, opt, size, k, batch, steps, it
     return sum(times) / len(times), peak
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="all", choices=["all", "sd3", "sd3-medium", "flux"])
     ap.add_argument("--sizes", default="512,1024")
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--dtype", default="bf16", choices=DTYPE_CHOICES)
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument(
         "--offload-frozen",
@@ -279,15 +282,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--cudnn-sdpa", action="store_true", help="allow the cuDNN attention kernels (off by default)")
-    a = ap.parse_args(argv)
-    if a.offload_frozen and a.no_checkpointing:
-        ap.error("--offload-frozen needs gradient checkpointing (drop --no-checkpointing)")
+    return ap
 
-    from icthp_core.diffusion.lora import add_lora
-    from icthp_core.diffusion.memory import estimate_draft_memory
-    from icthp_core.diffusion.offload import draft_swap
-    from icthp_core.training.optim import make_optimizer
 
+def _device_dtype(a: argparse.Namespace) -> tuple[str, torch.dtype]:
+    """cuda / cpu (--tiny) / meta (--estimate-only) and the dtype (fp32 for --tiny, whose sizes are capped at 64)."""
     device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     if a.estimate_only:
         device = "meta"
@@ -295,112 +294,123 @@ def main(argv: list[str] | None = None) -> list[dict]:
         # torch 2.11 on an H200 picks cuDNN attention, whose backward failed for FLUX at 1024² ("mha_graph.execute
         # ... is_good()", then illegal memory access); flash / memory-efficient SDPA kernels are used instead
         torch.backends.cuda.enable_cudnn_sdp(False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    dtype = parse_dtype(a.dtype)
     if a.tiny:
         dtype = torch.float32
         torch.set_num_threads(1)
         if any(int(x) > 64 for x in a.sizes.split(",")):
             a.sizes = "32,64"
-    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
-    rows = []
-    for arch in archs:
-        steps = a.steps or DEFAULTS[arch][0]
-        t0 = time.time()
-        model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
-        params = add_lora(model.transformer, a.rank)
-        if not a.no_checkpointing:
-            model.transformer.enable_gradient_checkpointing()
-            model.vae.enable_gradient_checkpointing()
-        tile = a.vae_tile_size if not a.tiny else 16  # tiny VAEs: 32/64 px images, so tiling really happens
-        model.set_vae_memory(tiling=a.vae_tiling, slicing=a.vae_slicing, tile_size=tile)
-        opt = make_optimizer(a.optimizer, params, lr=5e-6)
-        swap = draft_swap(model, reward_fn, device) if a.offload_frozen and not a.estimate_only else None
-        reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
-        text_tokens = cond_fn(1).prompt_embeds.shape[1]
-        n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
-        print(
-            f"# {arch}: transformer {n_params:.2f}B params (LoRA {sum(p.numel() for p in params) / 1e6:.1f}M), "
-            f"built in {time.time() - t0:.0f}s on {device}",
-            flush=True,
-        )
-        for size in [int(s) for s in a.sizes.split(",")]:
-            for k in [int(x) for x in a.ks.split(",")]:
-                for b in [int(x) for x in a.batches.split(",")]:
-                    row = {
-                        "arch": arch,
-                        "model": "tiny" if a.tiny else DEFAULTS[arch][1],
-                        "size": size,
-                        "k": k,
-                        "batch": b,
-                        "steps": steps,
-                        "dtype": str(dtype).removeprefix("torch."),
-                        "checkpointing": not a.no_checkpointing,
-                        "optimizer": a.optimizer,
-                        "vae_tiling": tile if a.vae_tiling else None,
-                        "vae_slicing": a.vae_slicing,
-                        "offload_frozen": a.offload_frozen,
-                    }
-                    kw = dict(
-                        height=size,
-                        width=size,
-                        k=min(k, steps),
-                        batch=b,
-                        text_tokens=text_tokens,
-                        act_bytes=torch.empty((), dtype=dtype).element_size(),
-                        checkpointing=not a.no_checkpointing,
-                        optimizer=a.optimizer,
-                        vae_tiling=a.vae_tiling,
-                        vae_slicing=a.vae_slicing,
-                        vae_tile_size=tile,
-                    )
-                    est = estimate_draft_memory(
-                        model.transformer, model.vae, reward_models, **kw, offload_frozen=a.offload_frozen
-                    )
-                    row["est_gib"] = round(est.total, 2)
-                    row["estimate"] = est.as_dict()
-                    if a.estimate_only:
-                        if not a.no_checkpointing:  # both columns of the docs' table in one command
-                            off = estimate_draft_memory(
-                                model.transformer, model.vae, reward_models, **kw, offload_frozen=True
-                            )
-                            row["est_offload_gib"] = round(off.total, 2)
-                            row["estimate_offload"] = off.as_dict()
-                        row.update(sec_per_iter=None, peak_gib=None)
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
-                        continue
-                    try:
-                        sec, peak = run_config(
-                            model,
-                            cond_fn,
-                            reward_fn,
-                            params,
-                            opt,
-                            size,
-                            min(k, steps),
-                            b,
-                            steps,
-                            a.iters,
-                            a.warmup,
-                            device,
-                            swap,
-                        )
-                        row.update(sec_per_iter=round(sec, 3), peak_gib=round(peak, 2))
-                    except torch.cuda.OutOfMemoryError:
-                        row.update(sec_per_iter=None, peak_gib="OOM")
-                        opt.zero_grad(set_to_none=True)
-                    gc.collect()
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-        del model, cond_fn, reward_fn, params, opt
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    return device, dtype
+
+
+class _Setup(NamedTuple):
+    """One architecture built for the sweep: models, LoRA parameters, optimizer, offload swap (a NamedTuple: the
+    tests load this file without registering it as a module, which dataclasses need)."""
+
+    arch: str
+    steps: int
+    model: object
+    cond_fn: object
+    reward_fn: object
+    params: list
+    opt: object
+    swap: object
+    tile: int
+    text_tokens: int
+    reward_models: list
+
+
+def _build(a: argparse.Namespace, arch: str, device: str, dtype: torch.dtype) -> _Setup:
+    from icthp_core.diffusion.draft import reward_towers
+    from icthp_core.diffusion.lora import add_lora
+    from icthp_core.diffusion.offload import draft_swap
+    from icthp_core.training.optim import make_optimizer
+
+    t0 = time.time()
+    model, cond_fn, reward_fn = (build_tiny if a.tiny else build_real)(arch, device, dtype)
+    params = add_lora(model.transformer, a.rank)
+    if not a.no_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+        model.vae.enable_gradient_checkpointing()
+    tile = a.vae_tile_size if not a.tiny else 16  # tiny VAEs: 32/64 px images, so tiling really happens
+    model.set_vae_memory(tiling=a.vae_tiling, slicing=a.vae_slicing, tile_size=tile)
+    opt = make_optimizer(a.optimizer, params, lr=5e-6)
+    swap = draft_swap(model, reward_fn, device) if a.offload_frozen and not a.estimate_only else None
+    reward_models = reward_towers(reward_fn)
+    text_tokens = cond_fn(1).prompt_embeds.shape[1]
+    n_params = sum(p.numel() for p in model.transformer.parameters()) / 1e9
+    print(
+        f"# {arch}: transformer {n_params:.2f}B params (LoRA {sum(p.numel() for p in params) / 1e6:.1f}M), "
+        f"built in {time.time() - t0:.0f}s on {device}",
+        flush=True,
+    )
+    steps = a.steps or DEFAULTS[arch][0]
+    return _Setup(arch, steps, model, cond_fn, reward_fn, params, opt, swap, tile, text_tokens, reward_models)
+
+
+def _estimate(a, s: _Setup, dtype: torch.dtype, size: int, k: int, b: int, row: dict) -> None:
+    """The estimator's peak for this configuration (and with offload_frozen, for --estimate-only) into `row`."""
+    from icthp_core.diffusion.memory import estimate_draft_memory
+
+    reward_models = s.reward_models
+    kw = dict(
+        height=size,
+        width=size,
+        k=min(k, s.steps),
+        batch=b,
+        text_tokens=s.text_tokens,
+        act_bytes=torch.empty((), dtype=dtype).element_size(),
+        checkpointing=not a.no_checkpointing,
+        optimizer=a.optimizer,
+        vae_tiling=a.vae_tiling,
+        vae_slicing=a.vae_slicing,
+        vae_tile_size=s.tile,
+    )
+    est = estimate_draft_memory(s.model.transformer, s.model.vae, reward_models, **kw, offload_frozen=a.offload_frozen)
+    row["est_gib"] = round(est.total, 2)
+    row["estimate"] = est.as_dict()
+    if a.estimate_only and not a.no_checkpointing:  # both columns of the docs' table in one command
+        off = estimate_draft_memory(s.model.transformer, s.model.vae, reward_models, **kw, offload_frozen=True)
+        row["est_offload_gib"] = round(off.total, 2)
+        row["estimate_offload"] = off.as_dict()
+
+
+def _measure(a, s: _Setup, device: str, dtype: torch.dtype, size: int, k: int, b: int) -> dict:
+    """One row of the sweep: estimate, then (unless --estimate-only) seconds per iteration and the peak."""
+    row = {
+        "arch": s.arch,
+        "model": "tiny" if a.tiny else DEFAULTS[s.arch][1],
+        "size": size,
+        "k": k,
+        "batch": b,
+        "steps": s.steps,
+        "dtype": str(dtype).removeprefix("torch."),
+        "checkpointing": not a.no_checkpointing,
+        "optimizer": a.optimizer,
+        "vae_tiling": s.tile if a.vae_tiling else None,
+        "vae_slicing": a.vae_slicing,
+        "offload_frozen": a.offload_frozen,
+    }
+    _estimate(a, s, dtype, size, k, b, row)
     if a.estimate_only:
-        dev = "estimate only (meta-device models)"
+        row.update(sec_per_iter=None, peak_gib=None)
+        return row
+    try:
+        sec, peak = run_config(
+            s.model, s.cond_fn, s.reward_fn, s.params, s.opt, size, min(k, s.steps), b, s.steps, a.iters, a.warmup,
+            device, s.swap,
+        )  # fmt: skip
+        row.update(sec_per_iter=round(sec, 3), peak_gib=round(peak, 2))
+    except torch.cuda.OutOfMemoryError:
+        row.update(sec_per_iter=None, peak_gib="OOM")
+        s.opt.zero_grad(set_to_none=True)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def _print_tables(a: argparse.Namespace, rows: list[dict], dev: str) -> None:
     print(
         f"\n{dev}, torch {torch.__version__}, {a.dtype}, checkpointing {not a.no_checkpointing}, "
         f"offload_frozen {a.offload_frozen}\n"
@@ -421,6 +431,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for r in rows:
             cells = (r["model"], f"{r['size']}²", r["k"], r["batch"], r["est_gib"], r["est_offload_gib"])
             print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = _parser()
+    a = ap.parse_args(argv)
+    if a.offload_frozen and a.no_checkpointing:
+        ap.error("--offload-frozen needs gradient checkpointing (drop --no-checkpointing)")
+    device, dtype = _device_dtype(a)
+    archs = ["sd3", "flux"] if a.arch == "all" else [a.arch]
+    rows = []
+    for arch in archs:
+        s = _build(a, arch, device, dtype)
+        for size in [int(x) for x in a.sizes.split(",")]:
+            for k in [int(x) for x in a.ks.split(",")]:
+                for b in [int(x) for x in a.batches.split(",")]:
+                    rows.append(_measure(a, s, device, dtype, size, k, b))
+                    print(json.dumps(rows[-1]), flush=True)
+        del s
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    dev = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    if a.estimate_only:
+        dev = "estimate only (meta-device models)"
+    _print_tables(a, rows, dev)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "rows": rows}, f, indent=2)

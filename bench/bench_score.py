@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from icthp_core.dtypes import DTYPE_CHOICES
+
 CONFIGS = {
     "vit-h": None,  # icthp_core.checkpoints.config.VIT_H_14
     "tiny": "tiny",  # icthp_core.testing.TINY_CLIP, for dry runs
@@ -314,11 +316,11 @@ def run_ours(root: Path, device: str, dtype: str, configs: list[dict], n: int, w
     return out
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=list(CONFIGS), default="small")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     ap.add_argument(
         "--decodes",
@@ -344,33 +346,11 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="fixture folder (default: a temp dir)")
     ap.add_argument("--role", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--configs", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.role:
-        root = Path(args.root)
-        if args.role == "upstream":
-            res = run_upstream(root, args.device, args.upstream_images or args.images)
-        else:
-            res = run_ours(root, args.device, args.dtype, json.loads(args.configs), args.images, args.workers)
-        print("RESULT " + json.dumps(res))
-        return
-    root = Path(args.root or tempfile.mkdtemp(prefix="icthp_bench_"))
-    make_fixture(root, args.config, args.images)
-    base = [sys.executable, __file__, "--root", str(root), "--device", args.device, "--images", str(args.images)]
-    if args.workers is not None:
-        base += ["--workers", str(args.workers)]
-    if args.upstream_images:
-        base += ["--upstream-images", str(args.upstream_images)]
+    return ap
 
-    def child(extra):
-        proc = subprocess.run(base + extra, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"child {extra[:2]} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
-        return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
-    configs = [{"batch": b, "decode": d, "breakdown": args.breakdown} for d in args.decodes for b in args.batch_sizes]
-    configs += [{"batch": b, "decode": args.decodes[-1], "compile": True} for b in args.compile_batches]
-    up = None if args.no_upstream else child(["--role", "upstream"])
-    results = child(["--role", "ours", "--dtype", args.dtype, "--configs", json.dumps(configs)])
+def _print_results(args: argparse.Namespace, up: dict | None, results: list[dict]) -> None:
+    """The comparison table (upstream loop vs each configuration) and the host-side breakdown."""
     cuda = args.device.startswith("cuda")
     print(f"config={args.config} device={args.device} images={args.images}")
     head = f"{'side':8s} {'batch':>5s} {'dtype':>5s} {'decode':>6s} {'compile':>7s} {'img/s':>9s} {'model img/s':>11s}"
@@ -408,6 +388,37 @@ def main() -> None:
                 f"{r['batch']:5d} {r['decode']:>10s} {r['read_img_per_s']:10.1f} {r['prep_img_per_s']:17.1f} "
                 f"{r['overlap']:7.2f}"
             )
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.role:
+        root = Path(args.root)
+        if args.role == "upstream":
+            res = run_upstream(root, args.device, args.upstream_images or args.images)
+        else:
+            res = run_ours(root, args.device, args.dtype, json.loads(args.configs), args.images, args.workers)
+        print("RESULT " + json.dumps(res))
+        return
+    root = Path(args.root or tempfile.mkdtemp(prefix="icthp_bench_"))
+    make_fixture(root, args.config, args.images)
+    base = [sys.executable, __file__, "--root", str(root), "--device", args.device, "--images", str(args.images)]
+    if args.workers is not None:
+        base += ["--workers", str(args.workers)]
+    if args.upstream_images:
+        base += ["--upstream-images", str(args.upstream_images)]
+
+    def child(extra):
+        proc = subprocess.run(base + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"child {extra[:2]} failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+    configs = [{"batch": b, "decode": d, "breakdown": args.breakdown} for d in args.decodes for b in args.batch_sizes]
+    configs += [{"batch": b, "decode": args.decodes[-1], "compile": True} for b in args.compile_batches]
+    up = None if args.no_upstream else child(["--role", "upstream"])
+    results = child(["--role", "ours", "--dtype", args.dtype, "--configs", json.dumps(configs)])
+    _print_results(args, up, results)
     summary = {"config": args.config, "device": args.device, "images": args.images, "upstream": up, "ours": results}
     summary["peak_tflops"] = args.peak_tflops
     print("JSON " + json.dumps(summary))

@@ -242,8 +242,8 @@ def part_decode(dry: bool, work: Path) -> dict:
     import torch
 
     from icthp_core.data.batch import iter_file_batches
+    from icthp_core.data.preprocess import OPENAI_STD
     from icthp_core.scoring.gpu_preprocess import DECODE_TOLERANCE, iter_gpu_batches
-    from icthp_core.scoring.preprocess import OPENAI_STD
     from icthp_core.scoring.scorer import MultiScorer
 
     device = _device(dry)
@@ -311,7 +311,9 @@ def part_precision(dry: bool, work: Path) -> dict:
     imgs, prompts, groups = _synthetic_images(24 if dry else 384, size=128)
     res: dict = {"device": device, "config": "tiny" if dry else "small (ViT-B/16 towers)", "images": len(imgs)}
     scores = {}
-    dtypes = ["fp32", "bf16"] if dry else ["fp32", "fp16", "bf16"]
+    from icthp_core.dtypes import DTYPE_CHOICES
+
+    dtypes = ["fp32", "bf16"] if dry else list(DTYPE_CHOICES)
     for dt in dtypes:
         models = _tiny_models(work / ("tiny" if dry else "mid"), device, dt, config=cfg)
         scorer = MultiScorer(METRICS, device=device, dtype=dt, models=models)
@@ -519,6 +521,93 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _precision_section(report: dict) -> list[str]:
+    """fp16/bf16 vs fp32 tables and the SDPA kernels."""
+    lines: list[str] = []
+    pre = report["parts"].get("precision", {})
+    for dt in ("fp16", "bf16"):
+        if dt in pre:
+            lines += ["", f"## {dt} vs fp32 ({pre.get('config')}, {pre.get('images')} images)", ""]
+            lines += ["| metric | max abs | max abs / std | Spearman | flips per prompt | flips all pairs |"]
+            lines += ["|---|---|---|---|---|---|"]
+            for m, r in pre[dt].items():
+                lines.append(
+                    f"| {m} | {r['max_abs']:.2e} | {r['max_abs_over_std']:.3f} | {r['spearman']:.4f} | "
+                    f"{r['flips_per_prompt']['flip_rate']:.4f} | {r['flips_all_pairs']['flip_rate']:.4f} |"
+                )
+    sd = report["parts"].get("sdpa", {})
+    for dt in ("bfloat16", "float16"):
+        if dt in sd:
+            lines += ["", f"SDPA {dt}: fused={sd[dt]['fused']}; attention ops: {', '.join(sd[dt]['attention_ops'])}"]
+    return lines
+
+
+def _score_section(name: str, report: dict) -> list[str]:
+    """The bench_score / bench_compile table of a report (none when the part has no rows)."""
+    lines: list[str] = []
+    bs = report["parts"].get(name, {})
+    if bs.get("ours"):
+        up = bs.get("upstream") or {}
+        peak = bs.get("peak_tflops", 790.0)
+        lines += ["", f"## {name}", "", f"`{bs.get('command')}`", ""]
+        if up:
+            lines.append(f"Upstream-style loop: {up['img_per_s']:.2f} img/s, peak {up['peak_gib']:.2f} GiB")
+            lines.append("")
+        lines += [
+            "| batch | decode | compile | img/s | model img/s | peak GiB | × upstream | mem ratio | %peak e2e "
+            "| %peak model |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in bs["ours"]:
+            if "error" in r:
+                lines.append(f"| {r['batch']} | {r['decode']} | {r['compile']} | error: {r['error'][:100]} |")
+                continue
+            tf = r["flops_per_img"] / (peak * 1e12)
+            sp = r["img_per_s"] / up["img_per_s"] if up else float("nan")
+            mr = r["peak_gib"] / up["peak_gib"] if up else float("nan")
+            lines.append(
+                f"| {r['batch']} | {r['decode']} | {r['compile']} | {r['img_per_s']:.1f} | "
+                f"{r['model_img_per_s']:.1f} | {r['peak_gib']:.2f} | {sp:.1f} | {mr:.2f} | "
+                f"{100 * tf * r['img_per_s']:.1f} | {100 * tf * r['model_img_per_s']:.1f} |"
+            )
+        host = [r for r in bs["ours"] if "prep_img_per_s" in r]
+        if host:  # where the end-to-end gap to the model rate comes from
+            lines += ["", "Host side alone (no model); overlap = end-to-end / min(host, model):", ""]
+            lines += ["| batch | decode | read img/s | decode + preprocess img/s | overlap |"]
+            lines += ["|---|---|---|---|---|"]
+            for r in host:
+                lines.append(
+                    f"| {r['batch']} | {r['decode']} | {r['read_img_per_s']:.0f} | {r['prep_img_per_s']:.0f} | "
+                    f"{r['overlap']:.2f} |"
+                )
+        if bs.get("error"):
+            lines.append(f"\nerror: {bs['error'][:300]}")
+    return lines
+
+
+def _draft_section(name: str, report: dict) -> list[str]:
+    """The bench_draft table of one DRaFT part (and its error)."""
+    lines: list[str] = []
+    dr = report["parts"].get(name, {})
+    if dr.get("rows"):
+        lines += ["", f"## {name}", "", f"`{dr.get('command')}`", ""]
+        lines += [
+            "| model | res | steps | K | batch | optimizer | VAE tiling | offload | s/iter | peak GiB "
+            "| estimated GiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in dr["rows"]:
+            lines.append(
+                f"| {r['model']} | {r['size']} | {r['steps']} | {r['k']} | {r['batch']} | "
+                f"{r.get('optimizer', 'adamw')} | {r.get('vae_tiling') or 'off'} | "
+                f"{'on' if r.get('offload_frozen') else 'off'} | "
+                f"{r.get('sec_per_iter')} | {r.get('peak_gib')} | {r.get('est_gib')} |"
+            )
+    if dr.get("error"):
+        lines.append(f"\n{name} error: {str(dr['error'])[:300]}")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """A readable summary of the report (the JSON holds everything)."""
     env = report["parts"].get("env", {})
@@ -546,77 +635,11 @@ def markdown(report: dict) -> str:
         for k, v in dec.items():
             if k not in ("status", "seconds"):
                 lines.append(f"- {k}: {_fmt(v)}")
-    pre = report["parts"].get("precision", {})
-    for dt in ("fp16", "bf16"):
-        if dt in pre:
-            lines += ["", f"## {dt} vs fp32 ({pre.get('config')}, {pre.get('images')} images)", ""]
-            lines += ["| metric | max abs | max abs / std | Spearman | flips per prompt | flips all pairs |"]
-            lines += ["|---|---|---|---|---|---|"]
-            for m, r in pre[dt].items():
-                lines.append(
-                    f"| {m} | {r['max_abs']:.2e} | {r['max_abs_over_std']:.3f} | {r['spearman']:.4f} | "
-                    f"{r['flips_per_prompt']['flip_rate']:.4f} | {r['flips_all_pairs']['flip_rate']:.4f} |"
-                )
-    sd = report["parts"].get("sdpa", {})
-    for dt in ("bfloat16", "float16"):
-        if dt in sd:
-            lines += ["", f"SDPA {dt}: fused={sd[dt]['fused']}; attention ops: {', '.join(sd[dt]['attention_ops'])}"]
+    lines += _precision_section(report)
     for name in ("bench_score", "bench_compile"):
-        bs = report["parts"].get(name, {})
-        if bs.get("ours"):
-            up = bs.get("upstream") or {}
-            peak = bs.get("peak_tflops", 790.0)
-            lines += ["", f"## {name}", "", f"`{bs.get('command')}`", ""]
-            if up:
-                lines.append(f"Upstream-style loop: {up['img_per_s']:.2f} img/s, peak {up['peak_gib']:.2f} GiB")
-                lines.append("")
-            lines += [
-                "| batch | decode | compile | img/s | model img/s | peak GiB | × upstream | mem ratio | %peak e2e "
-                "| %peak model |",
-                "|---|---|---|---|---|---|---|---|---|---|",
-            ]
-            for r in bs["ours"]:
-                if "error" in r:
-                    lines.append(f"| {r['batch']} | {r['decode']} | {r['compile']} | error: {r['error'][:100]} |")
-                    continue
-                tf = r["flops_per_img"] / (peak * 1e12)
-                sp = r["img_per_s"] / up["img_per_s"] if up else float("nan")
-                mr = r["peak_gib"] / up["peak_gib"] if up else float("nan")
-                lines.append(
-                    f"| {r['batch']} | {r['decode']} | {r['compile']} | {r['img_per_s']:.1f} | "
-                    f"{r['model_img_per_s']:.1f} | {r['peak_gib']:.2f} | {sp:.1f} | {mr:.2f} | "
-                    f"{100 * tf * r['img_per_s']:.1f} | {100 * tf * r['model_img_per_s']:.1f} |"
-                )
-            host = [r for r in bs["ours"] if "prep_img_per_s" in r]
-            if host:  # where the end-to-end gap to the model rate comes from
-                lines += ["", "Host side alone (no model); overlap = end-to-end / min(host, model):", ""]
-                lines += ["| batch | decode | read img/s | decode + preprocess img/s | overlap |"]
-                lines += ["|---|---|---|---|---|"]
-                for r in host:
-                    lines.append(
-                        f"| {r['batch']} | {r['decode']} | {r['read_img_per_s']:.0f} | {r['prep_img_per_s']:.0f} | "
-                        f"{r['overlap']:.2f} |"
-                    )
-            if bs.get("error"):
-                lines.append(f"\nerror: {bs['error'][:300]}")
+        lines += _score_section(name, report)
     for name in DRAFT_PARTS:
-        dr = report["parts"].get(name, {})
-        if dr.get("rows"):
-            lines += ["", f"## {name}", "", f"`{dr.get('command')}`", ""]
-            lines += [
-                "| model | res | steps | K | batch | optimizer | VAE tiling | offload | s/iter | peak GiB "
-                "| estimated GiB |",
-                "|---|---|---|---|---|---|---|---|---|---|---|",
-            ]
-            for r in dr["rows"]:
-                lines.append(
-                    f"| {r['model']} | {r['size']} | {r['steps']} | {r['k']} | {r['batch']} | "
-                    f"{r.get('optimizer', 'adamw')} | {r.get('vae_tiling') or 'off'} | "
-                    f"{'on' if r.get('offload_frozen') else 'off'} | "
-                    f"{r.get('sec_per_iter')} | {r.get('peak_gib')} | {r.get('est_gib')} |"
-                )
-        if dr.get("error"):
-            lines.append(f"\n{name} error: {str(dr['error'])[:300]}")
+        lines += _draft_section(name, report)
     ex = report["parts"].get("explain", {})
     if ex.get("summary"):
         lines += ["", "## explain", "", f"`{ex.get('command')}`", ""]

@@ -1,9 +1,8 @@
 """ICT-HP ComfyUI node pack (V3 schema).
 
 ComfyUI loads the repository root (``custom_nodes/<pack>/__init__.py``), which re-exports
-``comfy_entrypoint`` from here. Node ids are stable: ICTHPLoader, ICTHPScore, ICTHPBestOfN,
-ICTHPLoraLoader, ICTHPTextEncoderSwap, ICTHPCLIPVision; then ICTHPEarlyBestOfN, ICTHPRewardMix,
-ICTHPSelect, ICTHPSaveWithScores, ICTHPModelManager, ICTHPExplain.
+``comfy_entrypoint`` from here. ``NODES`` below is the one list of nodes; each node id is its class name and
+stays stable once published (tests/test_one_list.py checks the tests' list and ``web/icthp.js`` against it).
 """
 
 from __future__ import annotations

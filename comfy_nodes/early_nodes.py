@@ -9,6 +9,7 @@ images equal a plain KSampler run of their seeds. Candidate ``i`` uses seed ``se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import comfy.model_management as mm
@@ -60,8 +61,55 @@ def _candidates(latent: dict, n: int) -> torch.Tensor:
     return samples
 
 
-def _progress(model, total: int):
-    """A ComfyUI progress bar (with latent previews) over ``total`` steps: ``progress(step, x0)``."""
+@dataclass
+class _Sampling:
+    """What both phases share: ComfyUI's model, conditioning, sampler and sigmas, and the progress bar."""
+
+    model: object
+    positive: object
+    negative: object
+    cfg: float
+    sampler: object
+    sigmas: torch.Tensor
+    seed: int
+    progress: Callable[[int, torch.Tensor], None]
+
+    def sample(self, noise, latent, mask, sigmas, offset: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`sample_custom` over `sigmas` (steps counted from `offset`); (latents, x0 of the last model call)."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def callback(step, x0, x, _total):
+            captured["x0"] = x0
+            self.progress(offset + step + 1, x0)
+
+        out = comfy.sample.sample_custom(
+            self.model,
+            noise,
+            self.cfg,
+            self.sampler,
+            sigmas,
+            self.positive,
+            self.negative,
+            latent,
+            mask,
+            callback,
+            True,
+            self.seed,
+        )
+        return out, captured.get("x0")
+
+
+def _setup(model, positive, negative, latent, cfg, sampler_name, scheduler, denoise, steps, seed, n):
+    """The sampling context, the N candidate latents, their noises (seed + i each) and seeds."""
+    ks = comfy.samplers.KSampler(
+        model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler, denoise=denoise
+    )
+    sigmas = ks.sigmas.cpu()
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    base = comfy.sample.fix_empty_latent_channels(model, _candidates(latent, n))
+    seeds = [(seed + i) % 2**64 for i in range(n)]
+    noise = torch.cat([comfy.sample.prepare_noise(base[i : i + 1], s_i) for i, s_i in enumerate(seeds)])
+    total = max(len(sigmas) - 1, 0)  # denoise=0: no sigmas
     pbar = comfy.utils.ProgressBar(total)
     previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
 
@@ -69,25 +117,26 @@ def _progress(model, total: int):
         image = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
         pbar.update_absolute(step, total, image)
 
-    return progress
+    run = _Sampling(model, positive, negative, cfg, sampler, sigmas, seed, progress)
+    return run, base, noise, seeds
 
 
-def _phase1(model, noise, cfg, sampler, sigmas, s, positive, negative, base, mask, seed, vae):
-    """Run ``sigmas[0..s]`` for every candidate; returns the latents at step ``s`` and the decoded x0 previews."""
-    total = len(sigmas) - 1
-    progress = _progress(model, total)
-    captured: dict[str, torch.Tensor] = {}
-
-    def phase1_cb(step, x0, x, _total):
-        captured["x0"] = x0
-        progress(step + 1, x0)
-
-    x_s = comfy.sample.sample_custom(
-        model, noise, cfg, sampler, sigmas[: s + 1], positive, negative, base, mask, phase1_cb, True, seed
-    )
-    # x0 of the last phase-1 model call, in VAE latent space
-    x0 = model.model.process_latent_out(captured["x0"].to(torch.float32)).to(mm.intermediate_device())
-    return x_s, vae.decode(x0)[..., :3]
+def _score_previews(
+    model, vae, reward: RewardModel, prompt: str, n: int, metric: str, x0: torch.Tensor | None, base: torch.Tensor
+):
+    """Decode the phase-1 x0 predictions and score them; (previews, scores, prompts, metric). ``x0`` None (nothing
+    was sampled: denoise=0): the unchanged candidate latents ``base`` are decoded."""
+    if x0 is not None:  # x0 of the last phase-1 model call, in VAE latent space
+        base = model.model.process_latent_out(x0.to(torch.float32)).to(mm.intermediate_device())
+    previews = vae.decode(base)[..., :3]
+    prompts = split_prompts(prompt, n, False, reward.needs_prompt)
+    scores = reward.score(previews, prompts)
+    metric = reward.primary if metric == "auto" else metric
+    if metric not in scores:
+        raise ValueError(
+            f"metric {metric!r} is not given by the loaded model {reward.name!r} (it gives {sorted(scores)})"
+        )
+    return previews, scores, prompts, metric
 
 
 def early_best_of_n(
@@ -116,55 +165,21 @@ def early_best_of_n(
         raise ValueError(f"n and k must be >= 1, got n={n}, k={k}")
     k = min(k, n)
     s = split_step(steps, fraction)
-    ks = comfy.samplers.KSampler(
-        model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler, denoise=denoise
+    run, base, noise, seeds = _setup(
+        model, positive, negative, latent, cfg, sampler_name, scheduler, denoise, steps, seed, n
     )
-    sigmas = ks.sigmas.cpu()
-    sampler = comfy.samplers.sampler_object(sampler_name)
-    base = comfy.sample.fix_empty_latent_channels(model, _candidates(latent, n))
-    seeds = [(seed + i) % 2**64 for i in range(n)]
-    noise = torch.cat([comfy.sample.prepare_noise(base[i : i + 1], s_i) for i, s_i in enumerate(seeds)])
-    mask = latent.get("noise_mask")
-    total = max(len(sigmas) - 1, 0)  # denoise=0: no sigmas, nothing to sample (as KSampler: latent unchanged)
-    if total == 0:
-        s = 0
-        x_s = base
-        previews = vae.decode(base)[..., :3]
-    else:
-        x_s, previews = _phase1(model, noise, cfg, sampler, sigmas, s, positive, negative, base, mask, seed, vae)
-    prompts = split_prompts(prompt, n, False, reward.needs_prompt)
-    scores = reward.score(previews, prompts)
-    metric = reward.primary if metric == "auto" else metric
-    if metric not in scores:
-        raise ValueError(
-            f"metric {metric!r} is not given by the loaded model {reward.name!r} (it gives {sorted(scores)})"
-        )
+    mask, total = latent.get("noise_mask"), max(len(run.sigmas) - 1, 0)
+    if total == 0:  # denoise=0: nothing to sample (as KSampler: the latent unchanged); the candidates are scored as is
+        s, x_s, x0 = 0, base, None
+    else:  # phase 1: all N candidates to step s, then their x0 predictions are scored
+        x_s, x0 = run.sample(noise, base, mask, run.sigmas[: s + 1], 0)
+    previews, scores, prompts, metric = _score_previews(model, vae, reward, prompt, n, metric, x0, base)
     sel = rank(scores[metric], k)
     kept = sel.selected
     x_kept = select_batch(x_s, kept, "LATENT samples")
     mask_kept = select_mask(mask, kept, n, "LATENT noise_mask") if mask is not None else None
-    if s < total:
-        progress = _progress(model, total)
-
-        def phase2_cb(step, x0, x, _total):
-            progress(s + step + 1, x0)
-
-        final = comfy.sample.sample_custom(
-            model,
-            torch.zeros_like(x_kept),
-            cfg,
-            sampler,
-            sigmas[s:],
-            positive,
-            negative,
-            x_kept,
-            mask_kept,
-            phase2_cb,
-            True,
-            seed,
-        )
-    else:
-        final = x_kept
+    # phase 2: the k kept ones to the end, without new noise
+    final = run.sample(torch.zeros_like(x_kept), x_kept, mask_kept, run.sigmas[s:], s)[0] if s < total else x_kept
     images = vae.decode(final)[..., :3]
     final_scores = None
     if score_final:

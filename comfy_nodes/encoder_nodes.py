@@ -11,7 +11,7 @@ import comfy.clip_vision
 import torch
 from comfy_api.latest import io
 
-from icthp_core.dtypes import parse_dtype
+from icthp_core.dtypes import DTYPE_CHOICES, parse_dtype
 
 from .cache import LRUCache
 from .paths import resolve_source, source_fingerprint, source_options, vision_source_options
@@ -218,7 +218,7 @@ class ICTHPCLIPVision(io.ComfyNode):
                 io.Combo.Input("source", options=vision_source_options()),
                 io.Combo.Input(
                     "dtype",
-                    options=["default", "fp32", "fp16", "bf16"],
+                    options=["default", *DTYPE_CHOICES],
                     default="default",
                     tooltip="default = ComfyUI's text-encoder dtype (fp16 unless --fp32-text-enc)",
                 ),

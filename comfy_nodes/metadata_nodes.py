@@ -12,7 +12,8 @@ from comfy.cli_args import args
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from icthp_core.data.metadata import banner_text, build_record, draw_banner, save_png
+from icthp_core.data.metadata import draw_banner, save_png
+from icthp_core.scoring.records import banner_text, build_record
 
 from .models import split_prompts
 from .reward_nodes import CATEGORY, RewardModelType

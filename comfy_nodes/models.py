@@ -10,7 +10,7 @@ import comfy.utils
 import numpy as np
 import torch
 
-from icthp_core.dtypes import parse_dtype
+from icthp_core.dtypes import DTYPE_CHOICES, parse_dtype
 from icthp_core.scoring.registry import list_metrics
 from icthp_core.scoring.scorer import MultiScorer
 
@@ -25,7 +25,7 @@ def baselines() -> list[str]:
     return [m for m in list_metrics() if m not in ("ict", "hp", "ict_hp")]
 
 
-DTYPES = ["fp32", "fp16", "bf16"]
+DTYPES = list(DTYPE_CHOICES)
 DEVICES = ["default", "cpu"]
 _CACHE_SIZE = 4
 

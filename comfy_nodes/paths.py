@@ -7,12 +7,12 @@ from pathlib import Path
 
 import folder_paths
 
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES
-from icthp_core.scoring.models import HP_BACKBONE_NAMES, HP_HEAD_NAMES
+from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, HP_HEAD_NAMES
+from icthp_core.scoring.registry import METRICS
 
 FOLDER = "icthp"
-ICT_HUB = "8y/ICT"
-HP_HUB = "8y/HP"
+ICT_HUB = METRICS["ict"].default_source
+HP_HUB = METRICS["hp"].default_source
 
 
 def register_model_folder() -> None:
@@ -62,7 +62,7 @@ def vision_source_options() -> list[str]:
 def resolve_source(name: str) -> str:
     """A dropdown entry → a local directory path (when it is a folder of ``models/icthp``) or the hub id."""
     if not name or not name.strip():
-        raise ValueError("empty model source: pick a folder of models/icthp or a hub id such as 8y/ICT")
+        raise ValueError(f"empty model source: pick a folder of models/icthp or a hub id such as {ICT_HUB}")
     name = name.strip()
     for root in _roots():
         cand = root / name  # an absolute `name` would replace `root`: only names that stay inside it count

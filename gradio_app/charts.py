@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .logic import label, winners
+from .logic import label
+from .ranking import winners
 
 WIN = "#f5a700"
 BAR = "#5b7fbf"

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from icthp_core.dtypes import DTYPE_CHOICES
 from icthp_core.options import add_model_arguments, parse_sources
 from icthp_core.scoring.registry import list_metrics, parse_metrics
 
@@ -43,7 +44,7 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     gen = parser.add_argument_group("generation (tab 3, needs a GPU)")
     gen.add_argument("--base-model", default=None, help="diffusers pipeline: hub id or local folder")
     gen.add_argument("--lora", default=None, help="LoRA .safetensors for the base pipeline")
-    gen.add_argument("--gen-dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
+    gen.add_argument("--gen-dtype", default="bf16", choices=DTYPE_CHOICES)
     return parser
 
 
@@ -73,8 +74,8 @@ def make_app(args: argparse.Namespace, factory: Any = None) -> tuple[Any, dict[s
     from . import generate
     from .app import LAUNCH_CSS, build_app
     from .controller import Controller
-    from .logic import UploadLimits
     from .pool import ScorerPool
+    from .uploads import UploadLimits
 
     sources = _sources(args)
     metrics = _metrics(args.metrics, sources.get("ict"), sources.get("hp"))

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import charts, logic, render
-from .logic import PRIMARY, InputError, UploadLimits, label
+from . import charts, csv_export, matching, ranking, render, uploads
+from .logic import PRIMARY, InputError, alignment_baselines, label
 from .pool import ProgressFn, ScorerPool
 from .stored import StoredScores, read_stored_noted, stored_columns
+from .uploads import UploadLimits
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Controller:
 
     def _csv(self, df: pd.DataFrame, name: str) -> Path:
         self._prune_results()
-        return logic.write_csv(df, self.out_dir / uuid.uuid4().hex[:12] / name)
+        return csv_export.write_csv(df, self.out_dir / uuid.uuid4().hex[:12] / name)
 
     def _prune_results(self) -> None:
         """Delete all but the newest `keep_results - 1` result folders, so a long-running app does not fill the disk."""
@@ -106,22 +107,22 @@ class Controller:
         metrics = [m for m in self.pool.metrics if m in (metrics or [])]
         if not metrics:
             raise InputError("Select at least one metric.")
-        paths, rejected = logic.validate_images(_paths(files), self.limits)
-        names = logic.unique_names(paths)
+        paths, rejected = uploads.validate_images(_paths(files), self.limits)
+        names = uploads.unique_names(paths)
         scores = self.pool.score(paths, prompt, metrics, progress)
         noted = [read_stored_noted(p) for p in paths]
         stored = [rec for rec, _ in noted]
-        table = pd.concat([logic.comparison_table(names, scores), stored_columns(stored)], axis=1)
+        table = pd.concat([ranking.comparison_table(names, scores), stored_columns(stored)], axis=1)
         key = PRIMARY if PRIMARY in scores else metrics[0]
-        top = logic.winners(scores[key])
+        top = ranking.winners(scores[key])
         lines = [f"**Winner ({label(key)}): {', '.join(names[i] for i in top)}**"]
-        others = [f"{label(m)}: {', '.join(names[i] for i in logic.winners(scores[m]))}" for m in metrics if m != key]
+        others = [f"{label(m)}: {', '.join(names[i] for i in ranking.winners(scores[m]))}" for m in metrics if m != key]
         if others:
             lines.append("Other metrics' winners — " + "; ".join(others))
-        paradox = logic.paradox_markdown(logic.detect_paradox(scores), names)
+        paradox = ranking.paradox_markdown(ranking.detect_paradox(scores), names)
         if paradox:
             lines.append(paradox)
-        elif PRIMARY in scores and any(m in scores for m in logic.alignment_baselines()):
+        elif PRIMARY in scores and any(m in scores for m in alignment_baselines()):
             lines.append("CLIP-family metrics and ICT-HP agree on the winner.")
         if rejected:
             lines.append("Rejected uploads: " + "; ".join(rejected))
@@ -150,8 +151,8 @@ class Controller:
     # ------------------------------------------------------------------ tab 2
     def _side(self, files: Any, folder: str | None, side: str) -> tuple[list[Path], list[str]]:
         if folder and folder.strip():
-            d = logic.resolve_allowed_dir(folder, self.ab_roots)
-            candidates = [str(p) for p in logic.list_folder(d, self.ab_roots)]
+            d = uploads.resolve_allowed_dir(folder, self.ab_roots)
+            candidates = [str(p) for p in uploads.list_folder(d, self.ab_roots)]
         else:
             candidates = _paths(files)
         if not candidates:
@@ -162,7 +163,7 @@ class Controller:
         ok: list[Path] = [Path(p) for p in candidates if Path(p).suffix.lower() == ".txt"]
         rejected = []
         for p in images:
-            why = logic.check_image(p, self.limits)
+            why = uploads.check_image(p, self.limits)
             if why:
                 rejected.append(f"{side}/{why}")
             else:
@@ -190,8 +191,8 @@ class Controller:
         a, rej_a = self._side(a_files, a_dir, "A")
         b, rej_b = self._side(b_files, b_dir, "B")
         idx = _paths(index_file)
-        index = logic.read_index(idx[0]) if idx else None
-        match = logic.match_pairs(a, b, index=index, default_prompt=default_prompt)
+        index = matching.read_index(idx[0]) if idx else None
+        match = matching.match_pairs(a, b, index=index, default_prompt=default_prompt)
         pairs = match.pairs
         if len(pairs) > self.max_pairs:
             raise InputError(f"{len(pairs)} pairs is over the limit of {self.max_pairs}.")
@@ -202,10 +203,10 @@ class Controller:
 
         sa = self.pool.score([p.a for p in pairs], prompts, metrics, part(0.0, 0.5))
         sb = self.pool.score([p.b for p in pairs], prompts, metrics, part(0.5, 1.0))
-        frame = logic.ab_frame(pairs, sa, sb)
+        frame = matching.ab_frame(pairs, sa, sb)
         frame = frame.rename(columns={c: c.replace("A ", f"{a_name} ", 1) for c in frame if c.startswith("A ")})
         frame = frame.rename(columns={c: c.replace("B ", f"{b_name} ", 1) for c in frame if c.startswith("B ")})
-        wins = logic.win_rate_table(sa, sb, method=ci_method or self.ci_method)
+        wins = matching.win_rate_table(sa, sb, method=ci_method or self.ci_method)
         status = [f"**{a_name}** vs **{b_name}**: " + match.summary()]
         if PRIMARY in sa:
             r = wins.set_index("metric").loc[label(PRIMARY)]
@@ -247,7 +248,7 @@ class Controller:
         base, lora = self.generator.generate(prompt, int(seed), int(steps), float(guidance), int(size))
         metrics = [m for m in self.pool.metrics if m in (metrics or [])]
         scores = self.pool.score([base, lora], prompt, metrics, progress) if metrics else {}
-        table = logic.comparison_table(["base", "base + LoRA"], scores) if scores else pd.DataFrame()
+        table = ranking.comparison_table(["base", "base + LoRA"], scores) if scores else pd.DataFrame()
         md = ""
         if PRIMARY in scores:
             d = float(scores[PRIMARY][1] - scores[PRIMARY][0])

@@ -18,7 +18,7 @@ from icthp_core.explain.api import Explanation, explain
 from icthp_core.explain.common import text_metrics
 from icthp_core.explain.outputs import overlays
 
-from . import logic
+from . import uploads
 from .logic import PRIMARY, InputError, label
 from .pool import ProgressFn
 
@@ -110,7 +110,7 @@ class ExplainPanel:
     def choices(self, files: Any) -> list[str]:
         from .controller import _paths
 
-        return logic.unique_names(_paths(files)) if files else []
+        return uploads.unique_names(_paths(files)) if files else []
 
     def _explain_one(self, image, prompt: str, metrics: list[str], methods: list[str], grid: int) -> list[Explanation]:
         out = []
@@ -140,8 +140,8 @@ class ExplainPanel:
         if not prompt and any(text_metrics(m) for m in metrics):
             raise InputError("Type the prompt the images were generated for.")
         methods = ["words", *[m for m in methods if m in ("relevance", "occlusion")]]
-        paths, _ = logic.validate_images(_paths(files), self.controller.limits)
-        names = logic.unique_names(paths)
+        paths, _ = uploads.validate_images(_paths(files), self.controller.limits)
+        names = uploads.unique_names(paths)
         if pick not in names:
             raise InputError("Pick one of the uploaded images to explain.")
         key = PRIMARY if PRIMARY in metrics else metrics[0]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .logic import PRIMARY, label, rank
+from .logic import PRIMARY, label
+from .ranking import rank
 from .stored import StoredScores
 
 CSS = """

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in reports:
         print(r.line())
     print(summary(reports), file=sys.stderr)
-    return 1 if any(r.state in ("missing", "bad") for r in reports) else 0
+    from icthp_core.checkpoints.manager import FAILED
+
+    return 1 if any(r.state in FAILED for r in reports) else 0
 
 
 def filled_manifest(path: str | None, reports) -> dict:

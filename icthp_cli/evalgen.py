@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from icthp_core.evaluation.evalgen import DEFAULT_METRICS, EvalGenConfig, run_evalgen
-from icthp_core.evaluation.generation import parse_lora
+from icthp_core.diffusion.evalgen import DEFAULT_METRICS, EvalGenConfig, run_evalgen
+from icthp_core.diffusion.generation import parse_lora
+from icthp_core.dtypes import DTYPE_CHOICES
 from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scoring.registry import parse_metrics
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, help="width (overrides --size)")
     g.add_argument("--max-sequence-length", type=int, help="T5 tokens (pipeline default; 256 for FLUX-schnell)")
     g.add_argument("--gen-batch-size", type=int, default=4, help="images per pipeline call (4)")
-    g.add_argument("--gen-dtype", choices=("fp32", "fp16", "bf16"), help="pipeline dtype (bf16 on CUDA, else fp32)")
+    g.add_argument("--gen-dtype", choices=DTYPE_CHOICES, help="pipeline dtype (bf16 on CUDA, else fp32)")
     g.add_argument("--cpu-offload", action="store_true", help="diffusers model CPU offload (small GPUs)")
     p.add_argument(
         "--metrics",

@@ -21,6 +21,7 @@ from icthp_core.data.outputs import (
 from icthp_core.options import add_model_arguments, model_options
 from icthp_core.scale.score_cmd import add_scale_arguments, run_scaled, wants_scale
 from icthp_core.scoring.registry import metric_label, parse_metrics
+from icthp_core.scoring.selection import competition_ranks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +90,8 @@ def _rank_table(rows: list[dict], metrics: list[str]) -> str:
         if r.get("error") is None:
             by_prompt[r.get("prompt")].append(r)
     for group in by_prompt.values():
-        for rank, r in enumerate(sorted(group, key=lambda r: -r[key]), 1):
-            r["rank"] = rank
+        for r, rank in zip(group, competition_ranks([r[key] for r in group]), strict=True):
+            r["rank"] = rank if rank is not None else "-"
     heads = ["image"] + [metric_label(m) for m in metrics] + ["rank"]
     body = []
     for r in rows:

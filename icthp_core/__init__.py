@@ -5,9 +5,9 @@ HP(image): prompt-free high-preference score in (0, 1) (~0.77 typical). ICT-HP =
 """
 
 from icthp_core.checkpoints.loading import load_clip
+from icthp_core.data.preprocess import preprocess_pil, preprocess_tensor, to_nchw
 from icthp_core.errors import CheckpointError, ICTHPError, ImageLoadError, WeightsNotFoundError
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel, ImageHeadModel, TextImageModel
-from icthp_core.scoring.preprocess import preprocess_pil, preprocess_tensor, to_nchw
 from icthp_core.scoring.registry import METRICS, create_reward_model, list_metrics
 from icthp_core.scoring.scorer import ICTHPScorer, MultiScorer, load_scorer
 from icthp_core.scoring.text import tokenize

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from icthp_core.dtypes import DEFAULT_DTYPE, DTYPE_CHOICES
 from icthp_core.scoring.registry import METRICS, get_metric
 
-DTYPES = ("fp32", "fp16", "bf16")
-DEFAULT_DTYPE = "fp32"
+DTYPES = DTYPE_CHOICES
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_WORKERS = None  # sized from the core count (icthp_core.scoring.gpu_preprocess.default_workers)
 

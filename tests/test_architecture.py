@@ -4,6 +4,7 @@ generic top-level name and `icthp --help` lists every job, and docs/core_api.md 
 from __future__ import annotations
 
 import ast
+import graphlib
 import importlib
 import os
 import re
@@ -63,6 +64,187 @@ def test_the_contract_test_can_fail(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from icthp_cli.main import main\n")
     assert imported_names(f) & FORBIDDEN["icthp_core"] == {"icthp_cli"}
+
+
+def core_tiers(doc: Path = REPO / "docs" / "architecture.md") -> list[set[str]]:
+    """The direction of the core, read from the `Direction:` line of docs/architecture.md (lowest tier first;
+    `|` separates siblings of one tier, which may not import each other)."""
+    for line in doc.read_text().splitlines():
+        if line.startswith("Direction:"):
+            body = line.partition(":")[2].strip().strip("`")
+            return [{p.strip() for p in tier.split("|")} for tier in body.split("→")]
+    raise AssertionError(f"{doc}: no 'Direction:' line")
+
+
+def _unit(parts: list[str]) -> str:
+    """The tier unit of module `icthp_core.<a>.<b>`: its sub-package or top-level module (`__init__`: the facade)."""
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _is_unit(root: Path, name: str) -> bool:
+    return (root / "icthp_core" / name).is_dir() or (root / "icthp_core" / f"{name}.py").is_file()
+
+
+def core_imports(root: Path) -> list[tuple[str, str, str]]:
+    """(file:line, importing unit, imported unit) of every import between units of the `icthp_core` folder at
+    `root`, module level and inside functions, absolute and relative."""
+    out = []
+    for f in sorted((root / "icthp_core").rglob("*.py")):
+        mod = list(f.relative_to(root).with_suffix("").parts)
+        package = mod[:-1]
+        here = _unit(mod if mod[-1] != "__init__" else package)
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                targets = [a.name.split(".") for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                target = base + (node.module.split(".") if node.module else [])
+                # `from icthp_core import scoring` names a unit, `from icthp_core import X` the facade
+                targets = [target + [a.name] if len(target) == 1 else target for a in node.names]
+            else:
+                continue
+            for t in targets:
+                if t[0] == "icthp_core":
+                    there = _unit(t) if len(t) == 1 or _is_unit(root, t[1]) else "__init__"
+                    if there != here:
+                        out.append((f"{f.relative_to(root)}:{node.lineno}", here, there))
+    return out
+
+
+def direction_violations(root: Path, tiers: list[set[str]]) -> list[str]:
+    """Imports that point up (or sideways between siblings), and units placed in no tier."""
+    rank = {unit: i for i, tier in enumerate(tiers) for unit in tier}
+    bad = []
+    for where, here, there in core_imports(root):
+        for unit in (here, there):
+            if unit not in rank:
+                bad.append(f"{where}: icthp_core.{unit} is in no tier of the Direction line")
+        if here in rank and there in rank and rank[there] >= rank[here]:
+            bad.append(f"{where}: icthp_core.{here} imports icthp_core.{there} (against the direction)")
+    return bad
+
+
+def package_cycles(root: Path) -> list[str]:
+    """A cycle of the unit graph, if any ([] when it is a DAG)."""
+    graph: dict[str, set[str]] = {}
+    for _, here, there in core_imports(root):
+        graph.setdefault(here, set()).add(there)
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        return list(e.args[1])
+    return []
+
+
+def test_core_follows_its_direction():
+    tiers = core_tiers()
+    assert len(tiers) >= 6
+    units = {p.name for p in (REPO / "icthp_core").iterdir() if (p / "__init__.py").exists()}
+    units |= {p.stem for p in (REPO / "icthp_core").glob("*.py") if p.stem != "__init__"}
+    placed = set().union(*tiers)
+    assert units <= placed, f"packages missing from the Direction line: {sorted(units - placed)}"
+    assert not direction_violations(REPO, tiers), "\n".join(direction_violations(REPO, tiers))
+
+
+def test_core_has_no_package_cycles():
+    assert package_cycles(REPO) == []
+
+
+def _plant(root: Path, path: str, text: str) -> None:
+    f = root / path
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(text)
+    for parent in f.relative_to(root).parents:
+        if str(parent) != ".":
+            (root / parent / "__init__.py").touch()
+
+
+def test_direction_check_fails_on_planted_violations(tmp_path):
+    """An upward import inside a function, a relative one and a sibling one are all found; a cycle is found."""
+    tiers = [{"errors"}, {"data"}, {"scoring"}, {"training", "diffusion"}]
+    _plant(tmp_path, "icthp_core/errors.py", "")
+    _plant(tmp_path, "icthp_core/scoring/registry.py", "from icthp_core.data.images import load\n")
+    _plant(tmp_path, "icthp_core/data/images.py", "def f():\n    from icthp_core.scoring.registry import METRICS\n")
+    _plant(tmp_path, "icthp_core/data/outputs.py", "from ..scoring import text\nfrom icthp_core import errors\n")
+    _plant(tmp_path, "icthp_core/training/engine.py", "import icthp_core.diffusion.draft\n")
+    _plant(tmp_path, "icthp_core/diffusion/draft.py", "from icthp_core.scoring import registry\n")
+    bad = direction_violations(tmp_path, tiers)
+    assert [b.split(": ", 1)[0] for b in bad] == [
+        "icthp_core/data/images.py:2",
+        "icthp_core/data/outputs.py:1",
+        "icthp_core/training/engine.py:1",
+    ], bad
+    assert set(package_cycles(tmp_path)) == {"data", "scoring"}
+    assert direction_violations(REPO, tiers)  # the real tree against a wrong order fails too
+
+
+def test_evalgen_and_draft_share_the_pipeline_loader():
+    """Pipeline loading lives in diffusion/pipelines.py; nothing in the core imports the DRaFT trainer."""
+    importers = [f for f in (REPO / "icthp_core").rglob("*.py") if "draft_train" in _module_imports(f)]
+    assert [f.name for f in importers] == [], importers
+    assert "load_pipeline" in (REPO / "icthp_core" / "diffusion" / "pipelines.py").read_text()
+
+
+def _module_imports(path: Path) -> set[str]:
+    """Last component of every module a file imports (absolute or relative)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.rsplit(".", 1)[-1] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.module:
+                names.add(node.module.rsplit(".", 1)[-1])
+            names |= {a.name for a in node.names}
+    return names
+
+
+#: the longest a function may be (lines from `def` to its last line, docstring included)
+MAX_FUNCTION_LINES = 80
+#: functions allowed to be longer, each with its reason (keep it short; the aim is none)
+LONG_FUNCTIONS: dict[str, str] = {
+    "icthp_core/scale/pipeline.py:run_ray": "helper 'score' is replacing it with the one score pipeline (issue 19.3)",
+    "icthp_cli/score.py:cmd_score": "helper 'score' is replacing it with the one score pipeline (issue 19.3)",
+}
+
+
+def long_functions(root: Path, folders: list[str], limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`path:qualname (N lines)` of every function or method longer than `limit` lines under `folders`."""
+    out = []
+    for folder in folders:
+        for f in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(f.read_text(), str(f))
+            out += _long_in(tree, f"{f.relative_to(root)}:", limit)
+    return out
+
+
+def _long_in(node: ast.AST, prefix: str, limit: int) -> list[str]:
+    out = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{child.name}"
+            n = child.end_lineno - child.lineno + 1
+            if not isinstance(child, ast.ClassDef) and n > limit:
+                out.append(f"{name} ({n} lines)")
+            out += _long_in(child, f"{name}.", limit)
+    return out
+
+
+def test_no_function_over_80_lines():
+    """Rooms a person can hold in their head: the core, the CLI, the front ends and the benchmarks."""
+    found = long_functions(REPO, ["icthp_core", "icthp_cli", "gradio_app", "comfy_nodes", "bench", "scripts"])
+    over = [f for f in found if f.rsplit(" (", 1)[0] not in LONG_FUNCTIONS]
+    assert not over, "split these into named phases:\n" + "\n".join(over)
+    stale = set(LONG_FUNCTIONS) - {f.rsplit(" (", 1)[0] for f in found}
+    assert not stale, f"no longer long, drop from LONG_FUNCTIONS: {sorted(stale)}"
+
+
+def test_function_length_check_can_fail(tmp_path):
+    body = "\n".join(f"    x = {i}" for i in range(81))
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(
+        f"class A:\n    def f(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n"
+    )
+    assert long_functions(tmp_path, ["pkg"]) == ["pkg/m.py:A.f (82 lines)"]
 
 
 def test_import_icthp_core_is_light():

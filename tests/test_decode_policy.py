@@ -18,8 +18,8 @@ from reference import MEAN, STD, load_hf_clip, load_mlp, ref_cosine, ref_hp, ref
 
 from icthp_core import load_scorer
 from icthp_core.data.images import DecodePolicy, decode_image, parse_decode_policy, to_pil
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.errors import ConfigError
-from icthp_core.scoring.preprocess import preprocess_pil
 from tests.conftest import make_image
 
 

@@ -3,7 +3,7 @@ WebDataset tar, a Hugging Face dataset, a serve request and an app upload give t
 
 Parquet and WebDataset run at the user's path (`icthp score --dataset ...` in a subprocess); the HF dataset through
 `icthp score` in-process; serve through its payload parser (`scale.protocol.parse_json`) and the app through its
-upload check (`logic.check_image`) and scorer, as the running server and app call them.
+upload check (`uploads.check_image`) and scorer, as the running server and app call them.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_every_source_gives_the_same_scores_or_the_same_error(data, scorer, tiny
 
 
 def test_serve_requests_and_app_uploads_decode_the_same(data, scorer):
-    from icthp_app.logic import UploadLimits, check_image
+    from icthp_app.uploads import UploadLimits, check_image
 
     from icthp_core.scale.protocol import BadRequest, parse_json
 

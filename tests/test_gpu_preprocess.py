@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from icthp_core.data.batch import iter_file_batches
+from icthp_core.data.preprocess import OPENAI_STD, preprocess_pil
 from icthp_core.scoring.gpu_preprocess import (
     DECODE_TOLERANCE,
     decode_jpegs,
@@ -17,7 +18,6 @@ from icthp_core.scoring.gpu_preprocess import (
     read_encoded,
     resolve_decode,
 )
-from icthp_core.scoring.preprocess import OPENAI_STD, preprocess_pil
 
 SIZES = [(300, 200), (200, 320), (257, 257), (640, 480)]
 

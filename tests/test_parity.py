@@ -9,7 +9,7 @@ from PIL import Image
 from reference import load_hf_clip, load_mlp, ref_cosine, ref_hp, ref_pixels, ref_tokens
 
 from icthp_core import load_scorer
-from icthp_core.scoring.preprocess import preprocess_pil, preprocess_tensor
+from icthp_core.data.preprocess import preprocess_pil, preprocess_tensor
 
 PROMPTS = [
     "a tiny dragon taking a bath in a teacup",

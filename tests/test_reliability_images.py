@@ -17,8 +17,8 @@ from reference import ref_pixels
 
 from icthp_core.data.batch import FileItems
 from icthp_core.data.images import ALPHA_BACKGROUND, MAX_PIXELS_ENV, check_image, decode_image, to_pil
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.errors import ICTHPError, ImageLoadError
-from icthp_core.scoring.preprocess import preprocess_pil
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -78,7 +78,7 @@ def test_extreme_shape_uses_bounded_memory(tmp_path):
     code = f"""
 import resource, torch
 from icthp_core.data.images import decode_image
-from icthp_core.scoring.preprocess import preprocess_pil
+from icthp_core.data.preprocess import preprocess_pil
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 x = preprocess_pil(decode_image({str(f)!r}))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

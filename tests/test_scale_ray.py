@@ -27,6 +27,7 @@ from icthp_core.data.sources import plan_files
 from icthp_core.scale.protocol import parse_metrics_text
 
 METRICS = ["ict", "hp", "ict_hp"]
+AUTH = {"Authorization": "Bearer s3cret"}
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +162,22 @@ def _free_port() -> int:
 def server(ray_local, tiny_ict, tiny_hp):
     from ray import serve
 
-    from icthp_core.scale.server import build_app
+    from icthp_core.scale.serve_config import ServeConfig, ServeLimits
+    from icthp_core.scale.server import start_server
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(
+    config = ServeConfig(
         METRICS,
         {"ict": str(tiny_ict), "hp": str(tiny_hp)},
         device="cpu",
-        cpus_per_replica=0.5,
+        port=_free_port(),
         max_batch_size=16,
         batch_wait_s=0.1,
         token="s3cret",
-        max_images=8,
+        limits=ServeLimits(max_images=8),
     )
-    serve.run(app, name="icthp", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
+    ingress = start_server(config)
+    yield ingress.url
+    ingress.stop()
     serve.delete("icthp")
 
 
@@ -197,7 +198,7 @@ def test_server_concurrent_clients_match_local_scorer_and_batch(server, tiny_ict
     for m in METRICS:
         got = torch.tensor([s[m][0] for _, _, s in results])
         assert torch.allclose(got, ref[m], atol=1e-5), m
-    counters = parse_metrics_text(requests.get(f"{server}/metrics", timeout=10).text)
+    counters = parse_metrics_text(requests.get(f"{server}/metrics", headers=AUTH, timeout=10).text)
     assert counters["icthp_requests_total"] >= 24 and counters["icthp_batch_size_max"] > 1
     assert counters["icthp_batches_total"] < counters["icthp_images_total"]
 
@@ -233,15 +234,15 @@ def test_server_answers_bad_payloads_with_4xx_and_keeps_serving(server):
         RewardClient(server, token="s3cret")(np.zeros((1, 8, 8, 3), np.uint8), ["a", "b"])
     r = requests.post(f"{server}/score", json=good, headers=auth, timeout=30)
     assert r.status_code == 200 and len(r.json()["scores"]["ict_hp"]) == 1
-    assert requests.get(f"{server}/health", timeout=10).json()["status"] == "ok"
+    assert requests.get(f"{server}/health", headers=auth, timeout=10).json()["status"] == "ok"
 
 
 def test_server_replica_killed_requests_still_answered(server):
     client = RewardClient(server, token="s3cret", retries=8, backoff=0.5, timeout=30)
     x = torch.rand(2, 3, 32, 32)
     before = client(x, "a bird")
-    pid = requests.get(f"{server}/health", timeout=10).json()["pid"]
+    pid = client.health()["pid"]
     os.kill(pid, signal.SIGKILL)  # the replica process of this test's deployment
     after = client(x, "a bird")
     assert torch.allclose(before, after, atol=1e-6)
-    assert requests.get(f"{server}/health", timeout=10).json()["pid"] != pid
+    assert client.health()["pid"] != pid

@@ -17,6 +17,7 @@ from scale_data import png, write_hf, write_path_parquet, write_pickapic, write_
 from icthp_cli.main import main
 from icthp_core import LocalReward, load_scorer
 from icthp_core.scale.protocol import BadRequest, parse_json
+from icthp_core.scale.serve_config import ServeLimits
 
 ARGS = ["--no-progress", "--workers", "0", "-q"]
 
@@ -119,12 +120,13 @@ def _payload(**kw) -> bytes:
 )
 def test_bad_payloads_name_the_problem(body, message):
     with pytest.raises(BadRequest, match=message):
-        parse_json(body, ["ict", "hp", "ict_hp"], {"ict", "ict_hp"}, max_images=4)
+        parse_json(body, ["ict", "hp", "ict_hp"], {"ict", "ict_hp"}, ServeLimits(max_images=4))
 
 
 def test_prompt_free_request_for_prompt_free_metric():
-    req = parse_json(_payload(images=[base64.b64encode(png(2)).decode()], metrics=["hp"]), ["ict", "hp"], {"ict"}, 4)
-    assert req.prompts is None and req.metrics == ["hp"] and req.images[0].size == (72, 60)
+    body = _payload(images=[base64.b64encode(png(2)).decode()], metrics=["hp"])
+    req = parse_json(body, ["ict", "hp"], {"ict"}, ServeLimits(max_images=4))
+    assert req.prompts is None and req.metrics == ["hp"] and req.items[0].size == (72, 60)
 
 
 def test_local_reward_takes_tensors_arrays_and_pil(tiny_ict, tiny_hp):

@@ -16,6 +16,8 @@ import argparse
 
 import torch
 
+from icthp_core.scoring.registry import METRICS
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subfolder", default="sdxl_models")
     ap.add_argument("--weight_name", default="ip-adapter_sdxl_vit-h.safetensors")
     ap.add_argument("--base_encoder", default="h94/IP-Adapter", help="repo with models/image_encoder (ViT-H)")
-    ap.add_argument("--encoder", default="8y/HP", help="ICT or HP hub id / local dir")
+    ap.add_argument("--encoder", default=METRICS["hp"].default_source, help="ICT or HP hub id / local dir")
     ap.add_argument("--style", required=True, help="style reference image")
     ap.add_argument("--prompt", default="a cat, masterpiece, best quality")
     ap.add_argument("--mode", default="style", choices=["style", "layout", "style_and_layout"])

@@ -13,11 +13,13 @@ import tempfile
 
 import torch
 
+from icthp_core.scoring.registry import METRICS
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="stabilityai/stable-diffusion-2-1", help="SD2.x hub id or local dir")
-    ap.add_argument("--ict", default="8y/ICT", help="ICT hub id or local dir")
+    ap.add_argument("--ict", default=METRICS["ict"].default_source, help="ICT hub id or local dir")
     ap.add_argument("--prompt", default="a cozy wooden cabin in a snowy forest at dusk, warm light")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=7.5)

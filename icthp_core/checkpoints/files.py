@@ -36,7 +36,17 @@ def load_state_dict(
                 sd = {k: fh.get_tensor(k) for k in fh.keys() if keep is None or keep(k)}
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
-    except (SafetensorError, RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as e:
+    except (
+        SafetensorError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        ValueError,
+        IndexError,  # a truncated torch zip can fail inside its reader
+        KeyError,
+        zipfile.BadZipFile,
+    ) as e:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
     if nested_key is not None and isinstance(sd, Mapping) and nested_key in sd:
         sd = sd[nested_key]

@@ -22,6 +22,9 @@ CLIP_WEIGHT_NAMES = (
     "open_clip_pytorch_model.bin",
     "open_clip_model.safetensors",
 )
+#: the HP repo's layout: the vision tower under hp_backbone/, the MLP head under hp_scorer/
+HP_BACKBONE_NAMES = tuple(f"hp_backbone/{n}" for n in CLIP_WEIGHT_NAMES)
+HP_HEAD_NAMES = ("hp_scorer/mlp.safetensors", "hp_scorer/mlp_pytorch_model.bin")
 
 #: open_clip keys of the text tower (dropped, without error, when only the vision tower is wanted).
 _TEXT_PREFIXES = (

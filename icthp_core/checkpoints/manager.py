@@ -3,8 +3,14 @@
 Files go to ``<root>/<folder>/<path>`` (e.g. ComfyUI's ``models/icthp/ict/pytorch_model.bin``) or, without a
 root, into the Hugging Face cache that ``icthp_core.checkpoints.hub`` reads. ``huggingface_hub`` does the transfer
 (tqdm progress bar; an interrupted download resumes from its ``.incomplete`` file). Every file is checked against
-the manifest's size and SHA-256 when the manifest has them; a file without a recorded hash is reported
-``unverified`` with its computed hash. Offline, nothing is fetched: the report lists what is present and missing.
+the manifest's size and SHA-256 when the manifest has them, else (online) against the hub's size and, for LFS
+files, its SHA-256; a file without any known hash is reported ``unverified`` with its computed hash.
+
+A file that fails its check is moved out of the loaders' path (renamed ``<name>.bad`` next to it, the report says
+where) and fetched once more; offline it is only moved. Manifest ``folder``/``path``/``safetensors`` values must be
+relative paths inside the model folder. One bad entry, failed download or failed conversion is that file's row
+(``missing``, ``bad`` or ``error``); the other files proceed. Offline, nothing is fetched: the report lists what is
+present and missing.
 """
 
 from __future__ import annotations
@@ -12,12 +18,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from icthp_core.errors import ConfigError
+
 MANIFEST = Path(__file__).with_name("manifest.json")
-STATES = ("ok", "unverified", "present", "missing", "bad")
+STATES = ("ok", "unverified", "present", "missing", "bad", "error")
+#: states that make `icthp download` exit non-zero
+FAILED = ("missing", "bad", "error")
+QUARANTINE_SUFFIX = ".bad"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -70,20 +83,49 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify(local: Path, entry: dict[str, Any], hash_it: bool = True) -> tuple[str, str, str | None]:
-    """(state, message, sha256) of a local file against its manifest entry."""
-    size, want = entry.get("size"), entry.get("sha256")
+def verify(
+    local: Path, entry: dict[str, Any], hash_it: bool = True, hub: tuple[int | None, str | None] | None = None
+) -> tuple[str, str, str | None]:
+    """(state, message, sha256) of a local file against its manifest entry, else the hub's (size, sha256)."""
+    size, want, source = entry.get("size"), entry.get("sha256"), "manifest"
+    hub_size, hub_sha = hub or (None, None)
     actual = local.stat().st_size
-    if size is not None and actual != size:
-        return "bad", f"size {actual} != manifest {size} (truncated or wrong file)", None
+    for expected, where in ((size, "manifest"), (hub_size, "hub")):
+        if expected is not None and actual != expected:
+            return "bad", f"size {actual} != {where} {expected} (truncated or wrong file)", None
     if not hash_it:
         return "present", "hash not checked (offline listing)", None
     digest = sha256_file(local)
+    if want is None and hub_sha is not None:
+        want, source = hub_sha, "hub"
     if want is None:
-        return "unverified", f"no hash in the manifest; sha256 {digest}", digest
+        return "unverified", f"no hash in the manifest or from the hub; sha256 {digest}", digest
     if digest != want.lower():
-        return "bad", f"sha256 {digest} != manifest {want}", digest
+        return "bad", f"sha256 {digest} != {source} {want}", digest
+    if source == "hub":
+        return "unverified", f"no hash in the manifest; size and sha256 match the hub ({digest})", digest
     return "ok", "size and sha256 match the manifest", digest
+
+
+def quarantine(path: Path) -> Path:
+    """Move a bad file out of the loaders' path: renamed ``<name>.bad`` next to it (replacing an older one)."""
+    dst = path.with_name(path.name + QUARANTINE_SUFFIX)
+    os.replace(path, dst)
+    return dst
+
+
+def check_relative(value: object, what: str) -> str:
+    """`value` if it is a relative path without ``..`` (so it stays inside the model folder); ConfigError naming
+    `what` otherwise."""
+    ok = isinstance(value, str) and value.strip() != ""
+    if ok:
+        posix, win = PurePosixPath(value), PureWindowsPath(value)
+        ok = not (posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts or ".." in win.parts)
+    if not ok:
+        raise ConfigError(
+            f"{what} = {value!r}: must be a relative path inside the model folder (no '..', not absolute)"
+        )
+    return value
 
 
 def convert_to_safetensors(src: Path, dst: Path) -> Path:
@@ -155,36 +197,87 @@ def fetch(
     return reports
 
 
+def _hub_meta(repo: str, path: str, revision: str | None, endpoint: str | None) -> tuple[int | None, str | None]:
+    """The hub's (size, sha256) of a file: the SHA-256 is the LFS ETag (other files' ETags are git hashes)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo, path, revision=revision, endpoint=endpoint))
+    except Exception:  # noqa: BLE001 - no metadata: the file is checked against the manifest only
+        return None, None
+    etag = (meta.etag or "").strip('"').lower()
+    return meta.size, etag if _SHA256.match(etag) else None
+
+
+def _download(repo, path, root, folder, revision, endpoint, force, progress, cache_dir) -> Path | str:
+    """The downloaded file, or the one-line reason it failed."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    kwargs: dict[str, Any] = {"revision": revision, "endpoint": endpoint, "force_download": force}
+    if root is not None:
+        kwargs["local_dir"] = root / folder
+    elif cache_dir is not None:
+        kwargs["cache_dir"] = cache_dir
+    (enable_progress_bars if progress else disable_progress_bars)()
+    try:
+        return Path(hf_hub_download(repo, path, **kwargs))
+    except Exception as e:  # one bad file must not stop the others; the row says why
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"download failed: {type(e).__name__}: {msg}"
+
+
 def _one(name, m, entry, root, offline, convert, force, endpoint, revision, progress, cache_dir) -> FileReport:
-    repo, path = m["repo"], entry["path"]
+    repo, path = m["repo"], entry.get("path")
+    try:
+        check_relative(path, f"model {name!r} files path")
+        check_relative(m["folder"], f"model {name!r} folder")
+        if entry.get("safetensors") is not None:
+            check_relative(entry["safetensors"], f"model {name!r} {path} safetensors")
+    except ConfigError as e:
+        return FileReport(name, repo, str(path), None, "error", f"manifest: {e}; skipped")
     local = None if force else _cached(repo, path, root, m["folder"], revision, cache_dir)
     if local is None and offline:
         return FileReport(name, repo, path, None, "missing", "offline: not present; run `icthp download` online")
+    known = entry.get("size") is not None and entry.get("sha256") is not None
+    hub = None if offline or known else _hub_meta(repo, path, revision, endpoint)
+    note = ""
+    if local is not None:
+        state, message, digest = verify(local, entry, hash_it=not offline, hub=hub)
+        if state == "bad":
+            moved = quarantine(local)
+            if offline:
+                hint = "run `icthp download` online to fetch it again"
+                return FileReport(name, repo, path, moved, "bad", f"{message}; moved to {moved}; {hint}")
+            note, local = f"; the copy present was bad ({message}), moved to {moved}, fetched again", None
     if local is None:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-        kwargs: dict[str, Any] = {"revision": revision, "endpoint": endpoint, "force_download": force}
-        if root is not None:
-            kwargs["local_dir"] = root / m["folder"]
-        elif cache_dir is not None:
-            kwargs["cache_dir"] = cache_dir
-        (enable_progress_bars if progress else disable_progress_bars)()
-        try:
-            local = Path(hf_hub_download(repo, path, **kwargs))
-        except Exception as e:  # one bad file must not stop the others; the row says why
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return FileReport(name, repo, path, None, "missing", f"download failed: {type(e).__name__}: {msg}")
-    state, message, digest = verify(local, entry, hash_it=not offline)
-    report = FileReport(name, repo, path, local, state, message, digest)
+        got = _download(repo, path, root, m["folder"], revision, endpoint, force or bool(note), progress, cache_dir)
+        if isinstance(got, str):
+            return FileReport(name, repo, path, None, "missing", got + note)
+        local = got
+        state, message, digest = verify(local, entry, hash_it=True, hub=hub)
+        if state == "bad":
+            moved = quarantine(local)
+            return FileReport(name, repo, path, moved, "bad", f"{message}; moved to {moved}{note}")
+    report = FileReport(name, repo, path, local, state, message + note, digest)
     target = entry.get("safetensors")
     if convert and target and state in ("ok", "unverified"):
-        dst = (root / m["folder"] / target) if root is not None else local.parent / Path(target).name
+        _convert(report, local, (root / m["folder"] / target) if root is not None else local.parent / Path(target).name)
+    return report
+
+
+def _convert(report: FileReport, local: Path, dst: Path) -> None:
+    """Write the safetensors copy; a file that cannot be read makes the row an error (the others proceed)."""
+    try:
         if not dst.is_file():
             convert_to_safetensors(local, dst)
-        report.converted = dst
-        report.message += f"; safetensors copy {dst}"
-    return report
+    except Exception as e:  # noqa: BLE001 - this file's row, never the run's abort
+        detail = str(e).splitlines()[0] if str(e) else ""
+        report.state = "error"
+        report.message += f"; cannot convert to safetensors ({type(e).__name__}: {detail})"
+        return
+    report.converted = dst
+    report.message += f"; safetensors copy {dst}"
 
 
 def summary(reports: list[FileReport]) -> str:

@@ -11,9 +11,8 @@ import torch
 from icthp_core.checkpoints.config import read_hf_config
 from icthp_core.checkpoints.convert import HF_HARMLESS_KEYS, hf_to_open_clip, is_hf_clip, open_clip_to_hf
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, read_clip_state_dict
+from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, read_clip_state_dict
 from icthp_core.errors import CheckpointError
-from icthp_core.scoring.models import HP_BACKBONE_NAMES
 
 _LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
 

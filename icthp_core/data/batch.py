@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from icthp_core.data.images import DecodePolicy
 from icthp_core.data.images import decode_image as _decode
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.errors import ImageLoadError
-from icthp_core.scoring.preprocess import preprocess_pil
 
 ImageSource = str | bytes
 

@@ -21,7 +21,7 @@ One policy (`DecodePolicy`) says how decoded pixels become RGB:
 - "upstream" (what the published reference code computes): no rotation, and `Image.convert("RGB")` (alpha
   dropped, 16-bit clipped) at the point where each upstream preprocessor does it — before resizing for CLIP's
   processor (ICT, HP, CLIP, PickScore, BLIP), after resizing for ImageReward and HPSv2 (see
-  `icthp_core.scoring.preprocess`). `decode_image` returns the loaded image in its own mode; give it to
+  `icthp_core.data.preprocess`). `decode_image` returns the loaded image in its own mode; give it to
   `preprocess_pil(..., policy="upstream")`.
 
 Any failure (not only Pillow's own errors: a malformed TIFF raises TypeError) becomes one `ImageLoadError` whose

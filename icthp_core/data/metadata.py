@@ -29,28 +29,6 @@ KEY = "icthp_scores"
 FORMAT = 1
 
 
-def build_record(
-    scores: dict[str, float],
-    prompt: str | None,
-    model: str,
-    sources: dict[str, str] | None = None,
-    normalize: str | None = None,
-) -> dict[str, Any]:
-    """The metadata record of one image; metric labels and ranges come from the core registry."""
-    from icthp_core.scoring.registry import METRICS
-
-    metrics = {m: {"label": METRICS[m].label, "range": METRICS[m].value_range} for m in scores if m in METRICS}
-    return {
-        "format": FORMAT,
-        "prompt": prompt,
-        "model": model,
-        "scores": {m: float(v) for m, v in scores.items()},
-        "metrics": metrics,
-        "sources": dict(sources or {}),
-        "normalize": normalize,
-    }
-
-
 def png_info(record: dict[str, Any], extra: dict[str, str] | None = None) -> PngImagePlugin.PngInfo:
     """A PngInfo carrying ``record`` (plus ``extra`` text chunks such as ComfyUI's workflow)."""
     info = PngImagePlugin.PngInfo()
@@ -166,15 +144,6 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     if text is None:
         return None
     return parse_record(text, where) if isinstance(text, str) else None
-
-
-def banner_text(scores: dict[str, float], metrics: list[str]) -> str:
-    from icthp_core.scoring.registry import METRICS
-
-    def label(m: str) -> str:
-        return METRICS[m].label if m in METRICS else m
-
-    return "  ".join(f"{label(m)} {scores[m]:.3f}" for m in metrics if m in scores)
 
 
 def draw_banner(image: Image.Image, text: str) -> Image.Image:

@@ -285,7 +285,7 @@ def read_prompt_rows(path: str | os.PathLike) -> tuple[list[tuple[str, str]], li
     cannot be read at all (missing, not UTF-8, no header) raises DataError. Relative image paths are kept as
     given when they exist from the current directory, else resolved against the file's folder.
     """
-    from icthp_core.scoring.text import check_prompt
+    from icthp_core.data.prompts import check_prompt
 
     path = Path(path)
     text = read_text_file(path)

@@ -6,7 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "easy_prompt", "refine_prompt")
+#: the one list of prompt columns (prompt files, tables, parquet/HF data sets), first match wins
+PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "txt", "easy_prompt", "refine_prompt")
+
+
+def check_prompt(prompt: object, where: str = "prompt") -> str:
+    """Return the prompt, or raise ValueError for a non-string or blank prompt."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}: expected a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"{where}: the prompt is empty")
+    return prompt
 
 
 def prompt_column(columns, column: str | None, path: Path, where: str = "") -> str:

@@ -25,11 +25,11 @@ import numpy as np
 from PIL import Image
 
 from icthp_core.data.images import DecodePolicy, decode_image
+from icthp_core.data.prompts import PROMPT_COLUMNS
 from icthp_core.data.webdataset import WDS_SUFFIXES, is_wds_name
 from icthp_core.errors import ConfigError, DataError, ImageLoadError
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "png", "webp", "image_bytes", "image_path", "file_name", "path")
-PROMPT_COLUMN_CANDIDATES = ("prompt", "caption", "text", "txt")
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1")
 DATASET_KINDS = ("auto", "parquet", "webdataset", "hf")
 
@@ -107,7 +107,7 @@ def _choose_columns(
             if images[0] is None:
                 raise DataError(f"{where}: no image column found in {names}; pass --image-column")
     if prompt_column is None:
-        prompt_column = next((c for c in PROMPT_COLUMN_CANDIDATES if c in names), None)
+        prompt_column = next((c for c in PROMPT_COLUMNS if c in names), None)
     for c in [*images, *([prompt_column] if prompt_column else []), *keep]:
         if c not in names:
             raise DataError(f"{where}: no column {c!r}; columns are {names}")
@@ -310,7 +310,7 @@ def decode_records(
 
     `policy`: the decode policy (`icthp_core.data.images.DecodePolicy`); every record goes through `decode_image`.
     """
-    from icthp_core.scoring.preprocess import MODE_SIZE, preprocess_pil
+    from icthp_core.data.preprocess import MODE_SIZE, preprocess_pil
 
     errors: list[str | None] = []
     pixels = {m: np.zeros((len(records), 3, MODE_SIZE[m], MODE_SIZE[m]), np.float32) for m in modes}

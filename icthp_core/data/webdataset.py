@@ -22,13 +22,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from icthp_core.data.images import ImageLimits
+from icthp_core.data.prompts import PROMPT_COLUMNS
 
 #: image extensions of a sample, in order of preference
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 #: text extensions that hold the prompt, in order of preference
 WDS_TEXT_EXTS = ("txt", "caption", "prompt")
-#: a json member's keys that hold the prompt (when no text member does)
-JSON_PROMPT_KEYS = ("prompt", "caption", "text", "txt")
 #: the largest text or json member read (bytes); larger ones make the sample an error row
 MAX_TEXT_BYTES = 1 << 20
 #: file-name endings taken as WebDataset shards
@@ -124,7 +123,7 @@ def _prompt(parts: dict[str, bytes]) -> tuple[str | None, dict]:
     txt = next((parts[e] for e in WDS_TEXT_EXTS if e in parts), None)
     if txt is not None:
         return txt.decode("utf-8", "replace").strip(), meta
-    return next((meta[k] for k in JSON_PROMPT_KEYS if isinstance(meta.get(k), str)), None), meta
+    return next((meta[k] for k in PROMPT_COLUMNS if isinstance(meta.get(k), str)), None), meta
 
 
 def tar_records(

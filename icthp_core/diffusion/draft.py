@@ -554,3 +554,9 @@ def build_reward(spec: str, sources: dict[str, str] | None = None, device=None, 
     fn = weighted_reward(fns, weights)
     fn.scorer = scorer  # type: ignore[attr-defined]
     return fn
+
+
+def reward_towers(reward_fn: RewardFn) -> list[torch.nn.Module]:
+    """The frozen reward models behind a `build_reward` reward ([] for a plain function)."""
+    scorer = getattr(reward_fn, "scorer", None)
+    return list(scorer.models.values()) if scorer is not None else []

@@ -25,9 +25,11 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from icthp_core.diffusion.pipelines import ARCH_DEFAULTS, TEXT_COMPONENTS, load_pipeline, pipeline_info
 from icthp_core.dtypes import parse_dtype
 from icthp_core.training.checkpointing import resolve_resume, write_checkpoint
 from icthp_core.training.config import CommonTrainConfig, ConfigError, parse_args
@@ -35,7 +37,8 @@ from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog
 from icthp_core.training.optim import optimizer_from_config
 from icthp_core.training.plots import plot_metrics
 
-ARCH_DEFAULTS = {"sd3": {"num_steps": 8, "k": 3}, "flux": {"num_steps": 4, "k": 1}}
+if TYPE_CHECKING:
+    from icthp_core.diffusion.draft import DraftConfig
 
 #: the panels of `curves.png`: the training reward with the fixed-seed sample reward, then the monitors
 DRAFT_PANELS = [
@@ -136,6 +139,7 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 4) -> None:
 
 def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> None:
     """Print the expected peak memory (icthp_core.diffusion.memory) before training starts."""
+    from icthp_core.diffusion.draft import reward_towers
     from icthp_core.diffusion.memory import estimate_draft_memory
 
     if torch.device(accelerator.device).type == "cuda":
@@ -144,7 +148,7 @@ def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> 
         torch.backends.cuda.enable_cudnn_sdp(False)
     k = {"draft": cfg.k, "refl": 1}.get(cfg.variant, 1)
     copies = cfg.lv_copies if cfg.variant == "draft_lv" else 1
-    reward_models = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+    reward_models = reward_towers(reward_fn)
     est = estimate_draft_memory(
         model.transformer,
         model.vae,
@@ -169,37 +173,6 @@ def _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator) -> 
 
 
 # ---------------------------------------------------------------- training
-
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
-
-
-def pipeline_info(base_model: str) -> tuple[str, bool]:
-    """(arch, guidance_embeds) of a diffusers pipeline from its configs only (nothing big is loaded)."""
-    from diffusers import DiffusionPipeline, FluxTransformer2DModel
-
-    name = DiffusionPipeline.load_config(base_model)["_class_name"]
-    if name.startswith("StableDiffusion3"):
-        return "sd3", False
-    if name.startswith("Flux"):
-        tcfg = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
-        return "flux", bool(tcfg.get("guidance_embeds", False))
-    raise ValueError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
-
-
-def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denoiser: bool = True):
-    """The pipeline with frozen eval components; `text=False` skips the text encoders, `denoiser=False` the
-    transformer and VAE."""
-    from diffusers import DiffusionPipeline
-
-    index = DiffusionPipeline.load_config(base_model)
-    kwargs = {k: None for k in TEXT_COMPONENTS if k in index and not text}
-    kwargs.update({k: None for k in ("transformer", "vae") if not denoiser})
-
-    pipe = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **kwargs)
-    for c in pipe.components.values():
-        if isinstance(c, torch.nn.Module):
-            c.eval().requires_grad_(False)
-    return pipe
 
 
 def text_conditioning(cfg: DraftTrainConfig, prompts: list[str], negative: bool, dtype: torch.dtype, accelerator):
@@ -272,30 +245,10 @@ def train(cfg: DraftTrainConfig) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _train(cfg: DraftTrainConfig) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+def _draft_config(cfg: DraftTrainConfig) -> tuple[DraftTrainConfig, str, DraftConfig]:
+    """The config resolved for the pipeline's architecture (steps, K, T5 length) and the sampler's DraftConfig."""
+    from icthp_core.diffusion.draft import DraftConfig
 
-    from icthp_core.data.prompts import load_prompts
-    from icthp_core.diffusion.draft import DraftConfig, FlowModel, build_reward, draft_step, generate
-    from icthp_core.diffusion.lora import add_lora, detect_arch, save_lora
-    from icthp_core.diffusion.offload import draft_step_offloaded, draft_swap, generate_offloaded
-
-    check_config(cfg)
-    out = Path(cfg.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=None if cfg.report_to in (None, "", "none") else cfg.report_to,
-        project_dir=str(out),
-    )
-    set_seed(cfg.seed)
-    device = accelerator.device
-    wdtype = _dtype(cfg.mixed_precision)
-    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.trust_pickle)
-    sample_prompts = cfg.sample_prompts or prompts[:4]
-
-    # --- text embeddings first (text encoders loaded only for this, then freed), then the denoiser
     arch, guidance_embeds = pipeline_info(cfg.base_model)
     cfg = cfg.resolve(arch)
     if arch == "flux" and cfg.max_sequence_length is None and not guidance_embeds:
@@ -311,10 +264,14 @@ def _train(cfg: DraftTrainConfig) -> Path:
         kl_weight=cfg.kl_weight,
         reward_hinge=cfg.reward_hinge,
     )
-    neg = arch == "sd3" and cfg.guidance_scale > 1
-    all_prompts = list(dict.fromkeys(prompts + sample_prompts))
-    index = {p: i for i, p in enumerate(all_prompts)}
-    cond_all = text_conditioning(cfg, all_prompts, neg, wdtype, accelerator)
+    return cfg, arch, dcfg
+
+
+def _load_model(cfg: DraftTrainConfig, arch: str, wdtype: torch.dtype, device) -> tuple[object, list]:
+    """The denoiser and VAE (no text encoders) with the LoRA added; (FlowModel, LoRA parameters)."""
+    from icthp_core.diffusion.draft import FlowModel
+    from icthp_core.diffusion.lora import add_lora, detect_arch
+
     pipe = load_pipeline(cfg.base_model, wdtype, text=False)
     if detect_arch(pipe.transformer) != arch:
         raise ValueError(f"{cfg.base_model}: pipeline class and transformer disagree")
@@ -328,217 +285,292 @@ def _train(cfg: DraftTrainConfig) -> Path:
         model.transformer.enable_gradient_checkpointing()
         model.vae.enable_gradient_checkpointing()
     model.set_vae_memory(tiling=cfg.vae_tiling, slicing=cfg.vae_slicing, tile_size=cfg.vae_tile_size)
-    reward_fn = build_reward(
-        cfg.reward,
-        cfg.reward_sources or None,
-        device="cpu" if cfg.offload_frozen else device,
-        dtype=cfg.reward_dtype or ("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision),
-    )
-    swap = None
-    if cfg.offload_frozen:
-        reward_fn.scorer.device = torch.device(device)  # inputs go to the device; the towers follow per phase
-        swap = draft_swap(model, reward_fn, device)
-    monitor = None
-    if cfg.monitor and cfg.sample_every > 0:
-        from icthp_core.diffusion.monitors import RewardHackingMonitor, gold_metric_fns
-        from icthp_core.scoring.preprocess import preprocess_tensor
+    return model, params
 
-        rmodel = next(iter(reward_fn.scorer.models.values()))
-        rmode, rdtype = getattr(rmodel, "preprocess_mode", "crop"), reward_fn.scorer.dtype
 
-        def reward_features(im: torch.Tensor) -> torch.Tensor:
-            return rmodel.encode_image(preprocess_tensor(im.float().to(device), rmode).to(rdtype))
+def _build_monitor(cfg: DraftTrainConfig, reward_fn, prompts: list[str], sample_prompts: list[str], accelerator):
+    """The reward-hacking monitor of the fixed-seed samples (None when sampling or monitoring is off)."""
+    if not (cfg.monitor and cfg.sample_every > 0):
+        if cfg.early_stop_metric:
+            raise ConfigError("early_stop_metric needs the monitors (monitor=true and sample_every > 0)")
+        return None
+    from icthp_core.data.preprocess import preprocess_tensor
+    from icthp_core.diffusion.monitors import RewardHackingMonitor, gold_metric_fns
 
-        gold = gold_metric_fns(cfg.gold_metrics, cfg.reward_sources or None, device)
-        monitor = RewardHackingMonitor(gold, reward_features, cfg.early_stop_metric, cfg.early_stop_drop)
-        overlap = set(sample_prompts) & set(prompts)
-        if overlap:
-            accelerator.print(
-                f"monitor: {len(overlap)} of the {len(sample_prompts)} sample prompts are training prompts; "
-                "set sample_prompts to held-out prompts for an honest reward-hacking check"
-            )
-    elif cfg.early_stop_metric:
-        raise ConfigError("early_stop_metric needs the monitors (monitor=true and sample_every > 0)")
-    opt = optimizer_from_config(cfg, params)
-    _print_memory_plan(cfg, model, reward_fn, cond_all, wdtype, accelerator)
-    # The transformer is not wrapped in DDP (it runs several forwards per backward, some without graph): the
-    # LoRA gradients are averaged across processes by hand before each optimizer step.
-    opt = accelerator.prepare(opt)
-    transformer = model.transformer
+    device = accelerator.device
+    rmodel = next(iter(reward_fn.scorer.models.values()))
+    rmode, rdtype = getattr(rmodel, "preprocess_mode", "crop"), reward_fn.scorer.dtype
 
-    # --- resume
-    step, start = 0, time.time()
-    ck = resolve_resume(cfg.resume, out)
-    if ck is not None:
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
+    def reward_features(im: torch.Tensor) -> torch.Tensor:
+        return rmodel.encode_image(preprocess_tensor(im.float().to(device), rmode).to(rdtype))
 
-        lora_sd = {k.removeprefix("transformer."): v for k, v in load_file(ck / "lora.safetensors").items()}
-        res = set_peft_model_state_dict(transformer, lora_sd)
-        if getattr(res, "unexpected_keys", None):
-            raise RuntimeError(f"{ck}/lora.safetensors: unexpected keys {res.unexpected_keys[:5]}")
-        opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
-        step = json.loads((ck / "state.json").read_text())["step"]
-        if monitor is not None:
-            monitor.load(ck)
-        accelerator.print(f"resumed from {ck} at step {step}")
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
-    trackers = cfg.report_to not in (None, "", "none")
-    if trackers:
-        accelerator.init_trackers("draft_lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
-    log_path = out / METRICS_FILE
-    mlog = MetricsLog(log_path, accelerator, fresh=ck is None, trackers=trackers)
-    meta = {
-        "icthp.base_model": cfg.base_model,
-        "icthp.reward": cfg.reward,
-        "icthp.variant": cfg.variant,
-        "icthp.k": cfg.k,
-        "icthp.steps": cfg.num_steps,
-    }
+    gold = gold_metric_fns(cfg.gold_metrics, cfg.reward_sources or None, device)
+    monitor = RewardHackingMonitor(gold, reward_features, cfg.early_stop_metric, cfg.early_stop_drop)
+    overlap = set(sample_prompts) & set(prompts)
+    if overlap:
+        accelerator.print(
+            f"monitor: {len(overlap)} of the {len(sample_prompts)} sample prompts are training prompts; "
+            "set sample_prompts to held-out prompts for an honest reward-hacking check"
+        )
+    return monitor
 
-    def log(row: dict) -> None:
-        mlog.log({k: v for k, v in row.items() if k != "step"}, row["step"])
 
-    def sample_grid(at: int) -> str | None:
-        """Render the fixed-seed grid, log its reward and the monitors; a reason when early stopping fires."""
-        cond = cond_all.select([index[p] for p in sample_prompts for _ in cfg.sample_seeds])
+class _DraftRun:
+    """One DRaFT run in named phases: `__init__` (setup), `resume`, `step`, `evaluate` (fixed-seed samples and
+    monitors), `checkpoint`, `export`; `train` drives them."""
+
+    def __init__(self, cfg: DraftTrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from icthp_core.data.prompts import load_prompts
+        from icthp_core.diffusion.draft import build_reward
+        from icthp_core.diffusion.offload import draft_swap
+
+        check_config(cfg)
+        self.out = Path(cfg.output_dir)
+        self.accelerator = acc = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            log_with=None if cfg.report_to in (None, "", "none") else cfg.report_to,
+            project_dir=str(self.out),
+        )
+        set_seed(cfg.seed)
+        self.device, self.wdtype = acc.device, _dtype(cfg.mixed_precision)
+        self.prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.trust_pickle)
+        self.sample_prompts = cfg.sample_prompts or self.prompts[:4]
+        # text embeddings first (text encoders loaded only for this, then freed), then the denoiser
+        self.cfg, arch, self.dcfg = _draft_config(cfg)
+        cfg = self.cfg
+        all_prompts = list(dict.fromkeys(self.prompts + self.sample_prompts))
+        self.index = {p: i for i, p in enumerate(all_prompts)}
+        neg = arch == "sd3" and cfg.guidance_scale > 1
+        self.cond_all = text_conditioning(cfg, all_prompts, neg, self.wdtype, acc)
+        self.model, self.params = _load_model(cfg, arch, self.wdtype, self.device)
+        self.reward_fn = build_reward(
+            cfg.reward,
+            cfg.reward_sources or None,
+            device="cpu" if cfg.offload_frozen else self.device,
+            dtype=cfg.reward_dtype or ("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision),
+        )
+        self.swap = None
+        if cfg.offload_frozen:
+            self.reward_fn.scorer.device = torch.device(self.device)  # inputs to the device; towers follow per phase
+            self.swap = draft_swap(self.model, self.reward_fn, self.device)
+        self.monitor = _build_monitor(cfg, self.reward_fn, self.prompts, self.sample_prompts, acc)
+        opt = optimizer_from_config(cfg, self.params)
+        _print_memory_plan(cfg, self.model, self.reward_fn, self.cond_all, self.wdtype, acc)
+        # The transformer is not wrapped in DDP (it runs several forwards per backward, some without graph): the
+        # LoRA gradients are averaged across processes by hand before each optimizer step.
+        self.opt = acc.prepare(opt)
+        self.meta = {
+            "icthp.base_model": cfg.base_model,
+            "icthp.reward": cfg.reward,
+            "icthp.variant": cfg.variant,
+            "icthp.k": cfg.k,
+            "icthp.steps": cfg.num_steps,
+        }
+        self.step, self.start = 0, time.time()
+
+    def resume(self) -> None:
+        """Load the latest (or the named) checkpoint, then open the metrics log (fresh when nothing resumed)."""
+        cfg, acc = self.cfg, self.accelerator
+        ck = resolve_resume(cfg.resume, self.out)
+        if ck is not None:
+            from peft.utils import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            lora_sd = {k.removeprefix("transformer."): v for k, v in load_file(ck / "lora.safetensors").items()}
+            res = set_peft_model_state_dict(self.model.transformer, lora_sd)
+            if getattr(res, "unexpected_keys", None):
+                raise RuntimeError(f"{ck}/lora.safetensors: unexpected keys {res.unexpected_keys[:5]}")
+            self.opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=self.device, weights_only=True))
+            self.step = json.loads((ck / "state.json").read_text())["step"]
+            if self.monitor is not None:
+                self.monitor.load(ck)
+            acc.print(f"resumed from {ck} at step {self.step}")
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+        trackers = cfg.report_to not in (None, "", "none")
+        if trackers:
+            acc.init_trackers("draft_lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+        self.log_path = self.out / METRICS_FILE
+        self.mlog = MetricsLog(self.log_path, acc, fresh=ck is None, trackers=trackers)
+
+    def log(self, row: dict) -> None:
+        self.mlog.log({k: v for k, v in row.items() if k != "step"}, row["step"])
+
+    def _sample(self) -> tuple[list[torch.Tensor], list[str]]:
+        """Latents (offload) or images of the fixed-seed grid, and their prompts."""
+        from icthp_core.diffusion.draft import generate
+        from icthp_core.diffusion.offload import generate_offloaded
+
+        cfg, model, swap = self.cfg, self.model, self.swap
+        cond = self.cond_all.select([self.index[p] for p in self.sample_prompts for _ in cfg.sample_seeds])
         noise = torch.cat(
             [
                 model.noise(1, cfg.resolution, cfg.resolution, torch.Generator().manual_seed(s))
-                for _ in sample_prompts
+                for _ in self.sample_prompts
                 for s in cfg.sample_seeds
             ]
-        ).to(device)
+        ).to(self.device)
         imgs = []
         gen = generate if swap is None else lambda *a: generate_offloaded(*a, swap)  # offload: latents only
-        with accelerator.autocast():
+        with self.accelerator.autocast():
             for i in range(0, noise.shape[0], max(cfg.batch_size, 1)):
-                imgs.append(
-                    gen(
-                        model,
-                        noise[i : i + cfg.batch_size],
-                        cond.select(range(i, min(i + cfg.batch_size, noise.shape[0]))),
-                        cfg.num_steps,
-                    )
-                )
-        row, reason = {"step": at}, None
+                batch_cond = cond.select(range(i, min(i + cfg.batch_size, noise.shape[0])))
+                imgs.append(gen(model, noise[i : i + cfg.batch_size], batch_cond, cfg.num_steps))
+        return imgs, [p for p in self.sample_prompts for _ in cfg.sample_seeds]
+
+    def evaluate(self, at: int) -> str | None:
+        """Render the fixed-seed grid, log its reward and the monitors; a reason when early stopping fires."""
+        imgs, rp = self._sample()
+        row, reason, swap = {"step": at}, None, self.swap
         with contextlib.nullcontext() if swap is None else swap.phase("decode"):  # offload: VAE + towers in
-            with accelerator.autocast(), torch.no_grad():
+            with self.accelerator.autocast(), torch.no_grad():
                 if swap is not None:
-                    imgs = [model.decode(lat) for lat in imgs]
+                    imgs = [self.model.decode(lat) for lat in imgs]
                 imgs = torch.cat(imgs)
-                rp = [p for p in sample_prompts for _ in cfg.sample_seeds]
-                row["val/reward"] = reward_fn(imgs, rp).float().mean().item()
-            if monitor is not None:
-                values = monitor.compute(imgs, rp, len(sample_prompts))
+                row["val/reward"] = self.reward_fn(imgs, rp).float().mean().item()
+            if self.monitor is not None:
+                values = self.monitor.compute(imgs, rp, len(self.sample_prompts))
                 row.update({f"monitor/{k}": v for k, v in values.items()})
-                reason = monitor.stop_reason(values)
-        if accelerator.is_main_process:
-            save_grid(imgs, out / "samples" / f"step_{at:06d}.png", nrow=len(cfg.sample_seeds))
-        log(row)
+                reason = self.monitor.stop_reason(values)
+        if self.accelerator.is_main_process:
+            save_grid(imgs, self.out / "samples" / f"step_{at:06d}.png", nrow=len(self.cfg.sample_seeds))
+        self.log(row)
         return reason
 
-    def checkpoint(at: int) -> None:
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
+    def checkpoint(self, at: int) -> None:
+        from icthp_core.diffusion.lora import save_lora
+
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
             return
 
         def write(d: Path) -> None:
-            save_lora(transformer, d, meta, weight_name="lora.safetensors")
-            torch.save(opt.state_dict(), d / "optimizer.pt")
-            if monitor is not None:
-                monitor.save(d)
+            save_lora(self.model.transformer, d, self.meta, weight_name="lora.safetensors")
+            torch.save(self.opt.state_dict(), d / "optimizer.pt")
+            if self.monitor is not None:
+                self.monitor.save(d)
             (d / "state.json").write_text(json.dumps({"step": at}))
 
-        write_checkpoint(out, at, write, cfg.checkpoints_total_limit)
+        write_checkpoint(self.out, at, write, self.cfg.checkpoints_total_limit)
 
-    if step == 0 and cfg.sample_every > 0:
-        sample_grid(0)
-    window: list[dict] = []
-    stopped: str | None = None
-    while step < cfg.max_steps:
-        rng = random.Random(cfg.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
+    def _sync_and_clip(self) -> float | None:
+        """Average the LoRA gradients across processes by hand, clip them; the norm (None between syncs)."""
+        acc, params = self.accelerator, self.params
+        if not acc.sync_gradients:
+            return None
+        if acc.num_processes > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = acc.reduce(p.grad, reduction="mean")
+        return acc.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else math.inf)
+
+    def train_step(self) -> dict:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; its means and wall time."""
+        from icthp_core.diffusion.draft import draft_step
+        from icthp_core.diffusion.offload import draft_step_offloaded
+
+        cfg, acc, model = self.cfg, self.accelerator, self.model
+        rng = random.Random(cfg.seed * 1_000_003 + self.step * acc.num_processes + acc.process_index)
         gen = torch.Generator().manual_seed(rng.randrange(2**63))
         t0 = time.time()
         micro: list[tuple[float, float, float | None]] = []
         for _ in range(cfg.gradient_accumulation_steps):
-            batch = [rng.choice(prompts) for _ in range(cfg.batch_size)]
-            cond = cond_all.select([index[p] for p in batch])
-            noise = model.noise(cfg.batch_size, cfg.resolution, cfg.resolution, gen).to(device)
-            with accelerator.accumulate(), accelerator.autocast():
-                if swap is None:
-                    res = draft_step(model, reward_fn, batch, cond, noise, dcfg, rng=rng, generator=gen)
-                    accelerator.backward(res.loss)
+            batch = [rng.choice(self.prompts) for _ in range(cfg.batch_size)]
+            cond = self.cond_all.select([self.index[p] for p in batch])
+            noise = model.noise(cfg.batch_size, cfg.resolution, cfg.resolution, gen).to(self.device)
+            with acc.accumulate(), acc.autocast():
+                if self.swap is None:
+                    res = draft_step(model, self.reward_fn, batch, cond, noise, self.dcfg, rng=rng, generator=gen)
+                    acc.backward(res.loss)
                 else:  # three phases; the backward runs inside, res.loss is the true loss value
-                    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
+                    scale = acc.scaler.get_scale() if acc.scaler is not None else 1.0
                     res = draft_step_offloaded(
-                        model, reward_fn, batch, cond, noise, dcfg, swap, accelerator.backward, scale, rng, gen
+                        model, self.reward_fn, batch, cond, noise, self.dcfg, self.swap, acc.backward, scale, rng, gen
                     )
-                gnorm = None
-                if accelerator.sync_gradients:
-                    if accelerator.num_processes > 1:
-                        for p in params:
-                            if p.grad is None:
-                                p.grad = torch.zeros_like(p)
-                            p.grad = accelerator.reduce(p.grad, reduction="mean")
-                    gnorm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else math.inf)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                gnorm = self._sync_and_clip()
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
             micro.append(
                 (res.rewards.float().mean().item(), res.loss.item(), None if res.kl is None else res.kl.item())
             )
-        step += 1
-        window.append(
-            {
-                "reward": sum(m[0] for m in micro) / len(micro),
-                "loss": sum(m[1] for m in micro) / len(micro),
-                "grad_norm": float(gnorm) if gnorm is not None else float("nan"),
-                "kl": None if micro[0][2] is None else sum(m[2] for m in micro) / len(micro),
-                "sec": time.time() - t0,
-            }
-        )
+        self.step += 1
+        return {
+            "reward": sum(m[0] for m in micro) / len(micro),
+            "loss": sum(m[1] for m in micro) / len(micro),
+            "grad_norm": float(gnorm) if gnorm is not None else float("nan"),
+            "kl": None if micro[0][2] is None else sum(m[2] for m in micro) / len(micro),
+            "sec": time.time() - t0,
+        }
+
+    def log_window(self, window: list[dict]) -> None:
+        """Log the means of the steps since the last log line."""
+        row = {
+            "step": self.step,
+            **{f"train/{k}": sum(w[k] for w in window) / len(window) for k in ("reward", "loss", "grad_norm", "sec")},
+        }
+        if window[-1]["kl"] is not None:
+            row["train/kl"] = sum(w["kl"] for w in window) / len(window)
+        if torch.cuda.is_available():
+            row["train/max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.log(row)
+        self.accelerator.print(json.dumps(row))
+
+    def after_step(self, window: list[dict]) -> tuple[list[dict], str | None]:
+        """Logging, sampling, checkpoints and plots due after a step; (the open log window, a stop reason)."""
+        cfg, step, acc, stopped = self.cfg, self.step, self.accelerator, None
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            row = {
-                "step": step,
-                **{
-                    f"train/{k}": sum(w[k] for w in window) / len(window)
-                    for k in ("reward", "loss", "grad_norm", "sec")
-                },
-            }
-            if window[-1]["kl"] is not None:
-                row["train/kl"] = sum(w["kl"] for w in window) / len(window)
-            if torch.cuda.is_available():
-                row["train/max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            log(row)
-            accelerator.print(json.dumps(row))
+            self.log_window(window)
             window = []
         if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-            stopped = sample_grid(step)
+            stopped = self.evaluate(step)
         if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
-            checkpoint(step)
-        if cfg.plot and accelerator.is_main_process and log_path.exists() and step % cfg.log_every == 0:
-            plot_metrics(log_path, out / "curves.png", "DRaFT training", DRAFT_PANELS)
+            self.checkpoint(step)
+        if cfg.plot and acc.is_main_process and self.log_path.exists() and step % cfg.log_every == 0:
+            plot_metrics(self.log_path, self.out / "curves.png", "DRaFT training", DRAFT_PANELS)
         if stopped:
-            accelerator.print(f"early stop at step {step}: {stopped}")
-            if accelerator.is_main_process:
-                (out / "early_stop.json").write_text(json.dumps({"step": step, "reason": stopped}))
-            break
+            acc.print(f"early stop at step {step}: {stopped}")
+            if acc.is_main_process:
+                (self.out / "early_stop.json").write_text(json.dumps({"step": step, "reason": stopped}))
+        return window, stopped
 
-    if accelerator.num_processes > 1:  # the replicas must have stayed identical (gradients all-reduced)
-        sums = accelerator.gather(torch.stack([p.detach().double().sum() for p in params]).unsqueeze(0))
-        if not torch.equal(sums, sums[:1].expand_as(sums)):
-            raise RuntimeError("LoRA replicas diverged across processes")
-    checkpoint(step)
-    final = out / "pytorch_lora_weights.safetensors"
-    if accelerator.is_main_process:
-        save_lora(transformer, out, meta)
-        if cfg.plot and log_path.exists():
-            plot_metrics(log_path, out / "curves.png", "DRaFT training", DRAFT_PANELS)
-        accelerator.print(f"saved {final} after {step} iterations ({time.time() - start:.0f}s)")
-    accelerator.end_training()
-    return final
+    def export(self) -> Path:
+        """Check the replicas agree, write the last checkpoint and the final LoRA file (and the plot)."""
+        from icthp_core.diffusion.lora import save_lora
+
+        acc, params = self.accelerator, self.params
+        if acc.num_processes > 1:  # the replicas must have stayed identical (gradients all-reduced)
+            sums = acc.gather(torch.stack([p.detach().double().sum() for p in params]).unsqueeze(0))
+            if not torch.equal(sums, sums[:1].expand_as(sums)):
+                raise RuntimeError("LoRA replicas diverged across processes")
+        self.checkpoint(self.step)
+        final = self.out / "pytorch_lora_weights.safetensors"
+        if acc.is_main_process:
+            save_lora(self.model.transformer, self.out, self.meta)
+            if self.cfg.plot and self.log_path.exists():
+                plot_metrics(self.log_path, self.out / "curves.png", "DRaFT training", DRAFT_PANELS)
+            acc.print(f"saved {final} after {self.step} iterations ({time.time() - self.start:.0f}s)")
+        acc.end_training()
+        return final
+
+
+def _train(cfg: DraftTrainConfig) -> Path:
+    run = _DraftRun(cfg)
+    run.resume()
+    if run.step == 0 and run.cfg.sample_every > 0:
+        run.evaluate(0)
+    window: list[dict] = []
+    while run.step < run.cfg.max_steps:
+        window.append(run.train_step())
+        window, stopped = run.after_step(window)
+        if stopped:
+            break
+    return run.export()
 
 
 def main(argv: list[str] | None = None) -> None:

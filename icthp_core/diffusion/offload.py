@@ -40,6 +40,7 @@ from icthp_core.diffusion.draft import (
     StepOutput,
     TextConditioning,
     reward_loss,
+    reward_towers,
     sample,
 )
 
@@ -127,7 +128,7 @@ class FrozenSwap:
 def draft_swap(model: FlowModel, reward_fn: RewardFn, device) -> FrozenSwap:
     """The two groups of DRaFT training: ``"transformer"`` (its frozen base weights; resident) and ``"decode"``
     (VAE + the reward towers of a `build_reward` reward, `reward_fn.scorer.models`)."""
-    towers = list(reward_fn.scorer.models.values()) if hasattr(reward_fn, "scorer") else []
+    towers = reward_towers(reward_fn)
     return FrozenSwap({"transformer": [model.base], "decode": [model.vae, *towers]}, device, resident="transformer")
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from icthp_core.checkpoints.transfer import hf_clip_config, text_encoder_state_dict, vision_encoder_state_dict
-from icthp_core.scoring.preprocess import OPENAI_MEAN, OPENAI_STD  # noqa: F401 - re-exported
+from icthp_core.data.preprocess import OPENAI_MEAN, OPENAI_STD  # noqa: F401 - re-exported
 
 # InstantStyle (SDXL UNet): "style" = only up_blocks.0 attention 1; "style_and_layout" adds down_blocks.2 attention 1
 INSTANTSTYLE = {

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from icthp_core.data.images import to_pil
+from icthp_core.data.preprocess import preprocess_tensor
 from icthp_core.errors import ConfigError
-from icthp_core.scoring.preprocess import preprocess_tensor
 from icthp_core.scoring.registry import DERIVED, METRICS
 
 

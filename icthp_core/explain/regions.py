@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from icthp_core.data.preprocess import MODE_SIZE
 from icthp_core.explain.attention import relevance
 from icthp_core.explain.common import ExplainError, metric_fn
-from icthp_core.scoring.preprocess import MODE_SIZE
 
 Progress = Callable[[int, int], None]
 

@@ -5,10 +5,19 @@ gradients must flow into the images."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
 from icthp_core.scale.protocol import encode_request, to_uint8_batch
+
+
+def _retry_after(value: str | None, cap: float = 60.0) -> float:
+    """Seconds from a `Retry-After` header (a number; dates and junk count as 0), at most `cap`."""
+    try:
+        return min(max(float(value or 0), 0.0), cap)
+    except ValueError:
+        return 0.0
 
 
 def _result(scores: dict[str, list[float]], metric, as_tensor: bool):
@@ -25,8 +34,9 @@ class RewardClient:
     """`client(images, prompts, metric="ict_hp")` -> scores from a running `icthp serve`.
 
     Returns a float32 tensor [B] when `images` is a tensor, else a list of floats; `metric=None` (with no default)
-    or a list of metrics returns a dict. Connection errors and 5xx answers are retried `retries` times with
-    exponential backoff; 4xx answers raise ValueError with the server's message.
+    or a list of metrics returns a dict. `token` defaults to $ICTHP_SERVE_TOKEN. Connection errors and 5xx answers
+    are retried `retries` times with exponential backoff (at least the `Retry-After` a busy server sends with 503);
+    4xx answers raise ValueError with the server's message.
     """
 
     def __init__(
@@ -43,6 +53,7 @@ class RewardClient:
         self.url = url.rstrip("/")
         self.metric, self.timeout, self.retries, self.backoff = metric, timeout, retries, backoff
         self.session = requests.Session()
+        token = token or os.environ.get("ICTHP_SERVE_TOKEN") or None
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -53,6 +64,7 @@ class RewardClient:
         payload = encode_request(to_uint8_batch(images), prompts, metrics)
         last: Exception | None = None
         for attempt in range(self.retries + 1):
+            wait = self.backoff * 2**attempt
             try:
                 r = self.session.post(f"{self.url}/score", json=payload, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as e:
@@ -67,8 +79,9 @@ class RewardClient:
                         msg = r.text
                     raise ValueError(f"reward server {self.url}: {r.status_code} {msg}")
                 last = RuntimeError(f"reward server {self.url}: {r.status_code} {r.text[:200]}")
+                wait = max(wait, _retry_after(r.headers.get("retry-after")))
             if attempt < self.retries:
-                time.sleep(self.backoff * 2**attempt)
+                time.sleep(wait)
         raise ConnectionError(f"reward server {self.url}: no answer after {self.retries + 1} tries ({last})")
 
     def __call__(self, images, prompts: str | Sequence[str] | None = None, metric: str | Sequence[str] | None = None):

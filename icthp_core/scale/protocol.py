@@ -5,7 +5,11 @@ POST /score, JSON: `{"images": [<base64 PNG/JPEG>, ...]}` or `{"array": {"shape"
 optionally `"metrics": [...]` (default: every metric the server computes).
 POST /score, multipart/form-data: `image` file fields (repeatable), `prompt` fields (one, or one per image),
 optional `metrics` (comma-separated).
-Response: `{"scores": {<metric>: [float, ...]}, "metrics": [...], "count": B}`; errors: `{"error": "..."}` with 4xx.
+Response: `{"scores": {<metric>: [float, ...]}, "metrics": [...], "count": B}`; errors: `{"error": "..."}` with 4xx
+naming the field (`images[3]`, `array.shape`, `prompts`, ...).
+
+Parsing reads only image headers: each image's size is checked against the per-image pixel limit, and the request's
+image count and total charge against its budgets, before anything is decoded (`ImageItem.decode` does that later).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import base64
 import binascii
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,123 +26,261 @@ import numpy as np
 from PIL import Image
 
 from icthp_core.errors import ImageLoadError
+from icthp_core.scale.serve_config import ServeLimits
+
+#: JSON integers longer than this are not converted (Python refuses > 4,300 digits); the field gets named instead
+MAX_INT_DIGITS = 30
 
 
 class BadRequest(ValueError):
-    """A payload the server refuses: HTTP `status` (400, 401, 413, ...) and a message naming the problem."""
+    """A payload the server refuses: HTTP `status` (400, 401, 413, 503, ...) and a message naming the field."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
 
 
+#: pixel weight by header mode: decoding to RGB (EXIF rotation included) peaks at about 12 bytes per pixel for 8-bit
+#: modes, 24 for alpha and 16/32-bit integer modes, 33 for float images (measured; `BYTES_PER_PIXEL` = 14 per weight)
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "RGBA", "LA", "PA", "RGBa", "La")
+
+
+def decode_weight(mode: str, info: dict) -> int:
+    """How many charged pixels one pixel of an image of this header mode costs to decode (1, 2 or 3)."""
+    if mode == "F":
+        return 3
+    return 2 if mode in _WIDE_MODES or "transparency" in info else 1
+
+
+class _HugeNumber(str):
+    """A JSON integer too long to convert: kept as text, so the field it sits in is reported."""
+
+
+@dataclass
+class ImageItem:
+    """One image of a request, not decoded yet: its header size and its encoded bytes or raw HWC uint8 array."""
+
+    where: str
+    width: int
+    height: int
+    data: bytes | None = None
+    array: np.ndarray | None = None
+    weight: int = 1  # decode_weight of its header mode
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def decode(self, max_pixels: int) -> Image.Image:
+        """The RGB image (the file decoder: EXIF, 16-bit, alpha, pixel limit); BadRequest naming it on failure."""
+        if self.array is not None:
+            return Image.fromarray(self.array)
+        from icthp_core.data.images import decode_image
+
+        try:
+            return decode_image(self.data or b"", name=self.where, max_pixels=max_pixels)
+        except ImageLoadError as e:
+            raise BadRequest(str(e), 413 if "over the limit" in str(e) else 400) from None
+
+
 @dataclass
 class ScoreRequest:
-    images: list[Image.Image]
+    items: list[ImageItem]
     prompts: list[str] | None
     metrics: list[str]
+    charge: int = 0  # pixels charged against the budgets (header sizes x decode weight + preprocessed copies)
+    images: list[Image.Image] | None = None  # filled by `decode_all` (the server decodes item by item instead)
+
+    def decode_all(self, max_pixels: int) -> ScoreRequest:
+        """Decode every image now (BadRequest naming the first that fails); for tools and tests."""
+        self.images = [item.decode(max_pixels) for item in self.items]
+        return self
 
 
 def _decode_b64(text: object, where: str) -> bytes:
     if not isinstance(text, str):
-        raise BadRequest(f"{where}: expected a base64 string")
+        raise BadRequest(f"{where}: expected a base64 string, got {type(text).__name__}")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"{where}: not valid base64") from None
 
 
-def _image_from_bytes(data: bytes, where: str) -> Image.Image:
-    from icthp_core.data.images import decode_image
+def probe_image(data: bytes, where: str, max_pixels: int) -> ImageItem:
+    """Read only the header of encoded image bytes, with the file decoder's checks and words (`probe_image` of
+    `icthp_core.data.images`): 413 over `max_pixels`, 400 for anything else wrong; its mode gives the weight."""
+    from icthp_core.data.images import ImageLimits
+    from icthp_core.data.images import probe_image as probe_header
 
+    if not data:
+        raise BadRequest(f"{where}: empty image")
     try:
-        return decode_image(data, name=where)
+        w, h = probe_header(data, name=where, limits=ImageLimits(max_pixels=max_pixels))
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:  # the header again, for its mode
+            warnings.simplefilter("ignore")
+            weight = decode_weight(img.mode, img.info)
     except ImageLoadError as e:
-        raise BadRequest(str(e)) from None
+        raise BadRequest(str(e), 413 if "over the limit" in str(e) else 400) from None
+    return ImageItem(where, w, h, data=data, weight=weight)
 
 
-def array_to_images(arr: np.ndarray, where: str = "array") -> list[Image.Image]:
-    """[B,H,W,3] (or [H,W,3]) uint8 -> RGB PIL images."""
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise BadRequest(f"{where}: expected uint8 [B,H,W,3], got {arr.dtype} {list(arr.shape)}")
-    return [Image.fromarray(a) for a in arr]
+def _too_many(n: int, limits: ServeLimits) -> None:
+    if n > limits.max_images:
+        raise BadRequest(f"{n} images in one request; the limit is {limits.max_images}", 413)
+
+
+def _shape(spec: dict) -> list[int]:
+    shape = spec.get("shape")
+    ok = isinstance(shape, list) and len(shape) in (3, 4) and all(type(s) is int for s in shape)
+    if not ok:
+        shown = "a number too long to read" if any(isinstance(s, _HugeNumber) for s in shape or []) else repr(shape)
+        raise BadRequest(f"array.shape: expected [B, H, W, 3] (whole numbers), got {shown[:80]}")
+    shape = [1, *shape] if len(shape) == 3 else shape
+    if shape[3] != 3 or min(shape) < 1:
+        raise BadRequest(f"array.shape: expected [B, H, W, 3] with every size >= 1, got {shape}")
+    return shape
+
+
+def array_items(spec: object, limits: ServeLimits) -> list[ImageItem]:
+    """The `array` field: shape and budgets checked before its data is decoded."""
+    if not isinstance(spec, dict):
+        raise BadRequest("array: expected {shape: [B,H,W,3], dtype: 'uint8', data: base64}")
+    if spec.get("dtype", "uint8") != "uint8":
+        raise BadRequest(f"array.dtype {str(spec.get('dtype'))[:40]!r}: only uint8 is accepted")
+    b, h, w, c = _shape(spec)
+    _too_many(b, limits)
+    if w * h > limits.max_image_pixels:
+        raise BadRequest(
+            f"array.shape: {w}x{h} = {w * h:,} pixels is over the limit of {limits.max_image_pixels:,} per image", 413
+        )
+    data = _decode_b64(spec.get("data"), "array.data")
+    if b * h * w * c != len(data):
+        raise BadRequest(f"array: {len(data)} bytes do not fill shape {[b, h, w, c]}")
+    arr = np.frombuffer(data, np.uint8).reshape(b, h, w, c)
+    return [ImageItem(f"array[{i}]", w, h, array=arr[i]) for i in range(b)]
+
+
+def image_items(value: object, limits: ServeLimits) -> list[ImageItem]:
+    """The `images` field (base64 PNG/JPEG/... list): each header probed, nothing decoded."""
+    if not isinstance(value, list):
+        raise BadRequest(f"images: expected a list of base64 image strings, got {type(value).__name__}")
+    _too_many(len(value), limits)
+    return [
+        probe_image(_decode_b64(s, f"images[{i}]"), f"images[{i}]", limits.max_image_pixels)
+        for i, s in enumerate(value)
+    ]
+
+
+def _prompts(prompts: object, n: int, key: str) -> list[str] | None:
+    if prompts is None:
+        return None
+    if isinstance(prompts, str):
+        return [prompts] * n
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest(f"{key}: expected a string or a list of strings")
+    if len(prompts) == 1 and n > 1:
+        prompts = prompts * n
+    if len(prompts) != n:
+        raise BadRequest(f"got {len(prompts)} prompts for {n} images (give one, or one per image)")
+    return prompts
+
+
+def _metrics(metrics: object, served: Sequence[str]) -> list[str]:
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    if metrics is None or metrics == []:
+        return list(served)
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise BadRequest("metrics: expected a list of metric names")
+    unknown = [m for m in metrics if m not in served]
+    if unknown:
+        raise BadRequest(f"metrics {unknown}: not served; this server computes {list(served)}")
+    return list(dict.fromkeys(metrics))
 
 
 def _check(
-    images: list[Image.Image], prompts, metrics, served: Sequence[str], prompt_metrics: set[str], max_images: int
+    items: list[ImageItem],
+    prompts: object,
+    prompt_key: str,
+    metrics: object,
+    served: Sequence[str],
+    prompt_metrics: set[str],
+    limits: ServeLimits,
+    per_image_extra: int,
 ) -> ScoreRequest:
-    if not images:
+    if not items:
         raise BadRequest("no images in the request")
-    if len(images) > max_images:
-        raise BadRequest(f"{len(images)} images in one request; the limit is {max_images}", 413)
-    metrics = list(metrics or served)
-    unknown = [m for m in metrics if m not in served]
-    if unknown:
-        raise BadRequest(f"metrics {unknown} are not served; this server computes {list(served)}")
-    if isinstance(prompts, str):
-        prompts = [prompts] * len(images)
-    if prompts is not None:
-        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise BadRequest("prompts: expected a list of strings")
-        if len(prompts) == 1 and len(images) > 1:
-            prompts = prompts * len(images)
-        if len(prompts) != len(images):
-            raise BadRequest(f"got {len(prompts)} prompts for {len(images)} images (give one, or one per image)")
-    needs = [m for m in metrics if m in prompt_metrics]
-    if needs and (prompts is None or any(not p.strip() for p in prompts)):
+    _too_many(len(items), limits)
+    charge = sum(it.width * it.height * it.weight + per_image_extra for it in items)
+    if charge > limits.max_request_pixels:
+        raise BadRequest(
+            f"request: {len(items)} images charge {charge:,} pixels (sizes, x2 for alpha/16-bit, x3 for float, + "
+            f"{per_image_extra:,} per image for preprocessing), over the limit of {limits.max_request_pixels:,} "
+            "per request; send fewer or smaller images",
+            413,
+        )
+    metric_list = _metrics(metrics, served)
+    prompt_list = _prompts(prompts, len(items), prompt_key)
+    needs = [m for m in metric_list if m in prompt_metrics]
+    if needs and (prompt_list is None or any(not p.strip() for p in prompt_list)):
         raise BadRequest(f"metrics {needs} need a non-empty prompt for every image")
-    return ScoreRequest(images, prompts, metrics)
+    return ScoreRequest(items, prompt_list, metric_list, charge)
 
 
-def parse_json(body: bytes, served: Sequence[str], prompt_metrics: set[str], max_images: int) -> ScoreRequest:
+def _load_json(body: bytes) -> object:
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"body is not valid JSON ({e})") from None
+        return json.loads(body, parse_int=lambda s: int(s) if len(s) <= MAX_INT_DIGITS else _HugeNumber(s))
+    except RecursionError:
+        raise BadRequest("body: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise BadRequest(f"body is not valid JSON ({str(e)[:200]})") from None
+
+
+def parse_json(
+    body: bytes,
+    served: Sequence[str],
+    prompt_metrics: set[str],
+    limits: ServeLimits | None = None,
+    per_image_extra: int = 0,
+    *,
+    max_images: int | None = None,
+) -> ScoreRequest:
+    """A JSON `/score` body -> ScoreRequest (headers probed, budgets checked); BadRequest naming the field.
+
+    The older call `parse_json(body, served, prompt_metrics, max_images=N)` (default limits otherwise) also decodes
+    every image, as it did before budgets existed, so `req.images` is filled and decode errors are raised here."""
+    if limits is None:
+        req = parse_json(body, served, prompt_metrics, ServeLimits(max_images=max_images or 256), per_image_extra)
+        return req.decode_all(ServeLimits().max_image_pixels)
+    payload = _load_json(body)
     if not isinstance(payload, dict):
         raise BadRequest("body must be a JSON object")
     if "array" in payload:
-        spec = payload["array"]
-        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
-            raise BadRequest("array: expected {shape: [B,H,W,3], dtype: 'uint8', data: base64}")
-        if spec.get("dtype", "uint8") != "uint8":
-            raise BadRequest(f"array.dtype {spec.get('dtype')!r}: only uint8 is accepted")
-        data = _decode_b64(spec.get("data"), "array.data")
-        shape = [int(s) for s in spec["shape"]]
-        if int(np.prod(shape)) != len(data):
-            raise BadRequest(f"array: {len(data)} bytes do not fill shape {shape}")
-        if len(shape) == 4 and shape[0] > max_images:
-            raise BadRequest(f"{shape[0]} images in one request; the limit is {max_images}", 413)
-        images = array_to_images(np.frombuffer(data, np.uint8).reshape(shape))
+        items = array_items(payload["array"], limits)
     elif "images" in payload:
-        if not isinstance(payload["images"], list):
-            raise BadRequest("images: expected a list of base64 PNG/JPEG strings")
-        if len(payload["images"]) > max_images:
-            raise BadRequest(f"{len(payload['images'])} images in one request; the limit is {max_images}", 413)
-        images = [
-            _image_from_bytes(_decode_b64(s, f"images[{i}]"), f"images[{i}]") for i, s in enumerate(payload["images"])
-        ]
+        items = image_items(payload["images"], limits)
     else:
         raise BadRequest("give 'images' (base64 PNG/JPEG list) or 'array' (raw uint8)")
-    prompts = payload.get("prompts", payload.get("prompt"))
-    metrics = payload.get("metrics")
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    if metrics is not None and not isinstance(metrics, list):
-        raise BadRequest("metrics: expected a list of names")
-    return _check(images, prompts, metrics, served, prompt_metrics, max_images)
+    key = "prompts" if "prompts" in payload else "prompt"
+    args = (payload.get(key), key, payload.get("metrics"), served, prompt_metrics, limits, per_image_extra)
+    return _check(items, *args)
 
 
-def parse_multipart(form, served: Sequence[str], prompt_metrics: set[str], max_images: int) -> list:
-    """From a starlette FormData: returns the same ScoreRequest (files are read by the caller: `(name, bytes)`)."""
-    files, prompts, metrics = form["files"], form["prompts"], form["metrics"]
-    if len(files) > max_images:
-        raise BadRequest(f"{len(files)} images in one request; the limit is {max_images}", 413)
-    images = [_image_from_bytes(data, f"image {name!r}") for name, data in files]
-    metrics = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    return _check(images, prompts or None, metrics, served, prompt_metrics, max_images)
+def parse_multipart(
+    files: list[tuple[str, bytes]],
+    prompts: list[str],
+    metrics: object,
+    served: Sequence[str],
+    prompt_metrics: set[str],
+    limits: ServeLimits,
+    per_image_extra: int = 0,
+) -> ScoreRequest:
+    """Multipart `image` files (`(name, bytes)`), `prompt` fields and `metrics` -> ScoreRequest."""
+    _too_many(len(files), limits)
+    if metrics is not None and not isinstance(metrics, str):
+        raise BadRequest("metrics: expected a comma-separated text field")
+    items = [probe_image(data, f"image {name!r}", limits.max_image_pixels) for name, data in files]
+    return _check(items, prompts or None, "prompt", metrics, served, prompt_metrics, limits, per_image_extra)
 
 
 def parse_metrics_text(text: str) -> dict[str, float]:
@@ -157,7 +300,7 @@ def to_uint8_batch(images) -> list[np.ndarray]:
     if hasattr(images, "detach"):  # torch tensor
         import torch
 
-        from icthp_core.scoring.preprocess import to_nchw
+        from icthp_core.data.preprocess import to_nchw
 
         x = to_nchw(images.detach().float().cpu())
         arr = (torch.clamp(x, 0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()

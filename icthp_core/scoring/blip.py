@@ -30,9 +30,9 @@ from torch import nn
 from icthp_core.checkpoints.files import load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
 from icthp_core.checkpoints.loading import parse_device, parse_dtype
+from icthp_core.data.prompts import check_prompt
 from icthp_core.errors import CheckpointError
 from icthp_core.scoring.models import HPHead
-from icthp_core.scoring.text import check_prompt
 
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072

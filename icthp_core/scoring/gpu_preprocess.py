@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 
 from icthp_core.data.batch import ordered_loader, with_progress
 from icthp_core.data.images import load_image
+from icthp_core.data.preprocess import preprocess_tensor
 from icthp_core.errors import ImageLoadError
-from icthp_core.scoring.preprocess import preprocess_tensor
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
 # Bounds of the GPU/torch path against the PIL path, in [0, 1] pixel units before normalisation

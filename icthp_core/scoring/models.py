@@ -11,13 +11,18 @@ from torch import nn
 from icthp_core.checkpoints.config import read_hf_config
 from icthp_core.checkpoints.files import check_finite, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, load_clip, parse_device, parse_dtype
+from icthp_core.checkpoints.loading import HP_BACKBONE_NAMES, HP_HEAD_NAMES, load_clip, parse_device, parse_dtype
 from icthp_core.errors import CheckpointError
 from icthp_core.scoring.text import tokenizer_for
 
-HP_HEAD_NAMES = ("hp_scorer/mlp.safetensors", "hp_scorer/mlp_pytorch_model.bin")
-HP_BACKBONE_NAMES = tuple(f"hp_backbone/{n}" for n in CLIP_WEIGHT_NAMES)
 _HEAD_LAYERS = (0, 2, 4, 6, 7)
+
+
+def _default_source(metric: str) -> str:
+    """The registry's hub repo of `metric` (imported on use: the registry imports this module)."""
+    from icthp_core.scoring.registry import METRICS
+
+    return METRICS[metric].default_source
 
 
 class HPHead(nn.Module):
@@ -118,8 +123,9 @@ class ICTModel(TextImageModel):
     ~0.9 for images that contain the prompt)."""
 
     @classmethod
-    def from_pretrained(cls, src: str | os.PathLike = "8y/ICT", device=None, dtype="fp32") -> ICTModel:
-        return cls(load_clip(src, device=parse_device(device), dtype=dtype))
+    def from_pretrained(cls, src: str | os.PathLike | None = None, device=None, dtype="fp32") -> ICTModel:
+        """Load ICT from a hub id or folder in the published layout (default: the registry's ICT repo)."""
+        return cls(load_clip(src or _default_source("ict"), device=parse_device(device), dtype=dtype))
 
 
 class ImageHeadModel(nn.Module):
@@ -186,9 +192,10 @@ class HPModel(ImageHeadModel):
     sigmoid saturates at exactly 1.0, and what upstream's trainer compares."""
 
     @classmethod
-    def from_pretrained(cls, src: str | os.PathLike = "8y/HP", device=None, dtype="fp32") -> HPModel:
+    def from_pretrained(cls, src: str | os.PathLike | None = None, device=None, dtype="fp32") -> HPModel:
         """Load `<HP>/hp_backbone/` (vision tower + projection only) and `<HP>/hp_scorer/` (the head)."""
         device, dtype = parse_device(device), parse_dtype(dtype)
+        src = src or _default_source("hp")
         backbone = resolve_file(src, HP_BACKBONE_NAMES)
         config = read_hf_config(resolve_file(src, ("hp_backbone/config.json",), required=False))
         visual = load_clip(backbone, vision_only=True, device=device, dtype=dtype, hf_config=config)

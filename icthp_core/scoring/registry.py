@@ -19,6 +19,20 @@ FAMILIES = ("alignment", "image-only", "aesthetic")
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """A file of a metric's published hub repo, as `icthp download` fetches it (checkpoints/manifest.json).
+
+    `safetensors`: the name of its safetensors conversion; `size`/`sha256`: recorded from a verified copy (None
+    until then: the download is hashed and reported unverified).
+    """
+
+    path: str
+    safetensors: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     """A registered metric: the single source of its metadata for the CLI, the app, the ComfyUI nodes and eval.
 
@@ -33,9 +47,11 @@ class MetricSpec:
     description: str
     value_range: str  # documented range, e.g. "(0, 1)"
     needs_prompt: bool = True
-    preprocess: str = "crop"  # a mode of icthp_core.scoring.preprocess.MODES ("crop": CLIP processor)
+    preprocess: str = "crop"  # a mode of icthp_core.data.preprocess.MODES ("crop": CLIP processor)
     model: str = ""
-    default_source: str | None = None
+    default_source: str | None = None  # hub repo id of the published weights
+    folder: str = ""  # sub-folder of a local model root (ComfyUI's models/icthp/<folder>); default: `model`
+    files: tuple[HubFile, ...] = ()  # the repo's files that `icthp download` fetches
     higher_is_better: bool = True
     inputs: tuple[str, ...] = ()
     combine: Callable[..., torch.Tensor] | None = field(default=None, compare=False)
@@ -125,6 +141,13 @@ def _clip_metric(
     return load
 
 
+HPSV2_FILES = ("HPS_v2_compressed.pt",)
+HPSV21_FILES = ("HPS_v2.1_compressed.pt",)
+#: what transformers' `BlipForImageTextRetrieval` and BLIP's BERT tokenizer read from a `save_pretrained` folder
+BLIP_RETRIEVAL_FILES = tuple(
+    HubFile(f)
+    for f in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+)
 AESTHETIC_HEAD_NAMES = ("sac+logos+ava1-l14-linearMSE.pth", "aesthetic_head.safetensors")
 AESTHETIC_BACKBONE = "openai/clip-vit-large-patch14"
 
@@ -153,6 +176,7 @@ register(
         "[-1, 1], trained towards [0, 1]",
         model="ict",
         default_source="8y/ICT",
+        files=(HubFile("pytorch_model.bin", "model.safetensors"),),
     ),
     lambda src, device, dtype: ICTModel.from_pretrained(src, device=device, dtype=dtype),
 )
@@ -166,6 +190,10 @@ register(
         needs_prompt=False,
         model="hp",
         default_source="8y/HP",
+        files=(
+            HubFile("hp_backbone/pytorch_model.bin", "hp_backbone/model.safetensors"),
+            HubFile("hp_scorer/mlp_pytorch_model.bin", "hp_scorer/mlp.safetensors"),
+        ),
     ),
     lambda src, device, dtype: HPModel.from_pretrained(src, device=device, dtype=dtype),
 )
@@ -202,6 +230,7 @@ register(
         "[-1, 1], typically 0.2..0.4",
         model="clip",
         default_source="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        files=(HubFile("open_clip_pytorch_model.bin", "open_clip_model.safetensors"),),
     ),
     _clip_metric(),
 )
@@ -214,6 +243,7 @@ register(
         "about [-100, 100], typically 18..24",
         model="pickscore",
         default_source="yuvalkirstain/PickScore_v1",
+        files=(HubFile("config.json"), HubFile("model.safetensors")),
     ),
     _clip_metric(logit_scaled=True, tokenizer="hf"),  # PickScore's reference code: the HF CLIP fast tokenizer
 )
@@ -227,8 +257,10 @@ register(
         preprocess="letterbox",
         model="hpsv2",
         default_source="xswu/HPSv2",
+        folder="hpsv2",
+        files=tuple(HubFile(f) for f in HPSV2_FILES),
     ),
-    _clip_metric("letterbox", filenames=("HPS_v2_compressed.pt",), nested_key="state_dict"),
+    _clip_metric("letterbox", filenames=HPSV2_FILES, nested_key="state_dict"),
 )
 register(
     MetricSpec(
@@ -240,8 +272,10 @@ register(
         preprocess="letterbox",
         model="hpsv2.1",
         default_source="xswu/HPSv2",
+        folder="hpsv2",
+        files=tuple(HubFile(f) for f in HPSV21_FILES),
     ),
-    _clip_metric("letterbox", filenames=("HPS_v2.1_compressed.pt",), nested_key="state_dict"),
+    _clip_metric("letterbox", filenames=HPSV21_FILES, nested_key="state_dict"),
 )
 register(
     MetricSpec(
@@ -253,6 +287,7 @@ register(
         needs_prompt=False,
         model="aesthetic",
         default_source="camenduru/improved-aesthetic-predictor",
+        files=(HubFile(AESTHETIC_HEAD_NAMES[0]),),
     ),
     _load_aesthetic,
 )
@@ -284,6 +319,7 @@ register(
         preprocess="imagereward",
         model="imagereward",
         default_source="THUDM/ImageReward",
+        files=(HubFile("ImageReward.pt"), HubFile("med_config.json")),
     ),
     _blip_metric("imagereward"),
 )
@@ -297,6 +333,8 @@ register(
         preprocess="blip",
         model="blip_itc",
         default_source="Salesforce/blip-itm-large-coco",
+        folder="blip",
+        files=BLIP_RETRIEVAL_FILES,
     ),
     _blip_metric("itc"),
 )
@@ -310,6 +348,8 @@ register(
         preprocess="blip",
         model="blip_itm",
         default_source="Salesforce/blip-itm-large-coco",
+        folder="blip",
+        files=BLIP_RETRIEVAL_FILES,
     ),
     _blip_metric("itm"),
 )
@@ -323,6 +363,8 @@ register(
         preprocess="blip",
         model="blip_itm_cls",
         default_source="Salesforce/blip-itm-large-coco",
+        folder="blip",
+        files=BLIP_RETRIEVAL_FILES,
     ),
     _blip_metric("itm_cls"),
 )
@@ -366,3 +408,34 @@ def required_base_metrics(metrics: list[str]) -> list[str]:
             if p not in out:
                 out.append(p)
     return out
+
+
+MANIFEST_NOTE = (
+    "Generated from icthp_core/scoring/registry.py (MetricSpec.default_source/folder/files) by "
+    "scripts/write_manifest.py; edit the registry, not this file. Files of the published reward models. size/sha256 "
+    "are null where they could not be read from the hub when this manifest was written (no network access): such "
+    "files are downloaded and hashed, and reported as unverified. Fill them in with `icthp download --print-hashes` "
+    "on a verified copy."
+)
+
+
+def _manifest_file(f: HubFile) -> dict[str, object]:
+    entry: dict[str, object] = {"path": f.path, "size": f.size, "sha256": f.sha256}
+    if f.safetensors:
+        entry["safetensors"] = f.safetensors
+    return entry
+
+
+def hub_manifest() -> dict[str, object]:
+    """The content of `icthp_core/checkpoints/manifest.json`: every registered model with published files, keyed
+    by its model key (repo, local folder, files), in registration order."""
+    models = {
+        s.model: {
+            "repo": s.default_source,
+            "folder": s.folder or s.model,
+            "files": [_manifest_file(f) for f in s.files],
+        }
+        for s in METRICS.values()
+        if not s.derived and s.files
+    }
+    return {"format": 1, "note": MANIFEST_NOTE, "models": models}

@@ -14,10 +14,11 @@ from torch import nn
 
 from icthp_core.checkpoints.loading import parse_device, parse_dtype
 from icthp_core.data.images import DecodePolicy, parse_decode_policy, to_pil
+from icthp_core.data.preprocess import preprocess_pil, preprocess_tensor
+from icthp_core.data.prompts import check_prompt
 from icthp_core.errors import ConfigError
-from icthp_core.scoring.preprocess import preprocess_pil, preprocess_tensor
 from icthp_core.scoring.registry import DERIVED, METRICS, create_reward_model, required_base_metrics
-from icthp_core.scoring.text import check_prompt, tokenize
+from icthp_core.scoring.text import tokenize
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -212,13 +213,6 @@ class MultiScorer:
         pixels = {mode: preprocess_tensor(x, mode).to(self.dtype) for mode in modes}
         return self._derive(metric, self._base_scores(needed, pixels, plist))
 
-    def explain(self, image, prompt: str | None = None, metrics: Sequence[str] | None = None, **kwargs):
-        """Word contributions and region heatmaps of one image as tensors (`icthp_core.explain.explain`; needs the
-        `explain` extra for integrated gradients). Returns an `icthp_core.explain.Explanation`."""
-        from icthp_core.explain import explain
-
-        return explain(self, image, prompt, list(metrics) if metrics else None, **kwargs)
-
     def score_files(
         self,
         items: Iterable[tuple[str, str | None]],
@@ -303,8 +297,8 @@ class ICTHPScorer(MultiScorer):
 
 
 def load_scorer(
-    ict: str | os.PathLike | None = "8y/ICT",
-    hp: str | os.PathLike | None = "8y/HP",
+    ict: str | os.PathLike | None = METRICS["ict"].default_source,
+    hp: str | os.PathLike | None = METRICS["hp"].default_source,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "fp32",
     decode_policy: str | DecodePolicy = DecodePolicy.VIEW,

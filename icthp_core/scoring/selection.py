@@ -16,9 +16,11 @@ __all__ = [
     "NORMALIZATIONS",
     "Selection",
     "combine_scores",
+    "competition_ranks",
     "parse_reference",
     "parse_weights",
     "rank",
+    "ranking_order",
     "select",
     "select_batch",
     "select_latent",
@@ -48,6 +50,35 @@ class Selection:
         return [self.scores[i] for i in self.rejected]
 
 
+def ranking_order(values: Sequence[float]) -> list[int]:
+    """Indices best first: the one ranking rule of every front end (higher is better, equal scores keep their
+    input order, NaN last)."""
+
+    def key(i: int) -> tuple[int, float, int]:
+        v = float(values[i])
+        return (1, 0.0, i) if math.isnan(v) else (0, -v, i)
+
+    return sorted(range(len(values)), key=key)
+
+
+def competition_ranks(values: Sequence[float]) -> list[int | None]:
+    """Rank numbers under the same rule: 1 = best, equal scores share the better rank ("1224"), NaN unranked (None).
+
+    An item's rank is 1 + the number of scores strictly above it, so listing items in `ranking_order` gives
+    non-decreasing ranks.
+    """
+    v = [float(x) for x in values]
+    ranks: list[int | None] = [None] * len(v)
+    above, prev = 0, None
+    for pos, i in enumerate(ranking_order(v)):
+        if math.isnan(v[i]):
+            break
+        if v[i] != prev:
+            above, prev = pos, v[i]
+        ranks[i] = above + 1
+    return ranks
+
+
 def rank(scores: torch.Tensor | Sequence[float], k: int) -> Selection:
     """Rank ``scores`` (higher is better) and keep the top ``k``.
 
@@ -67,12 +98,7 @@ def rank(scores: torch.Tensor | Sequence[float], k: int) -> Selection:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, len(values))
-
-    def key(i: int) -> tuple[int, float, int]:
-        v = values[i]
-        return (1, 0.0, i) if math.isnan(v) else (0, -v, i)
-
-    order = sorted(range(len(values)), key=key)
+    order = ranking_order(values)
     return Selection(selected=order[:k], rejected=order[k:], scores=values)
 
 

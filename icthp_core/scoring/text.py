@@ -17,6 +17,8 @@ from functools import lru_cache
 
 import torch
 
+from icthp_core.data.prompts import check_prompt
+
 CONTEXT_LENGTH = 77
 
 
@@ -29,15 +31,6 @@ def _tokenizer():
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt is longer than the CLIP context and was cut."""
-
-
-def check_prompt(prompt: object, where: str = "prompt") -> str:
-    """Return the prompt, or raise ValueError for a non-string or blank prompt."""
-    if not isinstance(prompt, str):
-        raise ValueError(f"{where}: expected a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise ValueError(f"{where}: the prompt is empty")
-    return prompt
 
 
 @lru_cache(maxsize=1)

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from icthp_core.data.datasets import LoadReport, TripletDataset, TripletRecord, load_triplets
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.evaluation.metrics import triplet_accuracy
-from icthp_core.scoring.preprocess import preprocess_pil
 from icthp_core.scoring.text import tokenizer_for
 
 

@@ -256,181 +256,232 @@ def _loader(ds, batch_size: int, sampler=None, drop_last: bool = False, num_work
     )
 
 
-def run(stage: Stage) -> dict[str, Any]:
-    """Train `stage` to `max_steps` (resuming when possible), evaluate, export, plot; returns the summary."""
-    from accelerate.utils import set_seed
+class _RewardRun:
+    """One reward-training run in named phases: `__init__` (setup), `resume`, `train` (steps), `evaluate`,
+    `checkpoint`, `export`; `run` drives them."""
 
-    cfg = stage.config
-    check_config(cfg, complete=True)
-    if not cfg.train_data:
-        raise ValueError("train_data: required (a triplet or pair table, see docs/training.md)")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resume_dirs = resume_candidates(cfg.resume, out)
-    changes = _resume_changes(cfg, resume_dirs[0], out / f"{stage.name}_config.json") if resume_dirs else {}
-    acc = _make_accelerator(cfg)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if acc.is_main_process:
-        (out / f"{stage.name}_config.json").write_text(json.dumps(config_dict(cfg), indent=2))
-    set_seed(cfg.seed)
-    logger.info(
-        "%s: %d process(es), %s, device %s, mixed precision %s",
-        stage.name,
-        acc.num_processes,
-        acc.distributed_type,
-        acc.device,
-        acc.mixed_precision,
-    )
+    def __init__(self, stage: Stage) -> None:
+        from accelerate.utils import set_seed
 
-    module = stage.build(acc)
-    train_ds = stage.train_dataset(acc)
-    val_ds = stage.val_dataset(acc)
-    sampler = EpochSampler(len(train_ds), cfg.seed)
-    train_loader = _loader(train_ds, cfg.batch_size, sampler, drop_last=True, num_workers=cfg.num_workers)
-    params = [p for p in module.parameters() if p.requires_grad]
-    n_train = sum(p.numel() for p in params)
-    n_all = sum(p.numel() for p in module.parameters())
-    logger.info("%s: %d / %d parameters trainable", stage.name, n_train, n_all)
-    opt = optimizer_from_config(cfg, params)
-    module, opt, train_loader = acc.prepare(module, opt, train_loader)
-    # The schedule counts optimizer steps whatever the number of processes (accelerate's prepared scheduler would
-    # step once per process), so it is stepped here on every synchronised step and checkpointed by us.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer if hasattr(opt, "optimizer") else opt, lr_lambda(cfg))
-    state = TrainState(BestTracker(cfg.best_metric, cfg.best_mode))
-    acc.register_for_checkpointing(state)
-    acc.register_for_checkpointing(sched)
+        self.stage, self.cfg = stage, stage.config
+        cfg = self.cfg
+        check_config(cfg, complete=True)
+        if not cfg.train_data:
+            raise ValueError("train_data: required (a triplet or pair table, see docs/training.md)")
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        # checked before anything is built: a changed config is refused (or its differences kept for `resume`)
+        self.resume_dirs = resume_candidates(cfg.resume, self.out)
+        first = self.resume_dirs[0] if self.resume_dirs else None
+        self.changes = _resume_changes(cfg, first, self.out / f"{stage.name}_config.json") if first else {}
+        self.acc = acc = _make_accelerator(cfg)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if acc.is_main_process:
+            (self.out / f"{stage.name}_config.json").write_text(json.dumps(config_dict(cfg), indent=2))
+        set_seed(cfg.seed)
+        logger.info(
+            "%s: %d process(es), %s, device %s, mixed precision %s",
+            stage.name,
+            acc.num_processes,
+            acc.distributed_type,
+            acc.device,
+            acc.mixed_precision,
+        )
+        self._build()
+        self.state = TrainState(BestTracker(cfg.best_metric, cfg.best_mode))
+        acc.register_for_checkpointing(self.state)
+        acc.register_for_checkpointing(self.sched)
+        self.steps_per_epoch = len(self.train_loader) // cfg.gradient_accumulation_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"train_data: {len(self.train_ds)} examples give no full optimizer step with batch_size="
+                f"{cfg.batch_size} x {acc.num_processes} processes x gradient_accumulation_steps="
+                f"{cfg.gradient_accumulation_steps}"
+            )
+        self.export_name = getattr(cfg, "export_name", stage.name)
+        self.last_val: dict[str, float] = {}
 
-    micro_per_epoch = len(train_loader)
-    steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"train_data: {len(train_ds)} examples give no full optimizer step with batch_size={cfg.batch_size} x "
-            f"{acc.num_processes} processes x gradient_accumulation_steps={cfg.gradient_accumulation_steps}"
+    def _build(self) -> None:
+        """The module, data loaders, optimizer and schedule, prepared by accelerate."""
+        stage, cfg, acc = self.stage, self.cfg, self.acc
+        module = stage.build(acc)
+        self.train_ds = stage.train_dataset(acc)
+        val_ds = stage.val_dataset(acc)
+        sampler = EpochSampler(len(self.train_ds), cfg.seed)
+        train_loader = _loader(self.train_ds, cfg.batch_size, sampler, drop_last=True, num_workers=cfg.num_workers)
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        n_train = sum(p.numel() for p in self.params)
+        n_all = sum(p.numel() for p in module.parameters())
+        logger.info("%s: %d / %d parameters trainable", stage.name, n_train, n_all)
+        opt = optimizer_from_config(cfg, self.params)
+        self.module, self.opt, self.train_loader = acc.prepare(module, opt, train_loader)
+        # The schedule counts optimizer steps whatever the number of processes (accelerate's prepared scheduler
+        # would step once per process), so it is stepped here on every synchronised step and checkpointed by us.
+        base_opt = self.opt.optimizer if hasattr(self.opt, "optimizer") else self.opt
+        self.sched = torch.optim.lr_scheduler.LambdaLR(base_opt, lr_lambda(cfg))
+        self.val_loader = (
+            _loader(val_ds, cfg.eval_batch_size, num_workers=cfg.num_workers) if val_ds is not None else None
         )
 
-    resume_dir = _load_resume(acc, resume_dirs)
-    if resume_dir is not None:
-        logger.info("resumed from %s at step %d", resume_dir, state.step)
-        if resume_dir != resume_dirs[0]:
-            changes = _resume_changes(cfg, resume_dir, None)
-        if changes:
-            _apply_optimizer_options(cfg, opt, sched)
-            logger.warning("resumed with changed options (allow_config_change=true): %s", format_changes(changes))
-    if log_with_trackers(cfg):
-        acc.init_trackers(stage.name, config=_flat_config(cfg))
-    mlog = MetricsLog(out / METRICS_FILE, acc, fresh=resume_dir is None, trackers=log_with_trackers(cfg))
-    export_name = getattr(cfg, "export_name", stage.name)
-    val_loader = _loader(val_ds, cfg.eval_batch_size, num_workers=cfg.num_workers) if val_ds is not None else None
+    def resume(self) -> None:
+        """Load the latest (or the named) checkpoint; open the metrics log (fresh when nothing resumed)."""
+        cfg, acc = self.cfg, self.acc
+        resume_dir = _load_resume(acc, self.resume_dirs)
+        if resume_dir is not None:
+            logger.info("resumed from %s at step %d", resume_dir, self.state.step)
+            changes = self.changes if resume_dir == self.resume_dirs[0] else _resume_changes(cfg, resume_dir, None)
+            if changes:
+                _apply_optimizer_options(cfg, self.opt, self.sched)
+                logger.warning("resumed with changed options (allow_config_change=true): %s", format_changes(changes))
+        if log_with_trackers(cfg):
+            acc.init_trackers(self.stage.name, config=_flat_config(cfg))
+        self.mlog = MetricsLog(self.out / METRICS_FILE, acc, fresh=resume_dir is None, trackers=log_with_trackers(cfg))
+        self.step = self.state.step
 
-    def candidate(step: int) -> bool:
-        every = cfg.export_candidates_every
-        return not every or step % every == 0 or step >= cfg.max_steps
-
-    def evaluate(step: int) -> dict[str, float]:
-        res: dict[str, float] = {}
-        if val_loader is not None and acc.is_main_process:
-            m = acc.unwrap_model(module)
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Validation metrics (main process), logged; exports the model when it is the best so far."""
+        acc, res = self.acc, {}
+        if self.val_loader is not None and acc.is_main_process:
+            m = acc.unwrap_model(self.module)
             m.eval()
             with torch.no_grad(), acc.autocast():
-                res = stage.evaluate(m, val_loader, acc)
+                res = self.stage.evaluate(m, self.val_loader, acc)
             m.train()
-            mlog.log({f"val/{k}": v for k, v in res.items()}, step)
+            self.mlog.log({f"val/{k}": v for k, v in res.items()}, step)
             logger.info("step %d validation: %s", step, json.dumps({k: round(v, 4) for k, v in res.items()}))
-            if candidate(step) and state.best.update(step, res):
-                path = stage.export(acc.unwrap_model(module), acc, export_name)
-                (out / "best.json").write_text(json.dumps({**state.best.state_dict(), "exported": str(path)}))
-                logger.info("step %d: new best %s=%.4f, exported to %s", step, cfg.best_metric, state.best.value, path)
+            best = self.state.best
+            if self._candidate(step) and best.update(step, res):
+                path = self.stage.export(acc.unwrap_model(self.module), acc, self.export_name)
+                (self.out / "best.json").write_text(json.dumps({**best.state_dict(), "exported": str(path)}))
+                logger.info("step %d: new best %s=%.4f, exported to %s", step, self.cfg.best_metric, best.value, path)
         acc.wait_for_everyone()
         return res
 
-    def checkpoint(step: int) -> None:
-        d = checkpoint_dir(out, step)
+    def _candidate(self, step: int) -> bool:
+        """Whether `step` may be exported as the best (export_candidates_every: its multiples and the last step)."""
+        every = self.cfg.export_candidates_every
+        return not every or step % every == 0 or step >= self.cfg.max_steps
+
+    def checkpoint(self, step: int) -> None:
+        acc = self.acc
+        d = checkpoint_dir(self.out, step)
         acc.save_state(str(d))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (d / CONFIG_FILE).write_text(json.dumps(config_dict(cfg), indent=2))
+            (d / CONFIG_FILE).write_text(json.dumps(config_dict(self.cfg), indent=2))
             mark_complete(d, step)
-            rotate(out, cfg.checkpoints_total_limit)
+            rotate(self.out, self.cfg.checkpoints_total_limit)
         acc.wait_for_everyone()
 
-    module.train()
-    step = state.step
-    epoch, skip = divmod(step, steps_per_epoch)
-    skip *= cfg.gradient_accumulation_steps
-    running: dict[str, float] = {}
-    n_running, t0 = 0, time.time()
-    last_val: dict[str, float] = {}
-    while step < cfg.max_steps:
-        loader = acc.skip_first_batches(train_loader, skip) if skip else train_loader
-        loader.set_epoch(epoch)
-        micro = skip
-        for batch in loader:
-            if micro >= steps_per_epoch * cfg.gradient_accumulation_steps:
-                break
-            set_seed(cfg.seed * 1_000_003 + step * cfg.gradient_accumulation_steps + micro, device_specific=True)
-            with acc.accumulate(module):
-                loss, logs = stage.loss(module, batch, acc)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                if acc.sync_gradients:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-            micro += 1
-            for k, v in {"loss": loss.detach().float().item(), **logs}.items():
-                running[k] = running.get(k, 0.0) + float(v)
-            n_running += 1
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            state.step = step
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                vals = {f"train/{k}": v / n_running for k, v in running.items()}
-                vals["train/lr"] = sched.get_last_lr()[0]
-                vals = {k: _mean_across(acc, v) for k, v in vals.items()}
-                vals["train/steps_per_s"] = cfg.log_every / max(1e-9, time.time() - t0)
-                mlog.log(vals, step)
-                logger.info("step %d: %s", step, json.dumps({k: round(v, 6) for k, v in vals.items()}))
-                running, n_running, t0 = {}, 0, time.time()
-            due = cfg.eval_every and step % cfg.eval_every == 0
-            due = due or (cfg.best_metric and cfg.export_candidates_every and step % cfg.export_candidates_every == 0)
-            if due and step < cfg.max_steps:
-                last_val = evaluate(step)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps:
-                checkpoint(step)
-            if cfg.debug_crash_at_step is not None and step == cfg.debug_crash_at_step:
-                logger.warning("debug_crash_at_step=%d: exiting abruptly", step)
-                sys.stdout.flush()
-                os._exit(17)
-            if step >= cfg.max_steps:
-                break
-        epoch += 1
-        skip = 0
+    def micro_step(self, batch, micro: int) -> None:
+        """Forward and backward of one micro-batch; the optimizer steps when gradients are synchronised."""
+        from accelerate.utils import set_seed
 
-    last_val = evaluate(step) or last_val
-    exported = None
-    if acc.is_main_process:  # with best_metric the best model is `export_name`, the last one `<export_name>_last`
-        last_name = f"{export_name}_last" if cfg.best_metric else export_name
-        exported = stage.export(acc.unwrap_model(module), acc, last_name)
-        if cfg.best_metric:
-            exported = out / export_name if state.best.step is not None else exported
-    acc.wait_for_everyone()
-    summary = {
-        "stage": stage.name,
-        "steps": step,
-        "num_processes": acc.num_processes,
-        "val": last_val,
-        "exported": str(exported) if exported else None,
-        "best": state.best.state_dict() if cfg.best_metric else None,
-        **stage.summary(),
-    }
-    if acc.is_main_process:
-        (out / f"{stage.name}_summary.json").write_text(json.dumps(summary, indent=2))
-        if cfg.plot:
-            plot_metrics(out / METRICS_FILE, out / "curves.png", title=f"{stage.name} training")
-    acc.end_training()
-    return summary
+        cfg, acc = self.cfg, self.acc
+        set_seed(cfg.seed * 1_000_003 + self.step * cfg.gradient_accumulation_steps + micro, device_specific=True)
+        with acc.accumulate(self.module):
+            loss, logs = self.stage.loss(self.module, batch, acc)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.opt.step()
+            if acc.sync_gradients:
+                self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        for k, v in {"loss": loss.detach().float().item(), **logs}.items():
+            self.running[k] = self.running.get(k, 0.0) + float(v)
+        self.n_running += 1
+
+    def log_train(self) -> None:
+        """Log the means of the micro-batches since the last log line (averaged across processes)."""
+        cfg, acc = self.cfg, self.acc
+        vals = {f"train/{k}": v / self.n_running for k, v in self.running.items()}
+        vals["train/lr"] = self.sched.get_last_lr()[0]
+        vals = {k: _mean_across(acc, v) for k, v in vals.items()}
+        vals["train/steps_per_s"] = cfg.log_every / max(1e-9, time.time() - self.t0)
+        self.mlog.log(vals, self.step)
+        logger.info("step %d: %s", self.step, json.dumps({k: round(v, 6) for k, v in vals.items()}))
+        self.running, self.n_running, self.t0 = {}, 0, time.time()
+
+    def after_step(self) -> None:
+        """Logging, validation and checkpoints due after an optimizer step (and the crash-test exit)."""
+        cfg, step = self.cfg, self.step
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            self.log_train()
+        due = cfg.eval_every and step % cfg.eval_every == 0
+        due = due or (cfg.best_metric and cfg.export_candidates_every and step % cfg.export_candidates_every == 0)
+        if due and step < cfg.max_steps:
+            self.last_val = self.evaluate(step)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps:
+            self.checkpoint(step)
+        if cfg.debug_crash_at_step is not None and step == cfg.debug_crash_at_step:
+            logger.warning("debug_crash_at_step=%d: exiting abruptly", step)
+            sys.stdout.flush()
+            os._exit(17)
+
+    def _epoch(self, loader, micro: int) -> None:
+        """The remaining micro-batches of one epoch (from `micro`), stopping at max_steps."""
+        cfg = self.cfg
+        for batch in loader:
+            if micro >= self.steps_per_epoch * cfg.gradient_accumulation_steps:
+                break
+            self.micro_step(batch, micro)
+            micro += 1
+            if not self.acc.sync_gradients:
+                continue
+            self.step += 1
+            self.state.step = self.step
+            self.after_step()
+            if self.step >= cfg.max_steps:
+                break
+
+    def train(self) -> None:
+        """Optimizer steps to max_steps, from the resumed position (skipping the batches already seen)."""
+        cfg = self.cfg
+        self.module.train()
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        skip *= cfg.gradient_accumulation_steps
+        self.running, self.n_running, self.t0 = {}, 0, time.time()
+        while self.step < cfg.max_steps:
+            loader = self.acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+            loader.set_epoch(epoch)
+            self._epoch(loader, skip)
+            epoch += 1
+            skip = 0
+
+    def export(self, last_val: dict[str, float]) -> dict[str, Any]:
+        """Export the last model (the best one stays `export_name` with best_metric), write the summary and plot."""
+        cfg, acc, out, stage = self.cfg, self.acc, self.out, self.stage
+        exported = None
+        if acc.is_main_process:  # with best_metric the best model is `export_name`, the last `<export_name>_last`
+            last_name = f"{self.export_name}_last" if cfg.best_metric else self.export_name
+            exported = stage.export(acc.unwrap_model(self.module), acc, last_name)
+            if cfg.best_metric:
+                exported = out / self.export_name if self.state.best.step is not None else exported
+        acc.wait_for_everyone()
+        summary = {
+            "stage": stage.name,
+            "steps": self.step,
+            "num_processes": acc.num_processes,
+            "val": last_val,
+            "exported": str(exported) if exported else None,
+            "best": self.state.best.state_dict() if cfg.best_metric else None,
+            **stage.summary(),
+        }
+        if acc.is_main_process:
+            (out / f"{stage.name}_summary.json").write_text(json.dumps(summary, indent=2))
+            if cfg.plot:
+                plot_metrics(out / METRICS_FILE, out / "curves.png", title=f"{stage.name} training")
+        acc.end_training()
+        return summary
+
+
+def run(stage: Stage) -> dict[str, Any]:
+    """Train `stage` to `max_steps` (resuming when possible), evaluate, export, plot; returns the summary."""
+    r = _RewardRun(stage)
+    r.resume()
+    r.train()
+    return r.export(r.evaluate(r.step) or r.last_val)
 
 
 def _resume_changes(cfg, checkpoint: Path, fallback: Path | None) -> dict[str, tuple[Any, Any]]:

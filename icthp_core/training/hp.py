@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from icthp_core.checkpoints.export import save_hp
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import PairDataset, detect_kind, load_pairs
 from icthp_core.evaluation.metrics import TRIPLET_KEYS, pairwise_accuracy
 from icthp_core.evaluation.protocols import PAIR_KEYS, upstream_validation_accuracy
+from icthp_core.scoring.export import save_hp
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
 from icthp_core.scoring.text import tokenizer_for
 from icthp_core.training import engine

@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from icthp_core.checkpoints.export import save_ict
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import TripletRecord, load_triplets, write_triplets
 from icthp_core.evaluation.metrics import TRIPLET_KEYS
+from icthp_core.scoring.export import save_ict
 from icthp_core.scoring.models import ICTModel
 from icthp_core.scoring.text import tokenizer_for
 from icthp_core.training import engine

@@ -152,7 +152,8 @@ def test_compare_shows_scores_stored_in_png_metadata(tmp_path, make_scenes):
     from icthp_app.render import cards_html
     from PIL import Image, PngImagePlugin
 
-    from icthp_core.data.metadata import KEY, build_record, save_png
+    from icthp_core.data.metadata import KEY, save_png
+    from icthp_core.scoring.records import build_record
 
     pool = fake_pool(["ict", "hp", "ict_hp"], [])
     c = Controller(pool, out_dir=tmp_path / "out")

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 from icthp_app.controller import Controller
-from icthp_app.logic import UploadLimits, check_image, public_message, write_csv
+from icthp_app.csv_export import write_csv
+from icthp_app.logic import public_message
 from icthp_app.pool import ScorerPool
+from icthp_app.uploads import UploadLimits, check_image
 from PIL import Image
 
 

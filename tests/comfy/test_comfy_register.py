@@ -6,22 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_one_list import comfy_node_ids
+
 ROOT = Path(__file__).resolve().parents[2]
 
-NODE_IDS = [
-    "ICTHPLoader",
-    "ICTHPScore",
-    "ICTHPBestOfN",
-    "ICTHPLoraLoader",
-    "ICTHPTextEncoderSwap",
-    "ICTHPCLIPVision",
-    "ICTHPEarlyBestOfN",
-    "ICTHPRewardMix",
-    "ICTHPSelect",
-    "ICTHPSaveWithScores",
-    "ICTHPModelManager",
-    "ICTHPExplain",
-]
+NODE_IDS = comfy_node_ids()  # read from comfy_nodes.NODES (no ComfyUI import at collection)
+
+
+def test_node_ids_are_the_class_names(pack):
+    assert [n.GET_SCHEMA().node_id for n in pack.NODES] == NODE_IDS == [n.__name__ for n in pack.NODES]
 
 
 def test_root_entrypoint_is_v3_only():

@@ -71,7 +71,7 @@ def test_image_tower_as_ip_adapter_encoder(tiny_rewards, which):
     assert torch.allclose(embeds, expect, atol=1e-6, rtol=0)
     assert torch.equal(uncond, torch.zeros_like(embeds))
     # the feature extractor preprocesses as the core (shortest side 224, bicubic, centre crop, OpenAI stats)
-    from icthp_core.scoring.preprocess import preprocess_pil
+    from icthp_core.data.preprocess import preprocess_pil
 
     diff = (pixels[0] - preprocess_pil(img)).abs()
     assert diff.mean() < 1e-3 and diff.max() < 0.05  # uint8 rounding of the upscaled edge pixels only

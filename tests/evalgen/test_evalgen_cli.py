@@ -147,9 +147,9 @@ def test_sd3_report_layout_and_resume(pipeline_dirs, lora_files, tiny_ict, tiny_
 
 
 def test_flux_jpeg_only_and_sharded_scoring(pipeline_dirs, lora_files, prompt_txt, tmp_path):
-    from icthp_core.evaluation.evalgen import score_images, unscored
+    from icthp_core.diffusion.evalgen import score_images, unscored
+    from icthp_core.diffusion.generation import plan_items
     from icthp_core.evaluation.gen_report import read_score_rows
-    from icthp_core.evaluation.generation import plan_items
     from icthp_core.evaluation.prompt_sets import load_prompt_set
 
     out = tmp_path / "flux"

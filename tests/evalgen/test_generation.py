@@ -7,7 +7,7 @@ import pytest
 from evalgen_common import PROMPTS, tiny_pipe
 from PIL import Image
 
-from icthp_core.evaluation.generation import (
+from icthp_core.diffusion.generation import (
     GenerationSettings,
     ModelSpec,
     generate_images,

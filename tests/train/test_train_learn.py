@@ -13,8 +13,8 @@ from icthp_cli.eval import main as eval_main
 from icthp_core import load_scorer
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
-from icthp_core.scoring.preprocess import preprocess_pil
 from icthp_core.training import hp as train_hp
 from icthp_core.training import ict as train_ict
 from tests.train.conftest import common_overrides

@@ -13,8 +13,8 @@ import torch
 from icthp_cli.main import main as icthp_main
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets, open_image
+from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.models import ICTModel
-from icthp_core.scoring.preprocess import preprocess_pil
 from icthp_core.scoring.text import tokenize, tokenize_hf
 from icthp_core.training import engine
 from icthp_core.training.common import image_size

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-from icthp_core.dtypes import parse_dtype
-from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
-from icthp_core.evaluation.generation import (
+from icthp_core.diffusion.generation import (
     BASE,
     GenerationSettings,
     ImageItem,
@@ -34,6 +32,8 @@ from icthp_core.evaluation.generation import (
     shard_batches,
     write_metadata,
 )
+from icthp_core.dtypes import DTYPE_CHOICES, parse_dtype
+from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
 from icthp_core.evaluation.image_stats import jpeg_size_kb
 from icthp_core.evaluation.prompt_sets import load_prompt_set
 
@@ -72,7 +72,7 @@ class EvalGenConfig:
 
 
 def default_steps_guidance(arch: str, guidance_embeds: bool) -> tuple[int, float]:
-    from icthp_core.diffusion.draft_train import ARCH_DEFAULTS
+    from icthp_core.diffusion.pipelines import ARCH_DEFAULTS
 
     if arch == "flux" and guidance_embeds:
         return 28, 3.5  # FLUX.1-dev
@@ -80,8 +80,8 @@ def default_steps_guidance(arch: str, guidance_embeds: bool) -> tuple[int, float
 
 
 def _dtype(name: str) -> torch.dtype:
-    if name not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"--gen-dtype {name!r}: choose fp32, fp16 or bf16")
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"--gen-dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     return parse_dtype(name, "--gen-dtype")
 
 
@@ -166,31 +166,10 @@ def score_images(
     return n
 
 
-def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, world: int | None = None) -> dict:
-    """Generate, score and report; returns the report's paths (on the main process; {} on the others).
-
-    Process rank/count come from accelerate (`accelerate launch`) unless given. `make_scorer`: a function that
-    returns a MultiScorer (default: built from `cfg.metrics`/`cfg.sources`)."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    from icthp_core.diffusion.draft_train import load_pipeline, pipeline_info
-
-    # PartialState reads no ACCELERATE_USE_CPU; without CUDA, several processes meet over gloo
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
-    rank = state.process_index if rank is None else rank
-    world = state.num_processes if world is None else world
-    main = rank == 0
-    out = Path(cfg.outdir)
-    images = out / "images"
-    records = load_prompt_set(cfg.prompts, cfg.prompt_column, cfg.limit)
-    names = [BASE] + [s.name for s in cfg.loras]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--lora: model names must be unique, got {names}")
-    arch, guidance_embeds = pipeline_info(cfg.model)
+def _settings(cfg: EvalGenConfig, arch: str, guidance_embeds: bool, gen_dtype: str) -> GenerationSettings:
+    """What decides the pixels: the config with the architecture's defaults filled in."""
     steps, guidance = default_steps_guidance(arch, guidance_embeds)
-    gen_dtype = cfg.gen_dtype or ("bf16" if state.device.type == "cuda" else "fp32")
-    settings = GenerationSettings(
+    return GenerationSettings(
         model=cfg.model,
         steps=cfg.steps or steps,
         guidance=guidance if cfg.guidance is None else cfg.guidance,
@@ -201,43 +180,92 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
         max_sequence_length=cfg.max_sequence_length or (256 if arch == "flux" and not guidance_embeds else None),
         dtype=gen_dtype,
     )
-    prompts_sha = hashlib.sha256(json.dumps([r.metadata for r in records], sort_keys=True).encode()).hexdigest()
-    models = [ModelSpec(BASE), *cfg.loras]
-    if main:
-        record = {
-            **settings.as_dict(),
-            "prompts": str(cfg.prompts),
-            "prompts_sha256": prompts_sha,
-            "loras": {s.name: {"path": s.lora, "scale": s.scale} for s in cfg.loras},
-        }
-        _check_run(out, record, cfg.overwrite)
-        for spec in models:
-            write_metadata(images, spec.name, records)
-    state.wait_for_everyone()
 
-    # 1. generation: every process lists the same missing images before anyone writes
-    items = plan_items(records, cfg.seeds_per_prompt, cfg.seed)
+
+def _setup_run(cfg: EvalGenConfig, settings: GenerationSettings, records: list, models: list[ModelSpec]) -> None:
+    """Main process: check or record the run's settings in `evalgen.json`, write each model's metadata."""
+    prompts_sha = hashlib.sha256(json.dumps([r.metadata for r in records], sort_keys=True).encode()).hexdigest()
+    record = {
+        **settings.as_dict(),
+        "prompts": str(cfg.prompts),
+        "prompts_sha256": prompts_sha,
+        "loras": {s.name: {"path": s.lora, "scale": s.scale} for s in cfg.loras},
+    }
+    out = Path(cfg.outdir)
+    _check_run(out, record, cfg.overwrite)
+    for spec in models:
+        write_metadata(out / "images", spec.name, records)
+
+
+def _generate_missing(cfg, state, settings, models, items, arch: str, rank: int, world: int) -> None:
+    """Generate this process's share of the missing images (every process lists them before anyone writes)."""
+    from icthp_core.diffusion.pipelines import load_pipeline
+
+    images = Path(cfg.outdir) / "images"
     todo = {spec.name: missing_items(images, spec.name, items) for spec in models}
     state.wait_for_everyone()
     share = sum(len(b) for spec in models for b in shard_batches(todo[spec.name], cfg.gen_batch_size, rank, world))
-    if share:
-        from tqdm.auto import tqdm
+    if not share:
+        return
+    from tqdm.auto import tqdm
 
-        pipe = load_pipeline(cfg.model, _dtype(gen_dtype))
-        if cfg.cpu_offload:
-            pipe.enable_model_cpu_offload(device=state.device)
-        else:
-            pipe.to(state.device)
-        pipe.set_progress_bar_config(disable=True)
-        with tqdm(total=share, desc=f"generate [{rank}]", disable=not cfg.progress, unit="img") as bar:
-            for spec in models:
-                generate_images(
-                    pipe, settings, spec, todo[spec.name], images, arch, cfg.gen_batch_size, rank, world, bar.update
-                )
-        del pipe
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    pipe = load_pipeline(cfg.model, _dtype(settings.dtype))
+    if cfg.cpu_offload:
+        pipe.enable_model_cpu_offload(device=state.device)
+    else:
+        pipe.to(state.device)
+    pipe.set_progress_bar_config(disable=True)
+    with tqdm(total=share, desc=f"generate [{rank}]", disable=not cfg.progress, unit="img") as bar:
+        for spec in models:
+            generate_images(
+                pipe, settings, spec, todo[spec.name], images, arch, cfg.gen_batch_size, rank, world, bar.update
+            )
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _report(cfg: EvalGenConfig, names: list[str], items: list[ImageItem], metrics: list[str]) -> dict:
+    """Main process: the summary, win rates, grids and plot from this run's score rows."""
+    out = Path(cfg.outdir)
+    keys = {(m, it.index, it.n) for m in names for it in items}
+    rows = [r for r in read_score_rows(out / "scores") if (r["model"], r["index"], r["n"]) in keys]
+    bad = [r for r in rows if r.get("error")]
+    if bad:
+        raise ValueError(f"{out / bad[0]['image']}: {bad[0]['error']} ({len(bad)} image(s) could not be scored)")
+    return write_report(out, rows, [JPEG, *metrics], names, cfg.seeds_per_prompt, cfg.grid_prompts)
+
+
+def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, world: int | None = None) -> dict:
+    """Generate, score and report; returns the report's paths (on the main process; {} on the others).
+
+    Process rank/count come from accelerate (`accelerate launch`) unless given. `make_scorer`: a function that
+    returns a MultiScorer (default: built from `cfg.metrics`/`cfg.sources`)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from icthp_core.diffusion.pipelines import pipeline_info
+
+    # PartialState reads no ACCELERATE_USE_CPU; without CUDA, several processes meet over gloo
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    rank = state.process_index if rank is None else rank
+    world = state.num_processes if world is None else world
+    records = load_prompt_set(cfg.prompts, cfg.prompt_column, cfg.limit)
+    names = [BASE] + [s.name for s in cfg.loras]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--lora: model names must be unique, got {names}")
+    arch, guidance_embeds = pipeline_info(cfg.model)
+    gen_dtype = cfg.gen_dtype or ("bf16" if state.device.type == "cuda" else "fp32")
+    settings = _settings(cfg, arch, guidance_embeds, gen_dtype)
+    models = [ModelSpec(BASE), *cfg.loras]
+    if rank == 0:
+        _setup_run(cfg, settings, records, models)
+    state.wait_for_everyone()
+
+    # 1. generation
+    items = plan_items(records, cfg.seeds_per_prompt, cfg.seed)
+    _generate_missing(cfg, state, settings, models, items, arch, rank, world)
     state.wait_for_everyone()
 
     # 2. scoring
@@ -249,27 +277,11 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
         device = cfg.score_device or str(state.device)
         return MultiScorer(metrics, cfg.sources, device=device, dtype=cfg.score_dtype)
 
-    todo_scores = unscored(out, names, items, metrics)
+    todo_scores = unscored(cfg.outdir, names, items, metrics)
     state.wait_for_everyone()
-    score_images(
-        out,
-        todo_scores,
-        metrics,
-        make_scorer or default_scorer,
-        rank,
-        world,
-        cfg.score_batch_size,
-        cfg.workers,
-        progress=cfg.progress,
-    )
+    scorer = make_scorer or default_scorer
+    score_images(cfg.outdir, todo_scores, metrics, scorer, rank, world, cfg.score_batch_size, cfg.workers, cfg.progress)
     state.wait_for_everyone()
 
     # 3. report (main process)
-    if not main:
-        return {}
-    keys = {(m, it.index, it.n) for m in names for it in items}
-    rows = [r for r in read_score_rows(out / "scores") if (r["model"], r["index"], r["n"]) in keys]
-    bad = [r for r in rows if r.get("error")]
-    if bad:
-        raise ValueError(f"{out / bad[0]['image']}: {bad[0]['error']} ({len(bad)} image(s) could not be scored)")
-    return write_report(out, rows, [JPEG, *metrics], names, cfg.seeds_per_prompt, cfg.grid_prompts)
+    return _report(cfg, names, items, metrics) if rank == 0 else {}
