@@ -202,7 +202,8 @@ def test_compare_with_thousands_of_stored_metrics_and_nested_json(tmp_path, make
     from icthp_app.stored import read_stored, stored_columns
     from PIL import Image, PngImagePlugin
 
-    from icthp_core.data.metadata import KEY, build_record, save_png
+    from icthp_core.data.metadata import KEY, save_png
+    from icthp_core.scoring.records import build_record
 
     c = Controller(fake_pool(["ict", "hp", "ict_hp"], []), out_dir=tmp_path / "out")
     a, b, many, nested, huge = make_scenes(tmp_path / "in", ["a.png", "b.png", "many.png", "nested.png", "huge.png"])
