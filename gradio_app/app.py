@@ -14,7 +14,7 @@ from .controller import Controller, gradio_progress
 from .logic import InputError, label, public_message
 from .render import CSS
 
-DEFAULT_SELECTED = ("ict", "hp", "ict_hp", "clip", "pickscore")
+DEFAULT_SELECTED = ("ict", "hp", "ict_hp")  # baselines are ticked when given a source (gradio_app/cli.py)
 
 
 def _user_errors(fn: Any) -> Any:

@@ -23,8 +23,8 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--default-metrics",
-        default="ict,hp,ict_hp,clip,pickscore",
-        help="metrics ticked by default",
+        default=None,
+        help="metrics ticked by default (default: ICT, HP, ICT-HP and the baselines given with --source)",
     )
     g.add_argument("--preload", action="store_true", help="load the default metrics' models before serving")
     s = parser.add_argument_group("server")
@@ -64,6 +64,15 @@ def _metrics(text: str, ict: str | None, hp: str | None) -> list[str]:
     return ms
 
 
+def default_metrics(text: str | None, offered: Sequence[str], sources: dict[str, str]) -> list[str]:
+    """Metrics ticked at start: `text` if given, else ICT, HP, ICT-HP and the baselines given a source (a
+    baseline without one would need a download on first use: off by default, so a first click works offline)."""
+    if text:
+        return [m.strip() for m in text.split(",") if m.strip()]
+    wanted = ["ict", "hp", "ict_hp"] + [m for m in sources if m not in ("ict", "hp")]
+    return [m for m in wanted if m in offered] or list(offered[:1])
+
+
 def _sources(args: argparse.Namespace) -> dict[str, str]:
     return parse_sources(args.ict, args.hp, args.source)
 
@@ -79,7 +88,7 @@ def make_app(args: argparse.Namespace, factory: Any = None) -> tuple[Any, dict[s
 
     sources = _sources(args)
     metrics = _metrics(args.metrics, sources.get("ict"), sources.get("hp"))
-    defaults = [m.strip() for m in args.default_metrics.split(",") if m.strip()]
+    defaults = default_metrics(args.default_metrics, metrics, sources)
     pool = ScorerPool(metrics, sources, args.device, args.dtype, args.batch_size, factory=factory)
     if args.preload:
         pool.preload([m for m in defaults if m in metrics] or metrics)

@@ -42,8 +42,10 @@ def explanation(missing: list[str]) -> str:
 def _load_pipeline(base_model: str, lora: str, device: str, dtype: str) -> Any:
     from diffusers import DiffusionPipeline
 
+    from icthp_core.checkpoints.hub import ensure_available
     from icthp_core.dtypes import parse_dtype
 
+    ensure_available(base_model, "model_index.json")
     torch_dtype = parse_dtype(dtype)
     pipe = DiffusionPipeline.from_pretrained(base_model, dtype=torch_dtype)
     pipe.load_lora_weights(lora, adapter_name=ADAPTER)

@@ -72,4 +72,5 @@ def filled_manifest(path: str | None, reports) -> dict:
         entry = next(f for f in models[r.model]["files"] if f["path"] == r.path)
         entry["size"] = r.local.stat().st_size
         entry["sha256"] = r.sha256 or sha256_file(r.local)
-    return {"format": 1, "models": models}
+    hashed = all(f.get("sha256") for m in models.values() for f in m["files"])
+    return {"format": 1, "status": "verified" if hashed else "unverified", "models": models}

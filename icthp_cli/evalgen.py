@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics",
         default=",".join(DEFAULT_METRICS),
-        help="metrics besides JPEG kB: comma list, 'all', or 'none' (default ict,hp,ict_hp,aesthetic)",
+        help="metrics besides JPEG kB: comma list, 'all', or 'none' (default ict,hp,ict_hp; add aesthetic for Table 2)",
     )
     add_model_arguments(p)
     p.add_argument("--outdir", required=True, help="output folder (images, scores, report); a rerun resumes")

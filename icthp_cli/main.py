@@ -103,7 +103,8 @@ def run_legacy(name: str, argv: list[str]) -> int:
 
     module, _, func = LEGACY[name].partition(":")
     try:
-        return int(getattr(importlib.import_module(module), func)(argv) or 0)
+        rc = getattr(importlib.import_module(module), func)(argv)
+        return rc if isinstance(rc, int) else 0  # train-ict/train-hp return their summary dict
     except (ICTHPError, ValueError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"icthp {name}: {msg}", file=sys.stderr)

@@ -16,6 +16,7 @@ from icthp_core.data.outputs import (
     prepare_resume,
     read_prompt_rows,
     row_key,
+    stored_image,
     unique_items,
 )
 from icthp_core.options import add_model_arguments, model_options
@@ -139,7 +140,7 @@ def cmd_score(args) -> int:
     if args.resume and out is not None:
         done = prepare_resume(out, metrics, retry_errors=args.retry_errors)
         before = len(items) + len(bad_rows)
-        items = [it for it in items if row_key(*it) not in done]
+        items = [it for it in items if row_key(stored_image(it[0], out), it[1]) not in done]
         bad_rows = [r for r in bad_rows if row_key(r["image"], r["prompt"]) not in done]
         todo = len(items) + len(bad_rows)
         print(f"resume: {before - todo} rows already in {out}, {todo} to score", file=sys.stderr)

@@ -80,3 +80,30 @@ def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("pipes")
     return {a: save_tiny_pipeline(a, root / a) for a in ("sd3", "flux")}
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory) -> Path:
+    """HF_HOME of a Hugging Face cache holding tiny random models under the real default repo ids (ICT, HP, every
+    baseline, SD3 and FLUX): with `hub_env` the toolkit's real hub loading path runs, offline."""
+    from icthp_core.testing.hub_cache import write_hub_cache
+
+    home = tmp_path_factory.mktemp("hf_home")
+    write_hub_cache(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def hub_env(hub_home) -> dict[str, str]:
+    """Environment for a subprocess that must load from `hub_home` only (offline; any network use fails)."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(
+        HF_HOME=str(hub_home), HF_HUB_OFFLINE="1", HF_ENDPOINT=f"http://127.0.0.1:{closed}", PYTHONUNBUFFERED="1"
+    )
+    return env

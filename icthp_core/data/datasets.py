@@ -493,15 +493,21 @@ def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
 
 
 def write_triplets(records: Sequence[TripletRecord], path: str | os.PathLike) -> Path:
-    """Write triplet records as `.jsonl` (image paths only) or `.parquet` (paths or bytes) with their labels."""
+    """Write triplet records as `.jsonl` (image paths only) or `.parquet` (paths or bytes) with their labels.
+
+    Image paths are written relative to the file's folder (see `icthp_core.data.paths`), as readers resolve them.
+    """
     import pandas as pd
+
+    from icthp_core.data.paths import portable
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in records:
         row: dict[str, Any] = {"easy_prompt": r.easy_prompt, "refine_prompt": r.refine_prompt}
-        row.update(dict(zip(("image_1", "image_2", "image_3"), r.images, strict=True)))
+        cells = [ref if isinstance(ref, bytes) else portable(ref, p.parent) for ref in r.images]
+        row.update(dict(zip(("image_1", "image_2", "image_3"), cells, strict=True)))
         if r.labels:
             row.update(r.labels)
         rows.append(row)

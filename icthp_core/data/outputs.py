@@ -67,6 +67,16 @@ def check_writable(path: str | os.PathLike, what: str = "--output") -> Path:
     return p
 
 
+def stored_image(image: object, out: str | os.PathLike) -> object:
+    """An item's image as a score file at `out` holds it: an existing file's path relative to the file's folder
+    (so the table reads back from any directory); anything else (bytes, error locations) as given."""
+    if isinstance(image, str) and os.path.isfile(image):
+        from icthp_core.data.paths import portable
+
+        return portable(image, Path(out).parent)
+    return image
+
+
 class ScoreWriter:
     """Appends one row per scored image and flushes after every batch, so a killed run loses nothing."""
 
@@ -96,6 +106,7 @@ class ScoreWriter:
         def _write() -> None:
             for row in rows:
                 out = {f: row.get(f) for f in self.fields}
+                out["image"] = stored_image(out["image"], self.path)
                 if self.kind == "csv":
                     self._csv.writerow({k: _fmt(v) for k, v in out.items()})
                 else:

@@ -39,7 +39,7 @@ from icthp_core.evaluation.prompt_sets import load_prompt_set
 
 __all__ = ["EvalGenConfig", "run_evalgen", "score_images", "unscored", "default_steps_guidance"]
 
-DEFAULT_METRICS = ("ict", "hp", "ict_hp", "aesthetic")
+DEFAULT_METRICS = ("ict", "hp", "ict_hp")  # aesthetic (paper Table 2) downloads a baseline: ask for it
 
 
 @dataclass

@@ -14,6 +14,9 @@ def pipeline_info(base_model: str) -> tuple[str, bool]:
     """(arch, guidance_embeds) of a diffusers pipeline from its configs only (nothing big is loaded)."""
     from diffusers import DiffusionPipeline, FluxTransformer2DModel
 
+    from icthp_core.checkpoints.hub import ensure_available
+
+    ensure_available(base_model, "model_index.json")  # one line, in seconds, when the hub cannot be reached
     name = DiffusionPipeline.load_config(base_model)["_class_name"]
     if name.startswith("StableDiffusion3"):
         return "sd3", False
@@ -28,6 +31,9 @@ def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denois
     transformer and VAE."""
     from diffusers import DiffusionPipeline
 
+    from icthp_core.checkpoints.hub import ensure_available
+
+    ensure_available(base_model, "model_index.json")
     index = DiffusionPipeline.load_config(base_model)
     kwargs = {k: None for k in TEXT_COMPONENTS if k in index and not text}
     kwargs.update({k: None for k in ("transformer", "vae") if not denoiser})

@@ -93,6 +93,8 @@ def choose_tie_threshold(
     """Threshold of `grid` with the best validation accuracy (smallest on equal accuracy) -> (t, accuracy)."""
     if len(grid) == 0:
         raise ValueError("choose_tie_threshold: empty grid")
+    if len(_np(label_0)) == 0:
+        raise ValueError("choose_tie_threshold: no scored pair to choose a threshold on")
     best_t, best_acc = None, -1.0
     for t in sorted(float(g) for g in grid):
         acc = tie_aware_accuracy(p0, p1, label_0, t)

@@ -20,7 +20,7 @@ import numpy as np
 
 from icthp_core.data.batch import iter_file_batches
 from icthp_core.data.datasets import LoadReport, PairRecord, TripletRecord
-from icthp_core.errors import ConfigError
+from icthp_core.errors import ConfigError, DataError
 from icthp_core.evaluation.metrics import (
     DEFAULT_TIE_GRID,
     choose_tie_threshold,
@@ -110,6 +110,23 @@ def _flat_row(table: dict) -> dict[str, Any]:
     return row
 
 
+def _require_rows(records: Sequence, report: LoadReport | None, what: str) -> None:
+    """No usable row (every image missing, say): one line naming the file and why the rows were skipped."""
+    if records:
+        return
+    where = report.summary() if report is not None else f"no {what}"
+    hint = " (is --image-root right? relative image paths resolve from the data file's folder)"
+    raise DataError(f"no usable {what} to evaluate: {where}" + (hint if "image_not_found" in where else ""))
+
+
+def _require_scored(ok: np.ndarray, report: LoadReport | None, what: str) -> None:
+    """Rows were read but none could be scored (every image unreadable): one line instead of a NaN table."""
+    if ok.any():
+        return
+    src = report.source if report is not None else "the data"
+    raise DataError(f"{src}: no {what} could be scored ({ok.size} read; their images failed to decode)")
+
+
 def protocol_scores(scores: dict[str, np.ndarray], protocol: str, precision: str = "fp32") -> dict[str, np.ndarray]:
     """The [N, 3] score arrays each Table-1 row compares under `protocol` ("paper" | "upstream").
 
@@ -158,10 +175,12 @@ def evaluate_triplets(
     "ict_groundtruth".
     """
     proto = get_protocol(protocol, ties)
+    _require_rows(records, report, "triplets")
     images = [ref for r in records for ref in r.images]
     prompts = [r.easy_prompt for r in records for _ in range(3)]
     flat = score_images(scorer, images, prompts, batch_size, workers, report)
     scores = {m: s.reshape(-1, 3) for m, s in flat.items()}
+    _require_scored(np.all([np.isfinite(s).all(axis=1) for s in scores.values()], axis=0), report, "triplet")
     used = protocol_scores(scores, proto.name, precision)
     shown = [m for m in scorer.metrics if not (m == "hp_logit" and "hp" in scorer.metrics)]
     rows = {m: used[m] for m in shown}
@@ -229,15 +248,20 @@ def evaluate_pairs(
     val_report: LoadReport | None = None,
 ) -> dict[str, Any]:
     """PickScore's tie-aware accuracy (threshold from `val_records`, else from the data: optimistic)."""
+    _require_rows(records, report, "pairs")
+    if val_records is not None:
+        _require_rows(val_records, val_report, "validation pairs")
     scores, labels = _pair_scores(scorer, records, batch_size, workers, report)
     val = _pair_scores(scorer, val_records, batch_size, workers, val_report) if val_records is not None else None
     results = {}
     for m, s in scores.items():
         ok = np.isfinite(s).all(axis=1)  # a pair with an unreadable image or a non-finite score: named below
+        _require_scored(ok, report, "pair")
         p0, p1, lab = s[ok, 0], s[ok, 1], labels[ok]
         if val is not None:
             vs, vlab = val[0][m], val[1]
             vok = np.isfinite(vs).all(axis=1)
+            _require_scored(vok, val_report, "validation pair")
             vp0, vp1, vlab = vs[vok, 0], vs[vok, 1], vlab[vok]
         else:
             vp0, vp1, vlab = p0, p1, lab
@@ -311,14 +335,34 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append(f"protocol {res['protocol']}: {res['protocol_description']}; [{100 * res['confidence']:.0f}% CI]")
         lines += _dropped_lines(res)
         return "\n".join(lines)
-    head = f"{'model':<16}{'tie-aware':>11}{'no-ties':>9}{'t':>9}{'n':>8}{'ties':>7}"
-    lines = [head, "-" * len(head)]
+    return "\n".join([_pairs_table(rows), *_dropped_lines(res)])
+
+
+def _pairs_table(rows: dict[str, dict]) -> str:
+    """Pairs results: columns sized to their cells, two spaces apart; a threshold chosen on the test data itself is
+    flagged `*` with a note below."""
+    heads = ("model", "tie-aware", "no-ties", "t", "n", "ties")
+    body = []
     for m, r in rows.items():
-        lines.append(
-            f"{_label(m):<16}{100 * r['tie_aware']:>11.2f}{100 * r['accuracy_no_ties']:>9.2f}"
-            f"{r['threshold']:>9.4g}{r['n']:>8}{r['n_ties']:>7}"
+        flag = "*" if r.get("threshold_from", "").endswith("(optimistic)") else ""
+        body.append(
+            [
+                _label(m),
+                f"{100 * r['tie_aware']:.2f}",
+                f"{100 * r['accuracy_no_ties']:.2f}",
+                f"{r['threshold']:.4g}{flag}",
+                str(r["n"]),
+                str(r["n_ties"]),
+            ]
         )
-    return "\n".join(lines + _dropped_lines(res))
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(heads)]
+    fmt = lambda cells: "  ".join(  # noqa: E731 - first column left-aligned, numbers right-aligned
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+    lines = [fmt(heads), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [fmt(b) for b in body]
+    if any(b[3].endswith("*") for b in body):
+        lines.append("* optimistic threshold: chosen on the test data itself; pass --val-data for an honest one")
+    return "\n".join(lines)
 
 
 def markdown_table(res: dict[str, Any]) -> str:
@@ -339,11 +383,14 @@ def markdown_table(res: dict[str, Any]) -> str:
         drops = _dropped_lines(res)
         return "\n".join(lines) + ("\n\n" + "\n".join(drops) if drops else "") + "\n"
     lines = ["| Model | tie-aware | no ties | threshold | n | ties |", "|---|---:|---:|---:|---:|---:|"]
+    optimistic = [r.get("threshold_from", "").endswith("(optimistic)") for r in rows.values()]
     lines += [
-        f"| {_label(m)} | {100 * r['tie_aware']:.2f} | {100 * r['accuracy_no_ties']:.2f} | {r['threshold']:.4g} "
-        f"| {r['n']} | {r['n_ties']} |"
-        for m, r in rows.items()
+        f"| {_label(m)} | {100 * r['tie_aware']:.2f} | {100 * r['accuracy_no_ties']:.2f} | {r['threshold']:.4g}"
+        f"{'*' if opt else ''} | {r['n']} | {r['n_ties']} |"
+        for (m, r), opt in zip(rows.items(), optimistic, strict=True)
     ]
+    if any(optimistic):
+        lines += ["", "\\* optimistic threshold: chosen on the test data itself (pass --val-data)."]
     drops = _dropped_lines(res)
     return "\n".join(lines) + ("\n\n" + "\n".join(drops) if drops else "") + "\n"
 

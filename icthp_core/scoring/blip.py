@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icthp_core.checkpoints.files import load_state_dict
-from icthp_core.checkpoints.hub import resolve_file
+from icthp_core.checkpoints.hub import ensure_available, resolve_file
 from icthp_core.checkpoints.loading import parse_device, parse_dtype
 from icthp_core.data.prompts import check_prompt
 from icthp_core.errors import CheckpointError
@@ -63,6 +63,7 @@ def blip_tokenizer(source: str | os.PathLike = BERT_TOKENIZER):
     """
     from transformers import BertTokenizer
 
+    ensure_available(source, "vocab.txt")
     tok = BertTokenizer.from_pretrained(os.fspath(source))
     if tok.bos_token != "[DEC]":
         tok.add_special_tokens({"bos_token": "[DEC]"})
@@ -255,7 +256,7 @@ class ImageRewardModel(nn.Module):
         if tokenizer is None:
             local = Path(os.fspath(src))
             tokenizer = local if (local.is_dir() and (local / "vocab.txt").is_file()) else BERT_TOKENIZER
-        tok = tokenizer if hasattr(tokenizer, "encode") else blip_tokenizer(tokenizer)
+        tok = blip_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer  # str has .encode
         model = cls(vision, text, head, tok, IMAGEREWARD_MAX_LENGTH)
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -280,6 +281,7 @@ class _BlipRetrieval(nn.Module):
         from transformers import BlipForImageTextRetrieval
 
         device, dtype = parse_device(device), parse_dtype(dtype)
+        ensure_available(src, "config.json")
         try:
             model, info = BlipForImageTextRetrieval.from_pretrained(os.fspath(src), output_loading_info=True)
         except OSError as e:

@@ -438,4 +438,5 @@ def hub_manifest() -> dict[str, object]:
         for s in METRICS.values()
         if not s.derived and s.files
     }
-    return {"format": 1, "note": MANIFEST_NOTE, "models": models}
+    hashed = all(f.get("sha256") for m in models.values() for f in m["files"])
+    return {"format": 1, "status": "verified" if hashed else "unverified", "note": MANIFEST_NOTE, "models": models}

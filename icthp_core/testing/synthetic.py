@@ -105,8 +105,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument(
+        "--models",
+        action="store_true",
+        help="also write tiny RANDOM models (ICT, HP, SD3) and print a command to try each job (scores meaningless)",
+    )
     a = ap.parse_args(argv)
     print(json.dumps({k: str(v) for k, v in make_dataset(a.out, a.triplets, a.pairs, a.seed, a.size).items()}))
+    if a.models:
+        from icthp_core.testing.toy import describe, write_toy_models
+
+        write_toy_models(a.out)
+        print(describe(a.out))
 
 
 if __name__ == "__main__":

@@ -203,7 +203,9 @@ class ICTStage(engine.Stage):
                 logger.info("ICT labels built with theta=%.4f -> %s", theta, target)
             accelerator.wait_for_everyone()  # every rank passes this barrier once (same data on all ranks)
             self.theta = json.loads(meta_file.read_text())["theta"]
-            records, _ = load_triplets(target, require_labels=True)
+            records, label_report = load_triplets(target, require_labels=True)
+            if label_report.kept < label_report.total:  # rows lost reading the labels back: name that file
+                report = label_report
         return triplet_dataset(records, report, self.size, cfg.preprocess_mode, cfg.cache_images, cfg.tokenizer)
 
     def val_dataset(self, accelerator):
