@@ -15,7 +15,7 @@ from icthp_core.training.config import ConfigError, load_config
 from icthp_core.training.config_check import check_config
 from icthp_core.training.hp import HPConfig
 from icthp_core.training.ict import ICTConfig
-from tests.train.conftest import REPO, common_overrides, run_module
+from tests.train.conftest import REPO, common_overrides
 
 
 def icthp(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -70,9 +70,8 @@ def test_cli_refuses_bad_options_before_training(tiny_base, synth, tmp_path):
         assert not any(out.rglob("*.safetensors"))  # nothing trained, nothing exported
 
 
-def _run(tmp_path, tiny_base, synth, *extra: str, cli: bool = False) -> subprocess.CompletedProcess:
-    """A 4-step ICT run checkpointing every step: `icthp train-ict` (cli=True, for the refusals) or the module entry
-    (`icthp train-ict` on main ends a successful run with a TypeError from the transitional LEGACY route)."""
+def _run(tmp_path, tiny_base, synth, *extra: str) -> subprocess.CompletedProcess:
+    """A 4-step ICT run checkpointing every step, as the user runs it: `icthp train-ict key=value ...`."""
     base = common_overrides(
         tiny_base,
         synth["train"],
@@ -84,9 +83,7 @@ def _run(tmp_path, tiny_base, synth, *extra: str, cli: bool = False) -> subproce
         plot=False,
         warmup_steps=0,
     )
-    if cli:
-        return icthp("train-ict", *base, *extra)
-    return run_module("icthp_core.training.ict", [*base, *extra])
+    return icthp("train-ict", *base, *extra)
 
 
 def _lrs(run_dir) -> dict[int, float]:
@@ -98,7 +95,7 @@ def _lrs(run_dir) -> dict[int, float]:
 def test_resume_with_changed_config_refused_or_applied(tiny_base, synth, tmp_path):
     first = _run(tmp_path, tiny_base, synth, "debug_crash_at_step=2")
     assert first.returncode == 17, first.stderr[-2000:]
-    refused = _run(tmp_path, tiny_base, synth, "lr=1e-6", cli=True)
+    refused = _run(tmp_path, tiny_base, synth, "lr=1e-6")
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "options differ from the checkpoint's: lr 0.001 -> 1e-06" in refused.stderr
     assert "allow_config_change=true" in refused.stderr and "Traceback" not in refused.stderr
@@ -125,5 +122,5 @@ def test_torn_last_checkpoint_falls_back_to_previous(tiny_base, synth, tmp_path)
     for d in ckpts.iterdir():
         for f in d.glob("*.safetensors"):
             f.write_bytes(b"")
-    again = _run(tmp_path, tiny_base, synth, "max_steps=5", "allow_config_change=true", cli=True)
+    again = _run(tmp_path, tiny_base, synth, "max_steps=5", "allow_config_change=true")
     assert again.returncode == 2 and "no earlier one is complete" in again.stderr and "Traceback" not in again.stderr
