@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from icthp_core.errors import ConfigError
+
 __all__ = [
     "NORMALIZATIONS",
     "Selection",
@@ -157,7 +159,7 @@ def _pairs(text: str, what: str) -> list[tuple[str, list[float]]]:
         try:
             values = [float(x) for x in nums]
         except ValueError:
-            raise ValueError(f"{what}: {part!r} is not 'metric:number'") from None
+            raise ConfigError(f"{what}: {part!r} is not 'metric:number'") from None
         out.append((name, values))
     return out
 
@@ -169,12 +171,12 @@ def parse_weights(text: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for name, values in _pairs(text, "weights"):
         if len(values) > 1:
-            raise ValueError(f"weights: {name!r} has {len(values)} numbers; write 'metric:weight'")
+            raise ConfigError(f"weights: {name!r} has {len(values)} numbers; write 'metric:weight'")
         weights[name] = values[0] if values else 1.0
         if not math.isfinite(weights[name]):
-            raise ValueError(f"weights: {name!r} has weight {weights[name]}; a weight must be a finite number")
+            raise ConfigError(f"weights: {name!r} has weight {weights[name]}; a weight must be a finite number")
     if not weights:
-        raise ValueError("weights: empty; write e.g. 'ict_hp:1.0, imagereward:0.5'")
+        raise ConfigError("weights: empty; write e.g. 'ict_hp:1.0, imagereward:0.5'")
     return weights
 
 
@@ -183,7 +185,7 @@ def parse_reference(text: str) -> dict[str, tuple[float, float]]:
     ref: dict[str, tuple[float, float]] = {}
     for name, values in _pairs(text, "reference statistics"):
         if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[1] <= 0:
-            raise ValueError(f"reference statistics: {name!r} needs 'metric:mean:std', finite, with std > 0")
+            raise ConfigError(f"reference statistics: {name!r} needs 'metric:mean:std', finite, with std > 0")
         ref[name] = (values[0], values[1])
     return ref
 
@@ -205,13 +207,13 @@ def combine_scores(
     absent. Weights must be finite (``ValueError`` otherwise).
     """
     if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        raise ConfigError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     missing = [m for m in weights if m not in scores]
     if missing:
-        raise ValueError(f"weights name metrics {missing} that are not scored (scored: {sorted(scores)})")
+        raise ConfigError(f"weights name metrics {missing} that are not scored (scored: {sorted(scores)})")
     bad = {m: w for m, w in weights.items() if not math.isfinite(w)}
     if bad:
-        raise ValueError(f"weights {bad}: a weight must be a finite number")
+        raise ConfigError(f"weights {bad}: a weight must be a finite number")
     total = None
     for m, w in weights.items():
         x = torch.as_tensor(scores[m], dtype=torch.float64).reshape(-1)
@@ -220,7 +222,7 @@ def combine_scores(
             x = _batch_z(x)
         elif normalize == "reference":
             if not reference or m not in reference:
-                raise ValueError(f"normalize='reference' needs reference statistics (mean:std) for {m!r}")
+                raise ConfigError(f"normalize='reference' needs reference statistics (mean:std) for {m!r}")
             mean, std = reference[m]
             x = (x - mean) / std
         total = w * x if total is None else total + w * x
@@ -248,7 +250,7 @@ def select(
     (every item rejected), ``"error"`` raises ``ValueError`` naming the best score and the threshold.
     """
     if on_empty not in ON_EMPTY:
-        raise ValueError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
+        raise ConfigError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
     ranked = rank(scores, k if threshold is None else len(scores))
     if threshold is None:
         return ranked

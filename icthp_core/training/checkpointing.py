@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from icthp_core.errors import ConfigError, MissingFileError
+
 __all__ = [
     "COMPLETE_MARKER",
     "checkpoint_dir",
@@ -62,7 +64,7 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
         return latest_checkpoint(output_dir)
     p = Path(resume)
     if not (p / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint directory (no {COMPLETE_MARKER})")
+        raise MissingFileError(f"resume={resume}: not a complete checkpoint directory (no {COMPLETE_MARKER})")
     return p
 
 
@@ -118,7 +120,7 @@ class BestTracker:
 
     def __init__(self, metric: str | None, mode: str = "max"):
         if mode not in ("max", "min"):
-            raise ValueError(f"best_mode must be 'max' or 'min', got {mode!r}")
+            raise ConfigError(f"best_mode must be 'max' or 'min', got {mode!r}")
         self.metric, self.mode = metric, mode
         self.step: int | None = None
         self.value: float | None = None
@@ -128,7 +130,7 @@ class BestTracker:
         if not self.metric:
             return False
         if self.metric not in values:
-            raise ValueError(f"best_metric={self.metric!r}: validation reports {sorted(values)}")
+            raise ConfigError(f"best_metric={self.metric!r}: validation reports {sorted(values)}")
         v = float(values[self.metric])
         if math.isnan(v):
             return False

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from icthp_core.errors import CheckpointError
+from icthp_core.errors import CheckpointError, ConfigError
 from icthp_core.scoring.text import TOKENIZERS
 from icthp_core.training.checkpointing import (
     COMPLETE_MARKER,
@@ -40,7 +40,7 @@ from icthp_core.training.checkpointing import (
     resume_candidates,
     rotate,
 )
-from icthp_core.training.config import CommonTrainConfig, ConfigError, config_dict, load_config, parse_args
+from icthp_core.training.config import CommonTrainConfig, config_dict, load_config
 from icthp_core.training.config_check import CONFIG_FILE, check_config, config_changes, format_changes, saved_config
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog, read_metrics
 from icthp_core.training.optim import optimizer_from_config
@@ -52,7 +52,6 @@ __all__ = [
     "run",
     "lr_lambda",
     "load_config",
-    "parse_args",
     "config_dict",
     "read_metrics",
     "plot_metrics",
@@ -164,9 +163,9 @@ def lr_lambda(cfg: RewardTrainConfig):
     with T = max_steps and p = (s-W)/(T-W).
     """
     if cfg.warmup_type not in ("linear", "log"):
-        raise ValueError(f"warmup_type={cfg.warmup_type!r}: expected linear or log")
+        raise ConfigError(f"warmup_type={cfg.warmup_type!r}: expected linear or log")
     if cfg.lr_schedule not in ("constant", "cosine", "linear"):
-        raise ValueError(f"lr_schedule={cfg.lr_schedule!r}: expected constant, cosine or linear")
+        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r}: expected constant, cosine or linear")
 
     def f(step: int) -> float:
         w = cfg.warmup_steps
@@ -267,7 +266,7 @@ class _RewardRun:
         cfg = self.cfg
         check_config(cfg, complete=True)
         if not cfg.train_data:
-            raise ValueError("train_data: required (a triplet or pair table, see docs/training.md)")
+            raise ConfigError("train_data: required (a triplet or pair table, see docs/training.md)")
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         # checked before anything is built: a changed config is refused (or its differences kept for `resume`)
@@ -293,7 +292,7 @@ class _RewardRun:
         acc.register_for_checkpointing(self.sched)
         self.steps_per_epoch = len(self.train_loader) // cfg.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"train_data: {len(self.train_ds)} examples give no full optimizer step with batch_size="
                 f"{cfg.batch_size} x {acc.num_processes} processes x gradient_accumulation_steps="
                 f"{cfg.gradient_accumulation_steps}"

@@ -265,10 +265,6 @@ class ICTStage(engine.Stage):
         return {"theta": self.theta, "data": self.reports}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = engine.parse_args(ICTConfig, argv, "Train the ICT reward model (stage 1).")
+def train(cfg: ICTConfig) -> dict:
+    """Train the ICT reward model (stage 1): the summary (theta, data report)."""
     return engine.run(ICTStage(cfg))
-
-
-if __name__ == "__main__":
-    main()

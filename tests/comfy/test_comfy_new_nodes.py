@@ -141,8 +141,10 @@ def test_save_with_scores_metadata_banner_and_cli(models, comfy_root, tmp_path, 
     assert rc == 0 and f"ict_hp={rec['scores']['ict_hp']:.4f}" not in cap.out  # rec is the 2nd image's
     assert f"ict_hp={read_record(files[0])['scores']['ict_hp']:.4f}" in cap.out
     assert "plain.png: no icthp_scores metadata" in cap.err
-    rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and rows[0]["scores"] == read_record(files[0])["scores"]
+    rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]  # score rows, any --output
+    stored = read_record(files[0])["scores"]
+    assert len(rows) == 2 and {m: rows[0][m] for m in stored} == stored and rows[0]["error"] is None
+    assert "no icthp_scores metadata" in rows[1]["error"]  # an image without a record is an error row
     assert cli(["score", "--from-metadata", str(plain)]) == 1
 
 

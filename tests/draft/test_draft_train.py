@@ -10,8 +10,9 @@ import torch
 from draft_common import tiny_config
 from safetensors.torch import load_file
 
+from icthp_cli.draft import parse_config
 from icthp_core.data.prompts import load_prompts
-from icthp_core.diffusion.draft_train import parse_config, train
+from icthp_core.diffusion.draft_train import train
 
 _cfg = tiny_config
 
@@ -216,7 +217,8 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_fil
         "--master_port",
         port,
         "-m",
-        "icthp_core.diffusion.draft_train",
+        "icthp_cli",
+        "draft",
         f"base_model={tiny_pipeline_dirs['flux']}",
         f"prompts={prompt_file}",
         "reward=ict_hp",

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from icthp_core.training.config import ConfigError, load_config
+from icthp_cli.options import cli_config
+from icthp_core.training.config import ConfigError
 from icthp_core.training.config_check import check_config
 from icthp_core.training.hp import HPConfig
 from icthp_core.training.ict import ICTConfig
@@ -45,15 +46,15 @@ def icthp(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 )
 def test_bad_option_is_one_config_error_at_load(cls, override, message):
     with pytest.raises(ConfigError) as e:
-        load_config(cls, None, ["val_data=v.jsonl", override])
+        cli_config(cls, None, ["val_data=v.jsonl", override])
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_valid_configs_and_recipes_load():
-    cfg = load_config(HPConfig, None, ["recipe=upstream", "val_data=v.jsonl"])
+    cfg = cli_config(HPConfig, None, ["recipe=upstream", "val_data=v.jsonl"])
     assert cfg.best_metric == "ict_hp_upstream/accuracy"
-    load_config(ICTConfig, None, ["recipe=paper", "best_metric=avg", "val_data=v.jsonl"])
-    cfg = load_config(ICTConfig, None, ["best_metric=avg"])  # a file may leave val_data to the command line
+    cli_config(ICTConfig, None, ["recipe=paper", "best_metric=avg", "val_data=v.jsonl"])
+    cfg = cli_config(ICTConfig, None, ["best_metric=avg"])  # a file may leave val_data to the command line
     with pytest.raises(ConfigError, match="needs val_data"):
         check_config(cfg, complete=True)  # what the training run checks before building anything
 

@@ -32,7 +32,7 @@ def test_two_process_cpu_training(tiny_base, synth, tmp_path):
         )
     )
     ict = run_module(
-        "icthp_core.training.ict",
+        "train-ict",
         common_overrides(
             tiny_base,
             unlabelled,
@@ -63,7 +63,7 @@ def test_two_process_cpu_training(tiny_base, synth, tmp_path):
     assert lrs[2] == pytest.approx(1e-3 * 3 / 5) and lrs[6] == pytest.approx(1e-3)
 
     hp = run_module(
-        "icthp_core.training.hp",
+        "train-hp",
         common_overrides(
             tiny_base,
             synth["train"],
