@@ -22,6 +22,7 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "resolve_resume",
+    "resume_candidates",
     "mark_complete",
     "rotate",
     "write_checkpoint",
@@ -65,6 +66,16 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
     if not (p / COMPLETE_MARKER).is_file():
         raise MissingFileError(f"resume={resume}: not a complete checkpoint directory (no {COMPLETE_MARKER})")
     return p
+
+
+def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints to try, newest first: `auto` = every complete one (the next is used when one is torn), a
+    given directory alone, or none (`resume` null, or a fresh run)."""
+    if not resume:
+        return []
+    if resume == "auto":
+        return list_checkpoints(output_dir)[::-1]
+    return [resolve_resume(resume, output_dir)]
 
 
 def mark_complete(directory: str | os.PathLike, step: int) -> None:

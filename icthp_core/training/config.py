@@ -41,6 +41,22 @@ class CommonTrainConfig:
 
     #: text options with a fixed set of values; a subclass extends it (`{**CommonTrainConfig.CHOICES, ...}`)
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"optimizer": ("adamw", "adamw8bit")}
+    #: allowed numeric ranges (`icthp_core.training.config_check`); a subclass adds its own (merged along the MRO)
+    RANGES: ClassVar[dict[str, str]] = {
+        "seed": ">=0",
+        "max_steps": ">=1",
+        "batch_size": ">=1",
+        "gradient_accumulation_steps": ">=1",
+        "lr": ">0",
+        "weight_decay": ">=0",
+        "adam_beta1": ">=0,<1",
+        "adam_beta2": ">=0,<1",
+        "adam_eps": ">0",
+        "max_grad_norm": ">=0",
+        "log_every": ">=1",
+        "checkpoint_every": ">=0",
+        "checkpoints_total_limit": ">=0",
+    }
 
     output_dir: str = "runs/train"
     base_model: str = ""  # hub id or local path of the model being fine-tuned
@@ -64,6 +80,9 @@ class CommonTrainConfig:
     resume: str | None = "auto"  # "auto" (newest complete checkpoint in output_dir), a checkpoint dir, or null
     report_to: str | None = "none"  # accelerate tracker name ("tensorboard", "wandb", "all") or "none"
     plot: bool = True  # draw the curves PNG from metrics.jsonl
+    # resuming with options other than the checkpoint's: false = refuse (the message lists them); true = go on with
+    # the new values (the differences are printed; lr / weight_decay / betas / eps are applied to the optimizer)
+    allow_config_change: bool = False
 
 
 def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -136,7 +155,12 @@ def load_config(cls: type, path: str | os.PathLike | None = None, values: dict[s
         if recipe not in recipes:
             raise ConfigError(f"recipe={recipe!r}: expected one of {sorted(recipes)}")
         data = {**_coerce(cls, recipes[recipe], f"recipe {recipe}"), **data}
-    return cls(**data)
+    from icthp_core.training.config_check import check_config
+
+    cfg = cls(**data)
+    where = " + ".join(x for x in (str(path) if path else "", "command line" if values else "") if x)
+    check_config(cfg, where or "config")
+    return cfg
 
 
 def config_dict(cfg) -> dict[str, Any]:

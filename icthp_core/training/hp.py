@@ -29,8 +29,8 @@ from torch import nn
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import PairDataset, detect_kind, load_pairs
 from icthp_core.errors import ConfigError
-from icthp_core.evaluation.metrics import pairwise_accuracy
-from icthp_core.evaluation.protocols import upstream_validation_accuracy
+from icthp_core.evaluation.metrics import TRIPLET_KEYS, pairwise_accuracy
+from icthp_core.evaluation.protocols import PAIR_KEYS, upstream_validation_accuracy
 from icthp_core.scoring.export import save_hp
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
 from icthp_core.scoring.text import tokenizer_for
@@ -51,6 +51,19 @@ logger = logging.getLogger("icthp.train.hp")
 @dataclass
 class HPConfig(engine.RewardTrainConfig):
     #: the two recipes (docs/training.md has the source of every value)
+    #: triplet validation: HP alone, ICT x sigmoid(HP) (`ict_hp/`), upstream's selection metric (`ict_hp_upstream/`);
+    #: pair validation: `pairs_no_ties`
+    VALIDATION_METRICS: ClassVar[tuple[str, ...]] = (
+        *TRIPLET_KEYS,
+        *(f"ict_hp/{k}" for k in TRIPLET_KEYS),
+        *(f"ict_hp_upstream/{k}" for k in ("accuracy", *PAIR_KEYS, "hp_accuracy")),
+        "pairs_no_ties",
+    )
+    RANGES: ClassVar[dict[str, str]] = {
+        "freeze_fraction": ">=0,<=1",
+        "hp_loss_weight": ">=0",
+        "icthp_loss_weight": ">=0",
+    }
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": dict(
             lr=3e-6, weight_decay=0.0, warmup_steps=500, warmup_type="linear", lr_schedule="constant",

@@ -121,7 +121,7 @@ def test_auto_labels_match_transformers(tiny_base, synth, tmp_path):
         torch.testing.assert_close(got, getattr(want, k), atol=1e-4, rtol=1e-4)
 
     # a later run with other label settings rebuilds them (stale labels are never reused)
-    train_ict_main(common_overrides(tiny_base, data, out, max_steps=1, theta=0.05, plot=False))
+    train_ict_main(common_overrides(tiny_base, data, out, max_steps=1, theta=0.05, plot=False, resume=None))
     assert json.loads((out / "labels" / "labels_meta.json").read_text())["theta"] == 0.05
     relabelled, _ = load_triplets(out / "labels" / "train_labeled.jsonl", require_labels=True)
     want = ict_labels(s1, s2, ser, 0.05)
