@@ -56,8 +56,9 @@ def bench_engines(args, sources, items, root: Path) -> dict:
     import ray
 
     from icthp_core.data.parquet_out import ShardDir
+    from icthp_core.data.sinks import FolderSink
     from icthp_core.data.sources import plan_files
-    from icthp_core.scale.pipeline import init_ray, run_local, run_ray
+    from icthp_core.scale.pipeline import LocalRun, init_ray, run_local, run_ray
     from icthp_core.scoring.scorer import MultiScorer
 
     metrics = ["ict", "hp", "ict_hp"]
@@ -65,14 +66,18 @@ def bench_engines(args, sources, items, root: Path) -> dict:
     t = time.perf_counter()
     scorer = MultiScorer(metrics, sources, device=args.device)
     load_s = time.perf_counter() - t
-    sink = ShardDir(root / "local", "local", len(shards), metrics)
-    local = run_local(shards, scorer, sink, args.batch_size, args.workers, progress=False)
+
+    def sink(name: str) -> FolderSink:
+        return FolderSink(ShardDir(root / name, name, len(shards), metrics), metrics, [])
+
+    run = LocalRun(scorer, args.batch_size, args.workers, "cpu", progress=False)
+    local = run_local(shards, range(len(shards)), run, sink("local"))
     t = time.perf_counter()
     init_ray(num_cpus=args.ray_cpus)
     init_s = time.perf_counter() - t
-    cold = run_ray(shards, metrics, sources, ShardDir(root / "ray1", "r", len(shards), metrics), args.device,
+    cold = run_ray(shards, metrics, sources, sink("ray1"), args.device,
                    batch_size=args.batch_size, actors=args.actors, progress=False)  # fmt: skip
-    warm = run_ray(shards, metrics, sources, ShardDir(root / "ray2", "r", len(shards), metrics), args.device,
+    warm = run_ray(shards, metrics, sources, sink("ray2"), args.device,
                    batch_size=args.batch_size, actors=args.actors, progress=False)  # fmt: skip
     del ray
     return {

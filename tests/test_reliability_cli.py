@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from icthp_cli.main import main
-from icthp_core.data.outputs import prepare_resume, read_prompt_rows, read_rows, repair_tail
+from icthp_core.data.outputs import prepare_resume, read_rows, repair_tail
+from icthp_core.data.prompts import read_prompt_rows
 from icthp_core.errors import CheckpointError, DataError, OutputError
 
 PROMPT = "a red bicycle"

@@ -1,6 +1,6 @@
 """`icthp score --engine ray` and `icthp serve` on one local Ray (2 CPUs, no dashboard, 127.0.0.1), tiny models.
 
-Ray starts once for the module. Marked multiprocess + slow by tests/conftest.py (file name contains "ray")."""
+Ray starts once for the module (marked multiprocess + slow below)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ from scale_data import png, write_hf, write_pickapic, write_wds
 from icthp_cli.main import main
 from icthp_core import RewardClient, load_scorer
 from icthp_core.data.parquet_out import ShardDir
+from icthp_core.data.sinks import FolderSink
 from icthp_core.data.sources import plan_files
 from icthp_core.scale.protocol import parse_metrics_text
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 METRICS = ["ict", "hp", "ict_hp"]
 AUTH = {"Authorization": "Bearer s3cret"}
@@ -103,7 +106,8 @@ def test_ray_engine_equals_local_engine_on_every_input_format(ray_local, tiny_ic
 
     # resume: a removed shard is the only one scored again; the rows come back identical
     (ray_out / "part-00002.parquet").unlink()
-    assert main(_score_argv(tiny_ict, tiny_hp, data, "--engine", "ray", "--actors", "1", "-o", str(ray_out))) == 0
+    argv = _score_argv(tiny_ict, tiny_hp, data, "--engine", "ray", "--actors", "1", "-o", str(ray_out), "--resume")
+    assert main(argv) == 0
     out = capsys.readouterr().out
     n_shards = len(list(ray_out.glob("part-*.parquet")))
     assert f"shards written 1, skipped (already done) {n_shards - 1}" in out
@@ -123,7 +127,7 @@ def test_killing_a_scoring_actor_loses_and_duplicates_nothing(ray_local, tiny_ic
         p.write_bytes(png(i, (48 + i % 5, 40)))
         paths.append(str(p))
     shards = plan_files([(p, f"prompt {i % 3}") for i, p in enumerate(paths)], shard_size=2)
-    sink = ShardDir(tmp_path / "out", "kill-test", len(shards), METRICS)
+    sink = FolderSink(ShardDir(tmp_path / "out", "kill-test", len(shards), METRICS), METRICS, [])
     result = {}
 
     def run():
@@ -132,18 +136,18 @@ def test_killing_a_scoring_actor_loses_and_duplicates_nothing(ray_local, tiny_ic
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.time() + 120
-    while time.time() < deadline and not (len(list(ray_local.iterdir())) >= 2 and sink.done()):
+    while time.time() < deadline and not (len(list(ray_local.iterdir())) >= 2 and sink.done_shards()):
         time.sleep(0.05)
     victims = sorted(ray_local.iterdir())
     assert victims and thread.is_alive(), "the run ended before an actor could be killed"
     killed = int(victims[0].stem)
     os.kill(killed, signal.SIGKILL)  # a scoring actor this test's Ray started
-    done_at_kill = len(sink.done())
+    done_at_kill = len(sink.done_shards())
     thread.join(timeout=180)
     assert not thread.is_alive()
     assert done_at_kill < len(shards)
     summary = result["summary"]
-    table = sink.read_all().to_pandas()
+    table = sink.dir.read_all().to_pandas()
     assert summary.rows == 48 and len(table) == 48 and table["image"].is_unique and set(table["image"]) == set(paths)
     assert table["error"].isna().all()
     ref = load_scorer(tiny_ict, tiny_hp, device="cpu").score(paths, [f"prompt {i % 3}" for i in range(48)])

@@ -94,11 +94,14 @@ def test_folder_output_resumes_per_shard(tiny_ict, tiny_hp, image_dir, tmp_path,
     first = pq.read_table(out).to_pandas().sort_values("image").reset_index(drop=True)
     (out / "part-00001.parquet").unlink()
     capsys.readouterr()
-    assert main([*argv, "-o", str(out), "--no-progress", "--workers", "0"]) == 0
-    assert "shards written 1, skipped (already done) 2" in capsys.readouterr().out
+    assert main([*argv, "-o", str(out), "--no-progress", "--workers", "0"]) == 2  # an existing output needs --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*argv, "-o", str(out), "--no-progress", "--workers", "0", "--resume"]) == 0
+    assert "shards written 1, skipped (already done) 2" in capsys.readouterr().err
     again = pq.read_table(out).to_pandas().sort_values("image").reset_index(drop=True)
     assert again.equals(first) and len(again) == 6
-    assert main([*argv, "--shard-size", "3", "-o", str(out), "--no-progress"]) == 2  # another plan: refused
+    assert main([*argv, "--shard-size", "3", "-o", str(out), "--no-progress", "--resume"]) == 2  # another plan
+    assert "different run" in capsys.readouterr().err
 
 
 def _payload(**kw) -> bytes:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from icthp_core.data.images import DecodePolicy
 from icthp_core.data.images import decode_image as _decode
 from icthp_core.data.preprocess import preprocess_pil
-from icthp_core.errors import ImageLoadError
+from icthp_core.errors import ConfigError, ImageLoadError
 
 ImageSource = str | bytes
 
@@ -119,7 +119,7 @@ def ordered_loader(
     """Batches in input order, decoded by `num_workers` background processes (4 pieces ahead each); `piece`: items per
     worker task (default `worker_piece`; = batch_size: one worker per batch)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     piece = worker_piece(batch_size, num_workers) if piece is None else max(1, min(piece, batch_size))
     if piece >= batch_size:
         return DataLoader(

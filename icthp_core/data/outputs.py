@@ -1,4 +1,4 @@
-"""Incremental, resumable score files (.jsonl or .csv) and reading of (image, prompt) lists.
+"""Incremental, resumable score files (.jsonl or .csv).
 
 Guarantees (see docs/reliability.md):
 - rows are flushed and fsynced after every batch; a killed run loses at most the batch in flight, and `resume`
@@ -7,7 +7,8 @@ Guarantees (see docs/reliability.md):
 - file names that are not valid UTF-8 are kept reversibly: JSONL writes their undecodable bytes as `\\udcXX`
   JSON escapes (`os.fsencode(json.loads(...))` gives the original bytes back); CSV writes the original bytes
   (read it with `errors="surrogateescape"`);
-- non-finite scores never reach a file: the scorer turns them into error rows.
+- non-finite scores never reach a file (`icthp_core.data.rows.finish_row` makes them error rows; a stray one is
+  written as null / empty).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from icthp_core.errors import DataError, OutputError
+from icthp_core.data.rows import row_key
+from icthp_core.errors import OutputError
 
 BASE_FIELDS = ["image", "prompt"]
 #: written as \uXXXX in JSONL: lone surrogates (undecodable file-name bytes) and the characters that some
@@ -29,9 +31,9 @@ BASE_FIELDS = ["image", "prompt"]
 _ESCAPED = re.compile("[\ud800-\udfff\u2028\u2029\u0085]")
 
 
-def score_fields(metrics: Sequence[str]) -> list[str]:
-    """Columns of a score file: image, prompt, one per metric, error."""
-    return BASE_FIELDS + list(metrics) + ["error"]
+def score_fields(metrics: Sequence[str], keep: Sequence[str] = ()) -> list[str]:
+    """Columns of a score file: image, prompt, kept input columns, one per metric, error."""
+    return BASE_FIELDS + list(keep) + list(metrics) + ["error"]
 
 
 def _fmt(v):
@@ -77,13 +79,24 @@ def stored_image(image: object, out: str | os.PathLike) -> object:
     return image
 
 
+def item_image(stored: object, out: str | os.PathLike) -> object:
+    """The inverse of `stored_image`: a path held in the score file at `out`, as the item named it (relative to the
+    current directory, or absolute as given); anything else as it is."""
+    if not isinstance(stored, str) or os.path.isabs(stored):
+        return stored
+    from icthp_core.data.paths import resolve
+
+    full = resolve(stored, Path(out).parent)
+    return os.path.relpath(full) if os.path.isfile(full) else stored
+
+
 class ScoreWriter:
     """Appends one row per scored image and flushes after every batch, so a killed run loses nothing."""
 
-    def __init__(self, path: str | os.PathLike, metrics: list[str], append: bool = False):
+    def __init__(self, path: str | os.PathLike, metrics: Sequence[str], append: bool = False, keep: Sequence[str] = ()):
         self.path = Path(path)
         self.kind = output_kind(self.path)
-        self.fields = score_fields(metrics)
+        self.fields = score_fields(metrics, keep)
         mode = "a" if append else "w"
         fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
         try:
@@ -208,12 +221,9 @@ def existing_fields(path: str | os.PathLike) -> list[str] | None:
     return list(first) if first else None
 
 
-def row_key(image: object, prompt: object) -> tuple[str, str]:
-    """The identity of an item: (image, prompt); a missing prompt counts as ''."""
-    return (str(image), "" if prompt is None else str(prompt))
-
-
-def prepare_resume(path: str | os.PathLike, metrics: Sequence[str], retry_errors: bool = False) -> set[tuple[str, str]]:
+def prepare_resume(
+    path: str | os.PathLike, metrics: Sequence[str], retry_errors: bool = False, keep: Sequence[str] = ()
+) -> set[tuple[str, str]]:
     """Make `path` ready to be appended to by a run with `metrics`; return the (image, prompt) keys already done.
 
     Cuts a torn last record; refuses (OutputError) a file whose columns differ from this run's; with
@@ -221,17 +231,17 @@ def prepare_resume(path: str | os.PathLike, metrics: Sequence[str], retry_errors
     """
     path = Path(path)
     repair_tail(path)
-    fields, want = existing_fields(path), score_fields(metrics)
+    fields, want = existing_fields(path), score_fields(metrics, keep)
     if fields is not None and fields != want:
         raise OutputError(
             f"{path}: cannot resume, it has the columns {fields} but this run writes {want}; "
-            "resume with the same --metrics, or pass --overwrite or another --output"
+            "resume with the same --metrics and --keep-columns, or pass --overwrite or another --output"
         )
     rows = list(read_rows(path))
     if retry_errors and any(r.get("error") for r in rows):
         rows = [r for r in rows if not r.get("error")]
         tmp = path.with_name(f".{path.stem}.retry{path.suffix}")
-        with ScoreWriter(tmp, list(metrics)) as w:
+        with ScoreWriter(tmp, list(metrics), keep=keep) as w:
             w.write([{k: _parse_number(v) if k in metrics else v for k, v in r.items()} for r in rows])
         os.replace(tmp, path)
     return {row_key(r["image"], r.get("prompt")) for r in rows if not (retry_errors and r.get("error"))}
@@ -249,104 +259,3 @@ def _parse_number(v):
 def done_keys(path: str | os.PathLike) -> set[tuple[str, str]]:
     """(image, prompt) pairs already written."""
     return {row_key(r["image"], r.get("prompt")) for r in read_rows(path)}
-
-
-def unique_items(items: Sequence[tuple[str, str | None]]) -> tuple[list[tuple[str, str | None]], int]:
-    """Items with repeated (image, prompt) pairs dropped (first kept, order kept), and how many were dropped.
-
-    A score file has one row per distinct (image, prompt): a repeated item would get the same score and would
-    make resuming ambiguous.
-    """
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for item in items:
-        key = row_key(*item)
-        if key not in seen:
-            seen.add(key)
-            out.append(item)
-    return out, len(items) - len(out)
-
-
-# ------------------------------------------------------------------------------------------- prompts files
-
-
-def read_text_file(path: str | os.PathLike, what: str = "--prompts-file") -> str:
-    """The text of a UTF-8 file (a BOM is dropped); DataError naming the file and line for other encodings."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} {path}: no such file")
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {col}); save the file as UTF-8"
-        ) from None
-
-
-def read_prompt_rows(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[dict]]:
-    """(image, prompt) pairs from a CSV (header with `image`, `prompt`) or JSONL file, and error rows for bad lines.
-
-    Accepts UTF-8 with or without BOM, LF or CRLF; JSONL lines are split on '\\n' only (U+2028/U+0085 inside a
-    line are text). A malformed row becomes `{"image", "prompt", "error": "<file>:<line>: ..."}`; a file that
-    cannot be read at all (missing, not UTF-8, no header) raises DataError. Relative image paths are kept as
-    given when they exist from the current directory, else resolved against the file's folder.
-    """
-    from icthp_core.data.prompts import check_prompt
-
-    path = Path(path)
-    text = read_text_file(path)
-    rows: list[tuple[int, object]] = []
-    errors: list[dict] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(text.split("\n"), 1):
-            line = line.rstrip("\r")
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                errors.append({"image": f"{path}:{n}", "prompt": None, "error": f"{path}:{n}: invalid JSON ({e})"})
-    elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if not reader.fieldnames or not {"image", "prompt"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: CSV needs the columns 'image' and 'prompt', got {reader.fieldnames}")
-        start = 2
-        for r in reader:
-            rows.append((start, r))
-            start = reader.line_num + 1
-    else:
-        raise DataError(f"--prompts-file {path}: use a .csv or .jsonl file")
-    out = []
-    for n, r in rows:
-        where = f"{path}:{n}"
-        image = r.get("image") if isinstance(r, dict) else None
-        prompt = r.get("prompt") if isinstance(r, dict) else None
-        try:
-            if not isinstance(r, dict):
-                raise DataError(f"{where}: expected an object with 'image' and 'prompt'")
-            if not isinstance(image, str) or not image.strip():
-                raise DataError(f"{where}: 'image' is missing or empty")
-            check_prompt(prompt, f"{where}: 'prompt'")
-        except ValueError as e:
-            errors.append(
-                {"image": image if isinstance(image, str) and image else where, "prompt": None, "error": str(e)}
-            )
-            continue
-        img = image
-        if not os.path.isabs(img) and not os.path.exists(img) and (path.parent / img).exists():
-            img = str(path.parent / img)
-        out.append((img, prompt))
-    return out, errors
-
-
-def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(image, prompt) pairs of a prompts file (see `read_prompt_rows`); DataError naming the first bad line."""
-    pairs, errors = read_prompt_rows(path)
-    if errors:
-        raise DataError(errors[0]["error"])
-    return pairs

@@ -14,9 +14,6 @@ Record ids (`image`) are stable: the file path; `<file>#<row>:<column>` for parq
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,27 +29,6 @@ from icthp_core.errors import ConfigError, DataError, ImageLoadError
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "png", "webp", "image_bytes", "image_path", "file_name", "path")
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1")
 DATASET_KINDS = ("auto", "parquet", "webdataset", "hf")
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """The dataset options of `icthp score` (one group)."""
-    g = parser.add_argument_group("datasets (parquet, WebDataset, Hugging Face)")
-    g.add_argument(
-        "--dataset",
-        action="append",
-        default=[],
-        metavar="PATH_OR_ID",
-        help="parquet file/folder, .tar shard(s)/folder, datasets save_to_disk folder, or hub id (hf:<id>); repeatable",
-    )
-    g.add_argument("--dataset-format", default="auto", choices=DATASET_KINDS, help="override format detection")
-    g.add_argument(
-        "--image-column",
-        help="image column(s), comma-separated (bytes, {bytes,path} or paths); default: image/jpg/... or jpg_0,jpg_1",
-    )
-    g.add_argument("--prompt-column", help="prompt column (default: prompt/caption/text if present)")
-    g.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output rows")
-    g.add_argument("--split", default="train", help="split of a hub dataset (train)")
-    g.add_argument("--shard-size", type=int, default=256, help="records per shard for file lists / datasets (256)")
 
 
 # ---------------------------------------------------------------------------------------------------- detection
@@ -201,12 +177,6 @@ def _plan_hf(source, image_column, prompt_column, keep, split, shard_size, commo
     if not shards:
         raise DataError(f"--dataset {name}: no arrow files behind this dataset (in-memory datasets are not supported)")
     return shards
-
-
-def plan_fingerprint(shards: Sequence[dict], metrics: Sequence[str]) -> str:
-    """A hash of the plan and metrics: a resumed run must match the run that wrote the shards."""
-    blob = json.dumps({"shards": list(shards), "metrics": list(metrics)}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------- reading

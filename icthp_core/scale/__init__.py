@@ -1,4 +1,5 @@
-"""Scaling out: sharded batch scoring on one process or a Ray Data pipeline, and a reward server on Ray Serve.
+"""The score pipeline (`score.score`: plan -> sink -> local or Ray executor; the engine of `icthp score`) and the
+reward server on Ray Serve.
 
 Ray is imported only inside the functions that need it (`pip install icthp[scale]`); importing this package does
 not import ray.

@@ -1,8 +1,9 @@
-"""Sharded batch scoring: plan shards -> read -> decode + preprocess (CPU) -> score (models loaded once) -> write.
+"""The executors of the score pipeline (`scale.score`): shards -> read -> decode + preprocess -> score -> sink.
 
-`engine="local"` runs the stages in this process (decoding in a process pool); `engine="ray"` runs them as a Ray
-Data pipeline: read and decode as CPU tasks, scoring on an actor pool (one actor per GPU, or N CPU actors), rows
-gathered per shard and written as `part-NNNNN.parquet` files. Both call the same read/decode/score functions.
+`run_local` runs the stages in this process (image files through `MultiScorer.score_files`, dataset shards decoded
+in a process pool); `run_ray` runs them as a Ray Data pipeline: read and decode as CPU tasks, scoring on an actor
+pool (one actor per GPU, or N CPU actors), rows gathered on the driver. Both call the same read/decode/score
+functions and write through the same `data.sinks.Sink`: a file gets every batch, a folder a whole shard.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from icthp_core.data.rows import finish_row, json_default, row_key
 from icthp_core.data.sources import decode_records, read_shard
 
 STAGES = ("read", "decode", "score")
@@ -23,8 +25,8 @@ STAGES = ("read", "decode", "score")
 
 @dataclass
 class Summary:
-    """What a run did: rows and errors written, shards skipped (resume), seconds spent per stage (summed over
-    workers) and wall time."""
+    """What a run did: rows and errors written, shards written and skipped (resume), seconds spent per stage
+    (summed over workers) and wall time."""
 
     rows: int = 0
     errors: int = 0
@@ -35,6 +37,14 @@ class Summary:
 
     def add(self, stage: str, seconds: float) -> None:
         self.stage_seconds[stage] += float(seconds)
+
+    def merge(self, other: Summary) -> None:
+        """Add the counts and stage times of `other` (wall time is the caller's)."""
+        self.rows += other.rows
+        self.errors += other.errors
+        self.shards_done += other.shards_done
+        for stage, t in other.stage_seconds.items():
+            self.add(stage, t)
 
     def lines(self) -> list[str]:
         out = [
@@ -76,7 +86,8 @@ def score_decoded(scorer, records: Sequence[dict], errors: list[str | None], pix
             row.update({m: float(scores[m][k]) for m in scorer.metrics})
             k += 1
         row["error"] = errors[i]
-        rows.append(row)
+        keep = [c for c in row if c not in ("image", "prompt", "error", *scorer.metrics)]
+        rows.append(finish_row(row, scorer.metrics, keep))  # a non-finite score becomes an error row
     return rows
 
 
@@ -88,39 +99,109 @@ def _decode_chunk(args):
     return errors, pixels, time.perf_counter() - t
 
 
-def run_local(shards, scorer, sink, batch_size: int = 32, workers: int = 2, skip=None, progress=True, on_rows=None):
-    """Score every shard not in `sink.done()` in this process; `sink.write_shard(i, rows)` after each shard.
+@dataclass
+class LocalRun:
+    """The local executor's settings: the loaded scorer and how to batch and decode."""
 
-    `skip(record) -> bool` drops already-written rows (row-level resume of .jsonl/.csv/.parquet files).
+    scorer: object
+    batch_size: int = 32
+    workers: int = 0
+    decode: str = "cpu"
+    progress: bool = True
+
+
+def _not_done(done: set) -> Callable[[dict], bool]:
+    return lambda rec: row_key(rec["image"], rec.get("prompt")) not in done
+
+
+def write_row_shards(shards, todo, sink, done: set, summary: Summary, on_rows=None) -> None:
+    """Shards of kind `rows` (error rows, stored metadata): final already, written without a model."""
+    keep = _not_done(done)
+    for i in todo:
+        if shards[i]["kind"] == "rows":
+            rows = [r for r in shards[i]["rows"] if keep(r)]
+            sink.write(i, rows, True)
+            _count(summary, rows, on_rows, complete=True)
+
+
+def _file_groups(shards, todo) -> list[list[int]]:
+    """Runs of consecutive `files` shards (scored by one streaming call, one decoding pool)."""
+    groups: list[list[int]] = []
+    for i in todo:
+        if shards[i]["kind"] == "files":
+            if groups and groups[-1][-1] == i - 1:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+    return groups
+
+
+def _run_files(group, shards, run: LocalRun, sink, done, summary, on_rows) -> None:
+    """Score the items of `group` (files shards) with `scorer.score_files`; rows written every batch."""
+    keep = _not_done(done)
+    owners, items, left = [], [], {}
+    for i in group:
+        its = [tuple(it) for it in shards[i]["items"] if keep({"image": it[0], "prompt": it[1]})]
+        left[i] = len(its)
+        owners += [i] * len(its)
+        items += its
+    for i in group:
+        if not left[i]:
+            sink.write(i, [], True)
+            _count(summary, [], on_rows, complete=True)
+    buf: dict[int, list[dict]] = {}
+    t = time.perf_counter()
+    rows = run.scorer.score_files(items, run.batch_size, run.workers, run.progress, len(items), run.decode)
+    for k, row in enumerate(rows):
+        s = owners[k]
+        buf.setdefault(s, []).append(row)
+        left[s] -= 1
+        if len(buf[s]) >= run.batch_size or not left[s]:
+            batch = buf.pop(s)
+            sink.write(s, batch, not left[s])
+            _count(summary, batch, on_rows, complete=not left[s])
+    summary.add("score", time.perf_counter() - t)
+
+
+def _run_dataset_shard(i, shard, run: LocalRun, pool, sink, done, summary, on_rows) -> None:
+    """Read, decode (in `pool`) and score one dataset shard; rows written every batch."""
+    t = time.perf_counter()
+    records = [r for r in read_shard(shard) if _not_done(done)(r)]
+    summary.add("read", time.perf_counter() - t)
+    bs, modes = run.batch_size, run.scorer.preprocess_modes
+    chunks = [(records[s : s + bs], modes) for s in range(0, len(records), bs)]
+    decoded = pool.imap(_decode_chunk, chunks) if pool is not None else map(_decode_chunk, chunks)
+    if not chunks:
+        sink.write(i, [], True)
+        _count(summary, [], on_rows, complete=True)
+    for n, ((chunk, _), (errors, pixels, dt)) in enumerate(zip(chunks, decoded, strict=True), 1):
+        summary.add("decode", dt)
+        t = time.perf_counter()
+        rows = score_decoded(run.scorer, chunk, errors, pixels)
+        summary.add("score", time.perf_counter() - t)
+        sink.write(i, rows, n == len(chunks))
+        _count(summary, rows, on_rows, complete=n == len(chunks))
+
+
+def run_local(shards, todo, run: LocalRun, sink, done: set | None = None, on_rows=None) -> Summary:
+    """Score the shards `todo` (not `rows` shards) in this process; rows whose key is in `done` are skipped.
+
+    Files shards go through `scorer.score_files` (background decoding, `decode` cpu or gpu); dataset shards are
+    read, decoded in a process pool and scored; rows reach `sink.write` every batch.
     """
-    summary, t0 = Summary(), time.perf_counter()
-    done = sink.done()
-    todo = [i for i in range(len(shards)) if i not in done]
-    summary.shards_skipped = len(shards) - len(todo)
+    summary, t0, done = Summary(), time.perf_counter(), done or set()
+    for group in _file_groups(shards, todo):
+        _run_files(group, shards, run, sink, done, summary, on_rows)
+    rest = [i for i in todo if shards[i]["kind"] not in ("files", "rows")]
     pool = None
-    if workers > 0:
+    if rest and run.workers > 0:
         import multiprocessing as mp
 
-        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers)
-    bar = _bar(len(todo), progress)
-    modes = scorer.preprocess_modes
+        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(run.workers)
+    bar = _bar(len(rest), run.progress and bool(rest))
     try:
-        for i in todo:
-            t = time.perf_counter()
-            records = read_shard(shards[i])
-            if skip is not None:
-                records = [r for r in records if not skip(r)]
-            summary.add("read", time.perf_counter() - t)
-            chunks = [(records[s : s + batch_size], modes) for s in range(0, len(records), batch_size)]
-            decoded = pool.imap(_decode_chunk, chunks) if pool is not None else map(_decode_chunk, chunks)
-            rows = []
-            for (chunk, _), (errors, pixels, dt) in zip(chunks, decoded, strict=True):
-                summary.add("decode", dt)
-                t = time.perf_counter()
-                rows += score_decoded(scorer, chunk, errors, pixels)
-                summary.add("score", time.perf_counter() - t)
-            sink.write_shard(i, rows)
-            _count(summary, rows, on_rows)
+        for i in rest:
+            _run_dataset_shard(i, shards[i], run, pool, sink, done, summary, on_rows)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(rows=summary.rows, errors=summary.errors)
@@ -133,11 +214,11 @@ def run_local(shards, scorer, sink, batch_size: int = 32, workers: int = 2, skip
     return summary
 
 
-def _count(summary: Summary, rows: list[dict], on_rows) -> None:
+def _count(summary: Summary, rows: list[dict], on_rows, complete: bool = True) -> None:
     summary.rows += len(rows)
-    summary.errors += sum(r["error"] is not None for r in rows)
-    summary.shards_done += 1
-    if on_rows is not None:
+    summary.errors += sum(r.get("error") is not None for r in rows)
+    summary.shards_done += int(complete)
+    if on_rows is not None and rows:
         on_rows(rows)
 
 
@@ -155,9 +236,11 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join `address` (a running cluster, e.g. 'auto' or 'ray://head:10001'), else start a local Ray on loopback
-    (127.0.0.1) without the dashboard. A no-op when Ray is already initialised in this process."""
-    if not address and "ray" not in sys.modules:
+    """Join `address` (a running cluster, e.g. 'auto', 'ray://head:10001' or '127.0.0.1:PORT'), else start a local
+    Ray on loopback (127.0.0.1) without the dashboard. A no-op when Ray is already initialised in this process.
+    Joining a cluster with token authentication (Ray's default) needs `RAY_AUTH_MODE=token` and its token."""
+    loopback = not address or address.removeprefix("ray://").startswith(("127.", "localhost"))
+    if loopback and "ray" not in sys.modules:  # a local Ray, or one on this machine's loopback: stay on 127.0.0.1
         os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
@@ -174,10 +257,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
 
 
-def _read_rows(item: dict) -> list[dict]:
-    """Ray flat_map: one shard -> its records (+ shard id, index, count, read time); a marker row if empty."""
+def _read_rows(item: dict, done: frozenset = frozenset()) -> list[dict]:
+    """Ray flat_map: one shard -> its records not in `done` (+ shard id, index, count, read time); a marker row
+    if none."""
     t = time.perf_counter()
-    records = read_shard(json.loads(item["spec"]))
+    records = [r for r in read_shard(json.loads(item["spec"])) if row_key(r["image"], r.get("prompt")) not in done]
     dt = (time.perf_counter() - t) / max(len(records), 1)
     if not records:
         return [{"shard": item["shard"], "idx": -1, "n": 0, "rec": b"", "data": b"", "has_data": False, "_t_read": dt}]
@@ -189,7 +273,7 @@ def _read_rows(item: dict) -> list[dict]:
                 "shard": item["shard"],
                 "idx": j,
                 "n": len(records),
-                "rec": json.dumps(meta, default=str).encode(),
+                "rec": json.dumps(meta, default=json_default).encode(),
                 "data": rec.get("data") or b"",
                 "has_data": rec.get("data") is not None,
                 "_t_read": dt,
@@ -241,7 +325,7 @@ class _ScoreActor:
             "shard": batch["shard"],
             "idx": batch["idx"],
             "n": batch["n"],
-            "row": np.array([json.dumps(r, default=str) for r in rows], dtype=object),
+            "row": np.array([json.dumps(r, default=json_default) for r in rows], dtype=object),
             "_t_read": batch["_t_read"],
             "_t_decode": batch["_t_decode"],
             "_t_score": np.full(len(rows), dt),
@@ -261,27 +345,40 @@ def run_ray(
     address: str | None = None,
     progress: bool = True,
     on_rows=None,
-):
-    """The Ray Data pipeline over the shards not yet in `sink` (see the module docstring)."""
+    todo: Sequence[int] | None = None,
+    done: set | None = None,
+) -> Summary:
+    """The Ray Data pipeline over the shards `todo` (default: those not in `sink.done_shards()`), skipping records
+    whose key is in `done` (see the module docstring). `sink` is an `icthp_core.data.sinks.Sink`."""
     init_ray(address)
+
+    summary, t0 = Summary(), time.perf_counter()
+    if todo is None:
+        finished = sink.done_shards()
+        todo = [i for i in range(len(shards)) if i not in finished]
+        summary.shards_skipped = len(shards) - len(todo)
+    if not todo:
+        summary.wall_seconds = time.perf_counter() - t0
+        return summary
+    ds = _ray_dataset(shards, todo, metrics, sources, device, dtype, batch_size, actors, gpus_per_actor, done)
+    _gather(ds, sink, summary, _bar(len(todo), progress), on_rows)
+    summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+def _ray_dataset(shards, todo, metrics, sources, device, dtype, batch_size, actors, gpus_per_actor, done):
+    """The read -> decode -> score Ray Data pipeline over shards `todo`."""
     import ray
 
     from icthp_core.scoring.registry import METRICS, required_base_metrics
 
-    summary, t0 = Summary(), time.perf_counter()
-    done = sink.done()
-    todo = [i for i in range(len(shards)) if i not in done]
-    summary.shards_skipped = len(shards) - len(todo)
-    if not todo:
-        summary.wall_seconds = time.perf_counter() - t0
-        return summary
     cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if cluster_gpus and (device is None or str(device).startswith("cuda")) else 0.0
     if actors is None:
         actors = max(int(cluster_gpus / gpus_per_actor), 1) if gpus_per_actor else 2
     actor_device = device or ("cuda" if gpus_per_actor else "cpu")
-    modes = sorted({METRICS[m].preprocess for m in required_base_metrics(metrics)})
+    modes = sorted({METRICS[m].preprocess for m in required_base_metrics(list(metrics))})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -291,9 +388,9 @@ def run_ray(
     task_cpus = 1.0 if cpus >= 8 else 0.5
     actor_cpus = 0.0 if gpus_per_actor else min(1.0, max(cpus - task_cpus, 0.1) / actors)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(_read_rows, num_cpus=task_cpus)
+    ds = ds.flat_map(_read_rows, fn_kwargs={"done": frozenset(done or ())}, num_cpus=task_cpus)
     ds = ds.map_batches(_decode_batch, fn_kwargs={"modes": modes}, batch_size=batch_size, num_cpus=task_cpus)
-    ds = ds.map_batches(
+    return ds.map_batches(
         _ScoreActor,
         fn_constructor_kwargs={"metrics": list(metrics), "sources": dict(sources), "device": actor_device}
         | {"dtype": dtype},
@@ -302,32 +399,41 @@ def run_ray(
         num_cpus=actor_cpus,
         num_gpus=gpus_per_actor or None,
     )  # Ray Data restarts dead actors and retries their batches (max_restarts=-1, max_task_retries=-1)
-    pending: dict[int, dict[int, dict]] = {}
-    bar = _bar(len(todo), progress)
+
+
+def _gather(ds, sink, summary: Summary, bar, on_rows) -> None:
+    """Rows of the pipeline to `sink`: each (shard, index) once; a streaming sink gets every batch at once, a
+    folder sink a whole shard in order."""
+    pending: dict[int, dict] = {}
+    completed: set[int] = set()
+    streaming = getattr(sink, "streaming", True)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            fresh: dict[int, list[dict]] = {}
             for s, j, n, row, tr, td, ts in zip(
-                batch["shard"],
-                batch["idx"],
-                batch["n"],
-                batch["row"],
-                batch["_t_read"],
-                batch["_t_decode"],
-                batch["_t_score"],
-                strict=True,
-            ):
-                s, j, n = int(s), int(j), int(n)
-                got = pending.setdefault(s, {})
-                if j >= 0 and j not in got:  # a retried batch may deliver a row twice: keep it once
-                    got[j] = json.loads(row)
-                    summary.add("read", tr)
-                    summary.add("decode", td)
-                    summary.add("score", ts)
-                if len(got) == n:
-                    rows = [got[k] for k in range(n)]
-                    sink.write_shard(s, rows)
-                    _count(summary, rows, on_rows)
+                batch["shard"], batch["idx"], batch["n"], batch["row"],
+                batch["_t_read"], batch["_t_decode"], batch["_t_score"], strict=True,
+            ):  # fmt: skip
+                s, j = int(s), int(j)
+                if s in completed:  # a late retry of a shard already written
+                    continue
+                got = pending.setdefault(s, {"n": int(n), "rows": {}})
+                if j >= 0 and j not in got["rows"]:  # a retried batch may deliver a row twice: keep it once
+                    got["rows"][j] = json.loads(row)
+                    fresh.setdefault(s, []).append(got["rows"][j])
+                    for stage, t in (("read", tr), ("decode", td), ("score", ts)):
+                        summary.add(stage, t)
+                fresh.setdefault(s, [])
+            for s, rows in fresh.items():
+                got = pending[s]
+                complete = len(got["rows"]) == got["n"]
+                out = rows if streaming else [got["rows"][k] for k in range(got["n"])] if complete else []
+                if streaming or complete:
+                    sink.write(s, out, complete)
+                    _count(summary, out, on_rows, complete)
+                if complete:
                     del pending[s]
+                    completed.add(s)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(rows=summary.rows, errors=summary.errors)
@@ -336,5 +442,3 @@ def run_ray(
             bar.close()
     if pending:
         raise RuntimeError(f"shards {sorted(pending)} did not complete; rerun the command to resume them")
-    summary.wall_seconds = time.perf_counter() - t0
-    return summary
