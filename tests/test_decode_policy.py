@@ -248,3 +248,24 @@ def test_icthp_score_upstream_policy_refuses_gpu_decoding(tiny_hp, files, capsys
     assert main([*argv, "--decode-policy", "upstream"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == 'icthp score: --decode gpu decodes with the "view" policy only; use --decode cpu or auto'
+
+
+def test_ray_decode_stage_uses_the_policy(files, tmp_path):
+    """The Ray pipeline's decode task (`_decode_batch`, given `policy` through `fn_kwargs`) decodes as
+    `decode_records` does under that policy (the Ray engine itself runs in tests/test_score_matrix.py)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from icthp_core.data.sources import decode_records, plan_dataset, read_shard
+    from icthp_core.scale.pipeline import _decode_batch, _read_rows
+
+    pq.write_table(pa.table({"image": [files["rgba.png"].read_bytes()]}), tmp_path / "d.parquet")
+    (shard,) = plan_dataset(str(tmp_path / "d.parquet"), prompt="a photo")
+    rows = _read_rows({"shard": 0, "spec": json.dumps(shard)})
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    px = {p: _decode_batch(batch, ["crop"], p)["px_crop"] for p in ("view", "upstream")}
+    for p in ("view", "upstream"):
+        assert np.array_equal(px[p], decode_records(read_shard(shard), ["crop"], p)[1]["crop"])
+    assert np.abs(px["view"] - px["upstream"]).max() > 0.5
