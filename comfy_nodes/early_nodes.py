@@ -19,6 +19,7 @@ import comfy.utils
 import latent_preview
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from icthp_core.scoring.selection import rank, select_batch, select_mask
 
@@ -108,7 +109,7 @@ def _setup(model, positive, negative, latent, cfg, sampler_name, scheduler, deno
     base = comfy.sample.fix_empty_latent_channels(model, _candidates(latent, n))
     seeds = [(seed + i) % 2**64 for i in range(n)]
     noise = torch.cat([comfy.sample.prepare_noise(base[i : i + 1], s_i) for i, s_i in enumerate(seeds)])
-    total = len(sigmas) - 1
+    total = max(len(sigmas) - 1, 0)  # denoise=0: no sigmas
     pbar = comfy.utils.ProgressBar(total)
     previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
 
@@ -120,11 +121,14 @@ def _setup(model, positive, negative, latent, cfg, sampler_name, scheduler, deno
     return run, base, noise, seeds
 
 
-def _score_previews(model, vae, reward: RewardModel, prompt: str, n: int, metric: str, x0: torch.Tensor):
-    """Decode the phase-1 x0 predictions and score them; (previews, scores, prompts, metric)."""
-    # x0 of the last phase-1 model call, in VAE latent space
-    x0 = model.model.process_latent_out(x0.to(torch.float32)).to(mm.intermediate_device())
-    previews = vae.decode(x0)[..., :3]
+def _score_previews(
+    model, vae, reward: RewardModel, prompt: str, n: int, metric: str, x0: torch.Tensor | None, base: torch.Tensor
+):
+    """Decode the phase-1 x0 predictions and score them; (previews, scores, prompts, metric). ``x0`` None (nothing
+    was sampled: denoise=0): the unchanged candidate latents ``base`` are decoded."""
+    if x0 is not None:  # x0 of the last phase-1 model call, in VAE latent space
+        base = model.model.process_latent_out(x0.to(torch.float32)).to(mm.intermediate_device())
+    previews = vae.decode(base)[..., :3]
     prompts = split_prompts(prompt, n, False, reward.needs_prompt)
     scores = reward.score(previews, prompts)
     metric = reward.primary if metric == "auto" else metric
@@ -164,10 +168,12 @@ def early_best_of_n(
     run, base, noise, seeds = _setup(
         model, positive, negative, latent, cfg, sampler_name, scheduler, denoise, steps, seed, n
     )
-    mask, total = latent.get("noise_mask"), len(run.sigmas) - 1
-    # phase 1: all N candidates to step s, then their x0 predictions are scored
-    x_s, x0 = run.sample(noise, base, mask, run.sigmas[: s + 1], 0)
-    previews, scores, prompts, metric = _score_previews(model, vae, reward, prompt, n, metric, x0)
+    mask, total = latent.get("noise_mask"), max(len(run.sigmas) - 1, 0)
+    if total == 0:  # denoise=0: nothing to sample (as KSampler: the latent unchanged); the candidates are scored as is
+        s, x_s, x0 = 0, base, None
+    else:  # phase 1: all N candidates to step s, then their x0 predictions are scored
+        x_s, x0 = run.sample(noise, base, mask, run.sigmas[: s + 1], 0)
+    previews, scores, prompts, metric = _score_previews(model, vae, reward, prompt, n, metric, x0, base)
     sel = rank(scores[metric], k)
     kept = sel.selected
     x_kept = select_batch(x_s, kept, "LATENT samples")
@@ -198,9 +204,10 @@ def early_best_of_n(
 def summary(res: EarlyResult, metric: str) -> str:
     n = len(res.preview_scores)
     saved = res.full_steps - res.model_steps
+    share = saved / max(res.full_steps, 1)
     lines = [
         f"early best-of-{n}: scored x0 at step {res.stop_step}/{res.steps} ({metric}), kept {len(res.kept)}; "
-        f"{res.model_steps} of {res.full_steps} candidate-steps run ({saved} saved, {saved / res.full_steps:.0%})"
+        f"{res.model_steps} of {res.full_steps} candidate-steps run ({saved} saved, {share:.0%})"
     ]
     for rank_i, i in enumerate(res.kept):
         final = f", final {res.final_scores[rank_i]:.4f}" if res.final_scores is not None else ""
@@ -305,7 +312,10 @@ class ICTHPEarlyBestOfN(io.ComfyNode):
         name = reward_model.primary if metric == "auto" else metric
         text = summary(res, name)
         scores = res.final_scores if res.final_scores is not None else [res.preview_scores[i] for i in res.kept]
-        pruned = select_batch(res.previews, [i for i in range(n) if i not in res.kept])
+        # nothing pruned (k >= n, or n = 1): block the nodes fed by `pruned_previews` silently, as the Best-of-N node
+        # does for `rejected_images`, instead of sending them an empty IMAGE batch they cannot handle
+        pruned_idx = [i for i in range(n) if i not in res.kept]
+        pruned = select_batch(res.previews, pruned_idx) if pruned_idx else ExecutionBlocker(None)
         return io.NodeOutput(
             res.images, res.latent, scores, res.seeds, res.previews, pruned, text, ui=ui.PreviewText(text)
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from comfy_api.latest import io, ui
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from icthp_core.scoring.selection import (
     NORMALIZATIONS,
@@ -41,6 +43,9 @@ class WeightedReward:
         unknown = [m for m in self.weights if m not in given]
         if unknown:
             raise ValueError(f"weights name {unknown}, which the connected models do not give (they give {given})")
+        bad = {m: w for m, w in self.weights.items() if not math.isfinite(w)}
+        if bad:
+            raise ValueError(f"weights {bad}: a weight must be a finite number")
         if self.normalize == "reference":
             parse = [m for m in self.weights if m not in self.reference]
             if parse:
@@ -174,6 +179,10 @@ class ICTHPSelect(io.ComfyNode):
         rm, prompt, k, metric = reward_model[0], prompt[0], k[0], metric[0]
         thr = threshold[0] if use_threshold[0] else None
         res = select_lists(rm, images, prompt, k, metric, thr, on_empty[0], latent, mask)
+        if not res[0]:
+            # nothing kept (on_empty=empty): an empty list output would make ComfyUI call the nodes fed by it with
+            # no image (IndexError); block them silently instead, as ComfyUI does for outputs with nothing to give
+            res = (*[ExecutionBlocker(None)] * 5, res[-1])
         return io.NodeOutput(*res, ui=ui.PreviewText(res[-1]))
 
 

@@ -1,13 +1,13 @@
 """Gradio app comparing images and models under ICT, HP, ICT-HP and baseline rewards.
 
-`python -m gradio_app` or `icthp app`; `add_app_arguments(parser)` adds the options to another CLI.
+Started by `icthp app` (its options: `icthp app --help`); from Python: `make_app(AppConfig(...))`.
 """
 
 from typing import Any
 
-from .cli import add_app_arguments, main, make_app
+from .launcher import AppConfig, launch_app, make_app, offered_metrics
 
-__all__ = ["add_app_arguments", "build_app", "main", "make_app"]
+__all__ = ["AppConfig", "build_app", "launch_app", "make_app", "offered_metrics"]
 
 
 def __getattr__(name: str) -> Any:  # build_app imports gradio: only on demand

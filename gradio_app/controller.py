@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from . import charts, csv_export, matching, ranking, render, uploads
 from .logic import PRIMARY, InputError, alignment_baselines, label
 from .pool import ProgressFn, ScorerPool
-from .stored import StoredScores, read_stored, stored_columns
+from .stored import StoredScores, read_stored_noted, stored_columns
 from .uploads import UploadLimits
 
 
@@ -110,7 +110,8 @@ class Controller:
         paths, rejected = uploads.validate_images(_paths(files), self.limits)
         names = uploads.unique_names(paths)
         scores = self.pool.score(paths, prompt, metrics, progress)
-        stored = [read_stored(p) for p in paths]
+        noted = [read_stored_noted(p) for p in paths]
+        stored = [rec for rec, _ in noted]
         table = pd.concat([ranking.comparison_table(names, scores), stored_columns(stored)], axis=1)
         key = PRIMARY if PRIMARY in scores else metrics[0]
         top = ranking.winners(scores[key])
@@ -130,6 +131,9 @@ class Controller:
                 f"{sum(map(bool, stored))} image(s) carry scores stored when they were saved "
                 "(shown as “stored”, not recomputed)."
             )
+        notes = [f"{names[i]}: {note}" for i, (_, note) in enumerate(noted) if note]
+        if notes:
+            lines.append("Stored metadata — " + "; ".join(notes))
         csv_df = table.copy()
         csv_df.insert(1, "prompt", prompt)
         return CompareResult(

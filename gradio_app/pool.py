@@ -42,7 +42,9 @@ class ScorerPool:
         self.sources = dict(sources or {})
         self.device = device
         self.dtype = dtype
-        self.batch_size = max(1, int(batch_size))
+        if int(batch_size) < 1:
+            raise ValueError(f"ScorerPool: batch_size {batch_size} must be >= 1")
+        self.batch_size = int(batch_size)
         self._factory = factory or _default_factory
         self._scorers: dict[tuple[str, ...], Any] = {}
         self._locks: dict[tuple[str, ...], threading.Lock] = {}

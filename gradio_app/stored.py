@@ -32,15 +32,27 @@ def _as_dict(x: object) -> dict:
     return x if isinstance(x, dict) else {}
 
 
-def read_stored(path: str | os.PathLike) -> StoredScores | None:
-    """The stored scores of ``path``; None when it has none or they are unreadable (the image is still scored)."""
+def read_stored_noted(path: str | os.PathLike) -> tuple[StoredScores | None, str | None]:
+    """The stored scores of ``path`` and, when it has a record that cannot be used (not JSON, nested too deeply, a
+    score that is not a number), a one-line note saying why it is ignored; the image is still scored live."""
     try:
         record = read_record(path)
-        if record is None:
-            return None
-        scores = {str(m): float(v) for m, v in record["scores"].items()}
-    except (OSError, ValueError, TypeError):
-        return None
+    except OSError:
+        return None, None  # unreadable file: the live scoring reports it
+    except RecursionError:
+        return None, "stored scores ignored (metadata JSON nested too deeply)"
+    except ValueError as e:
+        return None, f"stored scores ignored ({str(e).removeprefix(f'{path}: ')})"
+    except OverflowError:  # an integer too large for a float (the reader's finiteness check converts it)
+        return None, "stored scores ignored (a stored number is too large)"
+    if record is None:
+        return None, None
+    scores: dict[str, float] = {}
+    for m, v in record["scores"].items():
+        try:
+            scores[str(m)] = float(v)
+        except (TypeError, ValueError, OverflowError):
+            return None, f"stored scores ignored (score {str(m)[:40]!r} is not a number)"
     labels = {m: str(_as_dict(meta).get("label") or m) for m, meta in _as_dict(record.get("metrics")).items()}
     model, normalize = record.get("model"), record.get("normalize")
     return StoredScores(
@@ -49,25 +61,35 @@ def read_stored(path: str | os.PathLike) -> StoredScores | None:
         model=str(model) if model else "",
         sources={str(k): str(v) for k, v in _as_dict(record.get("sources")).items()},
         normalize=str(normalize) if normalize else None,
-    )
+    ), None
+
+
+def read_stored(path: str | os.PathLike) -> StoredScores | None:
+    """The stored scores of ``path``; None when it has none or they are unreadable (the image is still scored)."""
+    return read_stored_noted(path)[0]
 
 
 def stored_columns(records: Sequence[StoredScores | None]) -> pd.DataFrame:
     """Columns ``stored <label>`` (one per stored metric, in first-seen order) plus ``stored model`` and
-    ``stored sources``; no columns at all when no image has stored scores."""
+    ``stored sources``; no columns at all when no image has stored scores.
+
+    Linear in the number of stored metrics (one dict pass, one DataFrame built at once): an image storing thousands
+    of metrics costs milliseconds, not the quadratic column-by-column insertion it once did."""
     if not any(records):
         return pd.DataFrame(index=range(len(records)))
     metrics: dict[str, str] = {}
+    used: set[str] = set()
     for r in records:
         for m in r.scores if r else ():
             if m not in metrics:
                 col = f"stored {r.label(m)}"
-                metrics[m] = col if col not in metrics.values() else f"{col} ({m})"
-    df = pd.DataFrame(index=range(len(records)))
-    for m, col in metrics.items():
-        df[col] = [r.scores.get(m, float("nan")) if r else float("nan") for r in records]
-    df["stored model"] = [r.model if r else "" for r in records]
-    df["stored sources"] = [r.sources_text() if r else "" for r in records]
+                col = col if col not in used else f"{col} ({m})"
+                metrics[m] = col
+                used.add(col)
+    nan = float("nan")
+    data: dict[str, list] = {col: [r.scores.get(m, nan) if r else nan for r in records] for m, col in metrics.items()}
+    data["stored model"] = [r.model if r else "" for r in records]
+    data["stored sources"] = [r.sources_text() if r else "" for r in records]
     if any(r and r.normalize for r in records):
-        df["stored normalize"] = [(r.normalize or "") if r else "" for r in records]
-    return df
+        data["stored normalize"] = [(r.normalize or "") if r else "" for r in records]
+    return pd.DataFrame(data, index=range(len(records)))

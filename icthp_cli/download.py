@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 
+from icthp_cli.options import user_path
+from icthp_core.errors import CheckpointError, WeightsNotFoundError
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icthp download", description=__doc__)
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help="models of the manifest (default: ict hp; 'all' for every one)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--dir", help="download into DIR/<model folder>/ (default: the Hugging Face cache)")
@@ -25,21 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the manifest with the sizes and SHA-256 of the files present (to fill in a verified manifest)",
     )
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Every file on stdout; exit 0 when all are present and verified, else the summary as one error line (2)."""
     from pathlib import Path
 
     from icthp_core.checkpoints.manager import fetch, load_manifest, summary
 
-    args = build_parser().parse_args(argv)
     if args.list:
-        for name, m in load_manifest(args.manifest).items():
+        with user_path("--manifest", args.manifest):
+            manifest = load_manifest(args.manifest)
+        for name, m in manifest.items():
             files = ", ".join(f["path"] for f in m["files"])
             print(f"{name:<12} {m['repo']}  [{files}]")
         return 0
     root = Path(args.comfyui) / "models" / "icthp" if args.comfyui else args.dir
+    with user_path("--manifest", args.manifest):
+        load_manifest(args.manifest)  # a missing or unreadable manifest is one line before any download
     reports = fetch(
         args.models,
         root,
@@ -55,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for r in reports:
         print(r.line())
+    if any(r.state in ("bad", "error") for r in reports):  # checkpoints.manager.FAILED less "missing"
+        raise CheckpointError(f"{summary(reports)} (each file listed on stdout)")
+    if any(r.state == "missing" for r in reports):
+        raise WeightsNotFoundError(f"{summary(reports)} (each file listed on stdout)")
     print(summary(reports), file=sys.stderr)
-    from icthp_core.checkpoints.manager import FAILED
-
-    return 1 if any(r.state in FAILED for r in reports) else 0
+    return 0
 
 
 def filled_manifest(path: str | None, reports) -> dict:

@@ -20,25 +20,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from icthp_core.data import outputs
-from icthp_core.data.images import DECODE_POLICIES
-from icthp_core.evaluation.protocols import PROTOCOLS, TIES
-from icthp_core.options import add_model_arguments, model_options
-from icthp_core.scoring.registry import list_metrics, parse_metrics
+from icthp_cli.options import SCORE_METRICS, add_model_arguments, model_options, user_path
+from icthp_core.errors import ConfigError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="icthp eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from icthp_core.data.images import DECODE_POLICIES
+    from icthp_core.evaluation.protocols import PROTOCOLS, TIES
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--data", required=True, help="triplets or pairs: .jsonl/.csv/.parquet (or Pick-High .pkl)")
     p.add_argument("--kind", choices=("auto", "triplets", "pairs"), default="auto", help="default: from the columns")
     p.add_argument("--val-data", help="pairs used to choose the tie threshold (tie-aware protocol)")
     p.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated metrics or 'all' ({', '.join(list_metrics())}); "
-        "default: ict, hp and ict_hp for the models given",
+        help="comma-separated metrics or 'all' (`icthp metrics` lists them); "
+        f"default {SCORE_METRICS} less those whose weights are 'none', plus any --source metric",
     )
     p.add_argument(
         "--protocol", choices=tuple(PROTOCOLS), default="paper", help="triplet accuracy protocol (default: paper)"
@@ -69,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="view: EXIF orientation, alpha on white (default); upstream: as the reference code, convert('RGB') "
         "without rotation (docs/evaluation.md)",
     )
-    return p
 
 
 def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:
+    from icthp_core.scoring.registry import parse_metrics
+
     if text:
         return parse_metrics(text)
     metrics = [m for m in ("ict", "hp") if m in sources]
@@ -80,12 +79,14 @@ def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:
         metrics.append("ict_hp")
     metrics += [m for m in sources if m not in metrics]
     if not metrics:
-        raise ValueError("no metric: give --ict and/or --hp, or --metrics")
+        raise ConfigError("no metric: give --ict and/or --hp, or --metrics")
     return metrics
 
 
 def check_writable(path: str | os.PathLike | None, what: str) -> None:
     """Fail now (before any model loads) if `path` cannot be written: its folder is created if needed."""
+    from icthp_core.data import outputs
+
     if path:
         outputs.check_writable(path, what)  # the one check shared by every command that writes
 
@@ -95,7 +96,8 @@ def markdown_path(output: str | os.PathLike) -> Path:
     return p.with_suffix(".md") if p.suffix.lower() != ".md" else p.with_name(p.name + ".md")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """The results of the parsed `args` (written to `--output`/`--scores-out` when given)."""
     from icthp_core.data.datasets import detect_kind, load_pairs, load_triplets
     from icthp_core.evaluation.preference import evaluate_pairs, evaluate_triplets, markdown_table, protocol_metrics
     from icthp_core.scoring.scorer import MultiScorer
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics = _metrics(args.metrics, opts.sources)
     metrics = protocol_metrics(metrics, args.protocol)  # upstream: ICT and the raw HP logits for its ICT-HP
     if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
+        raise ConfigError(f"--bootstrap {args.bootstrap}: must be >= 0")
     check_writable(opts.output, "--output")
     if opts.output:
         check_writable(markdown_path(opts.output), "--output (Markdown)")
@@ -145,26 +147,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["val_report"] = val_report.to_dict()
     items = res.pop("items")
     if args.scores_out:
-        with open(args.scores_out, "w", encoding="utf-8") as f:
+        with user_path("--scores-out", args.scores_out, write=True), open(args.scores_out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(it) + "\n" for it in items)
     if opts.output:
-        Path(opts.output).write_text(json.dumps(res, indent=2))
-        markdown_path(opts.output).write_text(markdown_table(res))
+        with user_path("--output", opts.output, write=True):
+            Path(opts.output).write_text(json.dumps(res, indent=2))
+            markdown_path(opts.output).write_text(markdown_table(res))
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Prints the data report and the table; returns an exit code (errors are printed by `icthp`)."""
     from icthp_core.evaluation.preference import format_table
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from icthp_core.data.datasets import UnsafeDataError
-
-    try:
-        res = run(args)
-    except UnsafeDataError as e:  # a user decision (trust the pickle), reported as one line
-        raise ValueError(str(e)) from None
+    res = evaluate(args)
     rep = res["report"]
     print(
         f"{res['data']}: {res['kind']}, {rep['kept']}/{rep['total']} rows used"

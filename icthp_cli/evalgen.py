@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from icthp_core.diffusion.evalgen import DEFAULT_METRICS, EvalGenConfig, run_evalgen
-from icthp_core.diffusion.generation import parse_lora
+from icthp_cli.options import add_model_arguments, add_output_argument, model_options
 from icthp_core.dtypes import DTYPE_CHOICES
-from icthp_core.options import add_model_arguments, model_options
-from icthp_core.scoring.registry import parse_metrics
+from icthp_core.errors import ConfigError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icthp evalgen", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--model", required=True, help="diffusers pipeline (SD3/SD3.5/FLUX.1): hub id or local folder")
     g.add_argument(
@@ -40,31 +37,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu-offload", action="store_true", help="diffusers model CPU offload (small GPUs)")
     p.add_argument(
         "--metrics",
-        default=",".join(DEFAULT_METRICS),
+        default=None,
         help="metrics besides JPEG kB: comma list, 'all', or 'none' (default ict,hp,ict_hp; add aesthetic for Table 2)",
     )
     add_model_arguments(p)
-    p.add_argument("--outdir", required=True, help="output folder (images, scores, report); a rerun resumes")
+    add_output_argument(p, "output folder (images, scores, report); a rerun resumes", required=True)
     p.add_argument("--grid-prompts", type=int, default=8, help="image grids for the first N prompts (8)")
     p.add_argument("--overwrite", action="store_true", help="delete this folder's images and scores first")
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
-        raise ValueError(f"{name} {value}: must be >= 1")
+        raise ConfigError(f"{name} {value}: must be >= 1")
 
 
-def config_from_args(args: argparse.Namespace) -> EvalGenConfig:
+def config_from_args(args: argparse.Namespace):
+    """The core's `EvalGenConfig` of the parsed `args`."""
+    from icthp_core.diffusion.evalgen import DEFAULT_METRICS, EvalGenConfig
+    from icthp_core.diffusion.generation import parse_lora
+    from icthp_core.scoring.registry import parse_metrics
+
     opts = model_options(args)
     for name in ("limit", "seeds_per_prompt", "steps", "size", "height", "width", "gen_batch_size"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    metrics = [] if args.metrics.strip().lower() == "none" else parse_metrics(args.metrics)
+    text = args.metrics if args.metrics is not None else ",".join(DEFAULT_METRICS)
+    metrics = [] if text.strip().lower() == "none" else parse_metrics(text)
     return EvalGenConfig(
         model=args.model,
         prompts=args.prompts,
-        outdir=args.outdir,
+        outdir=args.output,
         loras=[parse_lora(x, args.lora_scale) for x in args.lora],
         prompt_column=args.prompt_column,
         limit=args.limit,
@@ -90,10 +92,11 @@ def config_from_args(args: argparse.Namespace) -> EvalGenConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    from icthp_core.diffusion.evalgen import run_evalgen
+
     paths = run_evalgen(config_from_args(args))
     if paths:
         print(paths["summary_md"].read_text(encoding="utf-8"))
-        print(f"report: {paths['summary_md']} (per-image rows: {paths['per_image_csv']}, images: {args.outdir}/images)")
+        print(f"report: {paths['summary_md']} (per-image rows: {paths['per_image_csv']}, images: {args.output}/images)")
     return 0

@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from icthp_cli.options import add_model_arguments, model_options
 from icthp_core.errors import ConfigError, ICTHPError
 from icthp_core.explain.api import METHODS
-from icthp_core.options import add_model_arguments, model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

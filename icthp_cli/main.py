@@ -4,7 +4,9 @@ Each job is a module of `icthp_cli` with two functions, imported only when that 
 no torch):
 
 - `add_arguments(parser: argparse.ArgumentParser) -> None`: the job's options;
-- `run(args: argparse.Namespace) -> int`: calls the core's typed entry points, returns the exit code.
+- `run(args: argparse.Namespace) -> int`: calls the core's typed entry points, returns the exit code;
+- optionally `reject_unknown(extra: list[str])`: raise an `ICTHPError` explaining unknown arguments (else argparse's
+  usage error).
 
 Exit codes: 0 success; 2 a user error (`ICTHPError`, or a bad option), printed as one line; 1 a bug (any other
 exception), shown with its traceback; 130 interrupted.
@@ -15,8 +17,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from dataclasses import dataclass
 from types import ModuleType
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (`icthp JOB: MESSAGE (icthp JOB --help)`), exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 @dataclass(frozen=True)
@@ -74,47 +84,16 @@ def find(name: str) -> Command:
     return command
 
 
-#: TRANSITIONAL (removed when every job has moved into icthp_cli): job -> "module:function" taking argv
-LEGACY: dict[str, str] = {
-    "metrics": "icthp_cli.metrics:main",
-    "download": "icthp_cli.download:main",
-    "eval": "icthp_cli.eval:main",
-    "evalgen": "icthp_cli.evalgen:main",
-    "serve": "icthp_core.scale.serve_cmd:main",
-    "app": "icthp_app.cli:main",
-    "train-ict": "icthp_core.training.ict:main",
-    "train-hp": "icthp_core.training.hp:main",
-    "build-labels": "icthp_core.training.build_labels:main",
-    "draft": "icthp_core.diffusion.draft_train:main",
-    "convert-pick-high": "icthp_core.data.convert_pick_high:main",
-    "toy-data": "icthp_core.testing.synthetic:main",
-}
-
-
 def load(name: str) -> ModuleType:
     """The module of job `name` (it has `add_arguments` and `run`)."""
     return importlib.import_module(find(name).module)
-
-
-def run_legacy(name: str, argv: list[str]) -> int:
-    """TRANSITIONAL: a job still routed to a `main(argv)`."""
-    from icthp_core.errors import ICTHPError
-
-    module, _, func = LEGACY[name].partition(":")
-    try:
-        rc = getattr(importlib.import_module(module), func)(argv)
-        return rc if isinstance(rc, int) else 0  # train-ict/train-hp return their summary dict
-    except (ICTHPError, ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"icthp {name}: {msg}", file=sys.stderr)
-        return 2
 
 
 def build_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
     """The parser of job `name`, with `prog="icthp NAME"`, and the job's module."""
     command = find(name)
     module = load(name)
-    parser = argparse.ArgumentParser(prog=f"icthp {name}", description=module.__doc__ or command.help)
+    parser = Parser(prog=f"icthp {name}", description=module.__doc__ or command.help)
     module.add_arguments(parser)
     return parser, module
 
@@ -124,8 +103,11 @@ def run_job(name: str, argv: list[str]) -> int:
     from icthp_core.errors import ICTHPError
 
     parser, module = build_parser(name)
-    args = parser.parse_args(argv)
+    reject = getattr(module, "reject_unknown", None)  # a job may explain unknown arguments itself (key=value jobs)
+    args, extra = parser.parse_known_args(argv) if reject else (parser.parse_args(argv), [])
     try:
+        if extra:
+            reject(extra)
         return int(module.run(args) or 0)
     except ICTHPError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -150,6 +132,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         print(f"icthp: unknown command {name!r}; choose from {', '.join(c.name for c in COMMANDS)}", file=sys.stderr)
         return 2
-    if name in LEGACY:
-        return run_legacy(name, rest)
     return run_job(name, rest)

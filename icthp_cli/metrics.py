@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from icthp_core.scoring.registry import METRICS
-
 
 def table() -> str:
+    from icthp_core.scoring.registry import METRICS
+
     heads = ("metric", "label", "family", "prompt", "range", "default weights", "description")
     rows = [
         (
@@ -26,7 +26,10 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="icthp metrics", description=__doc__).parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options."""
+
+
+def run(args: argparse.Namespace) -> int:
     print(table())
     return 0

@@ -8,10 +8,10 @@ import sys
 import warnings
 from collections import defaultdict
 
+from icthp_cli.options import add_model_arguments, model_options
 from icthp_core.data.images import DECODE_POLICIES
 from icthp_core.data.sources import DATASET_KINDS
 from icthp_core.errors import ConfigError
-from icthp_core.options import add_model_arguments, model_options
 
 #: error lines printed while a run goes (the count is always printed at the end)
 MAX_ERROR_LINES = 100

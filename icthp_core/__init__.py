@@ -4,26 +4,34 @@ ICT(image, prompt): how much of the prompt the image contains (cosine, ~0.9 for 
 HP(image): prompt-free high-preference score in (0, 1) (~0.77 typical). ICT-HP = ICT x HP.
 """
 
-from icthp_core.checkpoints.loading import load_clip
-from icthp_core.data.preprocess import preprocess_pil, preprocess_tensor, to_nchw
-from icthp_core.errors import CheckpointError, ICTHPError, ImageLoadError, WeightsNotFoundError
-from icthp_core.scoring.models import HPHead, HPModel, ICTModel, ImageHeadModel, TextImageModel
-from icthp_core.scoring.registry import METRICS, create_reward_model, list_metrics
-from icthp_core.scoring.scorer import ICTHPScorer, MultiScorer, load_scorer
-from icthp_core.scoring.text import tokenize
-
 __version__ = "0.1.0"
 
-_LAZY = {"RewardClient": "icthp_core.scale.client", "LocalReward": "icthp_core.scale.client"}
+#: public name -> the module defining it, imported on first use: `import icthp_core.errors` (the command line's
+#: options and errors) loads no torch, and `icthp_core.MultiScorer` still works as before
+_LAZY = {
+    "load_clip": "icthp_core.checkpoints.loading",
+    **dict.fromkeys(("CheckpointError", "ICTHPError", "ImageLoadError", "WeightsNotFoundError"), "icthp_core.errors"),
+    **dict.fromkeys(("HPHead", "HPModel", "ICTModel", "ImageHeadModel", "TextImageModel"), "icthp_core.scoring.models"),
+    **dict.fromkeys(("preprocess_pil", "preprocess_tensor", "to_nchw"), "icthp_core.data.preprocess"),
+    **dict.fromkeys(("METRICS", "create_reward_model", "list_metrics"), "icthp_core.scoring.registry"),
+    **dict.fromkeys(("ICTHPScorer", "MultiScorer", "load_scorer"), "icthp_core.scoring.scorer"),
+    "tokenize": "icthp_core.scoring.text",
+    "RewardClient": "icthp_core.scale.client",
+    "LocalReward": "icthp_core.scale.client",
+}
 
 
 def __getattr__(name: str):
-    """Reward-server clients, imported on first use (no requests/ray import at `import icthp_core`)."""
+    """The public API, imported on first use (no torch, requests or ray at `import icthp_core`)."""
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'icthp_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -52,3 +52,7 @@ class DeviceError(ICTHPError, RuntimeError):
 
 #: the error type that names an unreadable image
 ImageError = ImageLoadError
+
+
+class MissingFileError(ICTHPError, FileNotFoundError):
+    """A file the user named (data, prompts, LoRA, checkpoint to resume) does not exist (message names it)."""

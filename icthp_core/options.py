@@ -1,13 +1,13 @@
-"""The model options every command shares (`--ict`, `--hp`, `--source`, `--device`, `--dtype`, `--batch-size`,
-`--workers`, `--output`): defined once, with the same names and defaults in `score`, `eval` and `app`."""
+"""What the model options every job shares resolve to (`ModelOptions`: weight sources, device, dtype, batching,
+output), with their defaults; the command-line options themselves are defined once in `icthp_cli/options.py`."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
+from typing import Any
 
 from icthp_core.dtypes import DEFAULT_DTYPE, DTYPE_CHOICES
-from icthp_core.scoring.registry import METRICS, get_metric
+from icthp_core.errors import ConfigError
 
 DTYPES = DTYPE_CHOICES
 DEFAULT_BATCH_SIZE = 32
@@ -25,6 +25,23 @@ class ModelOptions:
     workers: int | None = DEFAULT_WORKERS
     output: str | None = None
 
+    @classmethod
+    def create(
+        cls,
+        sources: dict[str, str],
+        device: str | None = None,
+        dtype: str = DEFAULT_DTYPE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = DEFAULT_WORKERS,
+        output: str | None = None,
+    ) -> ModelOptions:
+        """Checked options (one-line `ConfigError` naming the option for a bad value)."""
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
+        if workers is not None and workers < 0:
+            raise ConfigError(f"--workers {workers}: must be >= 0")
+        return cls(sources=sources, device=device, dtype=dtype, batch_size=batch_size, workers=workers, output=output)
+
     def decode_workers(self, device: str | None = None, decode: str = "cpu") -> int:
         """`workers`, or (when not given) a count sized from the cores for `device` and the decode path."""
         if self.workers is not None:
@@ -35,44 +52,17 @@ class ModelOptions:
         return default_workers(parse_device(device if device is not None else self.device), decode)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, output_help: str | None = None) -> argparse.ArgumentParser:
-    """Add the shared model options to `parser` (one group); `output_help` adds `--output/-o` too."""
-    g = parser.add_argument_group("models")
-    g.add_argument(
-        "--ict",
-        default=get_metric("ict").default_source,
-        help="ICT weights: hub id or local dir in the published layout ('none' to skip)",
-    )
-    g.add_argument(
-        "--hp",
-        default=get_metric("hp").default_source,
-        help="HP weights: hub id or local dir in the published layout ('none' to skip)",
-    )
-    g.add_argument(
-        "--source",
-        action="append",
-        default=[],
-        metavar="METRIC=SRC",
-        help="weights of another metric, e.g. pickscore=/models/PickScore_v1 (repeatable)",
-    )
-    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    g.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPES, help=f"weights and activations ({DEFAULT_DTYPE})")
-    g.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per batch ({DEFAULT_BATCH_SIZE})"
-    )
-    g.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULT_WORKERS,
-        help="background image-decoding processes, 0 = none (default: from the core count; none on 2 CPU cores)",
-    )
-    if output_help:
-        g.add_argument("--output", "-o", help=output_help)
-    return parser
+def default_weights(value: str | None, metric: str) -> str:
+    """`value`, or (None: the option was not given) the registry's published weights of `metric`."""
+    from icthp_core.scoring.registry import get_metric
+
+    return value if value is not None else get_metric(metric).default_source
 
 
 def parse_sources(ict: str | None, hp: str | None, items: list[str]) -> dict[str, str]:
     """Sources by base metric from `--ict`, `--hp` and repeated `--source METRIC=SRC` (checked against the registry)."""
+    from icthp_core.scoring.registry import METRICS
+
     sources: dict[str, str] = {}
     for name, value in (("ict", ict), ("hp", hp)):
         if value is not None and value.strip().lower() != "none":
@@ -81,28 +71,25 @@ def parse_sources(ict: str | None, hp: str | None, items: list[str]) -> dict[str
         name, sep, value = item.partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not value:
-            raise ValueError(f"--source {item!r}: expected METRIC=SRC")
+            raise ConfigError(f"--source {item!r}: expected METRIC=SRC")
         spec = METRICS.get(name)
         if spec is None or spec.derived:
             bases = [n for n, s in METRICS.items() if not s.derived]
-            raise ValueError(
+            raise ConfigError(
                 f"--source {item!r}: {name!r} is not a metric with weights; choose from {', '.join(bases)}"
             )
         sources[name] = value
     return sources
 
 
-def model_options(args: argparse.Namespace) -> ModelOptions:
-    """Resolve the parsed shared options (after `add_model_arguments`) with one-line errors for bad values."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.workers is not None and args.workers < 0:
-        raise ValueError(f"--workers {args.workers}: must be >= 0")
-    return ModelOptions(
-        sources=parse_sources(args.ict, args.hp, args.source),
+def model_options(args: Any) -> ModelOptions:
+    """TRANSITIONAL (used by `scale/score_cmd.py` until `icthp score` is one pipeline): `ModelOptions` from an
+    object with the shared option attributes; the command line itself is `icthp_cli.options`."""
+    return ModelOptions.create(
+        sources=parse_sources(default_weights(args.ict, "ict"), default_weights(args.hp, "hp"), args.source),
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=getattr(args, "workers", None),
         output=getattr(args, "output", None),
     )

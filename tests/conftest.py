@@ -12,24 +12,20 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))  # for `reference`
 
 _TESTS = Path(__file__).parent
-#: markers given by location (a test can add more with @pytest.mark.*): CI runs them all
-_BY_DIR = {"comfy": "comfyui"}
-_BY_NAME = {"browser": "browser", "ddp": "multiprocess", "two_process": "multiprocess", "ray": "multiprocess"}
-_SLOW_DIRS = {"train", "draft"}
+# Markers (slow, multiprocess, comfyui, browser) are set on the tests themselves: a module's `pytestmark` or a
+# decorator, never inferred from names. tests/test_durations.py checks `slow` against the measured durations.
+from durations_plugin import pytest_addoption, pytest_configure  # noqa: E402,F401  (--store-durations)
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        rel = Path(str(item.fspath)).resolve().relative_to(_TESTS.resolve())
-        top = rel.parts[0] if len(rel.parts) > 1 else ""
-        if top in _BY_DIR:
-            item.add_marker(_BY_DIR[top])
-        text = f"{rel.stem}::{item.name}"
-        for key, marker in _BY_NAME.items():
-            if key in text:
-                item.add_marker(marker)
-        if top in _SLOW_DIRS or "multiprocess" in {m.name for m in item.iter_markers()}:
-            item.add_marker("slow")
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster single-threaded on a shared 2-core machine (DRaFT, evalgen: autouse there)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,61 @@ def test_the_contract_test_can_fail(tmp_path):
     assert imported_names(f) & FORBIDDEN["icthp_core"] == {"icthp_cli"}
 
 
+#: what only the command line may use: argparse, the process's argv, exiting the process
+CLI_ONLY_MODULES = {"argparse"}
+CLI_ONLY_ATTRIBUTES = {("sys", "argv"), ("sys", "exit")}
+
+
+def command_line_uses(path: Path) -> list[str]:
+    """`import argparse`, `sys.argv` and `sys.exit` in a file (module level and inside functions)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"line {node.lineno}: import {n}" for n in names if n.split(".")[0] in CLI_ONLY_MODULES]
+            if isinstance(node, ast.ImportFrom) and node.module == "sys":
+                bad = [a.name for a in node.names if ("sys", a.name) in CLI_ONLY_ATTRIBUTES]
+                found += [f"line {node.lineno}: from sys import {n}" for n in bad]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if (node.value.id, node.attr) in CLI_ONLY_ATTRIBUTES:
+                found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("package", ["icthp_core", "gradio_app"])
+def test_no_command_line_outside_icthp_cli(package):
+    """The core and the app take typed arguments: no argparse, no sys.argv, no sys.exit (icthp_cli owns those)."""
+    bad = []
+    for f in sorted((REPO / package).rglob("*.py")):
+        rel = f.relative_to(REPO).as_posix()
+        bad += [f"{rel} {use}" for use in command_line_uses(f)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_command_line_check_can_fail(tmp_path):
+    """A planted violation of each kind is found (so the check above is not vacuous)."""
+    f = tmp_path / "planted.py"
+    f.write_text("import argparse\nimport sys\n\n\ndef main():\n    a = sys.argv[1:]\n    sys.exit(0)\n")
+    assert command_line_uses(f) == ["line 1: import argparse", "line 6: sys.argv", "line 7: sys.exit"]
+    f.write_text("def f():\n    from argparse import ArgumentParser\n    from sys import exit\n")
+    assert command_line_uses(f) == ["line 2: import argparse", "line 3: from sys import exit"]
+    pkg = tmp_path / "icthp_core"
+    pkg.mkdir()
+    (pkg / "ok.py").write_text("import os\n")
+    assert not command_line_uses(pkg / "ok.py")
+
+
+def test_every_command_is_an_icthp_cli_module_with_add_arguments_and_run():
+    from icthp_cli.main import COMMANDS
+
+    for c in COMMANDS:
+        assert c.module.startswith("icthp_cli."), c
+        path = REPO / (c.module.replace(".", "/") + ".py")
+        tree = ast.parse(path.read_text(), str(path))
+        functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert {"add_arguments", "run"} <= functions, f"{path.relative_to(REPO)} lacks add_arguments/run"
+
+
 def core_tiers(doc: Path = REPO / "docs" / "architecture.md") -> list[set[str]]:
     """The direction of the core, read from the `Direction:` line of docs/architecture.md (lowest tier first;
     `|` separates siblings of one tier, which may not import each other)."""
@@ -283,15 +338,23 @@ def test_installed_names_and_every_job_in_help(tmp_path):
         assert re.search(rf"^\s+{re.escape(c.name)}\s", out.stdout, re.M), c.name
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["app", "--help"], ["download", "--help"]])
+def test_help_imports_no_torch(argv):
+    """`icthp --help` lists the jobs without importing any of them, and a serving job's help needs no torch either
+    (fast on a loaded machine; `import icthp_core.errors` is light: the package's public names load on first use)."""
+    heavy = ("torch", "open_clip", "numpy")
+    code = f"import sys\nfrom icthp_cli.main import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+    code += f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
+
+
 def test_every_command_resolves():
-    from icthp_cli.main import COMMANDS, LEGACY, build_parser, run_legacy
+    from icthp_cli.main import COMMANDS, build_parser
 
     for c in COMMANDS:
-        if c.name in LEGACY:
-            assert callable(run_legacy), c.name
-        else:
-            parser, module = build_parser(c.name)
-            assert callable(module.run), c.name
+        parser, module = build_parser(c.name)
+        assert parser.prog == f"icthp {c.name}" and callable(module.run), c.name
 
 
 def _resolve_dotted(name: str) -> object:

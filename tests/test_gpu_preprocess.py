@@ -81,11 +81,10 @@ def test_gpu_batches_match_pil_batches_and_report_bad_files(image_files):
                 assert float(_pixel_diff(bg["pixels"][m], bp["pixels"][m]).mean()) <= DECODE_TOLERANCE["pixel_mean_abs"]
 
 
-def test_scores_of_both_paths_agree(image_files, tmp_path):
+def test_scores_of_both_paths_agree(image_files, tiny_ict, tiny_hp):
     from icthp_core import load_scorer
-    from icthp_core.testing import save_tiny_hp, save_tiny_ict
 
-    scorer = load_scorer(save_tiny_ict(tmp_path / "ict"), save_tiny_hp(tmp_path / "hp"), device="cpu")
+    scorer = load_scorer(tiny_ict, tiny_hp, device="cpu")
     paths, _ = image_files
     items = [(p, "a red circle") for p in paths]
     ref = list(scorer.score_files(items, batch_size=4, num_workers=0, decode="cpu"))
@@ -107,10 +106,9 @@ def test_decode_option_and_workers():
     assert default_workers("cuda", "gpu") >= 1
 
 
-def test_score_files_rejects_gpu_decode_on_cpu(tmp_path, image_files):
+def test_score_files_rejects_gpu_decode_on_cpu(tiny_ict, tiny_hp, image_files):
     from icthp_core import load_scorer
-    from icthp_core.testing import save_tiny_hp, save_tiny_ict
 
-    scorer = load_scorer(save_tiny_ict(tmp_path / "ict"), save_tiny_hp(tmp_path / "hp"), device="cpu")
+    scorer = load_scorer(tiny_ict, tiny_hp, device="cpu")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         list(scorer.score_files([(image_files[0][0], "x")], decode="gpu"))

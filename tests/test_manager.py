@@ -101,7 +101,7 @@ def test_cli_download(tmp_path, hub_files, manifest, capsys):
     assert rc == 0 and out.out.startswith("ok ") and (comfy / "models/icthp/ict/pytorch_model.bin").is_file()
     rc = cli(["download", "hp", "--comfyui", str(comfy), "--offline", "--manifest", str(manifest)])
     out = capsys.readouterr()
-    assert rc == 1 and out.out.count("missing") == 2
+    assert rc == 2 and out.out.count("missing") == 2 and "2 missing" in out.err
     assert cli(["download", "nope", "--offline"]) == 2
     assert "unknown model(s) ['nope']" in capsys.readouterr().err
     assert cli(["download", "--list"]) == 0 and "8y/ICT" in capsys.readouterr().out

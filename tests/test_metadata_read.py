@@ -14,8 +14,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from icthp_cli.main import main
-from icthp_core.data.metadata import KEY, MAX_RECORD_DEPTH, build_record, png_info, read_record
+from icthp_core.data.metadata import KEY, MAX_RECORD_DEPTH, png_info, read_record
 from icthp_core.errors import DataError, ICTHPError
+from icthp_core.scoring.records import build_record
 
 GOOD = {"format": 1, "prompt": "a cat", "model": "ICT-HP", "scores": {"ict": 0.9, "hp": 0.7}}
 
@@ -96,8 +97,13 @@ def test_from_metadata_keeps_going_past_bad_records(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     assert main(["score", "--from-metadata", str(tmp_path), "--output", str(out), "-q"]) == 0
     text = out.read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    rows = [json.loads(x) for x in text.splitlines()]
-    assert [r["scores"] for r in rows if r.get("image") == str(good)] == [GOOD["scores"]]
+
+    def strict(token: str):
+        raise AssertionError(f"bare {token} written")
+
+    rows = [json.loads(x, parse_constant=strict) for x in text.splitlines()]
+    (row,) = [r for r in rows if r.get("image") == str(good)]
+    assert {m: row[m] for m in GOOD["scores"]} == GOOD["scores"] and row["error"] is None
+    assert all(r["error"] for r in rows if r.get("image") != str(good))
     said = capsys.readouterr().err + text
     assert "b_nan.png" in said and "c_nested.png" in said

@@ -189,10 +189,10 @@ def test_one_ranking_rule(scores, order, ranks):
 
 def test_front_ends_rank_with_the_core_rule():
     from gradio_app import ranking
-    from icthp_cli.score import _rank_table
+    from icthp_cli.score import rank_table
 
     scores = [0.5, 0.9, 0.5, math.nan]
     assert ranking.rank(scores) == competition_ranks(scores)
     rows = [{"image": f"{i}.png", "prompt": "p", "ict_hp": s, "error": None} for i, s in enumerate(scores[:3])]
-    _rank_table(rows, ["ict_hp"])
-    assert [r["rank"] for r in rows] == [2, 1, 2]
+    table = rank_table(rows, ["ict_hp"]).splitlines()[1:]
+    assert [line.split()[-1] for line in table] == ["2", "1", "2"]

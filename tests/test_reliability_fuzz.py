@@ -14,6 +14,7 @@ def scorer(tiny_ict, tiny_hp):
     return load_scorer(tiny_ict, tiny_hp, device="cpu")
 
 
+@pytest.mark.slow  # measured: over the 10 s budget (tests/durations.json)
 def test_fuzzed_images_each_give_a_score_or_an_error_row(scorer):
     report = run(2000, seed=0, scorer=scorer)
     assert report["rows"] == report["files"] == 2012  # one row per file: nothing aborted, nothing lost

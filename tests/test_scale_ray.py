@@ -1,6 +1,6 @@
 """`icthp score --engine ray` and `icthp serve` on one local Ray (2 CPUs, no dashboard, 127.0.0.1), tiny models.
 
-Ray starts once for the module. Marked multiprocess + slow by tests/conftest.py (file name contains "ray")."""
+Ray starts once for the module (marked multiprocess + slow below)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from icthp_core.data.parquet_out import ShardDir
 from icthp_core.data.sinks import FolderSink
 from icthp_core.data.sources import plan_files
 from icthp_core.scale.protocol import parse_metrics_text
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 METRICS = ["ict", "hp", "ict_hp"]
 AUTH = {"Authorization": "Bearer s3cret"}

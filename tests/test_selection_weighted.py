@@ -46,3 +46,31 @@ def test_threshold_and_nothing_passed():
     assert empty.selected == [] and len(empty.rejected) == 5
     with pytest.raises(ValueError, match="no score reached the threshold 0.95 \\(best 0.9000\\)"):
         select(s, k=2, threshold=0.95, on_empty="error")
+
+
+def test_batch_nan_is_ranked_last_and_does_not_zero_the_metric():
+    """A failed image (NaN) is left out of the batch statistics; the others keep their order; best-of-1 is the best."""
+    nan = float("nan")
+    a = torch.tensor([1.0, nan, 3.0, 2.0])
+    got = combine_scores({"a": a}, {"a": 1.0}, "batch")
+    z = (torch.tensor([1.0, 3.0, 2.0]) - 2.0) / (2 / 3) ** 0.5
+    torch.testing.assert_close(got[[0, 2, 3]], z)
+    assert torch.isnan(got[1])
+    assert select(got, k=1).selected == [2]  # not image 0 (the worst), as when the NaN zeroed every z-score
+    assert select(got, k=4).selected == [2, 3, 0, 1]
+    # an infinite score is a failed score too; another metric's NaN makes only that image's total NaN
+    got = combine_scores(
+        {"a": torch.tensor([1.0, 5.0, 3.0]), "b": torch.tensor([0.0, 1.0, float("inf")])}, {"a": 1.0, "b": 1.0}
+    )
+    assert torch.isnan(got[2]) and got[1] > got[0]
+    assert select(got, k=1).selected == [1]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_weights_and_reference_refused(bad):
+    with pytest.raises(ValueError, match="finite"):
+        parse_weights(f"ict_hp:{bad}")
+    with pytest.raises(ValueError, match="finite"):
+        combine_scores({"a": torch.tensor([1.0, 2.0])}, {"a": float(bad)})
+    with pytest.raises(ValueError, match="finite"):
+        parse_reference(f"ict_hp:{bad}:1")

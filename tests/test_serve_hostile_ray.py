@@ -2,7 +2,7 @@
 token, bad payloads are 4xx naming the field, and a bounded, self-stopping flood (huge-pixel headers, 100+ MB chunked
 bodies, many 1x1 images, worst-case decodes, nested JSON) leaves the replica's memory within `memory_bound`.
 
-Marked multiprocess + slow by tests/conftest.py (file name contains "ray"); one server for the module."""
+Marked multiprocess + slow (below); one server for the module."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from PIL import Image, ImageDraw
 
 from icthp_core.scale.serve_config import ServeLimits, memory_bound
 from icthp_core.testing.fuzz import _png_with_size
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 TOKEN = "hostile-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -260,7 +260,11 @@ def test_array_payload_round_trip():
 
 
 def test_serve_options_warn_about_argv_tokens_and_exposed_hosts(tiny_ict, tiny_hp, monkeypatch, tmp_path):
-    from icthp_core.scale.serve_cmd import build_parser, config_from_args
+    from icthp_cli.main import build_parser as job_parser
+    from icthp_cli.serve import config_from_args
+
+    def build_parser():
+        return job_parser("serve")[0]
 
     monkeypatch.delenv("ICTHP_SERVE_TOKEN", raising=False)
     base = ["--ict", str(tiny_ict), "--hp", str(tiny_hp)]

@@ -56,11 +56,11 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, Any]:
     data = json.loads(p.read_text(encoding="utf-8"))
     models = data.get("models")
     if not isinstance(models, dict) or not models:
-        raise ValueError(f"{p}: no 'models' object")
+        raise ConfigError(f"{p}: no 'models' object")
     for name, m in models.items():
         for key in ("repo", "folder", "files"):
             if key not in m:
-                raise ValueError(f"{p}: model {name!r} has no {key!r}")
+                raise ConfigError(f"{p}: model {name!r} has no {key!r}")
     return models
 
 
@@ -71,7 +71,7 @@ def select_models(names: list[str] | None, manifest: dict[str, Any]) -> list[str
         return list(manifest)
     unknown = [n for n in names if n not in manifest]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; the manifest lists {sorted(manifest)} (or 'all')")
+        raise ConfigError(f"unknown model(s) {unknown}; the manifest lists {sorted(manifest)} (or 'all')")
     return list(dict.fromkeys(names))
 
 

@@ -12,7 +12,7 @@ from icthp_core.checkpoints.config import read_hf_config
 from icthp_core.checkpoints.convert import HF_HARMLESS_KEYS, hf_to_open_clip, is_hf_clip, open_clip_to_hf
 from icthp_core.checkpoints.hub import resolve_file
 from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, read_clip_state_dict
-from icthp_core.errors import CheckpointError
+from icthp_core.errors import CheckpointError, ConfigError
 
 _LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
 
@@ -54,7 +54,7 @@ def text_encoder_state_dict(src: str | os.PathLike, num_layers: int | None = Non
     if num_layers is not None:
         have = 1 + max(int(m.group(1)) for k in sd if (m := _LAYER.match(k)))
         if not 0 < num_layers <= have:
-            raise ValueError(f"num_layers={num_layers}: the text tower of {src} has {have} layers")
+            raise ConfigError(f"num_layers={num_layers}: the text tower of {src} has {have} layers")
         sd = {k: v for k, v in sd.items() if not (m := _LAYER.match(k)) or int(m.group(1)) < num_layers}
     return sd
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from icthp_core.data.images import DecodePolicy
 from icthp_core.data.images import decode_image as _decode
 from icthp_core.data.preprocess import preprocess_pil
-from icthp_core.errors import ImageLoadError
+from icthp_core.errors import ConfigError, ImageLoadError
 
 ImageSource = str | bytes
 
@@ -66,7 +66,7 @@ def ordered_loader(
 ) -> DataLoader:
     """Batches in input order, decoded by `num_workers` background processes (4 batches ahead each)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from icthp_core.data.images import check_image, decode_image
-from icthp_core.errors import DataFormatError, UnsafeDataError
+from icthp_core.errors import ConfigError, DataError, DataFormatError, MissingFileError, UnsafeDataError
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def load_pick_high_pickle(path: str | os.PathLike, trust_pickle: bool = False):
         raise UnsafeDataError(
             f"{path}: refusing to unpickle (pickle can run arbitrary code). If you trust this file, pass "
             "trust_pickle=True (CLI: --trust-pickle), or better convert it once with "
-            "`icthp convert-pick-high --trust-pickle SRC OUT` and load the converted JSONL/parquet."
+            "`icthp convert-pick-high --trust-pickle SRC -o OUT` and load the converted JSONL/parquet."
         )
     import pandas as pd
 
@@ -143,7 +143,7 @@ def read_table(path: str | os.PathLike, trust_pickle: bool = False):
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"data file not found: {p}")
+        raise MissingFileError(f"data file not found: {p}")
     suf = p.suffix.lower()
     if suf in (".pkl", ".pickle"):
         return load_pick_high_pickle(p, trust_pickle)
@@ -364,9 +364,9 @@ def convert_pick_high(
     import pandas as pd
 
     if fmt not in ("jsonl", "parquet"):
-        raise ValueError(f"fmt must be 'jsonl' or 'parquet', got {fmt!r}")
+        raise ConfigError(f"--format {fmt!r}: expected 'jsonl' or 'parquet'")
     if embed_images and fmt != "parquet":
-        raise ValueError("embed_images needs fmt='parquet'")
+        raise ConfigError("--embed needs --format parquet (JSONL rows hold image paths)")
     src, out = Path(src), Path(out_dir)
     pkl_dir = src / "Pick-High" if (src / "Pick-High").is_dir() else src
     out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +425,7 @@ class _RobustDataset(torch.utils.data.Dataset):
         self.transform, self.tokenizer = transform, tokenizer
         if not records:
             why = f": {report.summary()}" if report else ""
-            raise ValueError("dataset is empty (every row was skipped?)" + why)
+            raise DataError("dataset is empty (every row was skipped?)" + why)
         self.records = list(records)
         self.report = report or LoadReport(source="<records>", total=len(records), kept=len(records))
         self.cache: dict[int, dict[str, Any]] | None = {} if cache else None
@@ -455,7 +455,7 @@ class _RobustDataset(torch.utils.data.Dataset):
                 continue
             item["index"] = torch.tensor(idx)
             return item
-        raise RuntimeError(f"{self.report.source}: no readable example left")
+        raise DataError(f"{self.report.source}: no readable example left")
 
 
 class TripletDataset(_RobustDataset):
@@ -513,11 +513,11 @@ def write_triplets(records: Sequence[TripletRecord], path: str | os.PathLike) ->
         rows.append(row)
     if p.suffix == ".jsonl":
         if any(isinstance(ref, bytes) for r in records for ref in r.images):
-            raise ValueError(f"{p}: records hold image bytes; write a .parquet file instead")
+            raise ConfigError(f"{p}: records hold image bytes; write a .parquet file instead")
         with open(p, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     elif p.suffix == ".parquet":
         pd.DataFrame(rows).to_parquet(p, index=False)
     else:
-        raise ValueError(f"{p}: write_triplets supports .jsonl and .parquet")
+        raise ConfigError(f"{p}: write_triplets supports .jsonl and .parquet")
     return p

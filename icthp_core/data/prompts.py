@@ -13,18 +13,18 @@ import json
 import os
 from pathlib import Path
 
-from icthp_core.errors import DataError
+from icthp_core.errors import DataError, DataFormatError, MissingFileError
 
 #: the one list of prompt columns (prompt files, tables, parquet/HF data sets), first match wins
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text", "txt", "easy_prompt", "refine_prompt")
 
 
 def check_prompt(prompt: object, where: str = "prompt") -> str:
-    """Return the prompt, or raise ValueError for a non-string or blank prompt."""
+    """Return the prompt, or raise DataError (a ValueError) for a non-string or blank prompt."""
     if not isinstance(prompt, str):
-        raise ValueError(f"{where}: expected a string, got {type(prompt).__name__}")
+        raise DataError(f"{where}: expected a string, got {type(prompt).__name__}")
     if not prompt.strip():
-        raise ValueError(f"{where}: the prompt is empty")
+        raise DataError(f"{where}: the prompt is empty")
     return prompt
 
 
@@ -32,12 +32,14 @@ def prompt_column(columns, column: str | None, path: Path, where: str = "") -> s
     """`column` if the table has it, else the first of PROMPT_COLUMNS it has; a one-line error naming `path`."""
     if column is not None:
         if column not in columns:
-            raise DataError(f"{path}{where}: no column {column!r}; columns are {list(columns)}")
+            raise DataFormatError(f"{path}{where}: no column {column!r}; columns are {list(columns)}")
         return column
     for c in PROMPT_COLUMNS:
         if c in columns:
             return c
-    raise DataError(f"{path}{where}: none of the prompt columns {PROMPT_COLUMNS} found; columns are {list(columns)}")
+    raise DataFormatError(
+        f"{path}{where}: none of the prompt columns {PROMPT_COLUMNS} found; columns are {list(columns)}"
+    )
 
 
 def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool = False) -> list[str]:
@@ -49,7 +51,7 @@ def load_prompts(path: str | Path, column: str | None = None, allow_pickle: bool
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"prompt file not found: {p}")
+        raise MissingFileError(f"prompt file not found: {p}")
     suf = p.suffix.lower()
     if suf == ".txt":
         items = p.read_text(encoding="utf-8").splitlines()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from icthp_core.diffusion.lora import adapters_disabled, detect_arch
+from icthp_core.errors import ConfigError
 
 RewardFn = Callable[[Tensor, Sequence[str]], Tensor]
 VARIANTS = ("draft", "refl", "draft_lv")
@@ -370,13 +371,13 @@ class DraftConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
         if not 0 <= self.k <= self.num_steps:
-            raise ValueError(f"k must be in [0, num_steps={self.num_steps}], got {self.k}")
+            raise ConfigError(f"k must be in [0, num_steps={self.num_steps}], got {self.k}")
         if self.variant == "draft_lv" and self.lv_copies < 1:
-            raise ValueError(f"lv_copies must be >= 1, got {self.lv_copies}")
+            raise ConfigError(f"lv_copies must be >= 1, got {self.lv_copies}")
 
 
 @dataclass
@@ -526,9 +527,9 @@ def parse_reward_spec(spec: str) -> dict[str, float]:
         try:
             out[name.strip()] = float(wt) if wt else 1.0
         except ValueError:
-            raise ValueError(f"bad reward weight in {part!r} (spec {spec!r}); use 'metric:weight'") from None
+            raise ConfigError(f"bad reward weight in {part!r} (spec {spec!r}); use 'metric:weight'") from None
     if not out:
-        raise ValueError(f"empty reward spec {spec!r}")
+        raise ConfigError(f"empty reward spec {spec!r}")
     return out
 
 

@@ -4,8 +4,8 @@
     icthp draft base_model=stabilityai/stable-diffusion-3.5-large-turbo prompts=p.txt \\
         reward=ict_hp output_dir=out/sd35-icthp
 
-Options use the one training configuration system (:mod:`icthp_core.training.config`: YAML + `key=value`, the
-same names as reward training: `max_steps`, `lr`, `checkpoint_every`, `trust_pickle`, ...).
+Options use the one training configuration system (:mod:`icthp_core.training.config`: YAML + `key=value` parsed
+by `icthp_cli`, the same names as reward training: `max_steps`, `lr`, `checkpoint_every`, `trust_pickle`, ...).
 Defaults follow the paper (§4.3, A.2, A.4): SD3.5 8 steps, guidance 0, K=3; FLUX 4 steps, K=1; LoRA on the
 attention (FLUX also ff); AdamW 5e-6. Text embeddings are precomputed and the text encoders freed. The math lives
 in `icthp_core.diffusion.draft` / `icthp_core.diffusion.lora`; this file is configuration, logging and checkpoints.
@@ -31,8 +31,9 @@ import torch
 
 from icthp_core.diffusion.pipelines import ARCH_DEFAULTS, TEXT_COMPONENTS, load_pipeline, pipeline_info
 from icthp_core.dtypes import parse_dtype
+from icthp_core.errors import ConfigError
 from icthp_core.training.checkpointing import resolve_resume, write_checkpoint
-from icthp_core.training.config import CommonTrainConfig, ConfigError, parse_args
+from icthp_core.training.config import CommonTrainConfig
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog
 from icthp_core.training.optim import optimizer_from_config
 from icthp_core.training.plots import plot_metrics
@@ -103,17 +104,10 @@ class DraftTrainConfig(CommonTrainConfig):
         )
 
 
-def parse_config(argv: list[str] | None = None) -> DraftTrainConfig:
-    """`[--config file.yaml] [key=value ...]` (the one syntax of every training job)."""
-    cfg = parse_args(DraftTrainConfig, argv, __doc__)
+def check_config(cfg: DraftTrainConfig) -> None:
+    """Missing options and option combinations that cannot work (one line naming the key)."""
     if not cfg.prompts:
         raise ConfigError("prompts: required (a .txt/.jsonl/.csv/.tsv/.parquet/.pkl prompt file), e.g. prompts=p.txt")
-    check_config(cfg)
-    return cfg
-
-
-def check_config(cfg: DraftTrainConfig) -> None:
-    """Option combinations that cannot work (one line naming the key)."""
     if cfg.offload_frozen and not cfg.gradient_checkpointing:
         raise ConfigError(
             "offload_frozen=true needs gradient_checkpointing=true (without it the K steps' activations stay on the "
@@ -274,7 +268,7 @@ def _load_model(cfg: DraftTrainConfig, arch: str, wdtype: torch.dtype, device) -
 
     pipe = load_pipeline(cfg.base_model, wdtype, text=False)
     if detect_arch(pipe.transformer) != arch:
-        raise ValueError(f"{cfg.base_model}: pipeline class and transformer disagree")
+        raise ConfigError(f"{cfg.base_model}: pipeline class and transformer disagree")
     model = FlowModel.from_pipeline(pipe, cfg.guidance_scale)
     del pipe
     if not cfg.offload_frozen:  # else the VAE and reward towers come to the device only for the reward phase
@@ -571,11 +565,3 @@ def _train(cfg: DraftTrainConfig) -> Path:
         if stopped:
             break
     return run.export()
-
-
-def main(argv: list[str] | None = None) -> None:
-    train(parse_config(argv))
-
-
-if __name__ == "__main__":
-    main()

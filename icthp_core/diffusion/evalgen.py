@@ -2,7 +2,7 @@
 aesthetic score on Parti-Prompts) and Table 3 (GenEval), plus ICT, HP, ICT-HP and any registry baseline.
 
     icthp evalgen --model stabilityai/stable-diffusion-3.5-large-turbo --lora ict_hp=out/sd35-icthp \\
-        --prompts PartiPrompts.tsv --outdir eval/parti
+        --prompts PartiPrompts.tsv -o eval/parti
     accelerate launch --num_processes 8 -m icthp_cli evalgen ...   # prompts split over 8 GPUs, one result
 
 Steps: (1) generate the missing images of the base model and of each LoRA (`generation.py`), (2) score the images
@@ -33,6 +33,7 @@ from icthp_core.diffusion.generation import (
     write_metadata,
 )
 from icthp_core.dtypes import DTYPE_CHOICES, parse_dtype
+from icthp_core.errors import ConfigError, DataError
 from icthp_core.evaluation.gen_report import JPEG, read_score_rows, write_report
 from icthp_core.evaluation.image_stats import jpeg_size_kb
 from icthp_core.evaluation.prompt_sets import load_prompt_set
@@ -81,7 +82,7 @@ def default_steps_guidance(arch: str, guidance_embeds: bool) -> tuple[int, float
 
 def _dtype(name: str) -> torch.dtype:
     if name not in DTYPE_CHOICES:
-        raise ValueError(f"--gen-dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+        raise ConfigError(f"--gen-dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     return parse_dtype(name, "--gen-dtype")
 
 
@@ -93,9 +94,9 @@ def _check_run(out: Path, record: dict, overwrite: bool) -> None:
         diff = [k for k in record if k not in ("loras", "prompts") and old.get(k) != record[k]]
         diff += [f"lora {n}" for n, v in record["loras"].items() if n in old.get("loras", {}) and old["loras"][n] != v]
         if diff:
-            raise ValueError(
+            raise ConfigError(
                 f"{f}: this folder holds a run with other settings ({', '.join(diff)}); "
-                "use another --outdir or pass --overwrite"
+                "use another --output or pass --overwrite"
             )
         record = {**record, "loras": {**old.get("loras", {}), **record["loras"]}}
     elif overwrite:
@@ -233,7 +234,7 @@ def _report(cfg: EvalGenConfig, names: list[str], items: list[ImageItem], metric
     rows = [r for r in read_score_rows(out / "scores") if (r["model"], r["index"], r["n"]) in keys]
     bad = [r for r in rows if r.get("error")]
     if bad:
-        raise ValueError(f"{out / bad[0]['image']}: {bad[0]['error']} ({len(bad)} image(s) could not be scored)")
+        raise DataError(f"{out / bad[0]['image']}: {bad[0]['error']} ({len(bad)} image(s) could not be scored)")
     return write_report(out, rows, [JPEG, *metrics], names, cfg.seeds_per_prompt, cfg.grid_prompts)
 
 
@@ -254,7 +255,7 @@ def run_evalgen(cfg: EvalGenConfig, make_scorer=None, rank: int | None = None, w
     records = load_prompt_set(cfg.prompts, cfg.prompt_column, cfg.limit)
     names = [BASE] + [s.name for s in cfg.loras]
     if len(set(names)) != len(names):
-        raise ValueError(f"--lora: model names must be unique, got {names}")
+        raise ConfigError(f"--lora: model names must be unique, got {names}")
     arch, guidance_embeds = pipeline_info(cfg.model)
     gen_dtype = cfg.gen_dtype or ("bf16" if state.device.type == "cuda" else "fp32")
     settings = _settings(cfg, arch, guidance_embeds, gen_dtype)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from icthp_core.errors import ConfigError, WeightsNotFoundError
 from icthp_core.evaluation.prompt_sets import PromptRecord
 
 __all__ = [
@@ -95,13 +96,13 @@ def parse_lora(text: str, default_scale: float = 1.0) -> ModelSpec:
             pass
     path = path.strip()
     if not path:
-        raise ValueError(f"--lora {text!r}: no path given (expected [NAME=]PATH[@SCALE])")
+        raise ConfigError(f"--lora {text!r}: no path given (expected [NAME=]PATH[@SCALE])")
     if not name:
         p = Path(path)
         name = p.parent.name if p.suffix == ".safetensors" and p.stem == "pytorch_lora_weights" else p.stem or p.name
     name = name.strip()
     if not name or name == BASE or "/" in name or name.startswith("."):
-        raise ValueError(f"--lora {text!r}: bad model name {name!r} (give NAME=PATH; 'base' is reserved)")
+        raise ConfigError(f"--lora {text!r}: bad model name {name!r} (give NAME=PATH; 'base' is reserved)")
     return ModelSpec(name, path, scale)
 
 
@@ -112,7 +113,7 @@ def image_path(root: str | Path, model: str, index: int, n: int) -> Path:
 def plan_items(records: Sequence[PromptRecord], seeds_per_prompt: int, seed: int = 0) -> list[ImageItem]:
     """Every image of the run in canonical order (prompt index, then sample)."""
     if seeds_per_prompt < 1:
-        raise ValueError(f"seeds per prompt must be >= 1, got {seeds_per_prompt}")
+        raise ConfigError(f"seeds per prompt must be >= 1, got {seeds_per_prompt}")
     return [
         ImageItem(r.index, n, seed + r.index * seeds_per_prompt + n, r.prompt)
         for r in records
@@ -127,7 +128,7 @@ def missing_items(root: str | Path, model: str, items: Iterable[ImageItem]) -> l
 def shard_batches(items: Sequence[ImageItem], batch_size: int, rank: int = 0, world: int = 1) -> list[list[ImageItem]]:
     """The batches of process `rank` among `world`: consecutive chunks of `items`, every `world`-th from `rank`."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in [0, {world})")
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
@@ -168,12 +169,12 @@ def load_lora(pipe, spec: ModelSpec, arch: str) -> None:
         file = path / WEIGHT_NAME if path.is_dir() else None
         if path.is_dir():
             if not file.is_file():
-                raise FileNotFoundError(f"--lora {spec.lora}: no {WEIGHT_NAME} in this folder")
+                raise WeightsNotFoundError(f"--lora {spec.lora}: no {WEIGHT_NAME} in this folder")
             kwargs["weight_name"] = WEIGHT_NAME
     if file is not None:
         lora_arch = read_lora_metadata(file).get("icthp.base_arch")
         if lora_arch and lora_arch != arch:
-            raise ValueError(f"--lora {spec.lora}: trained for a {lora_arch} pipeline, the base model is {arch}")
+            raise ConfigError(f"--lora {spec.lora}: trained for a {lora_arch} pipeline, the base model is {arch}")
     pipe.load_lora_weights(src, adapter_name=spec.name, **kwargs)
     pipe.set_adapters([spec.name], adapter_weights=[spec.scale])
 

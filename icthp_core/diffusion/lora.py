@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from icthp_core.errors import ConfigError
+
 SD3_TARGETS = (
     "attn.to_q",
     "attn.to_k",
@@ -49,7 +51,7 @@ def detect_arch(transformer: nn.Module) -> str:
         return "sd3"
     if name.startswith("Flux"):
         return "flux"
-    raise ValueError(
+    raise ConfigError(
         f"unsupported transformer class {name!r}: expected SD3Transformer2DModel or FluxTransformer2DModel"
     )
 
@@ -69,7 +71,7 @@ def lora_config(arch: str, rank: int = 16, alpha: float | None = None, targets: 
     from peft import LoraConfig
 
     if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
+        raise ConfigError(f"rank must be >= 1, got {rank}")
     return LoraConfig(
         r=rank,
         lora_alpha=rank if alpha is None else alpha,

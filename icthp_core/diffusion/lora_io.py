@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from icthp_core.errors import LoraFormatError
+from icthp_core.errors import LoraFormatError, WeightsNotFoundError
 
 __all__ = [
     "COMPONENTS",
@@ -122,7 +122,7 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"LoRA file not found: {path}")
+        raise WeightsNotFoundError(f"LoRA file not found: {path}")
     if path.suffix != ".safetensors":
         raise LoraFormatError(f"{path}: expected a .safetensors LoRA file")
     try:

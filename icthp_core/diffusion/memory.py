@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from icthp_core.errors import ConfigError
 from icthp_core.training import optim as _optim
 
 GiB = 2**30
@@ -107,7 +108,7 @@ def optimizer_state_bytes(params, optimizer: str) -> int:
     """Bytes of the optimizer moments of `params` after the first step (exact for torch AdamW and bitsandbytes'
     AdamW8bit; its 256-entry quantisation maps are shared and not counted)."""
     if optimizer not in OPTIMIZER_STATE_BYTES:
-        raise ValueError(f"optimizer={optimizer!r}: expected one of {sorted(OPTIMIZER_STATE_BYTES)}")
+        raise ConfigError(f"optimizer={optimizer!r}: expected one of {sorted(OPTIMIZER_STATE_BYTES)}")
     total = 0
     for p in params:
         n = p.numel()
@@ -206,7 +207,7 @@ def estimate_draft_memory(
     `offload_frozen`: the peak over the phases of `icthp_core.diffusion.offload` (needs `checkpointing`).
     """
     if offload_frozen and not checkpointing:
-        raise ValueError("offload_frozen needs checkpointing (the trainer refuses the combination)")
+        raise ConfigError("offload_frozen needs checkpointing (the trainer refuses the combination)")
     vae_checkpointing = checkpointing if vae_checkpointing is None else vae_checkpointing
     weights_t = _bytes_of(transformer)
     weights_d = _bytes_of(vae) + sum(_bytes_of(m) for m in reward_modules)  # the "decode" group of the offload

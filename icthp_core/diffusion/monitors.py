@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from icthp_core.errors import ConfigError
 from icthp_core.evaluation.image_stats import color_histogram, histogram_distance, jpeg_size_kb, saturation
 
 __all__ = ["RewardHackingMonitor", "pairwise_feature_diversity", "to_uint8_images", "gold_metric_fns"]
@@ -110,7 +111,7 @@ class RewardHackingMonitor:
         if not k:
             return None
         if k not in values:
-            raise ValueError(f"early_stop_metric={k!r}: the monitor computes {sorted(values)}")
+            raise ConfigError(f"early_stop_metric={k!r}: the monitor computes {sorted(values)}")
         drop = self.baseline[k] - values[k]
         if drop > self.early_stop_drop:
             return f"{k} fell from {self.baseline[k]:.4g} to {values[k]:.4g} (drop {drop:.4g} > {self.early_stop_drop})"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from icthp_core.errors import ConfigError
+
 #: the paper's sampling defaults per architecture (§4.3, A.2): SD3.5 8 steps with K=3, FLUX 4 steps with K=1
 ARCH_DEFAULTS = {"sd3": {"num_steps": 8, "k": 3}, "flux": {"num_steps": 4, "k": 1}}
 
@@ -23,7 +25,7 @@ def pipeline_info(base_model: str) -> tuple[str, bool]:
     if name.startswith("Flux"):
         tcfg = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
         return "flux", bool(tcfg.get("guidance_embeds", False))
-    raise ValueError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
+    raise ConfigError(f"{base_model}: pipeline {name} is not an SD3 / FLUX pipeline")
 
 
 def load_pipeline(base_model: str, dtype: torch.dtype, text: bool = True, denoiser: bool = True):

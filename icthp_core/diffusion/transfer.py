@@ -19,6 +19,7 @@ from torch import nn
 
 from icthp_core.checkpoints.transfer import hf_clip_config, text_encoder_state_dict, vision_encoder_state_dict
 from icthp_core.data.preprocess import OPENAI_MEAN, OPENAI_STD  # noqa: F401 - re-exported
+from icthp_core.errors import ConfigError
 
 # InstantStyle (SDXL UNet): "style" = only up_blocks.0 attention 1; "style_and_layout" adds down_blocks.2 attention 1
 INSTANTSTYLE = {
@@ -31,7 +32,7 @@ INSTANTSTYLE = {
 def instantstyle_scale(mode: str = "style", strength: float = 1.0) -> dict[str, Any]:
     """Block scales for `pipe.set_ip_adapter_scale(...)` (SDXL): `mode` in "style", "layout", "style_and_layout"."""
     if mode not in INSTANTSTYLE:
-        raise ValueError(f"mode must be one of {sorted(INSTANTSTYLE)}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {sorted(INSTANTSTYLE)}, got {mode!r}")
     return {
         part: {blk: [s * strength for s in v] for blk, v in blocks.items()}
         for part, blocks in INSTANTSTYLE[mode].items()

@@ -16,6 +16,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from icthp_core.errors import DataError
 from icthp_core.evaluation.stats import win_rate
 
 __all__ = ["JPEG", "metric_title", "read_score_rows", "summarize", "paired_win_rates", "write_report"]
@@ -191,7 +192,7 @@ def write_report(
     metrics = [m for m in metrics]
     df = pd.DataFrame(rows)
     if df.empty:
-        raise ValueError(f"{out}: no scored images to report")
+        raise DataError(f"{out}: no scored images to report")
     df = df.sort_values(["model", "index", "n"], key=lambda s: s.map(models.index) if s.name == "model" else s)
     paths = {
         "per_image_csv": out / "per_image.csv",

@@ -226,7 +226,7 @@ def tie_grid(spec: str, metric: str, p0, p1) -> list[float]:
     try:
         return [float(x) for x in spec.split(",")]
     except ValueError:
-        raise ValueError(f"--tie-grid {spec!r}: expected auto, pickscore, relative or a comma list") from None
+        raise ConfigError(f"--tie-grid {spec!r}: expected auto, pickscore, relative or a comma list") from None
 
 
 def _pair_scores(scorer, records, batch_size, workers, report):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from icthp_core.data.prompts import prompt_column
+from icthp_core.errors import DataError, MissingFileError
 
 __all__ = ["PromptRecord", "load_prompt_set"]
 
@@ -50,7 +51,7 @@ def _rows(path: Path, column: str | None) -> list[tuple[str, dict, str]]:
                     try:
                         entries.append((json.loads(ln), f":{i + 1}"))
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{i + 1}: not JSON ({e.msg})") from None
+                        raise DataError(f"{path}:{i + 1}: not JSON ({e.msg})") from None
         out = []
         for r, where in entries:
             if isinstance(r, str):
@@ -58,7 +59,7 @@ def _rows(path: Path, column: str | None) -> list[tuple[str, dict, str]]:
             elif isinstance(r, dict):
                 out.append((str(r[prompt_column(r.keys(), column, path, where)]), dict(r), where))
             else:
-                raise ValueError(f"{path}{where}: neither a string nor an object")
+                raise DataError(f"{path}{where}: neither a string nor an object")
         return out
     if suf in (".csv", ".tsv", ".parquet"):
         import pandas as pd
@@ -67,7 +68,7 @@ def _rows(path: Path, column: str | None) -> list[tuple[str, dict, str]]:
         col = prompt_column(df.columns, column, path)
         rows = df.to_dict(orient="records")
         return [(str(r[col]), {k: _clean(v) for k, v in r.items()}, f" row {i + 1}") for i, r in enumerate(rows)]
-    raise ValueError(f"{path}: unsupported prompt file type {suf!r} (.txt, .jsonl, .json, .csv, .tsv, .parquet)")
+    raise DataError(f"{path}: unsupported prompt file type {suf!r} (.txt, .jsonl, .json, .csv, .tsv, .parquet)")
 
 
 def load_prompt_set(path: str | Path, column: str | None = None, limit: int | None = None) -> list[PromptRecord]:
@@ -78,14 +79,14 @@ def load_prompt_set(path: str | Path, column: str | None = None, limit: int | No
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"prompt file not found: {p}")
+        raise MissingFileError(f"prompt file not found: {p}")
     records = []
     for prompt, meta, where in _rows(p, column):
         if not prompt.strip() or prompt == "None":
-            raise ValueError(f"{p}{where}: empty prompt")
+            raise DataError(f"{p}{where}: empty prompt")
         records.append(PromptRecord(len(records), prompt.strip(), {**meta, "prompt": prompt.strip()}))
         if limit is not None and len(records) >= limit:
             break
     if not records:
-        raise ValueError(f"{p}: no prompts found")
+        raise DataError(f"{p}: no prompts found")
     return records

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from icthp_core.data.batch import ordered_loader, with_progress
 from icthp_core.data.images import load_image
 from icthp_core.data.preprocess import preprocess_tensor
-from icthp_core.errors import ImageLoadError
+from icthp_core.errors import ConfigError, ImageLoadError
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
 # Bounds of the GPU/torch path against the PIL path, in [0, 1] pixel units before normalisation
@@ -37,10 +37,10 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 def resolve_decode(decode: str, device: torch.device | str) -> str:
     """'cpu' or 'gpu' for `--decode {auto,cpu,gpu}`: auto = gpu on a CUDA device, else cpu."""
     if decode not in DECODE_CHOICES:
-        raise ValueError(f"decode={decode!r}: expected one of {DECODE_CHOICES}")
+        raise ConfigError(f"decode={decode!r}: expected one of {DECODE_CHOICES}")
     is_cuda = torch.device(device).type == "cuda"
     if decode == "gpu" and not is_cuda:
-        raise ValueError(f"--decode gpu needs a CUDA device (got device={device})")
+        raise ConfigError(f"--decode gpu needs a CUDA device (got device={device})")
     if decode == "auto":
         return "gpu" if is_cuda else "cpu"
     return decode

@@ -12,6 +12,7 @@ from torch import nn
 from icthp_core.checkpoints.config import VIT_H_14, VIT_L_14_OPENAI
 from icthp_core.checkpoints.hub import resolve_file
 from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, load_clip, parse_device, parse_dtype
+from icthp_core.errors import ConfigError
 from icthp_core.scoring.models import HPModel, ICTModel, ImageHeadModel, TextImageModel, load_head
 
 #: metric families, as the front ends group them
@@ -103,7 +104,7 @@ def list_metrics(family: str | None = None) -> list[str]:
 def get_metric(name: str) -> MetricSpec:
     """The spec of `name`; a one-line error naming the choices if it is not registered."""
     if name not in METRICS:
-        raise ValueError(f"metric {name!r} is not registered; choose from {', '.join(list_metrics())}")
+        raise ConfigError(f"metric {name!r} is not registered; choose from {', '.join(list_metrics())}")
     return METRICS[name]
 
 
@@ -123,9 +124,9 @@ def parse_metrics(text: str | None, what: str = "--metrics") -> list[str]:
     names = list(dict.fromkeys(m for m in names if m))
     unknown = [m for m in names if m not in METRICS]
     if unknown:
-        raise ValueError(f"{what}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(list_metrics())}")
+        raise ConfigError(f"{what}: unknown metric(s) {', '.join(unknown)}; choose from {', '.join(list_metrics())}")
     if not names:
-        raise ValueError(f"{what}: no metric given; choose from {', '.join(list_metrics())}")
+        raise ConfigError(f"{what}: no metric given; choose from {', '.join(list_metrics())}")
     return names
 
 
@@ -387,7 +388,7 @@ register(
 def model_key(metric: str) -> str:
     spec = get_metric(metric)
     if spec.derived:
-        raise ValueError(f"metric {metric!r} is derived from {spec.inputs}; it has no model of its own")
+        raise ConfigError(f"metric {metric!r} is derived from {spec.inputs}; it has no model of its own")
     return spec.model
 
 

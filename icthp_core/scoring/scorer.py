@@ -148,7 +148,7 @@ class MultiScorer:
             output = {} if METRICS[m].output == "score" else {"output": METRICS[m].output}
             if getattr(model, "needs_prompt", False):
                 if prompts is None:
-                    raise ValueError(f"prompts: metric {m!r} needs a prompt")
+                    raise ConfigError(f"prompts: metric {m!r} needs a prompt")
                 text = self._text_features(m, prompts)
                 if not torch.is_inference_mode_enabled():
                     text = text.clone()  # cached inference tensors cannot enter an autograd graph
@@ -189,7 +189,7 @@ class MultiScorer:
             raise ValueError("images: the batch is empty")
         plist = prompts_for(prompts, n)
         if plist is None and self.needs_prompt:
-            raise ValueError(f"prompts: metrics {self.metrics} need a prompt")
+            raise ConfigError(f"prompts: metrics {self.metrics} need a prompt")
         chunks = []
         for s in range(0, n, batch_size):
             chunk = {k: v[s : s + batch_size] for k, v in pixels.items()}

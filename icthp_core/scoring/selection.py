@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from icthp_core.errors import ConfigError
+
 __all__ = [
     "NORMALIZATIONS",
     "Selection",
@@ -157,20 +159,24 @@ def _pairs(text: str, what: str) -> list[tuple[str, list[float]]]:
         try:
             values = [float(x) for x in nums]
         except ValueError:
-            raise ValueError(f"{what}: {part!r} is not 'metric:number'") from None
+            raise ConfigError(f"{what}: {part!r} is not 'metric:number'") from None
         out.append((name, values))
     return out
 
 
 def parse_weights(text: str) -> dict[str, float]:
-    """``"ict_hp:1.0, imagereward:0.5"`` → ``{"ict_hp": 1.0, "imagereward": 0.5}`` (a bare name weighs 1)."""
+    """``"ict_hp:1.0, imagereward:0.5"`` → ``{"ict_hp": 1.0, "imagereward": 0.5}`` (a bare name weighs 1).
+
+    A ``nan`` or infinite weight is refused (it would make every combined score NaN or infinite)."""
     weights: dict[str, float] = {}
     for name, values in _pairs(text, "weights"):
         if len(values) > 1:
-            raise ValueError(f"weights: {name!r} has {len(values)} numbers; write 'metric:weight'")
+            raise ConfigError(f"weights: {name!r} has {len(values)} numbers; write 'metric:weight'")
         weights[name] = values[0] if values else 1.0
+        if not math.isfinite(weights[name]):
+            raise ConfigError(f"weights: {name!r} has weight {weights[name]}; a weight must be a finite number")
     if not weights:
-        raise ValueError("weights: empty; write e.g. 'ict_hp:1.0, imagereward:0.5'")
+        raise ConfigError("weights: empty; write e.g. 'ict_hp:1.0, imagereward:0.5'")
     return weights
 
 
@@ -178,8 +184,8 @@ def parse_reference(text: str) -> dict[str, tuple[float, float]]:
     """``"ict_hp:0.70:0.05, imagereward:0:1"`` → ``{metric: (mean, std)}`` (reference statistics for z-scores)."""
     ref: dict[str, tuple[float, float]] = {}
     for name, values in _pairs(text, "reference statistics"):
-        if len(values) != 2 or values[1] <= 0:
-            raise ValueError(f"reference statistics: {name!r} needs 'metric:mean:std' with std > 0")
+        if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[1] <= 0:
+            raise ConfigError(f"reference statistics: {name!r} needs 'metric:mean:std', finite, with std > 0")
         ref[name] = (values[0], values[1])
     return ref
 
@@ -195,25 +201,41 @@ def combine_scores(
     ``normalize``: ``"none"`` (raw values), ``"batch"`` (z-score within this batch; a constant metric
     contributes 0, so a batch of one scores 0), ``"reference"`` ((x - mean) / std with the user's
     ``reference`` statistics: absolute, comparable across batches).
+
+    A NaN or infinite score (a failed image) is left out of the batch mean and standard deviation and makes that
+    image's combined score NaN, which `rank` and `select` put last; the other images are compared as if it were
+    absent. Weights must be finite (``ValueError`` otherwise).
     """
     if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        raise ConfigError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     missing = [m for m in weights if m not in scores]
     if missing:
-        raise ValueError(f"weights name metrics {missing} that are not scored (scored: {sorted(scores)})")
+        raise ConfigError(f"weights name metrics {missing} that are not scored (scored: {sorted(scores)})")
+    bad = {m: w for m, w in weights.items() if not math.isfinite(w)}
+    if bad:
+        raise ConfigError(f"weights {bad}: a weight must be a finite number")
     total = None
     for m, w in weights.items():
         x = torch.as_tensor(scores[m], dtype=torch.float64).reshape(-1)
+        x = torch.where(torch.isfinite(x), x, torch.full_like(x, math.nan))
         if normalize == "batch":
-            std = x.std(unbiased=False) if x.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
-            x = (x - x.mean()) / std if float(std) > 0 else torch.zeros_like(x)
+            x = _batch_z(x)
         elif normalize == "reference":
             if not reference or m not in reference:
-                raise ValueError(f"normalize='reference' needs reference statistics (mean:std) for {m!r}")
+                raise ConfigError(f"normalize='reference' needs reference statistics (mean:std) for {m!r}")
             mean, std = reference[m]
             x = (x - mean) / std
         total = w * x if total is None else total + w * x
     return total.float()
+
+
+def _batch_z(x: torch.Tensor) -> torch.Tensor:
+    """z-score over the finite entries (NaN entries stay NaN); a constant metric (or a single finite value) gives 0."""
+    ok = ~torch.isnan(x)
+    vals = x[ok]
+    std = vals.std(unbiased=False) if vals.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+    z = (x - vals.mean()) / std if float(std) > 0 else torch.zeros_like(x)
+    return torch.where(ok, z, x)
 
 
 def select(
@@ -228,7 +250,7 @@ def select(
     (every item rejected), ``"error"`` raises ``ValueError`` naming the best score and the threshold.
     """
     if on_empty not in ON_EMPTY:
-        raise ValueError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
+        raise ConfigError(f"on_empty must be one of {ON_EMPTY}, got {on_empty!r}")
     ranked = rank(scores, k if threshold is None else len(scores))
     if threshold is None:
         return ranked

@@ -18,6 +18,7 @@ from functools import lru_cache
 import torch
 
 from icthp_core.data.prompts import check_prompt
+from icthp_core.errors import ConfigError
 
 CONTEXT_LENGTH = 77
 
@@ -65,7 +66,7 @@ TOKENIZERS = {"open_clip": None, "hf": tokenize_hf}
 def tokenizer_for(name: str):
     """The tokenize function of flavour `name` ("open_clip" or "hf")."""
     if name not in TOKENIZERS:
-        raise ValueError(f"tokenizer {name!r}: choose from {', '.join(TOKENIZERS)}")
+        raise ConfigError(f"tokenizer {name!r}: choose from {', '.join(TOKENIZERS)}")
     return TOKENIZERS[name] or tokenize
 
 

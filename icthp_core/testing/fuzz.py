@@ -1,12 +1,11 @@
 """Mutated image files for robustness tests: every file must give a score or an error row, within bounded memory.
 
-`python -m icthp_core.testing.fuzz --count 24000 --seed 0` runs the large campaign of docs/reliability.md;
+`python bench/fuzz_decode.py --count 24000 --seed 0` runs the large campaign of docs/reliability.md;
 tests/test_reliability_fuzz.py runs a bounded one in CI.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import resource
 import struct
@@ -244,18 +243,3 @@ def run_metadata(count: int, seed: int = 0) -> dict:
                 if len(unexpected) < 5:
                     unexpected.append(f"{type(e).__name__}: {e}")
     return {"files": count, **counts, "unexpected_examples": unexpected}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m icthp_core.testing.fuzz", description=__doc__)
-    p.add_argument("--count", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    import json
-
-    print(json.dumps(run(args.count, args.seed), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

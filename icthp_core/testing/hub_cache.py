@@ -18,6 +18,7 @@ import torch
 
 from icthp_core.checkpoints.convert import hf_to_open_clip
 from icthp_core.checkpoints.files import save_state_dict
+from icthp_core.scoring.registry import get_metric
 
 _AESTHETIC_SEED = 7
 
@@ -96,10 +97,13 @@ def _pipeline(arch: str) -> Callable[[Path], None]:
     return build
 
 
+#: the published reward repos, from the registry (the one list of hub ids)
+ICT_REPO = get_metric("ict").default_source
+HP_REPO = get_metric("hp").default_source
 #: repo id -> builder of its tiny stand-in (the ids the toolkit loads by default)
 REPOS: dict[str, Callable[[Path], None]] = {
-    "8y/ICT": _ict,
-    "8y/HP": _hp,
+    ICT_REPO: _ict,
+    HP_REPO: _hp,
     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": _clip(2),
     "yuvalkirstain/PickScore_v1": _clip(3, "safetensors"),
     "xswu/HPSv2": _hpsv2,
@@ -113,7 +117,7 @@ REPOS: dict[str, Callable[[Path], None]] = {
 }
 #: groups of repos for `write_hub_cache(repos=...)`
 GROUPS: dict[str, tuple[str, ...]] = {
-    "rewards": ("8y/ICT", "8y/HP"),
+    "rewards": (ICT_REPO, HP_REPO),
     "baselines": (
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
         "yuvalkirstain/PickScore_v1",

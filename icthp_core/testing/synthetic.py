@@ -5,14 +5,13 @@ dark, blurred and low-contrast, the winner I2 is medium, the refined image I3 is
 A model that
 learns "brighter/sharper is better" ranks I1 < I2 < I3, so pairwise accuracy far above 50% is reachable.
 
-    icthp toy-data OUT_DIR --triplets 64 --pairs 64
+    icthp toy-data -o OUT_DIR --triplets 64 --pairs 64
 
 writes `OUT_DIR/triplets.jsonl` (with ICT labels), `OUT_DIR/pairs.jsonl` (label_0 with ties) and PNGs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -96,28 +95,3 @@ def make_dataset(out: str | Path, triplets: int = 64, pairs: int = 64, seed: int
     with open(out / "pairs.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in prows)
     return {"triplets": out / "triplets.jsonl", "pairs": out / "pairs.jsonl"}
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out")
-    ap.add_argument("--triplets", type=int, default=64)
-    ap.add_argument("--pairs", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument(
-        "--models",
-        action="store_true",
-        help="also write tiny RANDOM models (ICT, HP, SD3) and print a command to try each job (scores meaningless)",
-    )
-    a = ap.parse_args(argv)
-    print(json.dumps({k: str(v) for k, v in make_dataset(a.out, a.triplets, a.pairs, a.seed, a.size).items()}))
-    if a.models:
-        from icthp_core.testing.toy import describe, write_toy_models
-
-        write_toy_models(a.out)
-        print(describe(a.out))
-
-
-if __name__ == "__main__":
-    main()

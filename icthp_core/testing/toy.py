@@ -1,4 +1,4 @@
-"""`icthp toy-data DIR --models`: tiny random models beside the toy data, and the commands that try every job.
+"""`icthp toy-data -o DIR --models`: tiny random models beside the toy data, and the commands that try every job.
 
 The models are random (ICT and HP in their published layouts, a tiny SD3 pipeline): every score they give is
 meaningless. They exist so that each job can be run end to end on a CPU in seconds, before the real weights are
@@ -48,7 +48,7 @@ def toy_commands(folder: str | Path) -> list[tuple[str, str]]:
         ("eval (pairs)", f"icthp eval --data {q(d + '/pairs.jsonl')} {models}"),
         (
             "build-labels",
-            f"icthp build-labels --data {q(d + '/triplets.jsonl')} --out {q(d + '/runs/labeled.jsonl')} "
+            f"icthp build-labels --data {q(d + '/triplets.jsonl')} -o {q(d + '/runs/labeled.jsonl')} "
             f"--clip {ict} --theta 0.2 --device cpu",
         ),
         (
@@ -69,7 +69,7 @@ def toy_commands(folder: str | Path) -> list[tuple[str, str]]:
         (
             "evalgen",
             f"icthp evalgen --model {sd3} --lora ict_hp={q(d + '/runs/draft')} --prompts {q(d + '/prompts.txt')} "
-            f"{models} --outdir {q(d + '/runs/evalgen')} --size 32 --steps 2 --no-progress",
+            f"{models} -o {q(d + '/runs/evalgen')} --size 32 --steps 2 --no-progress",
         ),
         ("app", f"icthp app {models}   # then open http://127.0.0.1:7860 (Ctrl-C stops it)"),
     ]

@@ -1,18 +1,16 @@
-"""Build ICT labels (paper eq. 2-8) for a triplet table with a base CLIP, and write a labelled copy.
-
-    icthp build-labels --data train.jsonl --out train_labeled.jsonl \
-        [--clip laion/CLIP-ViT-H-14-laion2B-s32B-b79K] [--theta 0.3 | --theta-percentile 10] [--tokenizer hf]
+"""Build ICT labels (paper eq. 2-8) for a triplet table with a base CLIP, and write a labelled copy (`icthp
+build-labels`).
 
 theta defaults to the 10th percentile of CLIP(I3, P_easy) over the data (see `icthp_core.training.labels`); the chosen
-value is printed and stored in `<out>.meta.json`. `train_ict` does the same automatically when labels are missing.
+value is returned and stored in `<output>.meta.json`. `train_ict` does the same automatically when labels are missing.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import os
 from pathlib import Path
+from typing import Any
 
 from icthp_core.checkpoints.loading import load_clip, parse_device
 from icthp_core.data.datasets import load_triplets, write_triplets
@@ -21,52 +19,57 @@ from icthp_core.scoring.text import TOKENIZERS
 from icthp_core.training.common import image_size
 from icthp_core.training.ict import build_labels
 
+DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True, help=".jsonl or .parquet (parquet needed for embedded image bytes)")
-    ap.add_argument("--clip", default="laion/CLIP-ViT-H-14-laion2B-s32B-b79K", help="hub id or local CLIP")
-    ap.add_argument("--theta", type=float, default=None)
-    ap.add_argument("--theta-percentile", type=float, default=10.0)
-    ap.add_argument("--image-root")
-    ap.add_argument("--trust-pickle", action="store_true")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--device", default=None)
-    ap.add_argument(
-        "--tokenizer",
-        choices=tuple(TOKENIZERS),
-        default="open_clip",
-        help="prompt tokenisation (the training option `tokenizer`: open_clip = paper recipe, hf = upstream recipe)",
-    )
-    a = ap.parse_args(argv)
-    device = parse_device(a.device)
-    records, report = load_triplets(a.data, image_root=a.image_root, trust_pickle=a.trust_pickle)
-    print(report.summary(), file=sys.stderr)
-    model = ICTModel(load_clip(a.clip, device=device))
-    labeled, theta = build_labels(
-        records,
-        model,
-        image_size(model.clip.visual),
-        a.theta,
-        a.theta_percentile,
-        a.batch_size,
-        device,
-        tokenizer=a.tokenizer,
-    )
-    out = write_triplets(labeled, a.out)
+
+def label_file(
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    clip: str = DEFAULT_CLIP,
+    theta: float | None = None,
+    theta_percentile: float = 10.0,
+    image_root: str | None = None,
+    trust_pickle: bool = False,
+    batch_size: int = 64,
+    device: str | None = None,
+    tokenizer: str = "open_clip",
+) -> dict[str, Any]:
+    """Label the triplets of `data` and write them to `output` (.jsonl or .parquet) with `<output>.meta.json`.
+
+    Args:
+        data: triplet table (.jsonl/.csv/.parquet, or Pick-High .pkl with `trust_pickle`).
+        output: labelled copy (.parquet needed for embedded image bytes).
+        clip: hub id or local folder of the base CLIP.
+        theta: the ICT threshold; None: the `theta_percentile`-th percentile of CLIP(I3, P_easy) over the data.
+        image_root: folder of relative image paths (default: the data file's folder).
+        batch_size, device: how the CLIP runs.
+        tokenizer: prompt tokenisation (`open_clip` = paper recipe, `hf` = upstream recipe).
+
+    Returns:
+        `{"out", "theta", "rows", "report"}` (`report`: the data report's summary line).
+    """
+    from icthp_core.errors import ConfigError
+
+    if tokenizer not in TOKENIZERS:
+        raise ConfigError(f"--tokenizer {tokenizer!r}: expected one of {', '.join(TOKENIZERS)}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
+    if theta is None and not 0 <= theta_percentile <= 100:
+        raise ConfigError(f"--theta-percentile {theta_percentile}: must be in [0, 100]")
+    percentile = None if theta is not None else theta_percentile  # what chose theta (None: given)
+    dev = parse_device(device)
+    records, report = load_triplets(data, image_root=image_root, trust_pickle=trust_pickle)
+    model = ICTModel(load_clip(clip, device=dev))
+    size = image_size(model.clip.visual)
+    labeled, theta = build_labels(records, model, size, theta, theta_percentile, batch_size, dev, tokenizer=tokenizer)
+    out = write_triplets(labeled, output)
     meta = {
         "theta": theta,
-        "theta_percentile": None if a.theta else a.theta_percentile,
-        "clip": a.clip,
-        "tokenizer": a.tokenizer,
-        "source": a.data,
+        "theta_percentile": percentile,
+        "clip": clip,
+        "tokenizer": tokenizer,
+        "source": str(data),
         "data_report": report.to_dict(),
     }
     Path(str(out) + ".meta.json").write_text(json.dumps(meta, indent=2))
-    print(json.dumps({"out": str(out), "theta": theta, "rows": len(labeled)}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"out": str(out), "theta": theta, "rows": len(labeled), "report": report.summary()}

@@ -14,12 +14,15 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from icthp_core.errors import ConfigError, MissingFileError
+
 __all__ = [
     "COMPLETE_MARKER",
     "checkpoint_dir",
     "list_checkpoints",
     "latest_checkpoint",
     "resolve_resume",
+    "resume_candidates",
     "mark_complete",
     "rotate",
     "write_checkpoint",
@@ -61,8 +64,18 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
         return latest_checkpoint(output_dir)
     p = Path(resume)
     if not (p / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint directory (no {COMPLETE_MARKER})")
+        raise MissingFileError(f"resume={resume}: not a complete checkpoint directory (no {COMPLETE_MARKER})")
     return p
+
+
+def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints to try, newest first: `auto` = every complete one (the next is used when one is torn), a
+    given directory alone, or none (`resume` null, or a fresh run)."""
+    if not resume:
+        return []
+    if resume == "auto":
+        return list_checkpoints(output_dir)[::-1]
+    return [resolve_resume(resume, output_dir)]
 
 
 def mark_complete(directory: str | os.PathLike, step: int) -> None:
@@ -107,7 +120,7 @@ class BestTracker:
 
     def __init__(self, metric: str | None, mode: str = "max"):
         if mode not in ("max", "min"):
-            raise ValueError(f"best_mode must be 'max' or 'min', got {mode!r}")
+            raise ConfigError(f"best_mode must be 'max' or 'min', got {mode!r}")
         self.metric, self.mode = metric, mode
         self.step: int | None = None
         self.value: float | None = None
@@ -117,7 +130,7 @@ class BestTracker:
         if not self.metric:
             return False
         if self.metric not in values:
-            raise ValueError(f"best_metric={self.metric!r}: validation reports {sorted(values)}")
+            raise ConfigError(f"best_metric={self.metric!r}: validation reports {sorted(values)}")
         v = float(values[self.metric])
         if math.isnan(v):
             return False

@@ -1,21 +1,16 @@
 """One configuration system for every training job (reward stages ICT / HP and DRaFT LoRA).
 
-A job's options are one dataclass deriving from :class:`CommonTrainConfig`. They are read from a YAML file and
-overridden on the command line with ``key=value`` (values parsed as YAML scalars)::
-
-    icthp train-hp --config train/configs/hp_upstream.yaml max_steps=100 lr=1e-6
-    icthp draft --config examples/diffusers/draft_flux_schnell_hp.yaml rank=8 reward_sources='{hp: /x}'
-
-Options are never given as ``--key value``: such an argument is rejected with a one-line message that shows the
-``key=value`` form. Names that an older version used (``iterations``, ``learning_rate``, ``save_every``, ...) are
-rejected with a message naming the new option, in YAML files and on the command line alike. A text option with a
-fixed set of values is listed in the class's ``CHOICES`` (e.g. ``tokenizer: open_clip | hf``); any other value is a
-one-line :class:`ConfigError`.
+A job's options are one dataclass deriving from :class:`CommonTrainConfig`. :func:`load_config` reads them from a
+YAML file and a mapping of overriding values, checks names and converts values to the field types. The command line
+(``icthp train-hp --config train/configs/hp_upstream.yaml max_steps=100 lr=1e-6``, ``key=value`` values parsed as YAML
+scalars) is parsed in ``icthp_cli/options.py``. Names that an older version used (``iterations``,
+``learning_rate``, ``save_every``, ...) are rejected with a message naming the new option, in YAML files and on the
+command line alike. A text option with a fixed set of values is listed in the class's ``CHOICES`` (e.g.
+``tokenizer: open_clip | hf``); any other value is a one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import types
@@ -23,11 +18,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["CommonTrainConfig", "RENAMED", "ConfigError", "load_config", "parse_args", "config_dict"]
+from icthp_core.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A bad option in a YAML config or on the command line (the message names the file / key)."""
+__all__ = ["CommonTrainConfig", "RENAMED", "ConfigError", "load_config", "config_dict"]
 
 
 #: option names of older versions -> the current name (both training systems now use the right-hand names)
@@ -48,6 +41,22 @@ class CommonTrainConfig:
 
     #: text options with a fixed set of values; a subclass extends it (`{**CommonTrainConfig.CHOICES, ...}`)
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"optimizer": ("adamw", "adamw8bit")}
+    #: allowed numeric ranges (`icthp_core.training.config_check`); a subclass adds its own (merged along the MRO)
+    RANGES: ClassVar[dict[str, str]] = {
+        "seed": ">=0",
+        "max_steps": ">=1",
+        "batch_size": ">=1",
+        "gradient_accumulation_steps": ">=1",
+        "lr": ">0",
+        "weight_decay": ">=0",
+        "adam_beta1": ">=0,<1",
+        "adam_beta2": ">=0,<1",
+        "adam_eps": ">0",
+        "max_grad_norm": ">=0",
+        "log_every": ">=1",
+        "checkpoint_every": ">=0",
+        "checkpoints_total_limit": ">=0",
+    }
 
     output_dir: str = "runs/train"
     base_model: str = ""  # hub id or local path of the model being fine-tuned
@@ -71,6 +80,9 @@ class CommonTrainConfig:
     resume: str | None = "auto"  # "auto" (newest complete checkpoint in output_dir), a checkpoint dir, or null
     report_to: str | None = "none"  # accelerate tracker name ("tensorboard", "wandb", "all") or "none"
     plot: bool = True  # draw the curves PNG from metrics.jsonl
+    # resuming with options other than the checkpoint's: false = refuse (the message lists them); true = go on with
+    # the new values (the differences are printed; lr / weight_decay / betas / eps are applied to the optimizer)
+    allow_config_change: bool = False
 
 
 def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -116,11 +128,11 @@ def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None):
-    """Build `cls` from a YAML file and `key=value` overrides (values parsed as YAML scalars).
+def load_config(cls: type, path: str | os.PathLike | None = None, values: dict[str, Any] | None = None):
+    """Build `cls` from a YAML file and overriding `values` (the command line's `key=value` options).
 
     If the result names a `recipe` and `cls.RECIPES` has it, the recipe's values come first and every key given
-    in the file or on the command line overrides them."""
+    in the file or in `values` overrides them. Any bad name or value is a one-line `ConfigError`."""
     import yaml
 
     data: dict[str, Any] = {}
@@ -130,49 +142,25 @@ def load_config(cls: type, path: str | os.PathLike | None = None, overrides: lis
                 loaded = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        except OSError as e:
+            raise ConfigError(f"--config {path}: {e.strerror or e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(loaded).__name__}")
         data.update(_coerce(cls, loaded, str(path)))
-    for item in overrides or []:
-        if item.startswith("--"):
-            key = item[2:].split("=", 1)[0]
-            raise ConfigError(f"argument {item!r}: options are given as key=value (e.g. {key}=VALUE), not --{key}")
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        hint = typing.get_type_hints(cls).get(k.strip())
-        try:
-            value = yaml.safe_load(v)
-        except yaml.YAMLError:
-            value = v
-        if hint in (str, str | None) and v not in ("null", "~", "None"):
-            value = v  # a text option keeps its text (`mixed_precision=no`, `reward=ict:1,hp:0.5`)
-        data.update(_coerce(cls, {k.strip(): value}, "command line"))
+    for k, v in (values or {}).items():
+        data.update(_coerce(cls, {k: v}, "command line"))
     recipes = getattr(cls, "RECIPES", None) or {}
     recipe = data.get("recipe")
     if recipe is not None and recipes:
         if recipe not in recipes:
             raise ConfigError(f"recipe={recipe!r}: expected one of {sorted(recipes)}")
         data = {**_coerce(cls, recipes[recipe], f"recipe {recipe}"), **data}
-    return cls(**data)
+    from icthp_core.training.config_check import check_config
 
-
-def parse_args(cls: type, argv: list[str] | None, description: str):
-    """`[--config FILE.yaml] [key=value ...]` -> a `cls` instance."""
-    fields = "\n".join(f"  {f.name} ({f.type})" for f in dataclasses.fields(cls))
-    ap = argparse.ArgumentParser(
-        description=description,
-        epilog=f"options (YAML keys or key=value):\n{fields}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--config", help="YAML file with the options of " + cls.__name__)
-    ap.add_argument("overrides", nargs="*", help="key=value options overriding the YAML file")
-    for tok in argv or []:
-        key = tok.split("=", 1)[0]
-        if tok.startswith("--") and key not in ("--config", "--help"):
-            raise ConfigError(f"argument {tok!r}: options are given as key=value (e.g. {key[2:]}=VALUE), not {key}")
-    a = ap.parse_args(argv)
-    return load_config(cls, a.config, a.overrides)
+    cfg = cls(**data)
+    where = " + ".join(x for x in (str(path) if path else "", "command line" if values else "") if x)
+    check_config(cfg, where or "config")
+    return cfg
 
 
 def config_dict(cfg) -> dict[str, Any]:

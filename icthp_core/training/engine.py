@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from icthp_core.errors import CheckpointError, ConfigError
 from icthp_core.scoring.text import TOKENIZERS
 from icthp_core.training.checkpointing import (
     COMPLETE_MARKER,
@@ -36,10 +37,11 @@ from icthp_core.training.checkpointing import (
     checkpoint_dir,
     list_checkpoints,
     mark_complete,
-    resolve_resume,
+    resume_candidates,
     rotate,
 )
-from icthp_core.training.config import CommonTrainConfig, config_dict, load_config, parse_args
+from icthp_core.training.config import CommonTrainConfig, config_dict, load_config
+from icthp_core.training.config_check import CONFIG_FILE, check_config, config_changes, format_changes, saved_config
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog, read_metrics
 from icthp_core.training.optim import optimizer_from_config
 from icthp_core.training.plots import plot_metrics
@@ -50,7 +52,6 @@ __all__ = [
     "run",
     "lr_lambda",
     "load_config",
-    "parse_args",
     "config_dict",
     "read_metrics",
     "plot_metrics",
@@ -68,7 +69,24 @@ class RewardTrainConfig(CommonTrainConfig):
     #: `recipe: NAME` fills every option of that preset first (explicit keys still win); see docs/training.md
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {}
     #: text options with a fixed set of values (anything else is a one-line ConfigError)
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**CommonTrainConfig.CHOICES, "tokenizer": tuple(TOKENIZERS)}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **CommonTrainConfig.CHOICES,
+        "tokenizer": tuple(TOKENIZERS),
+        "warmup_type": ("linear", "log"),
+        "lr_schedule": ("constant", "cosine", "linear"),
+        "best_mode": ("max", "min"),
+    }
+    RANGES: ClassVar[dict[str, str]] = {
+        "warmup_steps": ">=0",
+        "eval_every": ">=0",
+        "eval_batch_size": ">=1",
+        "num_workers": ">=0",
+        "export_candidates_every": ">=0",
+        "limit_train": ">=1",
+        "limit_val": ">=1",
+    }
+    #: the metrics the stage's validation reports (`best_metric` must be one of them); set by each stage
+    VALIDATION_METRICS: ClassVar[tuple[str, ...]] = ()
 
     recipe: str | None = None  # "paper" | "upstream" (None: only the values given)
     output_dir: str = "runs/stage"
@@ -145,9 +163,9 @@ def lr_lambda(cfg: RewardTrainConfig):
     with T = max_steps and p = (s-W)/(T-W).
     """
     if cfg.warmup_type not in ("linear", "log"):
-        raise ValueError(f"warmup_type={cfg.warmup_type!r}: expected linear or log")
+        raise ConfigError(f"warmup_type={cfg.warmup_type!r}: expected linear or log")
     if cfg.lr_schedule not in ("constant", "cosine", "linear"):
-        raise ValueError(f"lr_schedule={cfg.lr_schedule!r}: expected constant, cosine or linear")
+        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r}: expected constant, cosine or linear")
 
     def f(step: int) -> float:
         w = cfg.warmup_steps
@@ -246,10 +264,15 @@ class _RewardRun:
 
         self.stage, self.cfg = stage, stage.config
         cfg = self.cfg
+        check_config(cfg, complete=True)
         if not cfg.train_data:
-            raise ValueError("train_data: required (a triplet or pair table, see docs/training.md)")
+            raise ConfigError("train_data: required (a triplet or pair table, see docs/training.md)")
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        # checked before anything is built: a changed config is refused (or its differences kept for `resume`)
+        self.resume_dirs = resume_candidates(cfg.resume, self.out)
+        first = self.resume_dirs[0] if self.resume_dirs else None
+        self.changes = _resume_changes(cfg, first, self.out / f"{stage.name}_config.json") if first else {}
         self.acc = acc = _make_accelerator(cfg)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if acc.is_main_process:
@@ -264,14 +287,12 @@ class _RewardRun:
             acc.mixed_precision,
         )
         self._build()
-        if cfg.best_metric and not cfg.val_data:
-            raise ValueError(f"best_metric={cfg.best_metric!r} needs val_data (a validation table)")
         self.state = TrainState(BestTracker(cfg.best_metric, cfg.best_mode))
         acc.register_for_checkpointing(self.state)
         acc.register_for_checkpointing(self.sched)
         self.steps_per_epoch = len(self.train_loader) // cfg.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"train_data: {len(self.train_ds)} examples give no full optimizer step with batch_size="
                 f"{cfg.batch_size} x {acc.num_processes} processes x gradient_accumulation_steps="
                 f"{cfg.gradient_accumulation_steps}"
@@ -304,10 +325,13 @@ class _RewardRun:
     def resume(self) -> None:
         """Load the latest (or the named) checkpoint; open the metrics log (fresh when nothing resumed)."""
         cfg, acc = self.cfg, self.acc
-        resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+        resume_dir = _load_resume(acc, self.resume_dirs)
         if resume_dir is not None:
-            acc.load_state(str(resume_dir))
             logger.info("resumed from %s at step %d", resume_dir, self.state.step)
+            changes = self.changes if resume_dir == self.resume_dirs[0] else _resume_changes(cfg, resume_dir, None)
+            if changes:
+                _apply_optimizer_options(cfg, self.opt, self.sched)
+                logger.warning("resumed with changed options (allow_config_change=true): %s", format_changes(changes))
         if log_with_trackers(cfg):
             acc.init_trackers(self.stage.name, config=_flat_config(cfg))
         self.mlog = MetricsLog(self.out / METRICS_FILE, acc, fresh=resume_dir is None, trackers=log_with_trackers(cfg))
@@ -343,6 +367,7 @@ class _RewardRun:
         acc.save_state(str(d))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            (d / CONFIG_FILE).write_text(json.dumps(config_dict(self.cfg), indent=2))
             mark_complete(d, step)
             rotate(self.out, self.cfg.checkpoints_total_limit)
         acc.wait_for_everyone()
@@ -456,6 +481,43 @@ def run(stage: Stage) -> dict[str, Any]:
     r.resume()
     r.train()
     return r.export(r.evaluate(r.step) or r.last_val)
+
+
+def _resume_changes(cfg, checkpoint: Path, fallback: Path | None) -> dict[str, tuple[Any, Any]]:
+    """Options that differ from those of `checkpoint`: a ConfigError listing them unless allow_config_change."""
+    saved = saved_config(checkpoint, fallback)
+    changes = config_changes(saved, config_dict(cfg)) if saved is not None else {}
+    if changes and not cfg.allow_config_change:
+        raise ConfigError(
+            f"resume from {checkpoint}: options differ from the checkpoint's: {format_changes(changes)}; "
+            "give allow_config_change=true to go on with the new values, or resume=null (or another output_dir) "
+            "to start over"
+        )
+    return changes
+
+
+def _load_resume(acc, candidates: list[Path]) -> Path | None:
+    """Load the first readable checkpoint of `candidates` (newest first); a torn one is skipped with a warning."""
+    for i, d in enumerate(candidates):
+        try:
+            acc.load_state(str(d))
+            return d
+        except Exception as e:  # noqa: BLE001  (safetensors, torch.load, pickle: any unreadable file)
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if i + 1 == len(candidates):
+                raise CheckpointError(f"checkpoint {d} is unreadable ({reason}) and no earlier one is complete") from e
+            logger.warning("checkpoint %s is unreadable (%s); resuming from %s instead", d, reason, candidates[i + 1])
+    return None
+
+
+def _apply_optimizer_options(cfg, opt, sched) -> None:
+    """After loading a checkpoint, use the config's lr, weight decay, betas and eps (not the checkpoint's)."""
+    groups = (opt.optimizer if hasattr(opt, "optimizer") else opt).param_groups
+    sched.base_lrs = [cfg.lr] * len(groups)
+    for g, f in zip(groups, sched.lr_lambdas, strict=True):
+        g.update(initial_lr=cfg.lr, lr=cfg.lr * f(sched.last_epoch), weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+        g["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
+    sched._last_lr = [g["lr"] for g in groups]  # noqa: SLF001  (what get_last_lr() reports)
 
 
 def log_with_trackers(cfg: RewardTrainConfig) -> bool:

@@ -28,8 +28,9 @@ from torch import nn
 
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import PairDataset, detect_kind, load_pairs
-from icthp_core.evaluation.metrics import pairwise_accuracy
-from icthp_core.evaluation.protocols import upstream_validation_accuracy
+from icthp_core.errors import ConfigError
+from icthp_core.evaluation.metrics import TRIPLET_KEYS, pairwise_accuracy
+from icthp_core.evaluation.protocols import PAIR_KEYS, upstream_validation_accuracy
 from icthp_core.scoring.export import save_hp
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
 from icthp_core.scoring.text import tokenizer_for
@@ -50,6 +51,19 @@ logger = logging.getLogger("icthp.train.hp")
 @dataclass
 class HPConfig(engine.RewardTrainConfig):
     #: the two recipes (docs/training.md has the source of every value)
+    #: triplet validation: HP alone, ICT x sigmoid(HP) (`ict_hp/`), upstream's selection metric (`ict_hp_upstream/`);
+    #: pair validation: `pairs_no_ties`
+    VALIDATION_METRICS: ClassVar[tuple[str, ...]] = (
+        *TRIPLET_KEYS,
+        *(f"ict_hp/{k}" for k in TRIPLET_KEYS),
+        *(f"ict_hp_upstream/{k}" for k in ("accuracy", *PAIR_KEYS, "hp_accuracy")),
+        "pairs_no_ties",
+    )
+    RANGES: ClassVar[dict[str, str]] = {
+        "freeze_fraction": ">=0,<=1",
+        "hp_loss_weight": ">=0",
+        "icthp_loss_weight": ">=0",
+    }
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": dict(
             lr=3e-6, weight_decay=0.0, warmup_steps=500, warmup_type="linear", lr_schedule="constant",
@@ -89,7 +103,7 @@ class HPConfig(engine.RewardTrainConfig):
 def new_head(in_dim: int, hidden: tuple[int, ...], seed: int) -> HPHead:
     """A head initialised as upstream: weights N(0, 1/(in_dim + 1)), biases 0; `hidden` = 4 layer widths."""
     if len(hidden) != 4:
-        raise ValueError(f"head_dims must list 4 hidden widths (the published head is 1024,128,64,16), got {hidden}")
+        raise ConfigError(f"head_dims must list 4 hidden widths (the published head is 1024,128,64,16), got {hidden}")
     head = HPHead((in_dim, *hidden, 1))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -107,7 +121,7 @@ def freeze_first_half(visual: nn.Module, fraction: float) -> int:
     Returns the number of frozen blocks. Everything after them (blocks, ln_post, proj) stays trainable.
     """
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"freeze_fraction must be in [0, 1], got {fraction}")
+        raise ConfigError(f"freeze_fraction must be in [0, 1], got {fraction}")
     visual.requires_grad_(True)
     blocks = visual.transformer.resblocks
     n_frozen = int(len(blocks) * fraction)
@@ -128,7 +142,7 @@ def freeze_upstream(visual: nn.Module, fraction: float) -> int:
     tower, as upstream. Returns the number of frozen blocks.
     """
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"freeze_fraction must be in [0, 1], got {fraction}")
+        raise ConfigError(f"freeze_fraction must be in [0, 1], got {fraction}")
     if fraction == 0:
         visual.requires_grad_(False)
         return len(visual.transformer.resblocks)
@@ -161,16 +175,16 @@ class HPStage(engine.Stage):
 
     def __init__(self, cfg: HPConfig):
         if cfg.score_space not in ("logit", "sigmoid"):
-            raise ValueError(f"score_space={cfg.score_space!r}: expected 'logit' or 'sigmoid'")
+            raise ConfigError(f"score_space={cfg.score_space!r}: expected 'logit' or 'sigmoid'")
         if cfg.freeze_rule not in FREEZE_RULES:
-            raise ValueError(f"freeze_rule={cfg.freeze_rule!r}: expected one of {sorted(FREEZE_RULES)}")
+            raise ConfigError(f"freeze_rule={cfg.freeze_rule!r}: expected one of {sorted(FREEZE_RULES)}")
         tokenizer_for(cfg.tokenizer)  # a bad name fails before any model is loaded
         if cfg.icthp_term_reduction not in ("sum", "mean"):
-            raise ValueError(f"icthp_term_reduction={cfg.icthp_term_reduction!r}: expected 'sum' or 'mean'")
+            raise ConfigError(f"icthp_term_reduction={cfg.icthp_term_reduction!r}: expected 'sum' or 'mean'")
         if cfg.reference_world_batch is not None and cfg.reference_world_batch < 1:
-            raise ValueError(f"reference_world_batch={cfg.reference_world_batch}: expected a positive batch or null")
+            raise ConfigError(f"reference_world_batch={cfg.reference_world_batch}: expected a positive batch or null")
         if cfg.icthp_loss_weight and not cfg.ict_model:
-            raise ValueError("icthp_loss_weight > 0 needs ict_model (the frozen ICT model of stage 1)")
+            raise ConfigError("icthp_loss_weight > 0 needs ict_model (the frozen ICT model of stage 1)")
         self.config = cfg
         self.out = Path(cfg.output_dir)
         self.reports: dict[str, Any] = {}
@@ -310,10 +324,6 @@ class HPStage(engine.Stage):
         return {"frozen_blocks": self.n_frozen, "data": self.reports}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = engine.parse_args(HPConfig, argv, "Train the HP reward model (stage 2, ICT frozen).")
+def train(cfg: HPConfig) -> dict:
+    """Train the HP reward model (stage 2, ICT frozen): the summary (frozen blocks, data report)."""
     return engine.run(HPStage(cfg))
-
-
-if __name__ == "__main__":
-    main()

@@ -22,6 +22,7 @@ from torch import nn
 
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import TripletRecord, load_triplets, write_triplets
+from icthp_core.evaluation.metrics import TRIPLET_KEYS
 from icthp_core.scoring.export import save_ict
 from icthp_core.scoring.models import ICTModel
 from icthp_core.scoring.text import tokenizer_for
@@ -42,6 +43,8 @@ logger = logging.getLogger("icthp.train.ict")
 @dataclass
 class ICTConfig(engine.RewardTrainConfig):
     #: the two recipes (docs/training.md has the source of every value)
+    VALIDATION_METRICS: ClassVar[tuple[str, ...]] = TRIPLET_KEYS
+    RANGES: ClassVar[dict[str, str]] = {"lam": ">=0", "theta_percentile": ">=0,<=100", "label_batch_size": ">=1"}
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": dict(
             lr=3e-5, weight_decay=0.0, warmup_steps=500, warmup_type="linear", lr_schedule="constant",
@@ -262,10 +265,6 @@ class ICTStage(engine.Stage):
         return {"theta": self.theta, "data": self.reports}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = engine.parse_args(ICTConfig, argv, "Train the ICT reward model (stage 1).")
+def train(cfg: ICTConfig) -> dict:
+    """Train the ICT reward model (stage 1): the summary (theta, data report)."""
     return engine.run(ICTStage(cfg))
-
-
-if __name__ == "__main__":
-    main()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from icthp_core.errors import ConfigError, DataError
+
 __all__ = [
     "ICTLabels",
     "alignment_score",
@@ -71,7 +73,7 @@ def _t(x: torch.Tensor | Sequence[float] | float) -> torch.Tensor:
 def alignment_score(clip_sim: torch.Tensor, theta: float) -> torch.Tensor:
     """C(I, P) = min(CLIP(I, P) / theta, 1), clamped below at 0 (eq. 2)."""
     if not theta > 0:
-        raise ValueError(f"theta must be > 0, got {theta!r}")
+        raise ConfigError(f"theta must be > 0, got {theta!r}")
     return (_t(clip_sim) / theta).clamp(0.0, 1.0)
 
 
@@ -100,12 +102,14 @@ def auto_theta(clip_i3_easy: torch.Tensor, percentile: float = 10.0) -> float:
     values = _t(clip_i3_easy).flatten()
     values = values[torch.isfinite(values)]
     if values.numel() == 0:
-        raise ValueError("auto_theta: no finite CLIP(I3, P_easy) values")
+        raise DataError("auto_theta: no finite CLIP(I3, P_easy) values")
     if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"auto_theta: percentile must be in [0, 100], got {percentile}")
+        raise ConfigError(f"auto_theta: percentile must be in [0, 100], got {percentile}")
     theta = float(torch.quantile(values.double(), percentile / 100.0))
     if theta <= 0:
-        raise ValueError(f"auto_theta: percentile {percentile} of CLIP(I3, P_easy) is {theta:.4g} <= 0")
+        raise DataError(
+            f"auto_theta: percentile {percentile} of CLIP(I3, P_easy) is {theta:.4g} <= 0; give theta explicitly"
+        )
     return theta
 
 

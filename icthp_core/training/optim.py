@@ -13,7 +13,8 @@ from collections.abc import Iterable
 
 import torch
 
-from icthp_core.training.config import CommonTrainConfig, ConfigError
+from icthp_core.errors import ConfigError
+from icthp_core.training.config import CommonTrainConfig
 
 __all__ = ["OPTIMIZERS", "MIN_8BIT_SIZE", "make_optimizer", "optimizer_from_config"]
 

@@ -6,10 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
-from icthp_core.testing.tiny import save_tiny_clip, save_tiny_hp, save_tiny_ict
+from icthp_core.testing.tiny import save_tiny_clip
 
 SKY = [(110, 170, 235), (250, 190, 120), (40, 40, 80), (200, 220, 240), (150, 200, 255), (90, 60, 120)]
 GROUND = [(70, 150, 60), (180, 160, 90), (30, 80, 40), (230, 230, 230), (60, 120, 170), (120, 90, 60)]
@@ -46,12 +45,7 @@ def make_scenes():
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, str]:
-    """Sources for ict, hp and a tiny CLIP standing in for the CLIP baseline."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {
-        "ict": str(save_tiny_ict(root / "ict")),
-        "hp": str(save_tiny_hp(root / "hp")),
-        "clip": str(save_tiny_clip(root / "clip", seed=5)),
-    }
+def tiny_models(tmp_path_factory, tiny_ict, tiny_hp) -> dict[str, str]:
+    """Sources for ict, hp (the root conftest's tiny models) and a tiny CLIP standing in for the CLIP baseline."""
+    clip = save_tiny_clip(tmp_path_factory.mktemp("tiny_models") / "clip", seed=5)
+    return {"ict": str(tiny_ict), "hp": str(tiny_hp), "clip": str(clip)}

@@ -1,4 +1,4 @@
-"""Real-browser test: headless Debian chromium driven by Playwright against `python -m gradio_app` on
+"""Real-browser test: headless Debian chromium driven by Playwright against `python -m icthp_cli app` on
 loopback with tiny models. Checks the scores shown, the winner, the CSVs and the folder sandbox against
 the core (`load_scorer`, `MultiScorer`) and `icthp_core.evaluation.stats`; saves screenshots of both modes.
 
@@ -26,6 +26,8 @@ from browser_support import launch_chromium
 from icthp_core import MultiScorer, load_scorer
 from icthp_core.evaluation.stats import win_rate
 
+pytestmark = [pytest.mark.browser]
+
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a red balloon over a green field"
 METRICS = ("ict", "hp", "ict_hp", "clip")
@@ -45,7 +47,7 @@ def server(tiny_models, tmp_path_factory):
     root.mkdir()
     port = _free_port()
     cmd = [
-        sys.executable, "-m", "gradio_app",
+        sys.executable, "-m", "icthp_cli", "app",
         "--ict", tiny_models["ict"], "--hp", tiny_models["hp"], "--source", f"clip={tiny_models['clip']}",
         "--metrics", ",".join(METRICS), "--default-metrics", ",".join(METRICS),
         "--ab-root", str(root), "--port", str(port), "--max-images", "8", "--device", "cpu",

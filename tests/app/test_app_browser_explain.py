@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_app_browser import PROMPT, WAIT_MS, _reference, _wait_listed, page, server, shots  # noqa: F401
 
+pytestmark = [pytest.mark.browser]
 
+
+@pytest.mark.slow  # measured: over the 10 s budget (tests/durations.json)
 def test_explain_view_in_browser(page, server, tiny_models, make_scenes, tmp_path, shots):  # noqa: F811
     pg = page
     names = ["meadow.png", "dusk.png", "night.png"]

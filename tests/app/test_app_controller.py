@@ -194,3 +194,42 @@ def test_compare_shows_scores_stored_in_png_metadata(tmp_path, make_scenes):
     assert list(pd.read_csv(r0.csv_path).columns) == ["image", "prompt", "ICT-HP", "ICT-HP rank"]
     assert "icthp-stored" not in r0.cards_html and "stored" not in r0.status_md
     assert r0.cards_html == cards_html(r0.names, r0.paths, r0.scores)
+
+
+def test_compare_with_thousands_of_stored_metrics_and_nested_json(tmp_path, make_scenes):
+    """3,000 stored metrics once took 14.9 s (quadratic column insertion); nested stored JSON raised RecursionError
+    and failed the comparison of the valid images. Now linear; that image's stored scores are ignored with a note."""
+    from icthp_app.stored import read_stored, stored_columns
+    from PIL import Image, PngImagePlugin
+
+    from icthp_core.data.metadata import KEY, save_png
+    from icthp_core.scoring.records import build_record
+
+    c = Controller(fake_pool(["ict", "hp", "ict_hp"], []), out_dir=tmp_path / "out")
+    a, b, many, nested, huge = make_scenes(tmp_path / "in", ["a.png", "b.png", "many.png", "nested.png", "huge.png"])
+    with Image.open(many) as im:
+        save_png(im, many, build_record({f"m{i}": i / 1000 for i in range(3000)}, "p", "ICT-HP", {}, None))
+    for path, text in (
+        (nested, '{"scores": {"ict_hp": ' + "[" * 50_000 + "]" * 50_000 + "}}"),
+        (huge, '{"scores": {"ict_hp": 1' + "0" * 400 + "}}"),  # a float overflow
+    ):
+        info = PngImagePlugin.PngInfo()
+        info.add_text(KEY, text)
+        with Image.open(path) as im:
+            im.load()
+            im.save(path, pnginfo=info)
+
+    t0 = time.perf_counter()
+    records = [read_stored(p) for p in (a, many, b)]
+    cols = stored_columns(records)
+    elapsed = time.perf_counter() - t0
+    assert cols.shape == (3, 3002) and elapsed < 1.0, elapsed  # measured ~0.1 s on 2 busy cores
+    assert cols.loc[1, "stored m2999"] == 2.999 and np.isnan(cols.loc[0, "stored m0"])
+
+    r = c.compare([str(p) for p in (a, b, many, nested, huge)], "p", ["ict_hp"])
+    assert len(r.scores["ict_hp"]) == 5  # every image scored live
+    assert [s is not None for s in r.stored] == [False, False, True, False, False]
+    notes = r.status_md.split("Stored metadata — ")[1].split("; ")
+    assert len(notes) == 2 and notes[0].startswith("nested.png: stored scores ignored (") and "nested" in notes[0]
+    assert notes[1].startswith("huge.png: stored scores ignored (")
+    assert sum(col.startswith("stored m") and col[8:].isdigit() for col in r.table.columns) == 3000

@@ -9,9 +9,8 @@ import gradio as gr
 import pandas as pd
 import pytest
 import torch
-from icthp_app import add_app_arguments, build_app, make_app
+from icthp_app import build_app, make_app
 from icthp_app.charts import scores_figure, win_rate_figure
-from icthp_app.cli import _sources
 from icthp_app.controller import Controller
 from icthp_app.generate import Generator, explanation, requirements_missing
 from icthp_app.logic import InputError
@@ -20,25 +19,38 @@ from icthp_app.render import cards_html, pairs_html
 from icthp_app.stored import StoredScores
 from PIL import Image
 
+from icthp_cli.main import build_parser
+from icthp_core.errors import ConfigError
+
 
 def _parse(*argv: str) -> argparse.Namespace:
-    return add_app_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+    return build_parser("app")[0].parse_args(list(argv))
 
 
-def test_cli_arguments_and_sources():
-    a = _parse("--ict", "/m/ict", "--hp", "none", "--source", "pickscore=/m/ps", "--ab-root", "/data")
-    assert _sources(a) == {"ict": "/m/ict", "pickscore": "/m/ps"}
-    assert a.host == "127.0.0.1" and a.max_images == 16 and a.ab_root == ["/data"]
-    assert _sources(_parse("--source", "ict=/x"))["ict"] == "/x"  # the same as --ict /x
-    with pytest.raises(ValueError, match="not a metric with weights"):
-        _sources(_parse("--source", "ict_hp=/x"))
-    with pytest.raises(ValueError, match="METRIC=SRC"):
-        _sources(_parse("--source", "clip"))
+def _config(*argv: str):
+    from icthp_cli.app import config
+
+    return config(_parse(*argv))
+
+
+def test_cli_arguments_and_sources(tmp_path):
+    a = _config("--ict", "/m/ict", "--hp", "none", "--source", "pickscore=/m/ps", "--ab-root", str(tmp_path))
+    assert a.sources == {"ict": "/m/ict", "pickscore": "/m/ps"}
+    assert a.host == "127.0.0.1" and a.max_images == 16 and a.ab_roots == [str(tmp_path)]
+    assert _config("--source", "ict=/x").sources["ict"] == "/x"  # the same as --ict /x
+    with pytest.raises(ConfigError, match="not a metric with weights"):
+        _config("--source", "ict_hp=/x")
+    with pytest.raises(ConfigError, match="METRIC=SRC"):
+        _config("--source", "clip")
+    with pytest.raises(ConfigError, match="--batch-size 0"):  # not silently clamped
+        _config("--batch-size", "0")
+    with pytest.raises(SystemExit):  # the app decodes uploads itself: no --workers
+        _parse("--workers", "2")
 
 
 def test_make_app_builds_blocks_without_loading_models(tmp_path):
     calls = []
-    args = _parse("--hp", "none", "--metrics", "ict,hp,ict_hp,clip", "--ab-root", str(tmp_path), "--port", "0")
+    args = _config("--hp", "none", "--metrics", "ict,hp,ict_hp,clip", "--ab-root", str(tmp_path), "--port", "0")
     demo, launch = make_app(args, factory=lambda *a: calls.append(a))
     assert isinstance(demo, gr.Blocks) and calls == []  # lazy: nothing loaded at build time
     assert launch["server_name"] == "127.0.0.1" and launch["max_file_size"] == "20mb"
@@ -47,10 +59,10 @@ def test_make_app_builds_blocks_without_loading_models(tmp_path):
     assert "Metrics" in labels
     choices = next(c["props"]["choices"] for c in cfg["components"] if c["props"].get("elem_id") == "cmp-metrics")
     assert [v for _, v in choices] == ["ict", "clip"]  # --hp none drops hp and ict_hp
-    with pytest.raises(ValueError, match="--ab-root"):
-        make_app(_parse("--ab-root", str(tmp_path / "missing")), factory=lambda *a: None)
+    with pytest.raises(ConfigError, match="--ab-root"):
+        _config("--ab-root", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="unknown metric"):
-        make_app(_parse("--metrics", "ict,nosuchmetric"), factory=lambda *a: None)
+        _config("--metrics", "ict,nosuchmetric")
 
 
 def test_generation_requirements_and_explanation(tmp_path):
@@ -118,4 +130,16 @@ def test_charts_have_one_panel_per_metric():
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["ICT", "CLIP"]
     t = pd.DataFrame({"metric": ["ICT"], "A win rate": [0.6], "CI low": [0.4], "CI high": [0.8]})
     assert win_rate_figure(t).axes[0].get_xlim() == (0.0, 1.0)
-    assert build_app is not None
+
+
+def test_build_app_lays_out_the_tabs_from_the_controller():
+    """The Blocks have the compare, A/B and generate tabs, the pool's metrics as choices, the defaults ticked."""
+    pool = ScorerPool(["hp", "ict"], factory=lambda *a: pytest.fail("build_app must not load a model"))
+    demo = build_app(Controller(pool), default_metrics=["hp"], title="My title", generation_note="NOTE-XYZ")
+    assert isinstance(demo, gr.Blocks) and demo.title == "My title"
+    props = {c["props"].get("elem_id"): c["props"] for c in demo.get_config_file()["components"] if "props" in c}
+    tabs = [c["props"]["label"] for c in demo.get_config_file()["components"] if c["type"] == "tabitem"]
+    assert tabs == ["Compare images", "A/B models", "Generate: base vs LoRA"]
+    for box in ("cmp-metrics", "ab-metrics"):
+        assert [v for _, v in props[box]["choices"]] == ["hp", "ict"] and props[box]["value"] == ["hp"]
+    assert props["gen-note"]["value"] == "NOTE-XYZ" and "cmp-run" in props and "exp-run" in props

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from browser_support import launch_chromium
 
+pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "comfyui"
 TIMEOUT_MS = 120_000

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+pytestmark = [pytest.mark.comfyui]
+
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 

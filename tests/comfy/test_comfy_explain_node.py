@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+pytestmark = [pytest.mark.comfyui]
+
 
 @pytest.fixture(scope="module")
 def reward_model(icthp_folder):

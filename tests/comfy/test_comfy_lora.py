@@ -5,6 +5,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+pytestmark = [pytest.mark.comfyui]
+
 
 def _file_tensors(path):
     with safe_open(str(path), framework="pt") as f:

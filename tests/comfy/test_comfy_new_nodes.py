@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+pytestmark = [pytest.mark.comfyui]
+
 PROMPT = "a bowl of fruit"
 
 
@@ -92,10 +94,13 @@ def test_select_lists_threshold_and_alignment(models):
     # threshold between the 2nd and 3rd best: two pass
     thr = (order[1][2] + order[2][2]) / 2
     assert len(run(5, thr)[0]) == 2
-    # nothing passed: keep_best keeps one, empty gives empty lists (ComfyUI then runs no downstream node)
+    # nothing passed: keep_best keeps one; empty blocks every list output (ComfyUI then skips the nodes fed by them:
+    # an empty list would make it call them with no image at all)
+    from comfy_execution.graph_utils import ExecutionBlocker
+
     assert run(5, 2.0)[4] == [f"{order[0][0]}:{order[0][1]}"]
     empty = run(5, 2.0, "empty")
-    assert empty[0] == [] and empty[3] == [] and "nothing passed" in empty[5]
+    assert all(isinstance(x, ExecutionBlocker) for x in empty[:5]) and "nothing passed" in empty[5]
     with pytest.raises(ValueError, match="no score reached the threshold 2.0"):
         run(5, 2.0, "error")
 
@@ -154,3 +159,45 @@ def test_model_manager_offline_listing(icthp_folder):
     assert sum(ln.startswith("present") for ln in lines) == 3  # the tiny models in the published layout
     (text,) = ICTHPModelManager.execute(models="pickscore", action="check (offline)").result
     assert text.count("missing") >= 2 and "offline" in text
+
+
+class _Poisoned:
+    """A loaded reward model whose metric is NaN for one image (a failed score), otherwise unchanged."""
+
+    def __init__(self, rm, bad: int):
+        self.rm, self.bad = rm, bad
+        self.metrics, self.name, self.sources, self.needs_prompt = rm.metrics, rm.name, rm.sources, rm.needs_prompt
+
+    def score(self, images, prompts, batch_size=8):
+        out = {m: v.clone().float() for m, v in self.rm.score(images, prompts, batch_size).items()}
+        for v in out.values():
+            v[self.bad] = float("nan")
+        return out
+
+
+def test_reward_mix_batch_nan_ranks_last_and_select_keeps_the_best(models):
+    from comfy_nodes.selection_nodes import ICTHPRewardMix, ICTHPSelect
+
+    ict, hp, _ = models
+    images = _images(5, seed=3)
+    clean = {m: v.double() for m, v in hp.score(images, [PROMPT] * 5).items()}
+    (mix,) = ICTHPRewardMix.execute(reward_model_1=_Poisoned(hp, bad=2), weights="hp:1", normalize="batch").result
+    w = mix.score(images, [PROMPT] * 5)["weighted"]
+    assert torch.isnan(w[2]) and torch.isfinite(w[[0, 1, 3, 4]]).all() and w[[0, 1, 3, 4]].abs().sum() > 0
+    others = [i for i in range(5) if i != 2]
+    best = max(others, key=lambda i: float(clean["hp"][i]))
+    out = ICTHPSelect.execute(
+        reward_model=[mix],
+        images=[images],
+        prompt=[PROMPT],
+        k=[1],
+        metric=["auto"],
+        use_threshold=[False],
+        threshold=[0.0],
+        on_empty=["keep_best"],
+    ).result
+    assert out[4] == [f"0:{best}"]
+    with pytest.raises(ValueError, match="finite"):
+        ICTHPRewardMix.execute(reward_model_1=ict, weights="ict:nan", normalize="batch")
+    with pytest.raises(ValueError, match="finite"):
+        ICTHPRewardMix.execute(reward_model_1=ict, weights="ict:inf", normalize="batch")

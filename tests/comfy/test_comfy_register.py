@@ -8,6 +8,8 @@ import pytest
 
 from tests.test_one_list import comfy_node_ids
 
+pytestmark = [pytest.mark.comfyui]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 NODE_IDS = comfy_node_ids()  # read from comfy_nodes.NODES (no ComfyUI import at collection)

@@ -13,6 +13,8 @@ from torch import nn
 
 from icthp_core.scoring.registry import METRICS, MetricSpec, register, unregister
 
+pytestmark = [pytest.mark.comfyui]
+
 NEW = ("imagereward", "blip_itc", "blip_itm")
 
 
@@ -57,9 +59,7 @@ def _loader_options(pack) -> list[str]:
 
 
 def test_toy_metric_appears_everywhere(pack, toy_metric, tmp_path, capsys):
-    import argparse
-
-    from icthp_app.cli import _metrics, add_app_arguments
+    from icthp_app import offered_metrics
 
     from comfy_nodes.models import baselines
     from icthp_cli.main import main as icthp
@@ -70,9 +70,12 @@ def test_toy_metric_appears_everywhere(pack, toy_metric, tmp_path, capsys):
     for name in (toy_metric, *NEW):
         assert name in listing
     assert "about [-2, 2]" in listing and "unbounded, typically -2..2" in listing
-    app_default = add_app_arguments(argparse.ArgumentParser()).parse_args([]).metrics
+    from icthp_cli.main import build_parser
+    from icthp_core.scoring.registry import parse_metrics
+
+    app_default = build_parser("app")[0].parse_args([]).metrics
     assert app_default == "all"
-    offered = _metrics(app_default, "8y/ICT", "8y/HP")
+    offered = offered_metrics(parse_metrics(app_default), {"ict": "8y/ICT", "hp": "8y/HP"})
     assert toy_metric in offered and all(m in offered for m in NEW)
     assert toy_metric in baselines() and all(m in baselines() for m in NEW)
     assert toy_metric in _loader_options(pack) and all(m in _loader_options(pack) for m in NEW)
@@ -120,21 +123,18 @@ def test_imagereward_through_loader_and_score_cli(pack, tmp_path, capsys, monkey
 
 def test_one_dtype_default_everywhere(pack):
     """score, eval, app, the Python API and the ComfyUI loader share one default precision (docs/evaluation.md)."""
-    import argparse
     import inspect
 
-    from icthp_app.cli import add_app_arguments
-
     from comfy_nodes.reward_nodes import ICTHPLoader
-    from icthp_cli.eval import build_parser as eval_parser
+    from icthp_cli.main import build_parser
     from icthp_cli.score import build_parser as score_parser
     from icthp_core.options import DEFAULT_DTYPE
     from icthp_core.scoring.scorer import MultiScorer, load_scorer
 
     assert DEFAULT_DTYPE == "fp32"
     assert score_parser().parse_args([]).dtype == DEFAULT_DTYPE
-    assert eval_parser().parse_args(["--data", "x"]).dtype == DEFAULT_DTYPE
-    assert add_app_arguments(argparse.ArgumentParser()).parse_args([]).dtype == DEFAULT_DTYPE
+    assert build_parser("eval")[0].parse_args(["--data", "x"]).dtype == DEFAULT_DTYPE
+    assert build_parser("app")[0].parse_args([]).dtype == DEFAULT_DTYPE
     assert inspect.signature(MultiScorer).parameters["dtype"].default == DEFAULT_DTYPE
     assert inspect.signature(load_scorer).parameters["dtype"].default == DEFAULT_DTYPE
     combo = next(i for i in ICTHPLoader.GET_SCHEMA().inputs if i.id == "dtype")

@@ -5,6 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytestmark = [pytest.mark.comfyui]
+
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
 

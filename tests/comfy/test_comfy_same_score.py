@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = [pytest.mark.comfyui]
+
 PROMPT = "a red kite over a green field"
 
 

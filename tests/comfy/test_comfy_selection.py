@@ -7,6 +7,8 @@ import torch
 
 from icthp_core.scoring.selection import rank, select_batch, select_latent, select_mask
 
+pytestmark = [pytest.mark.comfyui]
+
 
 def test_rank_orders_best_first_and_clamps_k():
     s = rank(torch.tensor([0.1, 0.9, 0.5, 0.7]), 2)

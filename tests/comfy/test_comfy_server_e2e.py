@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.comfyui]
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "comfyui" / "check_install_api.json"
 RUN_TIMEOUT = 180
@@ -217,3 +219,43 @@ def test_example_workflow_with_k_at_least_the_batch_runs(server):
     assert result["status"]["status_str"] == "success", result["status"]
     assert result["outputs"]["8"]["text"][0].startswith("ict_hp: kept 3 of 3")
     assert len(result["outputs"]["9"]["images"]) == 3 and "10" not in result["outputs"]
+
+
+def test_select_and_save_example_with_nothing_kept_runs(server):
+    """on_empty=empty and nothing passes: the save node is skipped (ExecutionBlocker), the run succeeds."""
+    url, _ = server
+    wf = _local_sources(_load("select_and_save_api.json"))
+    wf["9"]["inputs"].update({"threshold": 1e6, "on_empty": "empty"})
+    result = _run(url, wf)
+    assert result["status"]["status_str"] == "success", result["status"]
+    assert result["outputs"]["9"]["text"][0].startswith("weighted: kept 0 of 3") and "10" not in result["outputs"]
+
+
+def _tiny_early(n: int, k: int, denoise: float = 1.0) -> dict:
+    wf = _local_sources(_load("early_best_of_n_sdxl_api.json"))
+    swap = {("2", 0): ["1", 1], ("3", 0): ["1", 2], ("1", 2): ["1", 3]}
+    for node in wf.values():
+        for key, v in node["inputs"].items():
+            if isinstance(v, list):
+                node["inputs"][key] = swap.get((v[0], v[1]), v)
+    del wf["2"], wf["3"]
+    wf["1"] = {"class_type": "ICTHPTestTinySD3", "inputs": {"seed": 3}}
+    wf["4"]["inputs"].update({"width": 64, "height": 64})
+    wf["6"]["inputs"].update({"steps": 5, "n": n, "k": k, "denoise": denoise})
+    return wf
+
+
+@pytest.mark.parametrize(("n", "k", "denoise"), [(1, 1, 1.0), (3, 4, 1.0), (3, 1, 0.0)])
+def test_early_best_of_n_example_edge_cases_run(server, n, k, denoise):
+    """n=1 or k >= n: nothing pruned, the PreviewImage of pruned previews is skipped; denoise=0: no sampling (the
+    latent unchanged, as KSampler), the candidates are scored and kept as they are."""
+    url, _ = server
+    result = _run(url, _tiny_early(n, k, denoise))
+    assert result["status"]["status_str"] == "success", result["status"]
+    summary = result["outputs"]["6"]["text"][0]
+    kept = min(n, k)
+    assert summary.startswith(f"early best-of-{n}: scored x0 at step") and f"kept {kept};" in summary
+    assert len(result["outputs"]["7"]["images"]) == kept
+    assert ("8" in result["outputs"]) == (kept < n)
+    if denoise == 0.0:
+        assert "step 0/0" in summary and "0 of 0 candidate-steps" in summary

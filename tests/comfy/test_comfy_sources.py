@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = [pytest.mark.comfyui]
+
 
 def test_sources_outside_model_folders_are_refused(icthp_folder, tmp_path, monkeypatch):
     from comfy_nodes.paths import ALLOW_ANY_PATH_ENV, free_text_source, resolve_source, source_fingerprint

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from draft_common import PROMPTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,12 +14,8 @@ if str(ROOT) not in sys.path:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster single-threaded on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (the root conftest's `one_thread`)."""
 
 
 @pytest.fixture
@@ -51,12 +46,9 @@ def pipe(request):
 
 
 @pytest.fixture(scope="session")
-def tiny_rewards(tmp_path_factory) -> dict[str, str]:
-    """Tiny ICT and HP checkpoints in the published layouts (the core's test models)."""
-    from icthp_core.testing.tiny import save_tiny_hp, save_tiny_ict
-
-    root = tmp_path_factory.mktemp("rewards")
-    return {"ict": str(save_tiny_ict(root / "ict")), "hp": str(save_tiny_hp(root / "hp"))}
+def tiny_rewards(tiny_ict, tiny_hp) -> dict[str, str]:
+    """The root conftest's tiny ICT and HP checkpoints (the core's test models), as reward sources."""
+    return {"ict": str(tiny_ict), "hp": str(tiny_hp)}
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ import torch
 from icthp_core.diffusion.lora import add_lora, save_lora
 from tests.comfy.tiny_nodes import TINY_FLUX, TINY_SD3
 
+pytestmark = [pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

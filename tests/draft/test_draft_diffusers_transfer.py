@@ -14,6 +14,8 @@ from PIL import Image
 from icthp_core.diffusion.transfer import instantstyle_scale, set_ip_adapter_image_encoder, set_text_encoder
 from icthp_core.testing.diffusion import tiny_sd2_pipeline
 
+pytestmark = [pytest.mark.slow]
+
 
 def _reference_clip(weights: Path):
     """transformers CLIPModel with the source checkpoint's own weights and config (independent of the core)."""

@@ -11,6 +11,8 @@ from draft_common import PROMPTS
 from icthp_core.diffusion.draft import DraftConfig, FlowModel, draft_step, encode_prompts, reward_loss, sample
 from icthp_core.diffusion.lora import add_lora
 
+pytestmark = [pytest.mark.slow]
+
 
 def mean_reward(images, prompts):
     """A tiny differentiable reward: mean brightness."""

@@ -19,6 +19,8 @@ from icthp_core.diffusion.draft import (
     unpack_latents,
 )
 
+pytestmark = [pytest.mark.slow]
+
 TOL = 1e-5
 
 

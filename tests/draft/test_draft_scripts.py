@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -105,7 +107,7 @@ def test_sd21_example_tiny(tmp_path):
 
 @pytest.mark.parametrize("name", ["draft_sd35_large_turbo_icthp.yaml", "draft_flux_schnell_hp.yaml"])
 def test_example_configs_parse(name):
-    from icthp_core.diffusion.draft_train import parse_config
+    from icthp_cli.draft import parse_config
 
     cfg = parse_config(["--config", str(ROOT / "examples" / "diffusers" / name)])
     assert cfg.lr == 5e-6 and cfg.guidance_scale == 0.0

@@ -10,8 +10,9 @@ import torch
 from draft_common import tiny_config
 from safetensors.torch import load_file
 
+from icthp_cli.draft import parse_config
 from icthp_core.data.prompts import load_prompts
-from icthp_core.diffusion.draft_train import parse_config, train
+from icthp_core.diffusion.draft_train import train
 
 _cfg = tiny_config
 
@@ -25,6 +26,7 @@ def _log(out):
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["sd3", "flux"])
 def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     out = tmp_path / arch
@@ -40,6 +42,7 @@ def test_short_run_increases_fixed_seed_reward(arch, tiny_pipeline_dirs, prompt_
     assert (cfg["num_steps"], cfg["k"]) == ((8, 3) if arch == "sd3" else (4, 1))  # paper defaults
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path, monkeypatch):
     import icthp_core.diffusion.draft_train as mod
 
@@ -59,6 +62,7 @@ def test_resume_equals_uninterrupted_run(tiny_pipeline_dirs, prompt_file, tiny_r
     assert [r["step"] for r in _log(part) if "reward" in r] == [2, 4]
 
 
+@pytest.mark.slow
 def test_sd3_cfg_training_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     final = train(
         _cfg(
@@ -140,6 +144,7 @@ def test_weighted_reward_spec(tiny_rewards):
     assert all(not p.requires_grad for m in s.models.values() for p in m.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kw",
     [
@@ -194,6 +199,8 @@ def test_conditioning_cache_roundtrip(sd3_pipe, tmp_path):
     assert load_conditioning_cache(tmp_path / "missing", "k1") is None
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     """torchrun with 2 CPU processes (gloo): LoRA gradients are all-reduced, replicas checked equal at the end."""
     import os
@@ -216,7 +223,8 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_fil
         "--master_port",
         port,
         "-m",
-        "icthp_core.diffusion.draft_train",
+        "icthp_cli",
+        "draft",
         f"base_model={tiny_pipeline_dirs['flux']}",
         f"prompts={prompt_file}",
         "reward=ict_hp",

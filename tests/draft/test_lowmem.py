@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 from icthp_core.diffusion.draft import DraftConfig, FlowModel, draft_step, encode_prompts
 from icthp_core.diffusion.lora import add_lora
+from icthp_core.errors import ConfigError
 from icthp_core.training import optim
-from icthp_core.training.config import ConfigError
+
+pytestmark = [pytest.mark.slow]
 
 PROMPTS2 = ["a photo of a cat", "a red car"]
 
@@ -29,7 +31,7 @@ def test_make_optimizer_names_and_missing_bitsandbytes(monkeypatch):
 
 
 def test_optimizer_option_is_checked_in_every_training_config():
-    from icthp_core.diffusion.draft_train import parse_config
+    from icthp_cli.draft import parse_config
     from icthp_core.training.config import load_config
     from icthp_core.training.hp import HPConfig
 
@@ -37,9 +39,9 @@ def test_optimizer_option_is_checked_in_every_training_config():
     assert (cfg.optimizer, cfg.vae_tiling, cfg.vae_slicing, cfg.vae_tile_size) == ("adamw8bit", True, True, 512)
     with pytest.raises(ConfigError, match="optimizer='adam': expected one of adamw, adamw8bit"):
         parse_config(["prompts=p.txt", "optimizer=adam"])
-    assert load_config(HPConfig, overrides=["optimizer=adamw8bit"]).optimizer == "adamw8bit"
+    assert load_config(HPConfig, values={"optimizer": "adamw8bit"}).optimizer == "adamw8bit"
     with pytest.raises(ConfigError, match="optimizer"):
-        load_config(HPConfig, overrides=["optimizer=lion"])
+        load_config(HPConfig, values={"optimizer": "lion"})
 
 
 def test_8bit_adamw_resume_equals_uninterrupted_run(

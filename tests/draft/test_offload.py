@@ -17,6 +17,8 @@ from icthp_core.diffusion.draft import DraftConfig, FlowModel, draft_step, encod
 from icthp_core.diffusion.lora import add_lora
 from icthp_core.diffusion.offload import FrozenSwap, draft_step_offloaded, draft_swap, frozen_tensors
 
+pytestmark = [pytest.mark.slow]
+
 
 def _lora_module(seed=0):
     torch.manual_seed(seed)

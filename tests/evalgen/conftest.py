@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from evalgen_common import PROMPTS, save_random_lora
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster single-threaded on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (the root conftest's `one_thread`)."""
 
 
 @pytest.fixture(scope="session")

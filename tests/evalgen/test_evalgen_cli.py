@@ -21,7 +21,7 @@ def _args(pipe_dir, prompts, out, *extra):
         str(pipe_dir),
         "--prompts",
         str(prompts),
-        "--outdir",
+        "-o",
         str(out),
         "--size",
         "32",

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from test_evalgen_cli import _args
 
 from icthp_cli.main import main as icthp
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
 def test_two_process_evalgen_equals_one_process(pipeline_dirs, lora_files, prompt_txt, tmp_path):

@@ -92,13 +92,20 @@ def test_outputs_checked_before_models_load(data, tmp_path, capsys):
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
-def test_default_workers_are_sized_from_the_cores(data, tiny_ict, tiny_hp, tmp_path):
+def test_default_workers_are_sized_from_the_cores(data, tiny_ict, tiny_hp, tmp_path, monkeypatch):
     """Without --workers the shared option is None and every command sizes the decode pool itself."""
     from icthp_core.options import ModelOptions
 
     assert ModelOptions(workers=3).decode_workers("cpu") == 3
-    assert isinstance(ModelOptions().decode_workers("cpu"), int)
+    for cores, want in ((1, 0), (2, 0), (8, 2), (16, 4), (64, 4)):  # CPU: leave the model cores free, at most 4
+        monkeypatch.setattr("os.cpu_count", lambda c=cores: c)
+        assert ModelOptions().decode_workers("cpu") == want, cores
+    monkeypatch.undo()
     out = tmp_path / "res.json"
     args = ["eval", "--data", str(data["triplets"]), "--ict", str(tiny_ict), "--hp", str(tiny_hp), "--device", "cpu"]
     assert icthp([*args, "-o", str(out), "--bootstrap", "50"]) == 0
-    assert json.loads(out.read_text())["results"]["ict_hp"]["avg"] >= 0
+    row = json.loads(out.read_text())["results"]["ict_hp"]
+    pairs = [row[k] for k in ("I2>I1", "I3>I2", "I3>I1")]
+    assert row["n"] == 10 and all(0.0 <= a <= 1.0 for a in pairs)  # all 10 triplets scored
+    assert row["avg"] == pytest.approx(np.mean(pairs)) and all(a * 20 == pytest.approx(round(a * 20)) for a in pairs)
+    assert row["ci"]["avg"][0] <= row["avg"] <= row["ci"]["avg"][1]

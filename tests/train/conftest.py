@@ -57,18 +57,18 @@ def common_overrides(base: Path, train: Path, out: Path, **extra) -> list[str]:
 
 
 def run_module(
-    module: str,
+    job: str,
     args: list[str],
     env_extra: dict[str, str] | None = None,
     launch: list[str] | None = None,
     timeout: int = 300,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m module args` (or under `accelerate launch`) from the repo root; output captured."""
+    """Run `python -m icthp_cli JOB args` (or under `accelerate launch`) from the repo root; output captured."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     if launch is not None:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", module, *args]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "icthp_cli", job, *args]
     else:
-        cmd = [sys.executable, "-m", module, *args]
+        cmd = [sys.executable, "-m", "icthp_cli", job, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -81,3 +81,19 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def train_ict_main(overrides: list[str]) -> dict:
+    """Train ICT in this process from `key=value` overrides (the command line's form); returns the summary."""
+    from icthp_cli.options import cli_config
+    from icthp_core.training.ict import ICTConfig, train
+
+    return train(cli_config(ICTConfig, None, overrides))
+
+
+def train_hp_main(overrides: list[str]) -> dict:
+    """Train HP in this process from `key=value` overrides; returns the summary."""
+    from icthp_cli.options import cli_config
+    from icthp_core.training.hp import HPConfig, train
+
+    return train(cli_config(HPConfig, None, overrides))

@@ -10,6 +10,8 @@ import torch
 from icthp_core import load_scorer
 from tests.train.conftest import REPO, common_overrides, run_module
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 LAUNCH = ["--config_file", str(REPO / "train" / "configs" / "accelerate_cpu2.yaml")]
 
 
@@ -32,7 +34,7 @@ def test_two_process_cpu_training(tiny_base, synth, tmp_path):
         )
     )
     ict = run_module(
-        "icthp_core.training.ict",
+        "train-ict",
         common_overrides(
             tiny_base,
             unlabelled,
@@ -63,7 +65,7 @@ def test_two_process_cpu_training(tiny_base, synth, tmp_path):
     assert lrs[2] == pytest.approx(1e-3 * 3 / 5) and lrs[6] == pytest.approx(1e-3)
 
     hp = run_module(
-        "icthp_core.training.hp",
+        "train-hp",
         common_overrides(
             tiny_base,
             synth["train"],

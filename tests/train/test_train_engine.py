@@ -8,26 +8,27 @@ import pytest
 import torch
 
 from icthp_cli.main import main as icthp_main
+from icthp_cli.options import cli_config, config_from_argv
 from icthp_core.checkpoints.loading import load_clip
-from icthp_core.data import convert_pick_high
 from icthp_core.data.datasets import load_triplets, open_image
 from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.text import tokenize
 from icthp_core.training import engine
-from icthp_core.training import ict as train_ict
 from icthp_core.training.hp import HPConfig, freeze_first_half, new_head
 from icthp_core.training.ict import ICTConfig
 from icthp_core.training.labels import auto_theta, ict_labels
-from tests.train.conftest import REPO, common_overrides
+from tests.train.conftest import REPO, common_overrides, train_hp_main, train_ict_main
+
+pytestmark = [pytest.mark.slow]
 
 
 def test_yaml_configs_load_with_overrides(tmp_path):
-    ict = engine.load_config(ICTConfig, REPO / "train" / "configs" / "ict_paper.yaml", ["lr=1e-4", "max_steps=7"])
+    ict = cli_config(ICTConfig, REPO / "train" / "configs" / "ict_paper.yaml", ["lr=1e-4", "max_steps=7"])
     assert ict.lr == 1e-4 and ict.max_steps == 7 and ict.lam == 0.1 and ict.alpha == 20 and ict.beta == 6
     assert ict.mixed_precision == "bf16" and ict.gradient_checkpointing and ict.theta is None
-    hp = engine.load_config(HPConfig, REPO / "train" / "configs" / "hp_paper.yaml", ["head_dims=[8,8,4,4]"])
+    hp = cli_config(HPConfig, REPO / "train" / "configs" / "hp_paper.yaml", ["head_dims=[8,8,4,4]"])
     assert hp.lr == 3e-6 and hp.margin == 0.2 and hp.freeze_fraction == 0.5 and hp.head_dims == (8, 8, 4, 4)
-    up = engine.load_config(HPConfig, REPO / "train" / "configs" / "hp_upstream.yaml", ["margin=0.25"])
+    up = cli_config(HPConfig, REPO / "train" / "configs" / "hp_upstream.yaml", ["margin=0.25"])
     assert (up.recipe, up.margin, up.weight_decay, up.warmup_type, up.lr_schedule) == (
         "upstream",
         0.25,
@@ -36,19 +37,19 @@ def test_yaml_configs_load_with_overrides(tmp_path):
         "linear",
     )  # the recipe fills its values; an explicit key wins
     assert up.icthp_loss_weight == 1.0 and up.freeze_rule == "upstream" and up.best_metric.startswith("ict_hp_up")
-    ict_up = engine.load_config(ICTConfig, REPO / "train" / "configs" / "ict_upstream.yaml")
+    ict_up = cli_config(ICTConfig, REPO / "train" / "configs" / "ict_upstream.yaml")
     assert (ict_up.lr, ict_up.max_steps, ict_up.lam, ict_up.weight_decay) == (3e-6, 5000, 0.5, 0.01)
     with pytest.raises(ValueError, match="recipe='nope'"):
-        engine.load_config(ICTConfig, None, ["recipe=nope"])
-    assert engine.load_config(ICTConfig, None, ["mixed_precision=no"]).mixed_precision == "no"  # not YAML's False
+        cli_config(ICTConfig, None, ["recipe=nope"])
+    assert cli_config(ICTConfig, None, ["mixed_precision=no"]).mixed_precision == "no"  # not YAML's False
     with pytest.raises(ValueError, match="key=value"):
-        engine.parse_args(ICTConfig, ["--max_steps", "3"], "x")
+        config_from_argv(ICTConfig, ["--max_steps", "3"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 1e-3\nlearning_rate: 3\n")
     with pytest.raises(ValueError, match="learning_rate"):
-        engine.load_config(ICTConfig, bad)
+        cli_config(ICTConfig, bad)
     with pytest.raises(ValueError, match="max_steps"):
-        engine.load_config(ICTConfig, None, ["max_steps=abc"])
+        cli_config(ICTConfig, None, ["max_steps=abc"])
     json.loads((REPO / "train" / "configs" / "ds_zero2.json").read_text())
 
 
@@ -94,7 +95,7 @@ def test_auto_labels_match_transformers(tiny_base, synth, tmp_path):
     data = tmp_path / "unlabelled.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    train_ict.main(common_overrides(tiny_base, data, out, max_steps=1, theta_percentile=50, plot=False))
+    train_ict_main(common_overrides(tiny_base, data, out, max_steps=1, theta_percentile=50, plot=False))
     meta = json.loads((out / "labels" / "labels_meta.json").read_text())
     labelled, _ = load_triplets(out / "labels" / "train_labeled.jsonl", require_labels=True)
 
@@ -120,7 +121,7 @@ def test_auto_labels_match_transformers(tiny_base, synth, tmp_path):
         torch.testing.assert_close(got, getattr(want, k), atol=1e-4, rtol=1e-4)
 
     # a later run with other label settings rebuilds them (stale labels are never reused)
-    train_ict.main(common_overrides(tiny_base, data, out, max_steps=1, theta=0.05, plot=False))
+    train_ict_main(common_overrides(tiny_base, data, out, max_steps=1, theta=0.05, plot=False, resume=None))
     assert json.loads((out / "labels" / "labels_meta.json").read_text())["theta"] == 0.05
     relabelled, _ = load_triplets(out / "labels" / "train_labeled.jsonl", require_labels=True)
     want = ict_labels(s1, s2, ser, 0.05)
@@ -128,10 +129,10 @@ def test_auto_labels_match_transformers(tiny_base, synth, tmp_path):
 
 
 def test_convert_cli_refuses_without_trust(tmp_path, capsys):
-    assert convert_pick_high.main([str(tmp_path), str(tmp_path / "out")]) == 0  # nothing to convert: no splits
+    assert icthp_main(["convert-pick-high", str(tmp_path), "-o", str(tmp_path / "out")]) == 0  # no splits: nothing
     (tmp_path / "Pick-High").mkdir()
     torch.save({"not": "a frame"}, tmp_path / "Pick-High" / "val.pkl")
-    assert convert_pick_high.main([str(tmp_path), str(tmp_path / "out"), "--splits", "val"]) == 2
+    assert icthp_main(["convert-pick-high", str(tmp_path), "-o", str(tmp_path / "out"), "--splits", "val"]) == 2
     assert "trust" in capsys.readouterr().err
 
 
@@ -163,15 +164,14 @@ def test_plot_and_metrics_dedup(tmp_path):
 
 @pytest.mark.parametrize("module", ["ict", "hp"])
 def test_bf16_and_gradient_checkpointing_run(module, tiny_base, synth, tmp_path):
-    from icthp_core.training import hp as train_hp
 
     extra = {"max_steps": 2, "mixed_precision": "bf16", "gradient_checkpointing": True, "plot": False}
     if module == "hp":
         extra["head_dims"] = "[32,16,8,4]"
-        summary = train_hp.main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+        summary = train_hp_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
         exported = tmp_path / "HP" / "hp_backbone" / "model.safetensors"
     else:
-        summary = train_ict.main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+        summary = train_ict_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
         exported = tmp_path / "ICT" / "model.safetensors"
     assert summary["steps"] == 2
     from safetensors.torch import load_file

@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icthp_cli.eval import main as eval_main
+from icthp_cli.main import main as icthp_main
 from icthp_core import load_scorer
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets
 from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
-from icthp_core.training import hp as train_hp
-from icthp_core.training import ict as train_ict
-from tests.train.conftest import common_overrides
+from tests.train.conftest import common_overrides, train_hp_main, train_ict_main
+
+pytestmark = [pytest.mark.slow]
 
 HP_SEED = 5  # a head whose random initial direction ranks the triplets backwards (accuracy ~0)
 
@@ -25,12 +25,12 @@ HP_SEED = 5  # a head whose random initial direction ranks the triplets backward
 @pytest.fixture(scope="module")
 def trained(tiny_base, synth, tmp_path_factory):
     root = tmp_path_factory.mktemp("learn")
-    ict_sum = train_ict.main(
+    ict_sum = train_ict_main(
         common_overrides(tiny_base, synth["train"], root / "ict", max_steps=100, val_data=synth["val"])
     )
     hp_opts = {"val_data": synth["val"], "head_dims": "[32,16,8,4]", "seed": HP_SEED}
-    train_hp.main(common_overrides(tiny_base, synth["train"], root / "hp0", max_steps=0, **hp_opts))  # untrained
-    hp_sum = train_hp.main(
+    train_hp_main(common_overrides(tiny_base, synth["train"], root / "hp0", max_steps=0, **hp_opts))  # untrained
+    hp_sum = train_hp_main(
         common_overrides(
             tiny_base, synth["train"], root / "hp", max_steps=100, ict_model=root / "ict" / "ICT", **hp_opts
         )
@@ -40,7 +40,7 @@ def trained(tiny_base, synth, tmp_path_factory):
 
 def _eval(tmp_path, data, *args):
     out = tmp_path / "res.json"
-    rc = eval_main(["--data", str(data), "--workers", "0", "--device", "cpu", "-o", str(out), *args])
+    rc = icthp_main(["eval", "--data", str(data), "--workers", "0", "--device", "cpu", "-o", str(out), *args])
     assert rc == 0
     return json.loads(out.read_text())
 
@@ -149,7 +149,7 @@ def test_hp_stage_trains_on_preference_pairs(trained, tiny_base, synth, tmp_path
     """HP on the user's own pairs (winner > loser, ties skipped) instead of triplets."""
     root = trained[0]
     out = tmp_path / "hp_pairs"
-    summary = train_hp.main(
+    summary = train_hp_main(
         common_overrides(
             tiny_base,
             synth["train_pairs"],

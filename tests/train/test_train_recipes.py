@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from icthp_cli.options import cli_config
 from icthp_core.checkpoints.convert import hf_to_open_clip
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.testing.tiny import tiny_hf_clip
@@ -21,7 +22,7 @@ from icthp_core.training.checkpointing import BestTracker, best_step
 from icthp_core.training.hp import HPConfig, freeze_first_half, freeze_upstream
 from icthp_core.training.ict import ICTConfig
 from icthp_core.training.losses import hp_stage_loss, icthp_margin_loss
-from tests.train.conftest import REPO, common_overrides
+from tests.train.conftest import REPO, common_overrides, train_hp_main, train_ict_main
 
 
 def _upstream_set_grad_with_rate(model, fix_rate):
@@ -148,16 +149,15 @@ def test_best_step_selection():
         BestTracker("nope").update(1, {"acc": 1.0})
 
 
+@pytest.mark.slow
 def test_upstream_hp_run_exports_best_of_the_candidate_steps(tiny_base, tiny_ict, synth, tmp_path):
     """Upstream HP saves candidates only at multiples of 5000 and at the end (`train_hp.py`); here every 4 of 7
     steps, validation every 3: steps 3, 4, 6, 7 are validated (4 although 3 does not divide it), only 4 and 7 may
     be exported."""
-    from icthp_core.training import hp as train_hp
-
-    assert engine.load_config(HPConfig, None, ["recipe=upstream"]).export_candidates_every == 5000
+    assert cli_config(HPConfig, None, ["recipe=upstream"]).export_candidates_every == 5000
     extra = dict(recipe="upstream", ict_model=tiny_ict, val_data=synth["val"], max_steps=7, eval_every=3)
     extra.update(warmup_steps=3, export_candidates_every=4, head_dims="[32,16,8,4]")
-    summary = train_hp.main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+    summary = train_hp_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
     series = engine.read_metrics(tmp_path / "metrics.jsonl")
     acc = series["val/ict_hp_upstream/accuracy"]
     assert [s for s, _ in acc] == [3, 4, 6, 7]
@@ -174,20 +174,19 @@ def test_upstream_hp_run_exports_best_of_the_candidate_steps(tiny_base, tiny_ict
 
 
 def test_ict_recipes_resolve():
-    paper = engine.load_config(ICTConfig, None, ["recipe=paper"])
-    up = engine.load_config(ICTConfig, None, ["recipe=upstream"])
+    paper = cli_config(ICTConfig, None, ["recipe=paper"])
+    up = cli_config(ICTConfig, None, ["recipe=upstream"])
     assert (paper.lr, paper.lam, paper.max_steps, paper.weight_decay) == (3e-5, 0.1, 40000, 0.0)
     assert (up.lr, up.lam, up.max_steps, up.weight_decay, up.warmup_type) == (3e-6, 0.5, 5000, 0.01, "log")
     # upstream ships the final step (train_ict.py keeps a full state only at the end); best-val is an option
     assert up.best_metric is None and paper.best_metric is None
-    assert engine.load_config(ICTConfig, None, ["recipe=paper", "best_metric=avg"]).best_metric == "avg"
+    assert cli_config(ICTConfig, None, ["recipe=paper", "best_metric=avg"]).best_metric == "avg"
 
 
+@pytest.mark.slow
 def test_upstream_ict_run_exports_the_final_step(tiny_base, synth, tmp_path):
-    from icthp_core.training import ict as train_ict
-
     extra = dict(recipe="upstream", val_data=synth["val"], max_steps=4, eval_every=2, warmup_steps=2, limit_val=8)
-    summary = train_ict.main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
+    summary = train_ict_main(common_overrides(tiny_base, synth["train"], tmp_path, **extra))
     assert summary["best"] is None and not (tmp_path / "best.json").exists() and not (tmp_path / "ICT_last").exists()
     assert summary["exported"] == str(tmp_path / "ICT") and summary["steps"] == 4
 
@@ -211,7 +210,7 @@ def test_icthp_term_scaling_arithmetic():
     assert term.item() == pytest.approx(8 * plain.item())
     with pytest.raises(ValueError, match="'sum' or 'mean'"):
         icthp_margin_loss(ict, logits, m, "max")
-    up = engine.load_config(HPConfig, None, ["recipe=upstream"])
+    up = cli_config(HPConfig, None, ["recipe=upstream"])
     assert (up.icthp_term_reduction, up.reference_world_batch) == ("sum", 256)
 
 
@@ -233,6 +232,8 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_process_gloo_gathering_gives_the_one_process_loss(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

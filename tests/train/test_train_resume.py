@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from tests.train.conftest import common_overrides, run_module
 
+pytestmark = [pytest.mark.slow]
+
 
 def _losses(run_dir):
     out = {}
@@ -23,12 +25,12 @@ def _losses(run_dir):
 @pytest.mark.parametrize(
     "module,accum,recipe,optimizer",
     [
-        ("icthp_core.training.hp", 1, "paper", "adamw"),
-        ("icthp_core.training.hp", 1, "upstream", "adamw"),
-        ("icthp_core.training.ict", 1, "paper", "adamw"),
-        ("icthp_core.training.ict", 2, "paper", "adamw"),  # the upstream recipe's engine path (log warmup, linear
+        ("train-hp", 1, "paper", "adamw"),
+        ("train-hp", 1, "upstream", "adamw"),
+        ("train-ict", 1, "paper", "adamw"),
+        ("train-ict", 2, "paper", "adamw"),  # the upstream recipe's engine path (log warmup, linear
         # decay, weight decay, best tracker) is covered by the HP case; ICT-upstream differs only in lam, best_metric
-        ("icthp_core.training.ict", 1, "paper", "adamw8bit"),  # bitsandbytes' 8-bit state through accelerate
+        ("train-ict", 1, "paper", "adamw8bit"),  # bitsandbytes' 8-bit state through accelerate
     ],
 )
 def test_kill_and_resume_matches_uninterrupted(module, accum, recipe, optimizer, tiny_base, tiny_ict, synth, tmp_path):
@@ -45,12 +47,12 @@ def test_kill_and_resume_matches_uninterrupted(module, accum, recipe, optimizer,
         "batch_size": 8 // accum,
         "optimizer": optimizer,
     }
-    if module == "icthp_core.training.hp":
+    if module == "train-hp":
         extra["head_dims"] = "[32,16,8,4]"  # the head has dropout: the random stream must be restored too
     if recipe == "upstream":  # log warmup + linear decay, weight decay, best-validation export (needs val data)
         extra.update(recipe="upstream", val_data=synth["val"], eval_every=4, limit_val=8, warmup_steps=5)
         extra["export_candidates_every"] = 4  # the recipe's 5000 would leave only the last step a candidate
-        if module == "icthp_core.training.hp":
+        if module == "train-hp":
             extra["ict_model"] = tiny_ict  # the ICT-HP loss term runs the frozen ICT model
     full = run_module(module, common_overrides(tiny_base, synth["train"], tmp_path / "full", **extra))
     assert full.returncode == 0, full.stderr[-3000:]

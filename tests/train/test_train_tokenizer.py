@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from icthp_cli.main import main as icthp_main
+from icthp_cli.options import cli_config
 from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets, open_image
 from icthp_core.data.preprocess import preprocess_pil
+from icthp_core.errors import ConfigError
 from icthp_core.scoring.models import ICTModel
 from icthp_core.scoring.text import tokenize, tokenize_hf
-from icthp_core.training import engine
 from icthp_core.training.common import image_size
-from icthp_core.training.config import ConfigError
 from icthp_core.training.hp import HPConfig, HPStage
 from icthp_core.training.ict import ICTConfig, ICTStage, build_labels
 from icthp_core.training.labels import ict_labels
@@ -76,25 +76,25 @@ def test_option_selects_the_stage_tokenizer(name, reference, tricky, tmp_path):
 
 def test_recipes_set_the_tokenizer():
     for cls in (ICTConfig, HPConfig):
-        assert engine.load_config(cls, None, []).tokenizer == "open_clip"  # no recipe: inference's tokenizer
-        assert engine.load_config(cls, None, ["recipe=paper"]).tokenizer == "open_clip"
-        assert engine.load_config(cls, None, ["recipe=upstream"]).tokenizer == "hf"
-        assert engine.load_config(cls, None, ["recipe=upstream", "tokenizer=open_clip"]).tokenizer == "open_clip"
-        assert engine.load_config(cls, None, ["recipe=paper", "tokenizer=hf"]).tokenizer == "hf"
+        assert cli_config(cls, None, []).tokenizer == "open_clip"  # no recipe: inference's tokenizer
+        assert cli_config(cls, None, ["recipe=paper"]).tokenizer == "open_clip"
+        assert cli_config(cls, None, ["recipe=upstream"]).tokenizer == "hf"
+        assert cli_config(cls, None, ["recipe=upstream", "tokenizer=open_clip"]).tokenizer == "open_clip"
+        assert cli_config(cls, None, ["recipe=paper", "tokenizer=hf"]).tokenizer == "hf"
     configs = REPO / "train" / "configs"
-    assert engine.load_config(ICTConfig, configs / "ict_upstream.yaml").tokenizer == "hf"
-    assert engine.load_config(HPConfig, configs / "hp_upstream.yaml").tokenizer == "hf"
-    assert engine.load_config(ICTConfig, configs / "ict_paper.yaml").tokenizer == "open_clip"
-    assert engine.load_config(HPConfig, configs / "hp_paper.yaml").tokenizer == "open_clip"
+    assert cli_config(ICTConfig, configs / "ict_upstream.yaml").tokenizer == "hf"
+    assert cli_config(HPConfig, configs / "hp_upstream.yaml").tokenizer == "hf"
+    assert cli_config(ICTConfig, configs / "ict_paper.yaml").tokenizer == "open_clip"
+    assert cli_config(HPConfig, configs / "hp_paper.yaml").tokenizer == "open_clip"
 
 
 def test_bad_tokenizer_is_a_one_line_config_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"command line: option tokenizer='bpe': expected one of open_clip, hf"):
-        engine.load_config(ICTConfig, None, ["tokenizer=bpe"])
+        cli_config(ICTConfig, None, ["tokenizer=bpe"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("recipe: upstream\ntokenizer: HF\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: option tokenizer='HF'"):
-        engine.load_config(HPConfig, bad)
+        cli_config(HPConfig, bad)
     with pytest.raises(ValueError, match="tokenizer 'bpe'"):  # a config built in code fails before any model loads
         ICTStage(ICTConfig(tokenizer="bpe"))
     assert icthp_main(["train-ict", "tokenizer=bpe"]) == 2
@@ -128,7 +128,7 @@ def test_ict_labels_use_the_configured_tokenizer(tiny_base, tricky):
     assert any(a.labels != b.labels for a, b in zip(got["hf"], got["open_clip"], strict=True))
     # the build-labels command takes the same choice and records it
     out = tricky["triplets"].parent / "cli_labels.jsonl"
-    args = ["build-labels", "--data", str(tricky["triplets"]), "--out", str(out), "--clip", str(tiny_base)]
+    args = ["build-labels", "--data", str(tricky["triplets"]), "-o", str(out), "--clip", str(tiny_base)]
     assert icthp_main([*args, "--theta", "0.05", "--tokenizer", "hf", "--device", "cpu"]) == 0
     assert json.loads(Path(f"{out}.meta.json").read_text())["tokenizer"] == "hf"
     cli, _ = load_triplets(out, require_labels=True)

@@ -6,8 +6,8 @@ import socket
 import time
 
 import pytest
+from icthp_app.launcher import default_ticked as default_metrics
 
-from gradio_app.cli import default_metrics
 from icthp_core.diffusion.evalgen import DEFAULT_METRICS
 from icthp_core.errors import WeightsNotFoundError
 

@@ -1,4 +1,4 @@
-"""`icthp toy-data DIR --models`: the printed commands run every job on the tiny random models, on a CPU."""
+"""`icthp toy-data -o DIR --models`: the printed commands run every job on the tiny random models, on a CPU."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_printed_commands_run_every_job(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "icthp_cli", "toy-data", "demo", "--models", "--triplets", "8", "--pairs", "8"],
+        [sys.executable, "-m", "icthp_cli", "toy-data", "-o", "demo", "--models", "--triplets", "8", "--pairs", "8"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -36,12 +36,12 @@ def test_printed_commands_run_every_job(tmp_path, monkeypatch):
     for line in printed:
         argv = shlex.split(line, comments=True)[1:]
         if argv[0] == "app":  # serving: check its options parse and the app builds, without launching
-            import argparse
+            from icthp_app import make_app
 
-            from gradio_app.cli import add_app_arguments, make_app
+            from icthp_cli.app import config
+            from icthp_cli.main import build_parser
 
-            args = add_app_arguments(argparse.ArgumentParser()).parse_args(argv[1:])
-            make_app(args)
+            make_app(config(build_parser("app")[0].parse_args(argv[1:])))
             continue
         assert icthp(argv) == 0, line
     assert (tmp_path / "demo" / "runs" / "evalgen" / "summary.csv").is_file()

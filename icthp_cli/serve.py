@@ -6,15 +6,16 @@ import argparse
 import sys
 import time
 
-from icthp_core.options import add_model_arguments, model_options
-from icthp_core.scale.serve_config import MB, TOKEN_ENV, ServeConfig, ServeLimits, exposure_warning, read_token
-from icthp_core.scoring.registry import parse_metrics
+from icthp_cli.options import SCORE_METRICS, add_model_arguments, model_options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="icthp serve", description=__doc__)
-    p.add_argument("--metrics", default="ict,hp,ict_hp", help="metrics served (default ict,hp,ict_hp)")
-    add_model_arguments(p)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from icthp_core.scale.serve_config import MB, TOKEN_ENV, ServeLimits
+
+    p.add_argument(
+        "--metrics", default=SCORE_METRICS, help=f"metrics served: comma list or 'all' (default {SCORE_METRICS})"
+    )
+    add_model_arguments(p, workers=False)  # requests carry image bytes: no file-decoding workers
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1; 0.0.0.0 exposes it)")
     g.add_argument("--port", type=int, default=8000)
@@ -35,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / MB, help="request body (64 MB)")
     b.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / MB, help="bodies in flight (128 MB)")
     b.add_argument("--queue-timeout-s", type=float, default=d.queue_timeout_s, help="wait for budget, then 503 (2)")
-    return p
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[ServeConfig, list[str]]:
-    """The typed server config of parsed options, and the warnings to print (token in argv, exposed host)."""
+def config_from_args(args: argparse.Namespace):
+    """The typed `ServeConfig` of parsed options, and the warnings to print (token in argv, exposed host)."""
+    from icthp_core.scale.serve_config import MB, ServeConfig, ServeLimits, exposure_warning, read_token
+    from icthp_core.scoring.registry import parse_metrics
+
     token, warnings = read_token(args.token, args.token_file)
     limits = ServeLimits(
         max_images=args.max_images,
@@ -71,10 +74,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[ServeConfig, list[str]]:
     return config, warnings + ([exposed] if exposed else [])
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C (then exit 0); the URL on stdout once the server answers."""
     from icthp_core.scale.pipeline import init_ray
 
-    config, warnings = config_from_args(build_parser().parse_args(argv))
+    config, warnings = config_from_args(args)
     for w in warnings:
         print(f"icthp serve: {w}", file=sys.stderr, flush=True)
     init_ray(config.address)  # before `import ray` elsewhere: a local Ray binds its services to 127.0.0.1

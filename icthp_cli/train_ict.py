@@ -1,0 +1,31 @@
+"""`icthp train-ict`: train the ICT reward model (stage 1).
+
+    icthp train-ict --config train/configs/ict_paper.yaml [key=value ...]
+    accelerate launch -m icthp_cli train-ict --config ... [key=value ...]   (several processes / GPUs)
+
+Options are YAML keys, given on the command line as `key=value` (never `--key value`); see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from icthp_cli.options import add_config_arguments, reject_unknown, training_config
+
+__all__ = ["add_arguments", "reject_unknown", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from icthp_core.training.ict import ICTConfig
+
+    add_config_arguments(parser, ICTConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; print the summary as one JSON line on stdout."""
+    from icthp_core.training.ict import ICTConfig, train
+
+    summary = train(training_config(ICTConfig, args))
+    print(json.dumps(summary, default=str))
+    return 0

@@ -1,0 +1,51 @@
+"""Helpers of the `icthp JOB` subprocess tests: run the command as a user would, with its exit code and output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def icthp(*args: str, timeout: float = 300, env: dict[str, str] | None = None, launch: list[str] | None = None):
+    """`python -m icthp_cli ARGS` (or `accelerate launch LAUNCH -m icthp_cli ARGS`) in a subprocess."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")])
+    head = [sys.executable, "-m", "icthp_cli"]
+    if launch is not None:
+        head = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "icthp_cli"]
+    cmd = [*head, *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def user_error(res: subprocess.CompletedProcess, job: str, *names: str) -> str:
+    """Assert the user-error contract: exit 2, exactly one stderr line `icthp JOB: ...` naming each of `names`."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert lines[0].startswith(f"icthp {job}: "), lines[0]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert "Traceback" not in res.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic preference data set (triplets with ICT labels, pairs)."""
+    from icthp_core.testing.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("toy"), triplets=16, pairs=8, size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random CLIPModel (HF layout) used as a base model or labelling CLIP."""
+    from icthp_core.testing.tiny import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", seed=0)
