@@ -4,7 +4,6 @@ output), with their defaults; the command-line options themselves are defined on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from icthp_core.dtypes import DEFAULT_DTYPE, DTYPE_CHOICES
 from icthp_core.errors import ConfigError
@@ -80,16 +79,3 @@ def parse_sources(ict: str | None, hp: str | None, items: list[str]) -> dict[str
             )
         sources[name] = value
     return sources
-
-
-def model_options(args: Any) -> ModelOptions:
-    """TRANSITIONAL (used by `scale/score_cmd.py` until `icthp score` is one pipeline): `ModelOptions` from an
-    object with the shared option attributes; the command line itself is `icthp_cli.options`."""
-    return ModelOptions.create(
-        sources=parse_sources(default_weights(args.ict, "ict"), default_weights(args.hp, "hp"), args.source),
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        workers=getattr(args, "workers", None),
-        output=getattr(args, "output", None),
-    )

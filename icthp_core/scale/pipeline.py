@@ -248,9 +248,7 @@ def run_local(shards, todo, run: LocalRun, sink, done: set | None = None, on_row
     try:
         for i in rest:
             _run_dataset_shard(i, shards[i], run, pool, sink, done, summary, on_rows)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(rows=summary.rows, errors=summary.errors)
+            _tick(bar, summary)
     finally:
         if pool is not None:
             pool.terminate()
@@ -274,6 +272,13 @@ def _bar(total: int, progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="shard", desc="scoring")
+
+
+def _tick(bar, summary) -> None:
+    """One shard done: advance the bar (if any) and show the running row and error counts."""
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(rows=summary.rows, errors=summary.errors)
 
 
 # ------------------------------------------------------------------------------------------------ ray engine
@@ -484,9 +489,7 @@ def _gather(ds, sink, summary: Summary, bar, on_rows) -> None:
                 if complete:
                     del pending[s]
                     completed.add(s)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(rows=summary.rows, errors=summary.errors)
+                    _tick(bar, summary)
     finally:
         if bar is not None:
             bar.close()
