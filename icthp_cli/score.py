@@ -9,6 +9,7 @@ import warnings
 from collections import defaultdict
 
 from icthp_cli.options import add_model_arguments, model_options
+from icthp_core.data.images import DECODE_POLICIES
 from icthp_core.data.sources import DATASET_KINDS
 from icthp_core.errors import ConfigError
 
@@ -39,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "cpu", "gpu"],
         help="image decoding: cpu = PIL-exact; gpu = nvjpeg + torch resize on the device (within 1/255 mean of PIL); "
         "auto = gpu on CUDA (default)",
+    )
+    p.add_argument(
+        "--decode-policy",
+        choices=DECODE_POLICIES,
+        default="view",
+        help="view: EXIF orientation, alpha on white (default); upstream: as the reference code, convert('RGB') "
+        "without rotation (docs/evaluation.md)",
     )
     p.add_argument(
         "--compile",
@@ -145,6 +153,7 @@ def config_from_args(args: argparse.Namespace):
         batch_size=opts.batch_size,
         workers=opts.workers,
         decode=args.decode,
+        decode_policy=args.decode_policy,
         compile=args.compile,
         progress=not args.no_progress,
     )

@@ -190,3 +190,82 @@ def test_policy_names_are_checked():
         parse_decode_policy("raw", "--decode-policy")
     with pytest.raises(ConfigError, match="decode_policy"):
         to_pil(Image.new("RGB", (4, 4)), policy="nope")
+
+
+def _upstream_scores(tiny_ict, tiny_hp, sources, prompt: str) -> np.ndarray:
+    """ict_hp of each source (path or BytesIO) as upstream computes it: `convert("RGB")`, then the HF models."""
+    pixels = _clip_reference(sources)
+    ict = ref_cosine(load_hf_clip(tiny_ict), pixels, ref_tokens([prompt] * len(sources)))
+    head = load_mlp(tiny_hp / "hp_scorer/mlp_pytorch_model.bin")
+    hp = ref_hp(load_hf_clip(tiny_hp / "hp_backbone"), head, pixels)
+    return (ict * hp).numpy()
+
+
+def _icthp_score(argv: list[str]) -> list[dict]:
+    """Run `icthp score ARGV -o out.jsonl` in a subprocess (the user's path); the rows written."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "icthp_cli", "score", *argv], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = argv[argv.index("-o") + 1]
+    return [json.loads(line) for line in open(out).read().splitlines()]
+
+
+@pytest.mark.slow
+def test_icthp_score_decode_policy(tiny_ict, tiny_hp, files, tmp_path):
+    """`icthp score --decode-policy upstream` (image files and a parquet dataset) gives the upstream scores, and the
+    default (view) differs from them on the transparent and the EXIF-rotated image."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = ["rgba.png", "exif_rotated.jpg"]
+    blobs = [files[n].read_bytes() for n in names]
+    pq.write_table(pa.table({"image": blobs, "name": names}), tmp_path / "d.parquet")
+    want = dict(zip(names, _upstream_scores(tiny_ict, tiny_hp, [files[n] for n in names], "a photo"), strict=True))
+    argv = ["--ict", str(tiny_ict), "--hp", str(tiny_hp), "--prompt", "a photo", "--workers", "0", "--no-progress"]
+    argv += [*(str(files[n]) for n in names), "--dataset", str(tmp_path / "d.parquet"), "--keep-columns", "name"]
+    argv += ["--batch-size", "1"]
+    got = {}
+    for policy in ("view", "upstream"):
+        flag = ["--decode-policy", policy] if policy == "upstream" else []  # view is the default
+        rows = _icthp_score([*argv, *flag, "-o", str(tmp_path / f"{policy}.jsonl")])
+        got[policy, "files"] = {os.path.basename(r["image"]): r["ict_hp"] for r in rows if r["name"] is None}
+        got[policy, "dataset"] = {r["name"]: r["ict_hp"] for r in rows if r["name"] is not None}
+    for source in ("files", "dataset"):
+        assert got["upstream", source] == pytest.approx(want, abs=1e-5)
+        for n in names:
+            assert abs(got["view", source][n] - want[n]) > 1e-4, (source, n)
+
+
+def test_icthp_score_upstream_policy_refuses_gpu_decoding(tiny_hp, files, capsys):
+    from icthp_cli.main import main
+
+    argv = ["score", "--hp", str(tiny_hp), "--metrics", "hp", str(files["rgb.png"]), "--decode", "gpu"]
+    assert main([*argv, "--decode-policy", "upstream"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == 'icthp score: --decode gpu decodes with the "view" policy only; use --decode cpu or auto'
+
+
+def test_ray_decode_stage_uses_the_policy(files, tmp_path):
+    """The Ray pipeline's decode task (`_decode_batch`, given `policy` through `fn_kwargs`) decodes as
+    `decode_records` does under that policy (the Ray engine itself runs in tests/test_score_matrix.py)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from icthp_core.data.sources import decode_records, plan_dataset, read_shard
+    from icthp_core.scale.pipeline import _decode_batch, _read_rows
+
+    pq.write_table(pa.table({"image": [files["rgba.png"].read_bytes()]}), tmp_path / "d.parquet")
+    (shard,) = plan_dataset(str(tmp_path / "d.parquet"), prompt="a photo")
+    rows = _read_rows({"shard": 0, "spec": json.dumps(shard)})
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    px = {p: _decode_batch(batch, ["crop"], p)["px_crop"] for p in ("view", "upstream")}
+    for p in ("view", "upstream"):
+        assert np.array_equal(px[p], decode_records(read_shard(shard), ["crop"], p)[1]["crop"])
+    assert np.abs(px["view"] - px["upstream"]).max() > 0.5

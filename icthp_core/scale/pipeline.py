@@ -12,13 +12,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from icthp_core.data.rows import finish_row, json_default, row_key
-from icthp_core.data.sources import decode_records, read_shard
+from icthp_core.data.sources import decode_records, iter_record_batches, read_shard
 
 STAGES = ("read", "decode", "score")
 
@@ -93,9 +94,9 @@ def score_decoded(scorer, records: Sequence[dict], errors: list[str | None], pix
 
 # ------------------------------------------------------------------------------------------------ local engine
 def _decode_chunk(args):
-    records, modes = args
+    records, modes, policy = args
     t = time.perf_counter()
-    errors, pixels = decode_records(records, modes)
+    errors, pixels = decode_records(records, modes, policy)
     return errors, pixels, time.perf_counter() - t
 
 
@@ -108,6 +109,7 @@ class LocalRun:
     workers: int = 0
     decode: str = "cpu"
     progress: bool = True
+    decode_policy: str = "view"
 
 
 def _not_done(done: set) -> Callable[[dict], bool]:
@@ -163,24 +165,68 @@ def _run_files(group, shards, run: LocalRun, sink, done, summary, on_rows) -> No
     summary.add("score", time.perf_counter() - t)
 
 
+def _shard_chunks(shard: dict, batch_size: int, done: set, summary: Summary) -> Iterator[list[dict]]:
+    """The records of `shard` not in `done`, streamed in lists of at most `batch_size` (read time counted)."""
+    keep, batches = _not_done(done), iter_record_batches(shard, batch_size)
+    while True:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        summary.add("read", time.perf_counter() - t)
+        if batch is None:
+            return
+        batch = [r for r in batch if keep(r)]
+        if batch:
+            yield batch
+
+
+def _decoded(chunks: Iterable[list[dict]], modes, policy: str, pool, ahead: int) -> Iterator[tuple[list[dict], tuple]]:
+    """(chunk, (errors, pixels, seconds)) in order; with `pool`, at most `ahead` chunks decode ahead (bounded
+    memory: `Pool.imap` would read the whole shard into its task queue)."""
+    if pool is None:
+        yield from ((c, _decode_chunk((c, modes, policy))) for c in chunks)
+        return
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append((chunk, pool.apply_async(_decode_chunk, ((chunk, modes, policy),))))
+        if len(pending) > ahead:
+            done_chunk, result = pending.popleft()
+            yield done_chunk, result.get()
+    while pending:
+        done_chunk, result = pending.popleft()
+        yield done_chunk, result.get()
+
+
+def _with_last(items: Iterable) -> Iterator[tuple[object, bool]]:
+    """(item, is_last) for each item of `items`, looking one item ahead."""
+    it = iter(items)
+    prev = next(it, _END)
+    while prev is not _END:
+        nxt = next(it, _END)
+        yield prev, nxt is _END
+        prev = nxt
+
+
+_END = object()
+
+
 def _run_dataset_shard(i, shard, run: LocalRun, pool, sink, done, summary, on_rows) -> None:
-    """Read, decode (in `pool`) and score one dataset shard; rows written every batch."""
-    t = time.perf_counter()
-    records = [r for r in read_shard(shard) if _not_done(done)(r)]
-    summary.add("read", time.perf_counter() - t)
-    bs, modes = run.batch_size, run.scorer.preprocess_modes
-    chunks = [(records[s : s + bs], modes) for s in range(0, len(records), bs)]
-    decoded = pool.imap(_decode_chunk, chunks) if pool is not None else map(_decode_chunk, chunks)
-    if not chunks:
-        sink.write(i, [], True)
-        _count(summary, [], on_rows, complete=True)
-    for n, ((chunk, _), (errors, pixels, dt)) in enumerate(zip(chunks, decoded, strict=True), 1):
+    """Read (streamed, a batch at a time), decode (in `pool`) and score one dataset shard; rows written every
+    batch, the shard marked complete with its last batch."""
+    modes = run.scorer.preprocess_modes
+    chunks = _shard_chunks(shard, run.batch_size, done, summary)
+    decoded = _decoded(chunks, modes, run.decode_policy, pool, ahead=2 * max(run.workers, 1))
+    wrote = False
+    for (chunk, (errors, pixels, dt)), last in _with_last(decoded):
         summary.add("decode", dt)
         t = time.perf_counter()
         rows = score_decoded(run.scorer, chunk, errors, pixels)
         summary.add("score", time.perf_counter() - t)
-        sink.write(i, rows, n == len(chunks))
-        _count(summary, rows, on_rows, complete=n == len(chunks))
+        sink.write(i, rows, last)
+        _count(summary, rows, on_rows, complete=last)
+        wrote = True
+    if not wrote:
+        sink.write(i, [], True)
+        _count(summary, [], on_rows, complete=True)
 
 
 def run_local(shards, todo, run: LocalRun, sink, done: set | None = None, on_rows=None) -> Summary:
@@ -202,9 +248,7 @@ def run_local(shards, todo, run: LocalRun, sink, done: set | None = None, on_row
     try:
         for i in rest:
             _run_dataset_shard(i, shards[i], run, pool, sink, done, summary, on_rows)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(rows=summary.rows, errors=summary.errors)
+            _tick(bar, summary)
     finally:
         if pool is not None:
             pool.terminate()
@@ -228,6 +272,13 @@ def _bar(total: int, progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="shard", desc="scoring")
+
+
+def _tick(bar, summary) -> None:
+    """One shard done: advance the bar (if any) and show the running row and error counts."""
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(rows=summary.rows, errors=summary.errors)
 
 
 # ------------------------------------------------------------------------------------------------ ray engine
@@ -291,10 +342,10 @@ def _records(batch: dict) -> list[dict]:
     return recs
 
 
-def _decode_batch(batch: dict, modes: Sequence[str]) -> dict:
-    """Ray map_batches (CPU tasks): records -> pixels per preprocessing mode + error."""
+def _decode_batch(batch: dict, modes: Sequence[str], policy: str = "view") -> dict:
+    """Ray map_batches (CPU tasks): records -> pixels per preprocessing mode + error (decode policy `policy`)."""
     t = time.perf_counter()
-    errors, pixels = decode_records(_records(batch), modes)
+    errors, pixels = decode_records(_records(batch), modes, policy)
     dt = (time.perf_counter() - t) / max(len(errors), 1)
     out = {k: batch[k] for k in ("shard", "idx", "n", "rec", "_t_read")}
     out["error"] = np.array(["" if e is None else e for e in errors], dtype=object)
@@ -347,6 +398,7 @@ def run_ray(
     on_rows=None,
     todo: Sequence[int] | None = None,
     done: set | None = None,
+    decode_policy: str = "view",
 ) -> Summary:
     """The Ray Data pipeline over the shards `todo` (default: those not in `sink.done_shards()`), skipping records
     whose key is in `done` (see the module docstring). `sink` is an `icthp_core.data.sinks.Sink`."""
@@ -360,13 +412,15 @@ def run_ray(
     if not todo:
         summary.wall_seconds = time.perf_counter() - t0
         return summary
-    ds = _ray_dataset(shards, todo, metrics, sources, device, dtype, batch_size, actors, gpus_per_actor, done)
+    ds = _ray_dataset(
+        shards, todo, metrics, sources, device, dtype, batch_size, actors, gpus_per_actor, done, decode_policy
+    )
     _gather(ds, sink, summary, _bar(len(todo), progress), on_rows)
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 
 
-def _ray_dataset(shards, todo, metrics, sources, device, dtype, batch_size, actors, gpus_per_actor, done):
+def _ray_dataset(shards, todo, metrics, sources, device, dtype, batch_size, actors, gpus_per_actor, done, policy):
     """The read -> decode -> score Ray Data pipeline over shards `todo`."""
     import ray
 
@@ -389,7 +443,8 @@ def _ray_dataset(shards, todo, metrics, sources, device, dtype, batch_size, acto
     actor_cpus = 0.0 if gpus_per_actor else min(1.0, max(cpus - task_cpus, 0.1) / actors)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(_read_rows, fn_kwargs={"done": frozenset(done or ())}, num_cpus=task_cpus)
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"modes": modes}, batch_size=batch_size, num_cpus=task_cpus)
+    decode_kwargs = {"modes": modes, "policy": policy}
+    ds = ds.map_batches(_decode_batch, fn_kwargs=decode_kwargs, batch_size=batch_size, num_cpus=task_cpus)
     return ds.map_batches(
         _ScoreActor,
         fn_constructor_kwargs={"metrics": list(metrics), "sources": dict(sources), "device": actor_device}
@@ -434,9 +489,7 @@ def _gather(ds, sink, summary: Summary, bar, on_rows) -> None:
                 if complete:
                     del pending[s]
                     completed.add(s)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(rows=summary.rows, errors=summary.errors)
+                    _tick(bar, summary)
     finally:
         if bar is not None:
             bar.close()

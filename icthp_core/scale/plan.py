@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from icthp_core.data.images import DecodePolicy, parse_decode_policy
 from icthp_core.data.rows import row_key
 from icthp_core.errors import ConfigError, DataError
 
@@ -40,6 +41,8 @@ class ScoreConfig:
         resume, retry_errors, overwrite: continue the output / score its error rows again / replace it.
         engine: 'local' (this process) or 'ray' (a Ray Data pipeline; address, actors, gpus_per_actor).
         sources: weights per base metric; device, dtype, batch_size, workers, decode, compile: how models run.
+        decode_policy: 'view' (EXIF orientation, alpha on white) or 'upstream' (the reference code's
+            `convert("RGB")`); see `icthp_core.data.images.DecodePolicy`.
         progress: show a progress bar.
     """
 
@@ -70,6 +73,7 @@ class ScoreConfig:
     workers: int | None = None
     decode: str = "auto"
     compile: bool = False
+    decode_policy: str = "view"
     progress: bool = True
 
 
@@ -108,6 +112,9 @@ def check_config(config: ScoreConfig) -> None:
         raise ConfigError(f"--engine {config.engine!r}: choose from {', '.join(ENGINES)}")
     if config.decode not in DECODES:
         raise ConfigError(f"--decode {config.decode!r}: choose from {', '.join(DECODES)}")
+    policy = parse_decode_policy(config.decode_policy, "--decode-policy")
+    if config.decode == "gpu" and policy is DecodePolicy.UPSTREAM:
+        raise ConfigError('--decode gpu decodes with the "view" policy only; use --decode cpu or auto')
     _check_unused(config)
     if config.from_metadata and (config.datasets or config.prompts_file or config.engine != "local"):
         raise ConfigError("--from-metadata reads PNG files and loads no model: --dataset, --prompts-file and "

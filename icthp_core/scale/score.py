@@ -39,9 +39,11 @@ def _load_local(config: ScoreConfig, metrics: list[str], log: Callable[[str], No
     from icthp_core.scoring.scorer import MultiScorer
 
     device = parse_device(config.device)
-    decode = resolve_decode(config.decode, device)
+    decode = resolve_decode(config.decode, device) if config.decode_policy == "view" else "cpu"  # gpu: view only
     workers = config.workers if config.workers is not None else default_workers(device, decode)
-    scorer = MultiScorer(metrics, dict(config.sources), device=device, dtype=config.dtype)
+    scorer = MultiScorer(
+        metrics, dict(config.sources), device=device, dtype=config.dtype, decode_policy=config.decode_policy
+    )
     if config.compile:
         scorer.compile()
     note = ""
@@ -52,8 +54,11 @@ def _load_local(config: ScoreConfig, metrics: list[str], log: Callable[[str], No
             note = " (this CPU has no AVX512-BF16/AMX: half precision is emulated and slower than fp32)"
     if device.type == "cpu" and config.compile:
         note += " (torch.compile on the CPU was measured slower than eager in a whole job: docs/benchmarks.md)"
-    log(f"scoring on {device} in {config.dtype}, decode={decode}, workers={workers}, compile={config.compile}{note}")
-    return LocalRun(scorer, config.batch_size, workers, decode, config.progress)
+    log(
+        f"scoring on {device} in {config.dtype}, decode={decode} ({config.decode_policy} policy), workers={workers}, "
+        f"compile={config.compile}{note}"
+    )
+    return LocalRun(scorer, config.batch_size, workers, decode, config.progress, config.decode_policy)
 
 
 def _execute(config: ScoreConfig, plan: Plan, todo: list[int], sink, done: set, on_rows, log) -> Summary:
@@ -73,6 +78,7 @@ def _execute(config: ScoreConfig, plan: Plan, todo: list[int], sink, done: set, 
             on_rows=on_rows,
             todo=todo,
             done=done,
+            decode_policy=config.decode_policy,
         )
     return run_local(plan.shards, todo, _load_local(config, plan.metrics, log), sink, done, on_rows)
 
