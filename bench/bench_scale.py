@@ -99,25 +99,26 @@ def bench_server(args, sources, items) -> dict:
 
     from icthp_core import RewardClient
     from icthp_core.scale.protocol import parse_metrics_text
-    from icthp_core.scale.server import build_app
+    from icthp_core.scale.serve_config import ServeConfig, ServeLimits
+    from icthp_core.scale.server import start_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(
-        ["ict", "hp", "ict_hp"],
-        sources,
-        device=args.device,
-        replicas=args.replicas,
-        cpus_per_replica=0.5,
-        gpus_per_replica=1.0 if args.device == "cuda" else 0.0,
-        max_batch_size=args.max_batch_size,
-        batch_wait_s=args.batch_wait_ms / 1000,
-        max_images=512,
+    server = start_server(
+        ServeConfig(
+            ["ict", "hp", "ict_hp"],
+            sources,
+            device=args.device,
+            port=port,
+            replicas=args.replicas,
+            gpus_per_replica=1.0 if args.device == "cuda" else 0.0,
+            max_batch_size=args.max_batch_size,
+            batch_wait_s=args.batch_wait_ms / 1000,
+            limits=ServeLimits(max_images=512),
+        )
     )
-    serve.run(app, name="icthp", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
+    url = server.url
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((512, 512))) for p, _ in items[: args.requests]]
     prompts = [q for _, q in items[: args.requests]]
     client = RewardClient(url, timeout=600)
@@ -145,6 +146,7 @@ def bench_server(args, sources, items) -> dict:
         (after["icthp_batch_images_total"] - before["icthp_batch_images_total"]) / batches, 2
     )
     out["speedup"] = round(seq / conc, 2)
+    server.stop()
     serve.delete("icthp")
     return out
 
