@@ -1,5 +1,6 @@
-"""Gradient-weighted attention relevance for the open_clip ViT towers (Chefer et al. 2021, "Generic
-Attention-model Explainability"), through an explicit (non-fused) attention path used only while explaining."""
+"""Gradient-weighted attention relevance for the ViT image towers (open_clip and transformers' BLIP `BlipVisionModel`;
+Chefer et al. 2021, "Generic Attention-model Explainability"), through an explicit (non-fused) attention path used
+only while explaining."""
 
 from __future__ import annotations
 
@@ -13,14 +14,32 @@ from torch import nn
 from icthp_core.explain.common import ExplainError, with_grad
 
 
-def vision_tower(model: nn.Module) -> nn.Module:
-    """The open_clip VisionTransformer of a reward model (TextImageModel: `.clip.visual`; ImageHeadModel:
-    `.visual`); a one-line error for towers without open_clip attention blocks (BLIP)."""
-    tower = getattr(getattr(model, "clip", None), "visual", None) or getattr(model, "visual", None)
+def _is_open_clip(tower: nn.Module | None) -> bool:
     blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
-    if blocks is None or not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks):
-        raise ExplainError(f"{type(model).__name__}: attention relevance needs an open_clip ViT tower")
-    return tower
+    return blocks is not None and all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks)
+
+
+def _is_blip(tower: nn.Module | None) -> bool:
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    layers = getattr(getattr(tower, "encoder", None), "layers", None)
+    return layers is not None and all(isinstance(getattr(x, "self_attn", None), BlipAttention) for x in layers)
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    """The ViT image tower of a reward model: open_clip (TextImageModel `.clip.visual`, ImageHeadModel `.visual`) or
+    BLIP's `BlipVisionModel` (ImageReward / BLIP pretrain `.vision`, BLIP retrieval `.model.vision_model`); a
+    one-line error for other towers."""
+    candidates = (
+        getattr(getattr(model, "clip", None), "visual", None),
+        getattr(model, "visual", None),
+        getattr(model, "vision", None),
+        getattr(getattr(model, "model", None), "vision_model", None),
+    )
+    for tower in candidates:
+        if tower is not None and (_is_open_clip(tower) or _is_blip(tower)):
+            return tower
+    raise ExplainError(f"{type(model).__name__}: attention relevance needs an open_clip or BLIP ViT tower")
 
 
 def _explicit_attention(block: nn.Module, store: list[torch.Tensor]):
@@ -47,22 +66,48 @@ def _explicit_attention(block: nn.Module, store: list[torch.Tensor]):
     return attention
 
 
+def _explicit_blip_attention(attn: nn.Module, store: list[torch.Tensor]):
+    """A replacement for transformers' `BlipAttention.forward` that computes softmax(QK^T * scale)V step by step (no
+    dropout: eval only) and keeps the attention probabilities [B, heads, N, N] in `store` (with their graph)."""
+
+    def forward(hidden_states: torch.Tensor, **kwargs):
+        b, n, d = hidden_states.shape
+        h = attn.num_heads
+        qkv = attn.qkv(hidden_states).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        probs = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)
+        store.append(probs)
+        return attn.projection((probs @ v).transpose(1, 2).reshape(b, n, d)), probs
+
+    return forward
+
+
+def _patch(tower: nn.Module, store: list[torch.Tensor]) -> list[tuple[nn.Module, str]]:
+    """Install the explicit attention on every block of `tower`; returns (module, attribute) to delete afterwards."""
+    if _is_open_clip(tower):
+        blocks = list(tower.transformer.resblocks)
+        for block in blocks:
+            block.attention = _explicit_attention(block, store)
+        return [(b, "attention") for b in blocks]
+    attns = [layer.self_attn for layer in tower.encoder.layers]
+    for attn in attns:
+        attn.forward = _explicit_blip_attention(attn, store)
+    return [(a, "forward") for a in attns]
+
+
 @contextmanager
 def recording_attention(towers: list[nn.Module]) -> Iterator[dict[int, list[torch.Tensor]]]:
-    """Within the block, the attention of each tower runs non-fused and its probabilities are recorded:
-    yields {id(tower): [probs of block 0, block 1, ...]} (filled by each forward pass)."""
+    """Within the block, the attention of each tower (open_clip or BLIP ViT) runs non-fused and its probabilities are
+    recorded: yields {id(tower): [probs of block 0, block 1, ...]} (filled by each forward pass)."""
     stores: dict[int, list[torch.Tensor]] = {}
-    patched = []
+    patched: list[tuple[nn.Module, str]] = []
     try:
         for tower in towers:
-            store = stores.setdefault(id(tower), [])
-            for block in tower.transformer.resblocks:
-                block.attention = _explicit_attention(block, store)
-                patched.append(block)
+            patched += _patch(tower, stores.setdefault(id(tower), []))
         yield stores
     finally:
-        for block in patched:
-            del block.attention
+        for module, name in patched:
+            delattr(module, name)
 
 
 def rollout(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:

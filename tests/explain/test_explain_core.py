@@ -153,22 +153,65 @@ def test_gradient_methods_run_inside_inference_mode(scorer, wide_image):
     assert ex.words["ict"]["ig_check"]["relative_error"] < 0.01
 
 
-def test_blip_metric_gets_removal_drops_and_occlusion_not_relevance(tmp_path_factory, wide_image):
-    """ImageReward (BLIP + cross-attention BERT): words by removal (no IG: not an open_clip text tower), occlusion;
-    relevance is skipped with its reason."""
+@pytest.fixture(scope="session")
+def blip_scorer(tmp_path_factory):
+    """ImageReward (224 px centre crop) and BLIP ITM (384 px resize) on the tiny BLIP models."""
     from icthp_core.scoring.scorer import MultiScorer
-    from icthp_core.testing.blip import save_tiny_imagereward
+    from icthp_core.testing.blip import save_tiny_blip_retrieval, save_tiny_imagereward
 
-    src = save_tiny_imagereward(tmp_path_factory.mktemp("ir") / "IR")
-    s = MultiScorer(["imagereward"], {"imagereward": str(src)}, device="cpu")
-    ex = explain(s, wide_image, "a red cube on a table", grid=2)
+    ir = save_tiny_imagereward(tmp_path_factory.mktemp("ir") / "IR")
+    itm = save_tiny_blip_retrieval(tmp_path_factory.mktemp("itm"), seed=2)
+    return MultiScorer(["imagereward", "blip_itm"], {"imagereward": str(ir), "blip_itm": str(itm)}, device="cpu")
+
+
+def test_blip_metric_gets_removal_drops_occlusion_and_relevance(blip_scorer, wide_image):
+    """ImageReward (BLIP + cross-attention BERT): words by removal (no IG: not an open_clip text tower), occlusion,
+    attention relevance through BLIP's ViT."""
+    s = blip_scorer
+    ex = explain(s, wide_image, "a red cube on a table", metrics=["imagereward"], grid=2)
     rows = {r["word"]: r for r in ex.words["imagereward"]["words"] if r["word"] != "a"}
     full = float(s.score([wide_image], "a red cube on a table")["imagereward"][0])
     for word, rest in (("red", "a cube on a table"), ("table", "a red cube on a")):
         ref = full - float(s.score([wide_image], rest)["imagereward"][0])
         assert rows[word]["removal_drop"] == pytest.approx(ref, abs=1e-5) and rows[word]["ig"] is None
     assert ex.grids["imagereward"]["occlusion"].shape == (2, 2)
-    assert "open_clip ViT" in ex.skipped["imagereward/relevance"]
+    assert "imagereward/relevance" not in ex.skipped
+    assert ex.heatmaps["imagereward"]["relevance"].shape == (240, 320)
+
+
+@pytest.mark.parametrize("metric", ["imagereward", "blip_itm"])
+def test_blip_explicit_attention_scores_as_the_normal_path(blip_scorer, wide_image, metric):
+    """The explicit attention gives the normal score (<= 1e-5), records one [B, heads, N, N] per block, and is
+    removed afterwards."""
+    tower = vision_tower(blip_scorer.models[metric])
+    f = metric_fn(blip_scorer, metric, PROMPT)
+    x = image_tensor(wide_image)
+    with torch.no_grad():
+        normal = f(x)
+        with recording_attention([tower]) as stores:
+            explicit = f(x)
+        again = f(x)
+    assert torch.allclose(explicit, normal, atol=1e-5, rtol=0) and torch.equal(again, normal)
+    probs = stores[id(tower)]
+    n = tower.embeddings.num_patches + 1
+    assert len(probs) == len(tower.encoder.layers) and probs[0].shape == (1, 2, n, n)
+    assert torch.allclose(probs[0].sum(-1), torch.ones(1, 2, n))
+    assert all("forward" not in vars(layer.self_attn) for layer in tower.encoder.layers)
+
+
+@pytest.mark.parametrize(("metric", "side"), [("imagereward", 7), ("blip_itm", 6)])
+def test_blip_relevance_maps_through_its_view(blip_scorer, wide_image, metric, side):
+    """Relevance on the ViT grid (224/32 -> 7, 384/64 -> 6), finite and not all zero; on the canvas zero outside
+    ImageReward's 240 px centre crop, and covering the whole image for BLIP ITM's resize."""
+    x = image_tensor(wide_image)
+    grid = relevance(blip_scorer, metric, x, PROMPT)[metric]
+    assert grid.shape == (1, side, side) and torch.isfinite(grid).all() and grid.abs().sum() > 0
+    heat = relevance_map(blip_scorer, metric, x, PROMPT)
+    assert heat.shape == (240, 320) and torch.isfinite(heat).all()
+    if metric == "imagereward":
+        assert heat[:, :40].abs().max() == 0 and heat[:, 280:].abs().max() == 0 and heat[:, 40:280].abs().max() > 0
+    else:
+        assert heat[:, :40].abs().max() > 0 and heat[:, 280:].abs().max() > 0
 
 
 def test_without_captum_words_keep_their_removal_drops(scorer, wide_image, monkeypatch):
