@@ -76,3 +76,19 @@ def test_explain_bad_options_in_process(tiny_ict, tiny_hp, inputs, tmp_path, cap
         assert main([*models, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("icthp explain:") and needle in err[0], err
+
+
+@pytest.mark.slow
+def test_explain_blip_metric_writes_its_relevance(inputs, tmp_path):
+    """A BLIP metric (ImageReward) gets a relevance overlay from the CLI, nothing skipped."""
+    from icthp_core.testing.blip import save_tiny_imagereward
+
+    src = save_tiny_imagereward(tmp_path / "IR")
+    out = tmp_path / "out"
+    r = _icthp("--ict", "none", "--hp", "none", "--source", f"imagereward={src}", "--metrics", "imagereward",
+               "--methods", "relevance", "--prompt", PROMPT, "--no-progress", str(inputs / "wide.png"),
+               "-o", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / "wide.json").read_text())
+    assert "wide.imagereward.relevance.png" in record["files"].values() and not record["skipped"]
+    assert (out / "wide.imagereward.relevance.png").stat().st_size > 0

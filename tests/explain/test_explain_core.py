@@ -222,3 +222,8 @@ def test_without_captum_words_keep_their_removal_drops(scorer, wide_image, monke
     out = word_contributions(scorer, scorer.preprocess([wide_image]), PROMPT, "ict", ig_steps=4)
     assert "pip install 'icthp[explain]'" in out["ig_error"] and out["ig_check"] is None
     assert all(r["ig"] is None and r["removal_drop"] is not None for r in out["words"])
+
+
+def test_relevance_needs_a_vit_tower():
+    with pytest.raises(ExplainError, match="open_clip or BLIP ViT tower"):
+        vision_tower(torch.nn.Linear(2, 2))
