@@ -20,8 +20,10 @@ def _is_open_clip(tower: nn.Module | None) -> bool:
 
 
 def _is_blip(tower: nn.Module | None) -> bool:
-    from transformers.models.blip.modeling_blip import BlipAttention
-
+    try:
+        from transformers.models.blip.modeling_blip import BlipAttention
+    except ImportError:  # transformers is optional: without it there are no BLIP towers
+        return False
     layers = getattr(getattr(tower, "encoder", None), "layers", None)
     return layers is not None and all(isinstance(getattr(x, "self_attn", None), BlipAttention) for x in layers)
 
