@@ -56,7 +56,7 @@ def test_chain_from_three_folders(hub_env, tmp_path):
     a, b, c = (tmp_path / n for n in "abc")
     for d in (a, b, c):
         d.mkdir()
-    _icthp(a, hub_env, "toy-data", "../data", "--triplets", "6", "--pairs", "4")
+    _icthp(a, hub_env, "toy-data", "-o", "../data", "--triplets", "6", "--pairs", "4")
     # build-labels from b/ into runs/labels/ (another depth): image paths must resolve from that folder
     _icthp(
         b,
@@ -64,7 +64,7 @@ def test_chain_from_three_folders(hub_env, tmp_path):
         "build-labels",
         "--data",
         "../data/triplets.jsonl",
-        "--out",
+        "-o",
         "../runs/labels/labeled.jsonl",
         "--theta",
         "0.2",
