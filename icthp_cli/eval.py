@@ -20,12 +20,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from icthp_cli.options import SCORE_METRICS, add_model_arguments, model_options, user_path
+from icthp_cli.options import SCORE_METRICS, add_decode_policy_argument, add_model_arguments, model_options, user_path
 from icthp_core.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from icthp_core.data.images import DECODE_POLICIES
     from icthp_core.evaluation.protocols import PROTOCOLS, TIES
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -60,13 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the Random row")
     add_model_arguments(p, output_help="write the results as JSON here (and the Markdown table beside it, .md)")
     p.add_argument("--scores-out", help="write per-item scores (JSON lines) here")
-    p.add_argument(
-        "--decode-policy",
-        choices=DECODE_POLICIES,
-        default="view",
-        help="view: EXIF orientation, alpha on white (default); upstream: as the reference code, convert('RGB') "
-        "without rotation (docs/evaluation.md)",
-    )
+    add_decode_policy_argument(p)
 
 
 def _metrics(text: str | None, sources: dict[str, str]) -> list[str]:

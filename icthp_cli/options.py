@@ -164,3 +164,16 @@ def user_path(what: str, path: str | os.PathLike | None, write: bool = False) ->
     except OSError as e:
         reason = e.strerror or str(e) or type(e).__name__
         raise (OutputError if write else DataError)(f"{what} {path}: {reason}") from None
+
+
+def add_decode_policy_argument(parser: argparse.ArgumentParser) -> None:
+    """`--decode-policy {view,upstream}`, the same option in every job that decodes images for scoring."""
+    from icthp_core.data.images import DECODE_POLICIES
+
+    parser.add_argument(
+        "--decode-policy",
+        choices=DECODE_POLICIES,
+        default="view",
+        help="view: EXIF orientation, alpha on white (default); upstream: as the reference code, convert('RGB') "
+        "without rotation (docs/evaluation.md)",
+    )

@@ -8,8 +8,7 @@ import sys
 import warnings
 from collections import defaultdict
 
-from icthp_cli.options import add_model_arguments, model_options
-from icthp_core.data.images import DECODE_POLICIES
+from icthp_cli.options import add_decode_policy_argument, add_model_arguments, model_options
 from icthp_core.data.sources import DATASET_KINDS
 from icthp_core.errors import ConfigError
 
@@ -41,13 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image decoding: cpu = PIL-exact; gpu = nvjpeg + torch resize on the device (within 1/255 mean of PIL); "
         "auto = gpu on CUDA (default)",
     )
-    p.add_argument(
-        "--decode-policy",
-        choices=DECODE_POLICIES,
-        default="view",
-        help="view: EXIF orientation, alpha on white (default); upstream: as the reference code, convert('RGB') "
-        "without rotation (docs/evaluation.md)",
-    )
+    add_decode_policy_argument(p)
     p.add_argument(
         "--compile",
         action="store_true",
