@@ -29,7 +29,8 @@ def trained(tiny_base, synth, tmp_path_factory):
         common_overrides(tiny_base, synth["train"], root / "ict", max_steps=100, val_data=synth["val"])
     )
     hp_opts = {"val_data": synth["val"], "head_dims": "[32,16,8,4]", "seed": HP_SEED}
-    train_hp_main(common_overrides(tiny_base, synth["train"], root / "hp0", max_steps=0, **hp_opts))  # untrained
+    # the untrained baseline: one step at a negligible learning rate (a run needs max_steps >= 1)
+    train_hp_main(common_overrides(tiny_base, synth["train"], root / "hp0", max_steps=1, lr=1e-12, **hp_opts))
     hp_sum = train_hp_main(
         common_overrides(
             tiny_base, synth["train"], root / "hp", max_steps=100, ict_model=root / "ict" / "ICT", **hp_opts
