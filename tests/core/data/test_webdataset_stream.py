@@ -18,8 +18,7 @@ from scale_data import png
 
 from icthp_core.data.sources import iter_record_batches, iter_shard, plan_dataset
 from icthp_core.data.webdataset import split_key, tar_records
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import REPO
 
 
 def _tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
@@ -119,7 +118,7 @@ print(n, (tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memo
 
 def _peak_mib(path: Path) -> tuple[int, float]:
     """(records, peak MiB of Python objects + Arrow buffers) reading every record of `path`, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     n, mib = out.stdout.split()
