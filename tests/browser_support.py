@@ -1,9 +1,11 @@
-"""Headless Debian Chromium for the Playwright tests (app and ComfyUI frontend): one place for path and flags."""
+"""Headless Debian Chromium for the Playwright tests (app and ComfyUI frontend): one place for path and flags, and
+one browser per test session (`chromium`, imported into tests/conftest.py) that each module opens its pages in."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,17 @@ def launch_chromium(playwright, **kwargs):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: run tests/app/setup_browser.sh (Debian chromium) first")
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator:
+    """One headless Chromium for the whole session; a module opens its own page (`chromium.new_page()`, a fresh
+    context) and closes it, so modules share the browser start but no cookies, storage or tabs."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p, timeout=30_000)
+        try:
+            yield browser
+        finally:
+            browser.close()

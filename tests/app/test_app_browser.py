@@ -9,11 +9,6 @@ Needs /usr/bin/chromium (run tests/app/setup_browser.sh). Screenshots go to $ICT
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,84 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from browser_support import launch_chromium
 
 from icthp_core import MultiScorer, load_scorer
 from icthp_core.evaluation.stats import win_rate
 
 pytestmark = [pytest.mark.browser]
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a red balloon over a green field"
-METRICS = ("ict", "hp", "ict_hp", "clip")
 WAIT_MS = 60_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app_server")
-    root = tmp / "generations"
-    root.mkdir()
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "icthp_cli", "app",
-        "--ict", tiny_models["ict"], "--hp", tiny_models["hp"], "--source", f"clip={tiny_models['clip']}",
-        "--metrics", ",".join(METRICS), "--default-metrics", ",".join(METRICS),
-        "--ab-root", str(root), "--port", str(port), "--max-images", "8", "--device", "cpu",
-    ]  # fmt: skip
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    log = open(tmp / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app exited with {proc.returncode}:\n{(tmp / 'server.log').read_text()}")
-            try:
-                urllib.request.urlopen(url, timeout=2).read(100)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"app did not answer on {url} in 90 s:\n{(tmp / 'server.log').read_text()}")
-                time.sleep(0.5)
-        yield {"url": url, "root": root, "tmp": tmp}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p, timeout=30_000)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        pg.set_default_timeout(30_000)
-        pg.goto(server["url"])
-        pg.wait_for_selector("#cmp-run", timeout=WAIT_MS)
-        yield pg
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = Path(os.environ.get("ICTHP_APP_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def _reference(tiny_models, paths, prompts) -> dict[str, np.ndarray]:
@@ -144,7 +69,7 @@ def test_compare_images_in_browser(page, server, tiny_models, make_scenes, tmp_p
     for i in range(len(names)):
         card = cards.nth(i)
         assert card.get_attribute("data-name") == names[i]
-        for m in METRICS:
+        for m in server["metrics"]:
             shown = float(card.locator(f'.icthp-score[data-metric="{m}"]').inner_text())
             assert shown == pytest.approx(ref[m][i], abs=5e-5 + 1e-7), (names[i], m)
     best = int(np.argmax(ref["ict_hp"]))

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from browser_support import launch_chromium
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 
@@ -15,24 +14,21 @@ TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    from playwright.sync_api import sync_playwright
-
+def page(server, chromium):
+    """A page of the session's Chromium on the ComfyUI frontend, once the pack's extension is registered."""
     url, _ = server
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            pg = browser.new_page()
-            pg.set_default_timeout(TIMEOUT_MS)
-            pg.goto(url)
-            pg.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager")
-            pg.wait_for_function(
-                "() => window.app.extensionManager && [...(window.app.extensions || [])]"
-                ".some(e => e.name === 'ICTHP.ResultText')"
-            )
-            yield pg
-        finally:
-            browser.close()
+    pg = chromium.new_page()
+    try:
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(url)
+        pg.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager")
+        pg.wait_for_function(
+            "() => window.app.extensionManager && [...(window.app.extensions || [])]"
+            ".some(e => e.name === 'ICTHP.ResultText')"
+        )
+        yield pg
+    finally:
+        pg.context.close()
 
 
 def test_web_extension_shows_results(page):

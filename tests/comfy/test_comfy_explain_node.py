@@ -21,7 +21,7 @@ def test_explain_node_under_inference_mode(reward_model, method):
 
     images = torch.rand(2, 96, 128, 3, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        out = ICTHPExplain.execute(reward_model, images, "a red cube, photo", method=method, grid=3, ig_steps=4)
+        out = ICTHPExplain.execute(reward_model, images, "a red cube, photo", method=method, grid=2, ig_steps=2)
     overlays, table = out.result
     assert overlays.shape == (2, 96, 128, 3) and overlays.dtype == torch.float32
     assert not torch.equal(overlays, images)
