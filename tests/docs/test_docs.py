@@ -31,6 +31,7 @@ SHELL_SUBS: list[tuple[str, str]] = [
     (r"--dtype (?:bf16|fp16)\b", "--dtype fp32"),
     (r"\bmax_steps=\d+", "max_steps=2"),
     (r"--bootstrap \d+", "--bootstrap 0"),
+    (r"\bicthp explain ", "icthp explain --grid 2 --ig-steps 2 "),  # CPU default: 7 x 7 occlusion, 32 IG steps
 ]
 #: the same for Python blocks; PY_NAMES are defined before a block runs (the docs' placeholders)
 PY_SUBS: list[tuple[str, str]] = [
