@@ -88,13 +88,19 @@ def test_compare_with_fake_scorer_validation(tmp_path, make_scenes):
         c.compare([str(imgs[0])], "x", ["ict"])
 
 
-def test_compare_matches_core_scores(tiny_models, tmp_path, make_scenes):
+@pytest.fixture(scope="module")
+def core_scorer(tiny_models):
+    """The core's ICT-HP scorer on the tiny models, loaded once: the reference the app's scores must match."""
+    return load_scorer(tiny_models["ict"], tiny_models["hp"])
+
+
+def test_compare_matches_core_scores(tiny_models, core_scorer, tmp_path, make_scenes):
     pool = ScorerPool(["ict", "hp", "ict_hp", "clip"], tiny_models)
     c = Controller(pool, out_dir=tmp_path / "out")
     imgs = make_scenes(tmp_path / "in", [f"s{i}.png" for i in range(4)])
     prompt = "a red balloon over a field"
     r = c.compare([str(p) for p in imgs], prompt, ["ict", "hp", "ict_hp", "clip"])
-    ref = load_scorer(tiny_models["ict"], tiny_models["hp"]).score([str(p) for p in imgs], prompt)
+    ref = core_scorer.score([str(p) for p in imgs], prompt)
     ref["clip"] = MultiScorer(["clip"], {"clip": tiny_models["clip"]}).score([str(p) for p in imgs], prompt)["clip"]
     for m in ("ict", "hp", "ict_hp", "clip"):
         np.testing.assert_allclose(r.scores[m], ref[m].numpy(), rtol=1e-5, atol=1e-6)
@@ -111,7 +117,7 @@ def test_compare_matches_core_scores(tiny_models, tmp_path, make_scenes):
     assert len(pool.loaded()) == 2  # nothing reloaded
 
 
-def test_ab_with_folders_index_and_roots(tiny_models, tmp_path, make_scenes):
+def test_ab_with_folders_index_and_roots(tiny_models, core_scorer, tmp_path, make_scenes):
     root = tmp_path / "runs"
     names = [f"{i:03d}.png" for i in range(5)]
     a = make_scenes(root / "A", names)
@@ -123,8 +129,7 @@ def test_ab_with_folders_index_and_roots(tiny_models, tmp_path, make_scenes):
     pool = ScorerPool(["ict", "hp", "ict_hp"], tiny_models)
     c = Controller(pool, ab_roots=[root], out_dir=tmp_path / "out")
     r = c.compare_ab(None, None, "A", str(root / "B"), str(idx), None, ["ict_hp", "hp"], a_name="base", b_name="lora")
-    sc = load_scorer(tiny_models["ict"], tiny_models["hp"])
-    ra, rb = sc.score([str(p) for p in a], prompts), sc.score([str(p) for p in b], prompts)
+    ra, rb = core_scorer.score([str(p) for p in a], prompts), core_scorer.score([str(p) for p in b], prompts)
     np.testing.assert_allclose(r.frame["base ICT-HP"], ra["ict_hp"].numpy(), rtol=1e-5)
     np.testing.assert_allclose(r.frame["lora HP"], rb["hp"].numpy(), rtol=1e-5)
     w = win_rate(ra["ict_hp"].numpy(), rb["ict_hp"].numpy())

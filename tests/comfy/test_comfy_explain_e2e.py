@@ -31,7 +31,7 @@ def _run(url: str, workflow: dict) -> dict:
         hist = _call(f"{url}/history/{pid}")
         if hist.get(pid, {}).get("status", {}).get("status_str") in ("success", "error"):
             return hist[pid]
-        time.sleep(0.5)
+        time.sleep(0.1)  # poll: the prompt is done when its history says so
     pytest.fail(f"prompt {pid} did not finish")
 
 

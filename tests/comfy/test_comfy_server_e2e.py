@@ -43,7 +43,7 @@ def _wait(url: str, pid: str) -> dict:
         if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
             if hist[pid]["status"].get("status_str") in ("success", "error"):
                 return hist[pid]
-        time.sleep(0.5)
+        time.sleep(0.1)  # poll: the prompt is done when its history says so
     pytest.fail(f"prompt {pid} did not finish in {RUN_TIMEOUT}s")
 
 
