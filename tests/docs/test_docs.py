@@ -96,6 +96,7 @@ def test_doc_block_runs(block, user_dir, hub_env):
     env = dict(hub_env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `icthp` of this environment
     env["PYTHONPATH"] = str(ROOT)
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is faster on a shared 2-core machine
     if block.lang == "python":
         code = PY_NAMES + _substitute(block.text, PY_SUBS)
         cmd = [sys.executable, "-c", code]
