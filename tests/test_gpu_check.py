@@ -32,32 +32,51 @@ def test_pairwise_flips_counts_order_changes_within_groups():
     assert gc.pairwise_flips([0.1, 0.1001], [0.2, 0.1], tie=0.01)["pairs"] == 0
 
 
-@pytest.fixture
-def in_process_scripts(monkeypatch):
-    """bench/gpu_check.py with each part's script run in this process (runpy, the same argv): the parts' work and
-    their wiring run as they do on the GPU machine, without a Python + torch start-up per part. The process boundary
-    itself (output streamed, a part killed at its limit) is tested by
-    `test_parts_run_in_their_own_process_and_are_killed_at_their_limit`."""
+def _run_in_process(cmd: list[str], monkeypatch) -> tuple[int, str, str]:
+    """`python SCRIPT ARGS...` run in this process (runpy, the same argv): (exit code, stdout, traceback)."""
     import contextlib
     import io
     import runpy
     import sys
+    import traceback
+
+    out, rc, err = io.StringIO(), 0, ""
+    with monkeypatch.context() as m, contextlib.redirect_stdout(out):
+        m.setattr(sys, "argv", [cmd[1], *cmd[2:]])
+        try:
+            runpy.run_path(cmd[1], run_name="__main__")
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Exception:  # noqa: BLE001 - a failing script is a failed part, as in a child process
+            rc, err = 1, traceback.format_exc()
+    return rc, out.getvalue(), err
+
+
+@pytest.fixture
+def in_process_scripts(monkeypatch):
+    """bench/gpu_check.py with each part's script (and the scripts those start: bench_score.py's measuring children)
+    run in this process with the same argv: the parts' work and wiring run as on the GPU machine, without a Python +
+    torch start-up per script. The process boundary itself (output streamed, a part killed at its limit with its
+    children) is `test_parts_run_in_their_own_process_and_are_killed_at_their_limit`."""
+    import subprocess
+    import sys
 
     gc = _load()
+    real_run = subprocess.run
 
     def run_script(cmd: list[str], timeout: float, log) -> tuple[int, str]:
-        out = io.StringIO()
-        monkeypatch.setattr(sys, "argv", [cmd[1], *cmd[2:]])
-        rc = 0
-        with contextlib.redirect_stdout(out):
-            try:
-                runpy.run_path(cmd[1], run_name="__main__")
-            except SystemExit as e:
-                rc = e.code if isinstance(e.code, int) else 1
-        log.write(out.getvalue())
-        return rc, out.getvalue()
+        rc, out, err = _run_in_process(cmd, monkeypatch)
+        log.write(out + err)
+        return rc, out + err
+
+    def run(cmd, *args, **kwargs):
+        if isinstance(cmd, list) and cmd[:1] == [sys.executable] and str(cmd[1]).endswith(".py"):
+            rc, out, err = _run_in_process([str(c) for c in cmd], monkeypatch)
+            return subprocess.CompletedProcess(cmd, rc, out, err)
+        return real_run(cmd, *args, **kwargs)
 
     monkeypatch.setattr(gc, "_run_script", run_script)
+    monkeypatch.setattr(subprocess, "run", run)
     threads = torch.get_num_threads()
     yield gc
     torch.set_num_threads(threads)  # parts set one thread for their tiny ops

@@ -44,7 +44,6 @@ def test_fuzzed_images_each_give_a_score_or_an_error_row(scorer):
     assert report["peak_rss_growth_mib"] < 400, report
 
 
-@pytest.mark.slow
 def test_fuzzed_bytes_give_one_row_each_in_every_dataset_layout():
     from icthp_core.testing.fuzz import run_datasets
 
