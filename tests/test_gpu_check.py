@@ -127,7 +127,7 @@ def test_dry_run_of_the_default_parts(tmp_path, monkeypatch, in_process_scripts)
     assert "## steady" in md and "## host_scaling" in md and "## precision_vith" in md and "## serve" in md
 
 
-@pytest.mark.slow  # measured: 26 CPU s (tests/durations.json)
+@pytest.mark.slow  # measured: 21 CPU s (tests/durations.json)
 def test_dry_run_of_the_parts_on_request(tmp_path, in_process_scripts):
     """The parts measured on the H200 already (run when named): still run end to end. draft_sd3 (bench_draft.py
     --tiny --arch sd3 at K=1) is bench/bench_draft.py's own smoke run
