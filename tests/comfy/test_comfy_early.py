@@ -117,7 +117,6 @@ def test_sd3_steps_saved_and_equal_to_full_runs(make_sd3_model, vae, reward, cap
         print(f"candidate-steps run ({saved:.0%} saved); max |latent - plain run| = {worst:.2e}")
 
 
-@pytest.mark.slow  # measured: over the 10 s budget (tests/durations.json)
 def test_flux_cfg_and_ancestral(make_flux_model, vae, reward):
     model = make_flux_model(seed=4)
     # deterministic sampler with cfg > 1 (negative prompt evaluated too): still equal to plain runs
