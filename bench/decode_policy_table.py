@@ -1,7 +1,7 @@
 """The docs/evaluation.md decode-policy table: |score(view) - score(upstream)| per input, tiny random models.
 
 Run from the repository root: `python bench/decode_policy_table.py` (CPU, ~10 s). The inputs are those of
-tests/test_decode_policy.py; the models are the tiny test models, not the published weights.
+tests/core/data/test_decode_policy.py; the models are the tiny test models, not the published weights.
 """
 
 from __future__ import annotations

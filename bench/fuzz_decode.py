@@ -1,5 +1,6 @@
 """The large decode-robustness campaign of docs/reliability.md: mutated image files, each must give a score or an
-error row within bounded memory (`icthp_core.testing.fuzz.run`; tests/test_reliability_fuzz.py runs a bounded one).
+error row within bounded memory (`icthp_core.testing.fuzz.run`; tests/core/data/test_reliability_fuzz.py runs a
+bounded one).
 
     python bench/fuzz_decode.py --count 24000 --seed 1
 """

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))  # for `reference`
-
 _TESTS = Path(__file__).parent
+sys.path.insert(0, str(_TESTS))  # for `reference`
+if str(_TESTS.resolve().parent) not in sys.path:  # `tests.*` imports (e.g. `tests.paths.REPO`) under any runner
+    sys.path.insert(0, str(_TESTS.resolve().parent))
 # Markers (slow, multiprocess, comfyui, browser) are set on the tests themselves: a module's `pytestmark` or a
 # decorator, never inferred from names. tests/test_durations.py checks `slow` against the measured durations.
 from durations_plugin import pytest_addoption, pytest_configure  # noqa: E402,F401  (--store-durations)

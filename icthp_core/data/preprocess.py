@@ -55,7 +55,7 @@ def _resize_center_crop(img: Image.Image, size: int, torchvision_centre: bool = 
     Longer ones resample only the source region under the crop, in the same pass order (horizontal, then
     vertical) and with the same filter windows, so memory stays O(size x short side) for any shape; pixels
     then differ from the full resize by at most 2 grey levels on under 2% of pixels (PIL keeps box corners in
-    float32; tests/test_reliability_images.py measures it).
+    float32; tests/core/data/test_reliability_images.py measures it).
     """
     w, h = img.size
     new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)

@@ -21,7 +21,8 @@ Terms (bytes; `act` = bytes of the activation dtype, 2 for bf16/fp16):
   (checkpointed) K steps' saved block inputs + VAE decode + reward activations.
 
 The model is deliberately simple; `bench/bench_draft.py` prints it next to the measured peak at real size, and
-`tests/draft/test_memory.py` checks the activation terms against tensors counted in the autograd graph of tiny models.
+`tests/core/diffusion/draft/test_memory.py` checks the activation terms against tensors counted in the autograd graph
+of tiny models.
 """
 
 from __future__ import annotations

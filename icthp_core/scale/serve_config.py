@@ -30,7 +30,8 @@ MB = 1 << 20
 BYTES_PER_PIXEL = 14
 #: replica bytes per request byte in flight: the body, its JSON strings and the decoded base64 (x0.75), rounded up
 BYTES_PER_BODY_BYTE = 3
-#: allocator arenas, thread stacks and Ray bookkeeping on top of the budgets (measured: tests/test_serve_hostile_ray)
+#: allocator arenas, thread stacks and Ray bookkeeping on top of the budgets
+#: (measured: tests/core/scale/test_serve_hostile_ray)
 OVERHEAD_BYTES = 64 * MB
 
 

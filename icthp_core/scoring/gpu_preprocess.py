@@ -9,8 +9,8 @@ PIL-exact one (`preprocess_pil`), which evaluation keeps.
 Tolerance against the PIL path (`DECODE_TOLERANCE`): the two paths differ by PIL's rounding of the resized image to
 uint8 and by the JPEG decoders' chroma upsampling (nvjpeg vs libjpeg). Measured on an H200 (`bench/gpu_check.py`,
 128 JPEGs of 512-1024 px at quality 90 + PNGs): mean |Δ| 0.34/255 (crop) and 0.26/255 (letterbox) of the [0, 1]
-pixels, max 2.9/255; scores of tiny random models within 5e-4. `tests/test_gpu_preprocess.py` checks the same torch
-ops on the CPU (torchvision's CPU JPEG decoder) against `DECODE_TOLERANCE`.
+pixels, max 2.9/255; scores of tiny random models within 5e-4. `tests/core/scoring/test_gpu_preprocess.py` checks the
+same torch ops on the CPU (torchvision's CPU JPEG decoder) against `DECODE_TOLERANCE`.
 """
 
 from __future__ import annotations

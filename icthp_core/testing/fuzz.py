@@ -1,7 +1,7 @@
 """Mutated image files for robustness tests: every file must give a score or an error row, within bounded memory.
 
 `python bench/fuzz_decode.py --count 24000 --seed 0` runs the large campaign of docs/reliability.md;
-tests/test_reliability_fuzz.py runs a bounded one in CI.
+tests/core/data/test_reliability_fuzz.py runs a bounded one in CI.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from icthp_cli.draft import parse_config
 from icthp_core.data.prompts import load_prompts
 from icthp_core.diffusion.draft_train import train
+from tests.paths import REPO
 
 _cfg = tiny_config
 
@@ -207,12 +208,11 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_fil
     import socket
     import subprocess
     import sys
-    from pathlib import Path
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    root = Path(__file__).resolve().parents[2]
+    root = REPO
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,

@@ -252,7 +252,7 @@ def test_icthp_score_upstream_policy_refuses_gpu_decoding(tiny_hp, files, capsys
 
 def test_ray_decode_stage_uses_the_policy(files, tmp_path):
     """The Ray pipeline's decode task (`_decode_batch`, given `policy` through `fn_kwargs`) decodes as
-    `decode_records` does under that policy (the Ray engine itself runs in tests/test_score_matrix.py)."""
+    `decode_records` does under that policy (the Ray engine itself runs in tests/cli/test_score_matrix.py)."""
     import json
 
     import pyarrow as pa

@@ -22,7 +22,7 @@ from icthp_core.training.common import image_size
 from icthp_core.training.hp import HPConfig, HPStage
 from icthp_core.training.ict import ICTConfig, ICTStage, build_labels
 from icthp_core.training.labels import ict_labels
-from tests.train.conftest import REPO
+from tests.core.training.conftest import REPO
 
 EASY = ["a “red” square &amp; a circle", "ＲＥＤ ｓｑｕａｒｅ", "salt &amp; pepper"]
 REFINE = ["a ‘red’ square, &lt;sharp&gt;", "a red square, bright", "salt & pepper, “detailed”"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from icthp_core import load_scorer
-from tests.train.conftest import REPO, common_overrides, run_module
+from tests.core.training.conftest import REPO, common_overrides, run_module
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 

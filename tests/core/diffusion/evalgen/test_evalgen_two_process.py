@@ -7,13 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from test_evalgen_cli import _args
 
 from icthp_cli.main import main as icthp
+from tests.paths import REPO
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -27,7 +27,7 @@ def test_two_process_evalgen_equals_one_process(pipeline_dirs, lora_files, promp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     cmd += ["-m", "icthp_cli", *_args(pipeline_dirs["flux"], prompt_txt, two, *extra)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    root = Path(__file__).resolve().parents[2]
+    root = REPO
     proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in (two / "scores").iterdir()) == ["part-000.jsonl", "part-001.jsonl"]  # both worked

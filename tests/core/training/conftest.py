@@ -10,7 +10,7 @@ from pathlib import Path
 import jobproc
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow]
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow]
 
 
 def _load(rel: str):
-    spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
+    spec = importlib.util.spec_from_file_location(Path(rel).stem, REPO / rel)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -109,7 +109,7 @@ def test_sd21_example_tiny(tmp_path):
 def test_example_configs_parse(name):
     from icthp_cli.draft import parse_config
 
-    cfg = parse_config(["--config", str(ROOT / "examples" / "diffusers" / name)])
+    cfg = parse_config(["--config", str(REPO / "examples" / "diffusers" / name)])
     assert cfg.lr == 5e-6 and cfg.guidance_scale == 0.0
     assert (cfg.num_steps, cfg.k) in ((8, 3), (4, 1))
 

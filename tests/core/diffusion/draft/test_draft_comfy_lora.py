@@ -22,18 +22,17 @@ import torch
 
 from icthp_core.diffusion.lora import add_lora, save_lora
 from tests.comfy.tiny_nodes import TINY_FLUX, TINY_SD3
+from tests.paths import REPO
 
 pytestmark = [pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _comfyui_dir() -> Path:
     env = os.environ.get("ICTHP_COMFYUI_DIR")
     if env:
         return Path(env)
-    target = ROOT / ".cache" / "comfyui"
-    setup = ROOT / "tests" / "comfy" / "setup_comfyui.sh"
+    target = REPO / ".cache" / "comfyui"
+    setup = REPO / "tests" / "comfy" / "setup_comfyui.sh"
     if not (target / "comfyui_version.py").is_file():
         if not setup.is_file():
             pytest.fail("no ComfyUI tree: set ICTHP_COMFYUI_DIR or run tests/comfy/setup_comfyui.sh")

@@ -15,7 +15,7 @@ from icthp_core.checkpoints.loading import load_clip
 from icthp_core.data.datasets import load_triplets
 from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.scoring.models import HPHead, HPModel, ICTModel
-from tests.train.conftest import common_overrides, train_hp_main, train_ict_main
+from tests.core.training.conftest import common_overrides, train_hp_main, train_ict_main
 
 pytestmark = [pytest.mark.slow]
 

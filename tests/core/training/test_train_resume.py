@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.conftest import common_overrides, run_module
+from tests.core.training.conftest import common_overrides, run_module
 
 pytestmark = [pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from icthp_core.training import engine
 from icthp_core.training.hp import HPConfig, freeze_first_half, new_head
 from icthp_core.training.ict import ICTConfig
 from icthp_core.training.labels import auto_theta, ict_labels
-from tests.train.conftest import REPO, common_overrides, train_hp_main, train_ict_main
+from tests.core.training.conftest import REPO, common_overrides, train_hp_main, train_ict_main
 
 pytestmark = [pytest.mark.slow]
 

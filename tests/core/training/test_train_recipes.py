@@ -22,7 +22,7 @@ from icthp_core.training.checkpointing import BestTracker, best_step
 from icthp_core.training.hp import HPConfig, freeze_first_half, freeze_upstream
 from icthp_core.training.ict import ICTConfig
 from icthp_core.training.losses import hp_stage_loss, icthp_margin_loss
-from tests.train.conftest import REPO, common_overrides, train_hp_main, train_ict_main
+from tests.core.training.conftest import REPO, common_overrides, train_hp_main, train_ict_main
 
 
 def _upstream_set_grad_with_rate(model, fix_rate):

@@ -1,6 +1,6 @@
 """The reward server's budgets and hardening without Ray: payload errors (4xx naming the field), header-only size
 checks, the proxy guard (token on every route, body counted while streaming, in-flight bytes), token sources and the
-exposed-host warning. The same paths under real traffic: tests/test_serve_hostile_ray.py."""
+exposed-host warning. The same paths under real traffic: tests/core/scale/test_serve_hostile_ray.py."""
 
 from __future__ import annotations
 

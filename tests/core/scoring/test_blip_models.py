@@ -18,7 +18,7 @@ from icthp_core.errors import CheckpointError
 from icthp_core.scoring.blip import BlipITCModel, BlipITMModel, ImageRewardModel
 from icthp_core.scoring.scorer import MultiScorer
 from icthp_core.testing.blip import TINY_MED, TINY_VIT, save_tiny_blip_retrieval, write_tiny_vocab
-from tests.scoring.imagereward_reference import load_reference
+from tests.core.scoring.imagereward_reference import load_reference
 
 PROMPTS = [
     "a tiny red dragon in a teacup",

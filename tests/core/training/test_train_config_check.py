@@ -16,7 +16,7 @@ from icthp_core.training.config import ConfigError
 from icthp_core.training.config_check import check_config
 from icthp_core.training.hp import HPConfig
 from icthp_core.training.ict import ICTConfig
-from tests.train.conftest import REPO, common_overrides
+from tests.core.training.conftest import REPO, common_overrides
 
 
 def icthp(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -27,6 +27,7 @@ from icthp_cli.main import main
 from icthp_core import load_scorer
 from icthp_core.data.sources import decode_records, plan_dataset, read_shard
 from tests.conftest import make_image
+from tests.paths import REPO
 
 PROMPT = "a photo of a thing"
 
@@ -110,7 +111,7 @@ def _tail(error: str) -> str:
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return jobproc.run(args, env=env, timeout=300)
 
 
