@@ -61,9 +61,7 @@ def _child(entry: Entry, argv: list[str], env: dict[str, str], cwd: str, outdir:
     try:
         rc = entry(argv)
     except SystemExit as e:  # as the interpreter: None -> 0, an int as it is, anything else printed and 1
-        rc = e.code if isinstance(e.code, int) or e.code is None else 1
-        if rc == 1 and not isinstance(e.code, int):
-            print(e.code, file=sys.stderr)
+        rc = e.code if e.code is None or isinstance(e.code, int) else print(e.code, file=sys.stderr) or 1
     except BaseException:  # noqa: BLE001  (a bug: its traceback, exit 1)
         sys.excepthook(*sys.exc_info())
         rc = 1
