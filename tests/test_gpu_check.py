@@ -32,10 +32,79 @@ def test_pairwise_flips_counts_order_changes_within_groups():
     assert gc.pairwise_flips([0.1, 0.1001], [0.2, 0.1], tie=0.01)["pairs"] == 0
 
 
-def test_dry_run_of_the_default_parts(tmp_path, monkeypatch):
-    """The default GPU run's parts (issue 23's questions) end to end at tiny sizes on the CPU; serve skips with its
-    reason where Ray is missing (as on the GPU machine)."""
+def _run_in_process(cmd: list[str], monkeypatch) -> tuple[int, str, str]:
+    """`python SCRIPT ARGS...` run in this process (runpy, the same argv): (exit code, stdout, traceback)."""
+    import contextlib
+    import io
+    import runpy
+    import sys
+    import traceback
+
+    out, rc, err = io.StringIO(), 0, ""
+    with monkeypatch.context() as m, contextlib.redirect_stdout(out):
+        m.setattr(sys, "argv", [cmd[1], *cmd[2:]])
+        try:
+            runpy.run_path(cmd[1], run_name="__main__")
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Exception:  # noqa: BLE001 - a failing script is a failed part, as in a child process
+            rc, err = 1, traceback.format_exc()
+    return rc, out.getvalue(), err
+
+
+@pytest.fixture
+def in_process_scripts(monkeypatch):
+    """bench/gpu_check.py with each part's script (and the scripts those start: bench_score.py's measuring children)
+    run in this process with the same argv: the parts' work and wiring run as on the GPU machine, without a Python +
+    torch start-up per script. The process boundary itself (output streamed, a part killed at its limit with its
+    children) is `test_parts_run_in_their_own_process_and_are_killed_at_their_limit`."""
+    import subprocess
+    import sys
+
     gc = _load()
+    real_run = subprocess.run
+
+    def run_script(cmd: list[str], timeout: float, log) -> tuple[int, str]:
+        rc, out, err = _run_in_process(cmd, monkeypatch)
+        log.write(out + err)
+        return rc, out + err
+
+    def run(cmd, *args, **kwargs):
+        if isinstance(cmd, list) and cmd[:1] == [sys.executable] and str(cmd[1]).endswith(".py"):
+            rc, out, err = _run_in_process([str(c) for c in cmd], monkeypatch)
+            return subprocess.CompletedProcess(cmd, rc, out, err)
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(gc, "_run_script", run_script)
+    monkeypatch.setattr(subprocess, "run", run)
+    threads = torch.get_num_threads()
+    yield gc
+    torch.set_num_threads(threads)  # parts set one thread for their tiny ops
+
+
+def test_parts_run_in_their_own_process_and_are_killed_at_their_limit(tmp_path):
+    """`_run_script`: a part's output is streamed into the log and returned with its exit code; a part over its
+    time limit is killed with the processes it started (rc 124), the rest of the run goes on."""
+    import io
+    import sys
+    import time
+
+    gc = _load()
+    log = io.StringIO()
+    rc, text = gc._run_script([sys.executable, "-c", "import sys; print('part says hi'); sys.exit(3)"], 60, log)
+    assert (rc, text, log.getvalue()) == (3, "part says hi\n", "part says hi\n")
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    child += "; time.sleep(60)"
+    t0 = time.perf_counter()
+    rc, _ = gc._run_script([sys.executable, "-c", child], 2.0, io.StringIO())
+    assert rc == 124 and time.perf_counter() - t0 < 30  # the grandchild was killed too: it held the pipe open
+
+
+def test_dry_run_of_the_default_parts(tmp_path, monkeypatch, in_process_scripts):
+    """The default GPU run's parts (issue 23's questions) end to end at tiny sizes on the CPU; serve skips with its
+    reason where Ray is missing (as on the GPU machine). draft_offload, draft_lowmem: the on-request test; explain:
+    tests/core/explain/test_explain_bench.py."""
+    gc = in_process_scripts
     monkeypatch.setattr(gc, "ray_available", lambda: False)
     parts = "steady,host_scaling,precision_vith,serve"
     report = gc.main(["--out", str(tmp_path), "--dry-run", "--parts", parts])
@@ -58,13 +127,17 @@ def test_dry_run_of_the_default_parts(tmp_path, monkeypatch):
     assert "## steady" in md and "## host_scaling" in md and "## precision_vith" in md and "## serve" in md
 
 
-@pytest.mark.slow
-def test_dry_run_of_the_parts_on_request(tmp_path):
-    """The parts measured on the H200 already (run when named): still run end to end."""
-    gc = _load()
+@pytest.mark.slow  # measured: 21 CPU s (tests/durations.json)
+def test_dry_run_of_the_parts_on_request(tmp_path, in_process_scripts):
+    """The parts measured on the H200 already (run when named): still run end to end. draft_sd3 (bench_draft.py
+    --tiny --arch sd3 at K=1) is bench/bench_draft.py's own smoke run
+    (tests/core/diffusion/draft/test_draft_scripts.py::test_bench_tiny_smoke); its wiring is draft_offload's and
+    draft_lowmem's, run here with their extra options."""
+    gc = in_process_scripts
     on_request = "parity,decode,precision,sdpa,bench_score,draft_sd3"
     assert not set(on_request.split(",")) & set(gc.DEFAULT_PARTS)
-    parts = on_request + ",draft_offload,draft_lowmem"  # default parts the default-parts dry run leaves out
+    assert gc.DRAFT_PARTS["draft_sd3"][:2] == ("sd3", "1,3") and not gc.DRAFT_PARTS["draft_sd3"][2]
+    parts = "parity,decode,precision,sdpa,bench_score,draft_offload,draft_lowmem"  # + default parts left out above
     report = gc.main(["--out", str(tmp_path), "--dry-run", "--parts", parts])
     failed = {k: v.get("error") for k, v in report["parts"].items() if v.get("status") != "ok"}
     assert not failed, failed

@@ -56,10 +56,18 @@ def _png_with_size(data: bytes, w: int, h: int) -> bytes:
     return data[:12] + bytes(ihdr) + struct.pack(">I", zlib.crc32(bytes(ihdr))) + data[33:]
 
 
-def mutate(data: bytes, rng: np.random.Generator) -> bytes:
-    """One random mutation: flipped bytes, truncation, inserted/deleted/zeroed ranges, or an absurd PNG size."""
+#: the mutation kinds of `mutate`, by number; "shape" rewrites a PNG header to one of SHAPES (other formats: unchanged)
+MUTATIONS = ("flip", "truncate", "insert", "delete", "zero", "shape", "duplicate")
+#: the extreme (width, height) a "shape" mutation declares: a line each way, 10^10 and 36e6 pixels, a zero width
+SHAPES = ((1, 1_000_000), (1_000_000, 1), (100_000, 100_000), (6_000, 6_000), (0, 5))
+
+
+def mutate(data: bytes, rng: np.random.Generator, kind: int | None = None, shape: int | None = None) -> bytes:
+    """One mutation (MUTATIONS[kind], random when None): flipped bytes, truncation, inserted/deleted/zeroed ranges,
+    an absurd PNG size (SHAPES[shape], random when None) or a duplicated chunk; a file under 2 bytes becomes a few
+    random bytes."""
     b = bytearray(data)
-    kind = int(rng.integers(0, 7))
+    kind = int(rng.integers(0, len(MUTATIONS))) if kind is None else kind
     n = len(b)
     if n < 2:  # an earlier mutation emptied the file: a few random bytes
         return rng.integers(0, 256, int(rng.integers(0, 16)), dtype=np.uint8).tobytes()
@@ -79,7 +87,7 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
         i = int(rng.integers(0, n))
         b[i : i + int(rng.integers(1, 128))] = bytes(min(n - i, 128))[: len(b[i : i + 128])]
     elif kind == 5:  # extreme shapes / pixel counts declared in the header
-        w, h = [(1, 1_000_000), (1_000_000, 1), (100_000, 100_000), (6_000, 6_000), (0, 5)][int(rng.integers(0, 5))]
+        w, h = SHAPES[int(rng.integers(0, len(SHAPES))) if shape is None else shape]
         return _png_with_size(bytes(b), w, h)
     else:  # duplicate a chunk of the file
         i = int(rng.integers(0, n))
@@ -87,17 +95,42 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(b)
 
 
-def write_corpus(out_dir: str | Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` mutated files (and the unmutated seeds) in `out_dir`; file names keep the seed's suffix."""
+#: a header over the toolkit's default pixel limit (40e6) but under Pillow's own bomb limit (2 x 89.5e6): the
+#: toolkit's check answers, not Pillow's
+OVER_OUR_LIMIT = (10_000, 10_000)
+
+
+def every_kind(seeds: dict[str, bytes], rng: np.random.Generator) -> dict[str, bytes]:
+    """One file per (seed format, mutation kind), every SHAPE and OVER_OUR_LIMIT on every PNG seed, an empty file and
+    a few random bytes: each decoder meets each kind of damage at least once, whatever the random draws."""
+    out: dict[str, bytes] = {}
+    for name, data in seeds.items():
+        for kind, label in enumerate(MUTATIONS):
+            if label != "shape":
+                out[f"{label}_{name}"] = mutate(data, rng, kind)
+            elif name.endswith(".png"):
+                for w, h in (*SHAPES, OVER_OUR_LIMIT):
+                    out[f"shape{w}x{h}_{name}"] = _png_with_size(data, w, h)
+    out["empty_rgb.png"] = b""
+    out["random_bytes_rgb.png"] = mutate(b"", rng)
+    return out
+
+
+def write_corpus(out_dir: str | Path, count: int, seed: int = 0, kinds: bool = False) -> list[Path]:
+    """`count` files with 1-3 random mutations each and the unmutated seeds in `out_dir` (plus, with `kinds`, the
+    `every_kind` files); file names keep the seed's suffix."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     seeds = seed_images()
     names = sorted(seeds)
     paths = []
-    for name in names:
-        p = out_dir / f"seed_{name}"
-        p.write_bytes(seeds[name])
+    fixed = {f"seed_{name}": seeds[name] for name in names}
+    if kinds:
+        fixed.update(every_kind(seeds, np.random.default_rng([seed, 1])))
+    for name, data in fixed.items():
+        p = out_dir / name
+        p.write_bytes(data)
         paths.append(p)
     for k in range(count):
         name = names[int(rng.integers(0, len(names)))]
@@ -111,17 +144,33 @@ def write_corpus(out_dir: str | Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (MiB; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory since start or the last `reset_peak_rss` (MiB)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:", 1)[1].split()[0]) / 1024  # Linux: kB
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(count: int, seed: int = 0, scorer=None, batch_size: int = 64) -> dict:
-    """Decode and preprocess (and score, with `scorer`) a fresh corpus; counts of rows, errors, peak memory."""
+def reset_peak_rss() -> bool:
+    """Reset the peak to the current resident size (Linux >= 4.0), so that a growth measured inside a long-lived
+    process (a test run) is this work's own, not an earlier peak hiding it; False (nothing reset) elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def run(count: int, seed: int = 0, scorer=None, batch_size: int = 64, kinds: bool = False) -> dict:
+    """Decode and preprocess (and score, with `scorer`) a fresh corpus (`write_corpus`); counts of rows, errors (all
+    kinds in `all_error_kinds`), peak memory growth."""
     from icthp_core.data.batch import iter_file_batches
 
+    reset_peak_rss()
     start, rss0 = time.perf_counter(), peak_rss_mib()
     with tempfile.TemporaryDirectory() as d:
-        paths = write_corpus(d, count, seed)
+        paths = write_corpus(d, count, seed, kinds)
         items = [(str(p), "a photo") for p in paths]
         rows = []
         if scorer is not None:
@@ -136,6 +185,8 @@ def run(count: int, seed: int = 0, scorer=None, batch_size: int = 64) -> dict:
         "scored": sum(1 for r in rows if not r["error"]),
         "error_rows": sum(errors.values()),
         "error_kinds": dict(errors.most_common(8)),
+        "all_error_kinds": sorted(errors),
+        "errors_by_file": {Path(r["image"]).name: r["error"].split(": ", 1)[1] for r in rows if r["error"]},
         "seconds": round(time.perf_counter() - start, 1),
         "peak_rss_growth_mib": round(peak_rss_mib() - rss0, 1),
     }
@@ -182,16 +233,17 @@ def _write_sources(d: Path, blobs: list[bytes]) -> dict[str, Path]:
     return out
 
 
-def run_datasets(count: int, seed: int = 0) -> dict:
+def run_datasets(count: int, seed: int = 0, kinds: bool = False) -> dict:
     """The mutated corpus as encoded bytes (serve requests, uploads), parquet cells and WebDataset members (and a
     truncated tar): every item must give one row (pixels or an error), whatever the bytes; nothing aborts."""
     from icthp_core.data.images import decode_image
     from icthp_core.errors import ImageLoadError
 
+    reset_peak_rss()
     start, rss0 = time.perf_counter(), peak_rss_mib()
     report: dict = {"items": 0}
     with tempfile.TemporaryDirectory() as d:
-        blobs = [p.read_bytes() for p in write_corpus(Path(d) / "corpus", count, seed)]
+        blobs = [p.read_bytes() for p in write_corpus(Path(d) / "corpus", count, seed, kinds)]
         report["items"] = len(blobs)
         ok = 0
         for i, blob in enumerate(blobs):

@@ -81,10 +81,14 @@ def test_gpu_batches_match_pil_batches_and_report_bad_files(image_files):
                 assert float(_pixel_diff(bg["pixels"][m], bp["pixels"][m]).mean()) <= DECODE_TOLERANCE["pixel_mean_abs"]
 
 
-def test_scores_of_both_paths_agree(image_files, tiny_ict, tiny_hp):
+@pytest.fixture(scope="module")
+def scorer(tiny_ict, tiny_hp):
     from icthp_core import load_scorer
 
-    scorer = load_scorer(tiny_ict, tiny_hp, device="cpu")
+    return load_scorer(tiny_ict, tiny_hp, device="cpu")
+
+
+def test_scores_of_both_paths_agree(image_files, scorer):
     paths, _ = image_files
     items = [(p, "a red circle") for p in paths]
     ref = list(scorer.score_files(items, batch_size=4, num_workers=0, decode="cpu"))
@@ -106,9 +110,6 @@ def test_decode_option_and_workers():
     assert default_workers("cuda", "gpu") >= 1
 
 
-def test_score_files_rejects_gpu_decode_on_cpu(tiny_ict, tiny_hp, image_files):
-    from icthp_core import load_scorer
-
-    scorer = load_scorer(tiny_ict, tiny_hp, device="cpu")
+def test_score_files_rejects_gpu_decode_on_cpu(scorer, image_files):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         list(scorer.score_files([(image_files[0][0], "x")], decode="gpu"))
