@@ -14,15 +14,6 @@ FLUX_STEPS = 6  # the FLUX checks compare samplers with a plain run: any split o
 PROMPT = "a red apple on a table"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread_module():
-    """Tiny models: torch single-threaded for the module's tests and fixtures (far less CPU on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reward(icthp_folder):
     from comfy_nodes.reward_nodes import ICTHPLoader

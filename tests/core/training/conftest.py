@@ -73,19 +73,6 @@ def run_module(
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread_module():
-    """Every training test and module fixture (e.g. test_train_learn's trained run) runs torch single-threaded, as
-    the subprocess runs do (OMP_NUM_THREADS=1): on tiny models a second thread adds little on a quiet machine and
-    costs ~9x the CPU on a loaded one (20 ICT steps: 2.6 vs 23.7 CPU s at load 30 on 2 cores)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """In-process training runs each build an Accelerator: reset accelerate's process-wide singletons after each
