@@ -1,4 +1,4 @@
-"""Helpers of the `icthp JOB` subprocess tests: run the command as a user would, with its exit code and output."""
+"""Helpers of the `icthp JOB` tests: run the command as a user would, in its own process, with exit code and output."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jobproc
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def icthp(*args: str, timeout: float = 300, env: dict[str, str] | None = None, launch: list[str] | None = None):
-    """`python -m icthp_cli ARGS` (or `accelerate launch LAUNCH -m icthp_cli ARGS`) in a subprocess."""
+    """`icthp ARGS` in its own process forked from the preloaded server (tests/jobproc.py), or
+    `accelerate launch LAUNCH -m icthp_cli ARGS` in a real subprocess."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")])
-    head = [sys.executable, "-m", "icthp_cli"]
-    if launch is not None:
-        head = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "icthp_cli"]
-    cmd = [*head, *map(str, args)]
+    if launch is None:
+        return jobproc.run(list(map(str, args)), cwd=REPO, env=full_env, timeout=timeout)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "icthp_cli", *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

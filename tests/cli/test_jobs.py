@@ -1,5 +1,9 @@
-"""Every job run as a user runs it, `icthp JOB ...` in a subprocess, on tiny models: exit 0 and its output on success,
-exit 2 and one stderr line naming the bad argument or file on a user error, exit 1 and a traceback on a bug."""
+"""Every job run as a user runs it, `icthp JOB ...` in its own process, on tiny models: exit 0 and its output on
+success, exit 2 and one stderr line naming the bad argument or file on a user error, exit 1 and a traceback on a bug.
+
+`icthp()` forks each job from a server that has imported torch (tests/jobproc.py); every job also runs once through
+the real entry point, `python -m icthp_cli JOB --help` in a fresh interpreter (`test_job_help_through_the_real_entry`),
+as do the planted-bug and long-running (app, serve) tests."""
 
 from __future__ import annotations
 
@@ -80,11 +84,11 @@ def test_unknown_job_and_help():
 
 
 @pytest.mark.parametrize("job", [c.name for c in COMMANDS])
-def test_job_help_names_the_job(job, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([job, "--help"])
-    assert e.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: icthp {job} ")
+def test_job_help_through_the_real_entry(job):
+    """`python -m icthp_cli JOB --help` in a fresh interpreter: the real entry point reaches every job."""
+    res = subprocess.run([sys.executable, "-m", "icthp_cli", job, "--help"], capture_output=True, text=True, cwd=REPO)
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr[-3000:]
+    assert res.stdout.startswith(f"usage: icthp {job} ")
 
 
 def test_metrics_defaults_are_documented_in_each_help(capsys):

@@ -6,10 +6,9 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
+import jobproc
 import numpy as np
 import pytest
 from PIL import Image
@@ -50,11 +49,10 @@ def test_sigkill_and_resume_loses_nothing(tiny_ict, tiny_hp, prompts_file, tmp_p
     out = tmp_path / f"out.{fmt}"
     rng = np.random.default_rng(1 if fmt == "jsonl" else 2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "icthp_cli"]
     kills = 0
     for attempt in range(2):
         argv = _argv(tiny_ict, tiny_hp, prompts_file, out, *(["--resume"] if attempt else []))
-        proc = subprocess.Popen(cmd + argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = jobproc.start(argv, env=env)  # its own process, forked from the preloaded server
         before = len(list(read_rows(out))) if out.exists() else 0
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:  # wait until this run has written a row
@@ -65,7 +63,7 @@ def test_sigkill_and_resume_loses_nothing(tiny_ict, tiny_hp, prompts_file, tmp_p
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
-        proc.wait(timeout=60)
+        proc.communicate(timeout=60)
     assert kills >= 1
     assert main(_argv(tiny_ict, tiny_hp, prompts_file, out, "--resume")) == 0
 

@@ -1,6 +1,7 @@
-"""`icthp score` as a user runs it (a subprocess): {local, ray} x {jsonl, csv, parquet, folder} x {resume, resume
-with other metrics, retry-errors, duplicates, unwritable output, SIGKILL then resume}. Every cell: the exit code, a
-one-line error where one is due, and 0 rows lost or duplicated against an in-process reference.
+"""`icthp score` as a user runs it (its own process, forked from tests/jobproc.py's preloaded server):
+{local, ray} x {jsonl, csv, parquet, folder} x {resume, resume with other metrics, retry-errors, duplicates,
+unwritable output, SIGKILL then resume}. Every cell: the exit code, a one-line error where one is due, and 0 rows lost
+or duplicated against an in-process reference.
 
 Inputs: a folder of images (one with a file name that is not UTF-8) and a Pick-a-Pic parquet dataset (one corrupt
 cell, a kept `ranking_id` column). Ray cells join one local Ray (127.0.0.1) started once for the module; cells with
@@ -14,10 +15,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import jobproc
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -107,9 +108,8 @@ def _argv(tiny_ict, tiny_hp, inputs, engine_args, out, *extra, images=None):
 
 
 def icthp(argv, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "icthp_cli", *argv], capture_output=True, text=True, timeout=timeout, env=ENV
-    )
+    """`icthp ARGV` in its own process, forked from the preloaded server (tests/jobproc.py)."""
+    return jobproc.run(argv, env=ENV, timeout=timeout)
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -263,7 +263,7 @@ def test_sigkill_then_resume(engine, sink, engine_args, tiny_ict, tiny_hp, many,
     out = _out(tmp_path, sink)
     argv = ["score", "--ict", str(tiny_ict), "--hp", str(tiny_hp), "--prompt", PROMPT, str(many), "-o", str(out),
             "--batch-size", "1", "--shard-size", "2", "--no-progress", "-q", *engine_args]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "icthp_cli", *argv], env=ENV, stderr=subprocess.PIPE)
+    proc = jobproc.start(argv, env=ENV)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not _written(out, sink):
         time.sleep(0.01)

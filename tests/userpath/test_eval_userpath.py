@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import jobproc
 import pytest
 
 from icthp_core.evaluation.metrics import choose_tie_threshold
@@ -21,14 +21,7 @@ def _pairs(folder: Path, names: list[tuple[str, str]]) -> Path:
 
 
 def _eval(env, cwd: Path, data: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "icthp_cli", "eval", "--data", str(data), "--bootstrap", "0"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return jobproc.run(["eval", "--data", str(data), "--bootstrap", "0"], env=env, cwd=cwd, timeout=300)
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:

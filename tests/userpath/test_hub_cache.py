@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import jobproc
 import pytest
 
 from icthp_core.scoring.registry import METRICS, parse_metrics
@@ -35,26 +34,8 @@ def test_score_every_metric_from_the_cache(hub_env, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (40, 30), "blue").save(tmp_path / "a.png")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "icthp_cli",
-            "score",
-            "--metrics",
-            "all",
-            "--prompt",
-            "a blue sky",
-            "a.png",
-            "--device",
-            "cpu",
-        ],
-        env=hub_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = ["score", "--metrics", "all", "--prompt", "a blue sky", "a.png", "--device", "cpu"]
+    proc = jobproc.run(argv, env=hub_env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     header = proc.stdout.strip().splitlines()[0].split()
     for name in parse_metrics("all"):

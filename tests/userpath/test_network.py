@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import jobproc
 import pytest
 from PIL import Image
 
@@ -41,9 +41,7 @@ def _env(tmp_path: Path, endpoint: str) -> dict[str, str]:
 
 def _icthp(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "icthp_cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+    proc = jobproc.run(args, env=env, cwd=cwd, timeout=120)
     return proc, time.monotonic() - t0
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import jobproc
 import pytest
 
 from icthp_core.data.datasets import TripletRecord, load_triplets, write_triplets
@@ -19,9 +19,7 @@ from icthp_core.data.paths import portable, resolve
 
 
 def _icthp(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "icthp_cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = jobproc.run(args, cwd=cwd, env=env, timeout=600)
     assert proc.returncode == 0, f"icthp {' '.join(args)} (in {cwd.name}/): {proc.stderr[-3000:]}"
     return proc
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 
+import jobproc
 import pytest
 
 from icthp_core.testing.toy import MEANINGLESS, toy_commands
@@ -23,12 +22,7 @@ def test_printed_commands_run_every_job(tmp_path, monkeypatch):
     from icthp_cli.main import main as icthp
 
     monkeypatch.chdir(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "icthp_cli", "toy-data", "-o", "demo", "--models", "--triplets", "8", "--pairs", "8"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = jobproc.run(["toy-data", "-o", "demo", "--models", "--triplets", "8", "--pairs", "8"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert MEANINGLESS in proc.stdout
     printed = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("icthp ")]

@@ -1,6 +1,6 @@
-"""`icthp download` (a subprocess, as a user runs it) against a fake hub on 127.0.0.1: truncated and tampered files
-are moved out of the loaders' path and fetched again, manifest paths stay inside the model folder, and one
-unreadable file is an error row while the others are still fetched and converted."""
+"""`icthp download` (its own process, as a user runs it; tests/jobproc.py) against a fake hub on 127.0.0.1: truncated
+and tampered files are moved out of the loaders' path and fetched again, manifest paths stay inside the model folder,
+and one unreadable file is an error row while the others are still fetched and converted."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import hashlib
 import io
 import json
 import subprocess
-import sys
 
+import jobproc
 import pytest
 import torch
 from fake_hub import FakeHub
@@ -44,8 +44,7 @@ def _entry(path: str, data: bytes | None = None, safetensors: str | None = None)
 
 
 def _download(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "icthp_cli", "download", "--no-progress", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return jobproc.run(["download", "--no-progress", *args], timeout=300)
 
 
 def _row(out: str, path: str) -> str:

@@ -202,12 +202,12 @@ def _upstream_scores(tiny_ict, tiny_hp, sources, prompt: str) -> np.ndarray:
 
 
 def _icthp_score(argv: list[str]) -> list[dict]:
-    """Run `icthp score ARGV -o out.jsonl` in a subprocess (the user's path); the rows written."""
+    """Run `icthp score ARGV -o out.jsonl` in its own process (the user's path; tests/jobproc.py); the rows written."""
     import json
-    import subprocess
-    import sys
 
-    r = subprocess.run([sys.executable, "-m", "icthp_cli", "score", *argv], capture_output=True, text=True)
+    import jobproc
+
+    r = jobproc.run(["score", *argv])
     assert r.returncode == 0, r.stderr
     out = argv[argv.index("-o") + 1]
     return [json.loads(line) for line in open(out).read().splitlines()]

@@ -1,9 +1,9 @@
 """One decoder for every source (issue 19 point 4, issue 21): the same images scored from files, parquet bytes, a
 WebDataset tar, a Hugging Face dataset, a serve request and an app upload give the same numbers, or the same error.
 
-Parquet and WebDataset run at the user's path (`icthp score --dataset ...` in a subprocess); the HF dataset through
-`icthp score` in-process; serve through its payload parser (`scale.protocol.parse_json`) and the app through its
-upload check (`uploads.check_image`) and scorer, as the running server and app call them.
+Parquet and WebDataset run at the user's path (`icthp score --dataset ...` in its own process, tests/jobproc.py);
+the HF dataset through `icthp score` in-process; serve through its payload parser (`scale.protocol.parse_json`) and
+the app through its upload check (`uploads.check_image`) and scorer, as the running server and app call them.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import tarfile
 import zlib
 from pathlib import Path
 
+import jobproc
 import numpy as np
 import pytest
 from PIL import Image
@@ -112,9 +112,7 @@ def _tail(error: str) -> str:
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "icthp_cli", *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    return jobproc.run(args, env=env, timeout=300)
 
 
 def _rows(path: Path) -> list[dict]:

@@ -9,16 +9,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
+import jobproc
 import pytest
 from scale_data import png
 
 from icthp_core.data.sources import iter_record_batches, iter_shard, plan_dataset
 from icthp_core.data.webdataset import split_key, tar_records
-from tests.paths import REPO
 
 
 def _tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
@@ -106,20 +105,21 @@ def test_repeated_keys_and_oversized_members_are_error_rows(tmp_path, monkeypatc
     assert "key seen before" in recs["a"]["error"]  # the second run of key a (members must be consecutive)
 
 
-_MEASURE = """
-import sys, tracemalloc
-import pyarrow as pa
-from icthp_core.data.sources import iter_record_batches, iter_shard, plan_dataset
-tracemalloc.start()
-n = sum(1 for shard in plan_dataset(sys.argv[1]) for r in iter_shard(shard))
-print(n, (tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory()) / 2**20)
-"""
+def _measure(argv: list[str]) -> None:
+    """In a fresh process: the records of `argv[0]` and the peak MiB of Python objects + Arrow buffers reading them."""
+    import tracemalloc
+
+    import pyarrow as pa
+
+    tracemalloc.start()
+    n = sum(1 for shard in plan_dataset(argv[0]) for r in iter_shard(shard))
+    print(n, (tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory()) / 2**20)
 
 
 def _peak_mib(path: Path) -> tuple[int, float]:
-    """(records, peak MiB of Python objects + Arrow buffers) reading every record of `path`, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, env=env)
+    """(records, peak MiB of Python objects + Arrow buffers) reading every record of `path`, in a process of its own
+    (forked from tests/jobproc.py's server, which has not imported pyarrow)."""
+    out = jobproc.run([str(path)], entry=_measure)
     assert out.returncode == 0, out.stderr
     n, mib = out.stdout.split()
     return int(n), float(mib)

@@ -10,8 +10,8 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
+import jobproc
 import numpy as np
 import pytest
 import torch
@@ -107,10 +107,9 @@ def test_unreadable_image_is_named(tiny_hp, data, tmp_path):
 
 
 def _icthp(*args: str) -> subprocess.CompletedProcess:
-    """`icthp ARGS` as a user runs it (a subprocess; offline)."""
+    """`icthp ARGS` as a user runs it (its own process, tests/jobproc.py; offline)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "icthp_cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return jobproc.run(args, env=env, timeout=600)
 
 
 @pytest.mark.slow

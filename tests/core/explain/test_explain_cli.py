@@ -1,20 +1,18 @@
-"""`icthp explain` as a user runs it: a subprocess, exit codes, files written, one-line errors."""
+"""`icthp explain` as a user runs it (its own process, tests/jobproc.py): exit codes, files written, one-line errors."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
+import jobproc
 import pytest
 
 PROMPT = "a red cube, photo"
 
 
 def _icthp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "icthp_cli", "explain", *args], capture_output=True, text=True, timeout=300
-    )
+    return jobproc.run(["explain", *args], timeout=300)
 
 
 @pytest.fixture(scope="module")

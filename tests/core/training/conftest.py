@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jobproc
 import pytest
 
 from tests.paths import REPO
@@ -63,12 +64,12 @@ def run_module(
     launch: list[str] | None = None,
     timeout: int = 300,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m icthp_cli JOB args` (or under `accelerate launch`) from the repo root; output captured."""
+    """Run `icthp JOB args` from the repo root in its own process, output captured: forked from the preloaded server
+    (tests/jobproc.py), or under `accelerate launch` in a real subprocess."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    if launch is not None:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "icthp_cli", job, *args]
-    else:
-        cmd = [sys.executable, "-m", "icthp_cli", job, *args]
+    if launch is None:
+        return jobproc.run([job, *args], cwd=REPO, env=env, timeout=timeout)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "icthp_cli", job, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

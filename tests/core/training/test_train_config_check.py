@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
+import jobproc
 import pytest
 
 from icthp_cli.options import cli_config
@@ -20,10 +20,9 @@ from tests.core.training.conftest import REPO, common_overrides
 
 
 def icthp(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """The user's path: `icthp JOB key=value ...` in a subprocess."""
+    """The user's path: `icthp JOB key=value ...` in its own process (forked, tests/jobproc.py)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "icthp_cli", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return jobproc.run(list(args), cwd=REPO, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize(
