@@ -18,9 +18,11 @@ if str(_TESTS.resolve().parent) not in sys.path:  # `tests.*` imports (e.g. `tes
 from durations_plugin import pytest_addoption, pytest_configure  # noqa: E402,F401  (--store-durations)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run far faster single-threaded on a shared 2-core machine (DRaFT, evalgen: autouse there)."""
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Every test and fixture runs torch single-threaded, as the job subprocesses do (`OMP_NUM_THREADS=1`): the models
+    are tiny, so a second thread adds little on a quiet 2-core machine and costs ~9x the CPU on a loaded one (20 ICT
+    steps: 2.6 vs 23.7 CPU s at load 30). A test that needs more threads sets them and restores them itself."""
     import torch
 
     n = torch.get_num_threads()

@@ -8,11 +8,6 @@ import pytest
 from draft_common import PROMPTS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    """Every test here runs single-threaded (the root conftest's `one_thread`)."""
-
-
 @pytest.fixture
 def sd3_pipe():
     from icthp_core.testing.diffusion import tiny_sd3_pipeline

@@ -8,11 +8,6 @@ import pytest
 from evalgen_common import PROMPTS, save_random_lora
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    """Every test here runs single-threaded (the root conftest's `one_thread`)."""
-
-
 @pytest.fixture(scope="session")
 def pipeline_dirs(tiny_pipeline_dirs) -> dict[str, Path]:
     """The tiny SD3 / FLUX pipelines of the root conftest (shared with the DRaFT tests)."""
