@@ -17,14 +17,14 @@ __all__ = ["add_arguments", "parse_config", "reject_unknown", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from icthp_core.diffusion.draft_train import DraftTrainConfig
+    from icthp_core.diffusion.draft_config import DraftTrainConfig
 
     add_config_arguments(parser, DraftTrainConfig)
 
 
 def parse_config(argv: list[str]):
     """The checked `DraftTrainConfig` of `[--config file.yaml] [key=value ...]`."""
-    from icthp_core.diffusion.draft_train import DraftTrainConfig, check_config
+    from icthp_core.diffusion.draft_config import DraftTrainConfig, check_config
 
     cfg = config_from_argv(DraftTrainConfig, argv)
     check_config(cfg)
@@ -33,7 +33,8 @@ def parse_config(argv: list[str]):
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the final LoRA file as one JSON line on stdout."""
-    from icthp_core.diffusion.draft_train import DraftTrainConfig, check_config, train
+    from icthp_core.diffusion.draft_config import DraftTrainConfig, check_config
+    from icthp_core.diffusion.draft_train import train
 
     cfg = training_config(DraftTrainConfig, args)
     check_config(cfg)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from icthp_cli.options import add_model_arguments, model_options
 from icthp_core.errors import ConfigError, ICTHPError
-from icthp_core.explain.api import METHODS
+from icthp_core.explain.methods import METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> tuple[list[str], list[str], object]:
     """Metrics, methods and model options, with one-line errors for bad values (before any model loads)."""
-    from icthp_core.explain.api import parse_methods
+    from icthp_core.explain.methods import parse_methods
     from icthp_core.scoring.registry import parse_metrics
 
     try:

@@ -17,14 +17,15 @@ __all__ = ["add_arguments", "reject_unknown", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from icthp_core.training.hp import HPConfig
+    from icthp_core.training.hp_config import HPConfig
 
     add_config_arguments(parser, HPConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the summary as one JSON line on stdout."""
-    from icthp_core.training.hp import HPConfig, train
+    from icthp_core.training.hp import train
+    from icthp_core.training.hp_config import HPConfig
 
     summary = train(training_config(HPConfig, args))
     print(json.dumps(summary, default=str))

@@ -17,14 +17,15 @@ __all__ = ["add_arguments", "reject_unknown", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from icthp_core.training.ict import ICTConfig
+    from icthp_core.training.ict_config import ICTConfig
 
     add_config_arguments(parser, ICTConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the summary as one JSON line on stdout."""
-    from icthp_core.training.ict import ICTConfig, train
+    from icthp_core.training.ict import train
+    from icthp_core.training.ict_config import ICTConfig
 
     summary = train(training_config(ICTConfig, args))
     print(json.dumps(summary, default=str))

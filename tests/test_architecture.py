@@ -349,6 +349,24 @@ def test_help_imports_no_torch(argv):
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
 
 
+def _job_help_argvs() -> list[list[str]]:
+    from icthp_cli.main import COMMANDS
+
+    return [[c.name, "--help"] for c in COMMANDS]
+
+
+@pytest.mark.parametrize("argv", _job_help_argvs(), ids=lambda a: a[0])
+def test_every_job_help_imports_no_torch(argv):
+    """`icthp JOB --help` builds the job's parser from light modules only (config dataclasses, method names): no
+    torch, open_clip, transformers or diffusers, so help and a mistyped option answer in a fraction of a second."""
+    heavy = ("torch", "open_clip", "transformers", "diffusers")
+    code = f"import sys\nfrom icthp_cli.main import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+    code += f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert f"usage: icthp {argv[0]}" in out.stdout, out.stdout[-500:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
+
+
 def test_every_command_resolves():
     from icthp_cli.main import COMMANDS, build_parser
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from icthp_core.evaluation.keys import TRIPLET_KEYS
+
 __all__ = [
     "TRIPLET_KEYS",
     "pairwise_accuracy",
@@ -27,7 +29,6 @@ __all__ = [
     "relative_tie_grid",
 ]
 
-TRIPLET_KEYS = ("I2>I1", "I3>I2", "I3>I1", "avg")
 DEFAULT_TIE_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 

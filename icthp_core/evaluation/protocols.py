@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icthp_core.errors import ConfigError
+from icthp_core.evaluation.keys import PAIR_KEYS, PAIRS
 
 __all__ = [
     "TIES",
@@ -40,10 +41,6 @@ __all__ = [
     "ict_hp_upstream",
     "upstream_validation_accuracy",
 ]
-
-#: (name, better column, worse column) of the three compared pairs, in Table 1 order
-PAIRS: tuple[tuple[str, int, int], ...] = (("I2>I1", 1, 0), ("I3>I2", 2, 1), ("I3>I1", 2, 0))
-PAIR_KEYS: tuple[str, ...] = tuple(p[0] for p in PAIRS)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from icthp_core.explain.common import ExplainError, check_metric, image_tensor, text_metrics
+from icthp_core.explain.methods import METHODS, parse_methods
 from icthp_core.explain.regions import default_grid, grid_to_image, occlusion, relevance_map, to_grid
 from icthp_core.explain.words import word_contributions
-
-METHODS = ("words", "occlusion", "relevance")
 
 
 @dataclass
@@ -39,15 +38,6 @@ class Explanation:
             "seconds": self.seconds,
             "skipped": self.skipped,
         }
-
-
-def parse_methods(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """A comma-separated method list checked against METHODS."""
-    names = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
-    bad = [m for m in names if m not in METHODS]
-    if bad or not names:
-        raise ExplainError(f"methods {', '.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
-    return names
 
 
 def _timed(seconds: dict, key: str, fn, *args, **kwargs):

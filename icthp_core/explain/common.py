@@ -11,13 +11,8 @@ from PIL import Image
 
 from icthp_core.data.images import to_pil
 from icthp_core.data.preprocess import preprocess_tensor
-from icthp_core.errors import ConfigError
+from icthp_core.explain.methods import ExplainError
 from icthp_core.scoring.registry import DERIVED, METRICS
-
-
-class ExplainError(ConfigError):
-    """An explanation that cannot be made as asked (unknown metric, method not available for a model, ...)."""
-
 
 #: largest side of the working copy of an image that region methods perturb (the heatmap is upsampled back)
 WORK_SIZE = 448

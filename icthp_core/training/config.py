@@ -20,7 +20,15 @@ from typing import Any, ClassVar
 
 from icthp_core.errors import ConfigError
 
-__all__ = ["CommonTrainConfig", "RENAMED", "ConfigError", "load_config", "config_dict"]
+__all__ = [
+    "CommonTrainConfig",
+    "RewardTrainConfig",
+    "RENAMED",
+    "TOKENIZER_NAMES",
+    "ConfigError",
+    "load_config",
+    "config_dict",
+]
 
 
 #: option names of older versions -> the current name (both training systems now use the right-hand names)
@@ -33,6 +41,10 @@ RENAMED: dict[str, str] = {
     "adam_weight_decay": "weight_decay",
     "adam_epsilon": "adam_eps",
 }
+
+#: the prompt tokenizer flavours of the reward stages (`icthp_core.scoring.text.TOKENIZERS`, named here without
+#: importing torch so that building a job's parser stays light)
+TOKENIZER_NAMES: tuple[str, ...] = ("open_clip", "hf")
 
 
 @dataclass
@@ -83,6 +95,63 @@ class CommonTrainConfig:
     # resuming with options other than the checkpoint's: false = refuse (the message lists them); true = go on with
     # the new values (the differences are printed; lr / weight_decay / betas / eps are applied to the optimizer)
     allow_config_change: bool = False
+
+
+@dataclass
+class RewardTrainConfig(CommonTrainConfig):
+    """Options of the reward-model stages (ICT, HP); the common ones are in :class:`CommonTrainConfig`."""
+
+    #: `recipe: NAME` fills every option of that preset first (explicit keys still win); see docs/training.md
+    RECIPES: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: text options with a fixed set of values (anything else is a one-line ConfigError)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        **CommonTrainConfig.CHOICES,
+        "tokenizer": TOKENIZER_NAMES,
+        "warmup_type": ("linear", "log"),
+        "lr_schedule": ("constant", "cosine", "linear"),
+        "best_mode": ("max", "min"),
+    }
+    RANGES: ClassVar[dict[str, str]] = {
+        "warmup_steps": ">=0",
+        "eval_every": ">=0",
+        "eval_batch_size": ">=1",
+        "num_workers": ">=0",
+        "export_candidates_every": ">=0",
+        "limit_train": ">=1",
+        "limit_val": ">=1",
+    }
+    #: the metrics the stage's validation reports (`best_metric` must be one of them); set by each stage
+    VALIDATION_METRICS: ClassVar[tuple[str, ...]] = ()
+
+    recipe: str | None = None  # "paper" | "upstream" (None: only the values given)
+    output_dir: str = "runs/stage"
+    train_data: str = ""  # triplet table (.jsonl/.csv/.parquet) or Pick-High .pkl (with trust_pickle)
+    val_data: str | None = None
+    image_root: str | None = None  # base folder for relative image paths (default: the table's folder)
+    verify_images: bool = False  # decode every image once at load time (bad ones skipped and reported)
+    limit_train: int | None = None
+    limit_val: int | None = None
+    cache_images: bool = False  # keep preprocessed images in memory (small data sets only)
+    # prompt tokenisation for training, validation and ICT labels: "open_clip" (ftfy + HTML unescape, as inference
+    # and upstream's eval.py) or "hf" (the HF CLIP fast tokenizer, as upstream's trainer); scoring.text has both
+    tokenizer: str = "open_clip"
+    base_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # hub id or local dir/file of a CLIP
+    batch_size: int = 32  # per process
+    lr: float = 3e-5
+    warmup_steps: int = 500
+    warmup_type: str = "linear"  # "linear": (s+1)/W | "log": log(s+1)/log(W) (DeepSpeed WarmupDecayLR, upstream)
+    lr_schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear" (linear decay to 0 at max_steps)
+    cpu: bool = False  # force CPU (several CPU processes under `accelerate launch` use gloo)
+    num_workers: int = 2
+    eval_every: int = 500  # 0: only at the end
+    eval_batch_size: int = 64
+    best_metric: str | None = None  # validation metric selecting the exported model (None: the last step)
+    best_mode: str = "max"  # "max" | "min"
+    # with best_metric: only validation steps that are multiples of this (and the last step) may be exported;
+    # 0: every validation step. Such steps are validated even when eval_every does not divide them (upstream HP: 5000)
+    export_candidates_every: int = 0
+    report_to: str | None = "tensorboard"
+    debug_crash_at_step: int | None = None  # testing: hard-exit (as if killed) after this optimizer step
 
 
 def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -22,15 +22,13 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from icthp_core.errors import CheckpointError, ConfigError
-from icthp_core.scoring.text import TOKENIZERS
 from icthp_core.training.checkpointing import (
     COMPLETE_MARKER,
     BestTracker,
@@ -40,7 +38,7 @@ from icthp_core.training.checkpointing import (
     resume_candidates,
     rotate,
 )
-from icthp_core.training.config import CommonTrainConfig, config_dict, load_config
+from icthp_core.training.config import RewardTrainConfig, config_dict, load_config
 from icthp_core.training.config_check import CONFIG_FILE, check_config, config_changes, format_changes, saved_config
 from icthp_core.training.metrics_log import METRICS_FILE, MetricsLog, read_metrics
 from icthp_core.training.optim import optimizer_from_config
@@ -60,63 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("icthp.train")
-
-
-@dataclass
-class RewardTrainConfig(CommonTrainConfig):
-    """Options of the reward-model stages (ICT, HP); the common ones are in :class:`CommonTrainConfig`."""
-
-    #: `recipe: NAME` fills every option of that preset first (explicit keys still win); see docs/training.md
-    RECIPES: ClassVar[dict[str, dict[str, Any]]] = {}
-    #: text options with a fixed set of values (anything else is a one-line ConfigError)
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        **CommonTrainConfig.CHOICES,
-        "tokenizer": tuple(TOKENIZERS),
-        "warmup_type": ("linear", "log"),
-        "lr_schedule": ("constant", "cosine", "linear"),
-        "best_mode": ("max", "min"),
-    }
-    RANGES: ClassVar[dict[str, str]] = {
-        "warmup_steps": ">=0",
-        "eval_every": ">=0",
-        "eval_batch_size": ">=1",
-        "num_workers": ">=0",
-        "export_candidates_every": ">=0",
-        "limit_train": ">=1",
-        "limit_val": ">=1",
-    }
-    #: the metrics the stage's validation reports (`best_metric` must be one of them); set by each stage
-    VALIDATION_METRICS: ClassVar[tuple[str, ...]] = ()
-
-    recipe: str | None = None  # "paper" | "upstream" (None: only the values given)
-    output_dir: str = "runs/stage"
-    train_data: str = ""  # triplet table (.jsonl/.csv/.parquet) or Pick-High .pkl (with trust_pickle)
-    val_data: str | None = None
-    image_root: str | None = None  # base folder for relative image paths (default: the table's folder)
-    verify_images: bool = False  # decode every image once at load time (bad ones skipped and reported)
-    limit_train: int | None = None
-    limit_val: int | None = None
-    cache_images: bool = False  # keep preprocessed images in memory (small data sets only)
-    # prompt tokenisation for training, validation and ICT labels: "open_clip" (ftfy + HTML unescape, as inference
-    # and upstream's eval.py) or "hf" (the HF CLIP fast tokenizer, as upstream's trainer); scoring.text has both
-    tokenizer: str = "open_clip"
-    base_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # hub id or local dir/file of a CLIP
-    batch_size: int = 32  # per process
-    lr: float = 3e-5
-    warmup_steps: int = 500
-    warmup_type: str = "linear"  # "linear": (s+1)/W | "log": log(s+1)/log(W) (DeepSpeed WarmupDecayLR, upstream)
-    lr_schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear" (linear decay to 0 at max_steps)
-    cpu: bool = False  # force CPU (several CPU processes under `accelerate launch` use gloo)
-    num_workers: int = 2
-    eval_every: int = 500  # 0: only at the end
-    eval_batch_size: int = 64
-    best_metric: str | None = None  # validation metric selecting the exported model (None: the last step)
-    best_mode: str = "max"  # "max" | "min"
-    # with best_metric: only validation steps that are multiples of this (and the last step) may be exported;
-    # 0: every validation step. Such steps are validated even when eval_every does not divide them (upstream HP: 5000)
-    export_candidates_every: int = 0
-    report_to: str | None = "tensorboard"
-    debug_crash_at_step: int | None = None  # testing: hard-exit (as if killed) after this optimizer step
 
 
 # ----------------------------------------------------------------------------------------------- data order

@@ -17,10 +17,12 @@ from icthp_core.data.datasets import load_triplets, open_image
 from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.errors import ConfigError
 from icthp_core.scoring.models import ICTModel
-from icthp_core.scoring.text import tokenize, tokenize_hf
+from icthp_core.scoring.text import TOKENIZERS, tokenize, tokenize_hf
 from icthp_core.training.common import image_size
-from icthp_core.training.hp import HPConfig, HPStage
-from icthp_core.training.ict import ICTConfig, ICTStage, build_labels
+from icthp_core.training.hp import HPStage
+from icthp_core.training.hp_config import HPConfig
+from icthp_core.training.ict import ICTStage, build_labels
+from icthp_core.training.ict_config import ICTConfig
 from icthp_core.training.labels import ict_labels
 from tests.core.training.conftest import REPO
 
@@ -76,6 +78,8 @@ def test_option_selects_the_stage_tokenizer(name, reference, tricky, tmp_path):
 
 def test_recipes_set_the_tokenizer():
     for cls in (ICTConfig, HPConfig):
+        # the light config names the flavours itself (no torch for `--help`); they must be scoring's flavours
+        assert cls.CHOICES["tokenizer"] == tuple(TOKENIZERS)
         assert cli_config(cls, None, []).tokenizer == "open_clip"  # no recipe: inference's tokenizer
         assert cli_config(cls, None, ["recipe=paper"]).tokenizer == "open_clip"
         assert cli_config(cls, None, ["recipe=upstream"]).tokenizer == "hf"
