@@ -1,5 +1,5 @@
 """Headless Debian Chromium for the Playwright tests (app and ComfyUI frontend): one place for path and flags, and
-one browser per test session (`chromium`, imported into tests/conftest.py) that each module opens its pages in."""
+one browser per test module (`chromium`, imported into tests/conftest.py) that the module opens its pages in."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ def launch_chromium(playwright, **kwargs):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, **kwargs)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator:
-    """One headless Chromium for the whole session; a module opens its own page (`chromium.new_page()`, a fresh
-    context) and closes it, so modules share the browser start but no cookies, storage or tabs."""
+    """One headless Chromium per module (`chromium.new_page()` for a fresh context). Module scope, not session: while
+    Playwright's sync API is open it keeps an event loop running in the main thread, and every later test that calls
+    `asyncio.run()` (the serve guards, ComfyUI's loader) would fail with "cannot be called from a running event loop"."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -15,7 +15,7 @@ if str(_TESTS.resolve().parent) not in sys.path:  # `tests.*` imports (e.g. `tes
     sys.path.insert(0, str(_TESTS.resolve().parent))
 # Markers (slow, multiprocess, comfyui, browser) are set on the tests themselves: a module's `pytestmark` or a
 # decorator, never inferred from names. tests/test_durations.py checks `slow` against the measured durations.
-from browser_support import chromium  # noqa: E402,F401  (one Chromium per session)
+from browser_support import chromium  # noqa: E402,F401  (one Chromium per module)
 from durations_plugin import pytest_addoption, pytest_configure  # noqa: E402,F401  (--store-durations)
 
 

@@ -1,5 +1,5 @@
 """Fixtures for the app tests: tiny reward models in the published layouts, synthetic pictures, and one live app
-server (`icthp app` on loopback) with a page of the session's Chromium per browser module."""
+server (`icthp app` on loopback) with a page of the module's Chromium per browser module."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def server(tiny_models, tmp_path_factory) -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def page(server, chromium):
-    """A fresh page (own context) of the session's Chromium on the app, for one test module."""
+    """A fresh page (own context) of the module's Chromium on the app, for one test module."""
     pg = chromium.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     try:
         pg.set_default_timeout(30_000)
