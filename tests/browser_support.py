@@ -32,7 +32,7 @@ def launch_chromium(playwright, **kwargs):
 def chromium() -> Iterator:
     """One headless Chromium per module (`chromium.new_page()` for a fresh context). Module scope, not session: while
     Playwright's sync API is open it keeps an event loop running in the main thread, and every later test that calls
-    `asyncio.run()` (the serve guards, ComfyUI's loader) would fail with "cannot be called from a running event loop"."""
+    `asyncio.run()` would fail ("cannot be called from a running event loop")."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

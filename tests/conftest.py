@@ -5,9 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 _TESTS = Path(__file__).parent
 sys.path.insert(0, str(_TESTS))  # for `reference`
@@ -17,6 +15,7 @@ if str(_TESTS.resolve().parent) not in sys.path:  # `tests.*` imports (e.g. `tes
 # decorator, never inferred from names. tests/test_durations.py checks `slow` against the measured durations.
 from browser_support import chromium  # noqa: E402,F401  (one Chromium per module)
 from durations_plugin import pytest_addoption, pytest_configure  # noqa: E402,F401  (--store-durations)
+from scale_data import make_image  # noqa: E402  (the test images; importable by jobproc children too)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,16 +43,6 @@ def tiny_hp(tmp_path_factory) -> Path:
     from icthp_core.testing.tiny import save_tiny_hp
 
     return save_tiny_hp(tmp_path_factory.mktemp("models") / "HP", seed=1)
-
-
-def make_image(seed: int, size: tuple[int, int]) -> Image.Image:
-    """A smooth random RGB image (w, h) with structure at several scales."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    small = rng.integers(0, 256, (max(h // 16, 2), max(w // 16, 2), 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
-    arr = np.asarray(img).astype(np.int16) + rng.integers(-20, 21, (h, w, 3))
-    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
 
 @pytest.fixture(scope="session")

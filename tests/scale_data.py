@@ -1,4 +1,7 @@
-"""Small data sets in every input layout `icthp score --dataset` reads (for the scale tests)."""
+"""Test images (`make_image`) and small data sets in every input layout `icthp score --dataset` reads.
+
+Imported by plain module name, never as `tests.…`: a job forked by tests/jobproc.py after the ComfyUI tests put
+ComfyUI's tree (which has its own `tests` package) first on `sys.path` would import the wrong `tests`."""
 
 from __future__ import annotations
 
@@ -7,7 +10,18 @@ import json
 import tarfile
 from pathlib import Path
 
-from tests.conftest import make_image
+import numpy as np
+from PIL import Image
+
+
+def make_image(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A smooth random RGB image (w, h) with structure at several scales."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    small = rng.integers(0, 256, (max(h // 16, 2), max(w // 16, 2), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-20, 21, (h, w, 3))
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
 
 def png(seed: int, size=(72, 60), fmt="PNG") -> bytes:

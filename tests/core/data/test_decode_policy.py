@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 from reference import MEAN, STD, load_hf_clip, load_mlp, ref_cosine, ref_hp, ref_pixels, ref_tokens
+from scale_data import make_image
 
 from icthp_core import load_scorer
 from icthp_core.data.images import DecodePolicy, decode_image, parse_decode_policy, to_pil
 from icthp_core.data.preprocess import preprocess_pil
 from icthp_core.errors import ConfigError
-from tests.conftest import make_image
 
 
 def _exif_jpeg(img: Image.Image, orientation: int = 6) -> bytes:

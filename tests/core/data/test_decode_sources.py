@@ -22,11 +22,11 @@ import jobproc
 import numpy as np
 import pytest
 from PIL import Image
+from scale_data import make_image
 
 from icthp_cli.main import main
 from icthp_core import load_scorer
 from icthp_core.data.sources import decode_records, plan_dataset, read_shard
-from tests.conftest import make_image
 from tests.paths import REPO
 
 PROMPT = "a photo of a thing"
