@@ -125,6 +125,8 @@ def text_conditioning(cfg: DraftTrainConfig, prompts: list[str], negative: bool,
     ).hexdigest()
     cache = Path(cfg.output_dir) / "text_cache"
     cond = load_conditioning_cache(cache, key) if cfg.text_cache else None
+    if cfg.text_cache:  # every rank has looked before the main process may write: all ranks take the same branch
+        accelerator.wait_for_everyone()  # (else a late rank finds the fresh cache, skips the barrier below: deadlock)
     if cond is not None:
         return cond
 

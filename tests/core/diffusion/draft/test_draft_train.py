@@ -200,6 +200,47 @@ def test_conditioning_cache_roundtrip(sd3_pipe, tmp_path):
     assert load_conditioning_cache(tmp_path / "missing", "k1") is None
 
 
+def test_text_cache_ranks_take_the_same_branch(tiny_pipeline_dirs, tmp_path):
+    """A rank that starts after the main process has written the text cache must not find it and skip the barrier
+    the main process waits in (a 2-process run hung: rank 0 in that barrier, rank 1 in the first gradient all-reduce).
+    Two threads play the ranks; rank 1 starts only once rank 0 waits in a barrier."""
+    import threading
+
+    from icthp_core.diffusion.draft_config import DraftTrainConfig
+    from icthp_core.diffusion.draft_train import text_conditioning
+
+    barrier = threading.Barrier(2, timeout=20)
+
+    class Rank:
+        device = torch.device("cpu")
+
+        def __init__(self, main: bool):
+            self.is_main_process = main
+
+        def wait_for_everyone(self):
+            barrier.wait()
+
+    cfg = DraftTrainConfig(base_model=str(tiny_pipeline_dirs["sd3"]), prompts="p.txt", output_dir=str(tmp_path))
+    got, errors = {}, []
+
+    def rank(i: int) -> None:
+        try:
+            got[i] = text_conditioning(cfg, ["a cat", "a dog"], False, torch.float32, Rank(i == 0))
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    first = threading.Thread(target=rank, args=(0,))
+    first.start()
+    while barrier.n_waiting == 0 and first.is_alive():
+        first.join(0.01)
+    second = threading.Thread(target=rank, args=(1,))
+    second.start()
+    first.join(60), second.join(60)
+    assert not errors and set(got) == {0, 1}, errors
+    assert torch.equal(got[0].prompt_embeds, got[1].prompt_embeds)
+    assert (tmp_path / "text_cache" / "meta.json").is_file()
+
+
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
