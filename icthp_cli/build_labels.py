@@ -13,8 +13,7 @@ import json
 import sys
 
 from icthp_cli.options import add_output_argument, user_path
-
-TOKENIZERS = ("open_clip", "hf")  # icthp_core.scoring.text.TOKENIZERS (checked by the core)
+from icthp_core.training.config import TOKENIZER_NAMES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
     p.add_argument(
         "--tokenizer",
-        choices=TOKENIZERS,
+        choices=TOKENIZER_NAMES,
         default="open_clip",
         help="prompt tokenisation (the training option `tokenizer`: open_clip = paper recipe, hf = upstream recipe)",
     )
