@@ -4,6 +4,8 @@ ICT(image, prompt): how much of the prompt the image contains (cosine, ~0.9 for 
 HP(image): prompt-free high-preference score in (0, 1) (~0.77 typical). ICT-HP = ICT x HP.
 """
 
+from icthp_core.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 #: public name -> the module defining it, imported on first use: `import icthp_core.errors` (the command line's
@@ -21,17 +23,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    """The public API, imported on first use (no torch, requests or ray at `import icthp_core`)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'icthp_core' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

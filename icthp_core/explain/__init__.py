@@ -6,6 +6,8 @@
 - `icthp_core.explain.curves`: deletion / insertion AUCs; `icthp_core.explain.render`: overlays and word bars.
 """
 
+from icthp_core.lazy import lazy_exports
+
 #: public name -> the module defining it, imported on first use (`icthp_core.explain.methods` loads no torch)
 _LAZY = {
     **dict.fromkeys(("METHODS", "ExplainError", "parse_methods"), "icthp_core.explain.methods"),
@@ -13,17 +15,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    """The public names, imported on first use (importing a light submodule loads no torch)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'icthp_core.explain' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["METHODS", "ExplainError", "Explanation", "explain", "parse_methods"]
