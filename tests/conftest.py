@@ -17,6 +17,13 @@ from browser_support import chromium  # noqa: E402,F401  (one Chromium per modul
 from durations_plugin import pytest_addoption, pytest_configure  # noqa: E402,F401  (--store-durations)
 from scale_data import make_image  # noqa: E402  (the test images; importable by jobproc children too)
 
+from tests import shared_models  # noqa: E402  (session values shared with the early server starts)
+from tests.warm_servers import (  # noqa: E402,F401  (live servers start while collecting: tests/app, tests/comfy)
+    pytest_collection_finish,
+    pytest_itemcollected,
+    pytest_sessionfinish,
+)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
@@ -32,17 +39,13 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_ict(tmp_path_factory) -> Path:
-    from icthp_core.testing.tiny import save_tiny_ict
-
-    return save_tiny_ict(tmp_path_factory.mktemp("models") / "ICT", seed=0)
+def tiny_ict(request) -> Path:
+    return shared_models.tiny_ict(request.config)
 
 
 @pytest.fixture(scope="session")
-def tiny_hp(tmp_path_factory) -> Path:
-    from icthp_core.testing.tiny import save_tiny_hp
-
-    return save_tiny_hp(tmp_path_factory.mktemp("models") / "HP", seed=1)
+def tiny_hp(request) -> Path:
+    return shared_models.tiny_hp(request.config)
 
 
 @pytest.fixture(scope="session")

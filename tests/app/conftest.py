@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from icthp_core.testing.tiny import save_tiny_clip
+from tests import shared_models, warm_servers
 from tests.paths import REPO
 
 SKY = [(110, 170, 235), (250, 190, 120), (40, 40, 80), (200, 220, 240), (150, 200, 255), (90, 60, 120)]
@@ -53,67 +50,58 @@ def make_scenes():
     return write_scenes
 
 
+def _tiny_models(config: pytest.Config) -> dict[str, str]:
+    def build() -> dict[str, str]:
+        clip = save_tiny_clip(shared_models.tmp_factory(config).mktemp("tiny_models") / "clip", seed=5)
+        ict, hp = shared_models.tiny_ict(config), shared_models.tiny_hp(config)
+        return {"ict": str(ict), "hp": str(hp), "clip": str(clip)}
+
+    return shared_models.once("app_tiny_models", build)
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory, tiny_ict, tiny_hp) -> dict[str, str]:
+def tiny_models(request) -> dict[str, str]:
     """Sources for ict, hp (the root conftest's tiny models) and a tiny CLIP standing in for the CLIP baseline."""
-    clip = save_tiny_clip(tmp_path_factory.mktemp("tiny_models") / "clip", seed=5)
-    return {"ict": str(tiny_ict), "hp": str(tiny_hp), "clip": str(clip)}
+    return _tiny_models(request.config)
 
 
 APP_METRICS = ("ict", "hp", "ict_hp", "clip")
 WAIT_MS = 60_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _prepare_server(config: pytest.Config) -> warm_servers.Launch:
+    """`icthp app` with the tiny models and an A/B root folder, on a port picked at start."""
+    models = _tiny_models(config)
+    tmp = shared_models.tmp_factory(config).mktemp("app_server")
+    root = tmp / "generations"
+    root.mkdir()
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "icthp_cli", "app",
+            "--ict", models["ict"], "--hp", models["hp"], "--source", f"clip={models['clip']}",
+            "--metrics", ",".join(APP_METRICS), "--default-metrics", ",".join(APP_METRICS),
+            "--ab-root", str(root), "--port", str(port), "--max-images", "8", "--device", "cpu",
+        ]  # fmt: skip
+
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return warm_servers.Launch(command, REPO, env, tmp / "server.log", info={"root": root, "tmp": tmp})
 
 
-def _wait_until_up(proc: subprocess.Popen, url: str, log: Path, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"app exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read(100)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"app did not answer on {url} in {seconds:.0f} s:\n{log.read_text()}")
-            time.sleep(0.5)
+warm_servers.register("app", Path(__file__).parent, "server", _prepare_server)
 
 
 @pytest.fixture(scope="session")
-def server(tiny_models, tmp_path_factory) -> Iterator[dict]:
-    """`icthp app` with the tiny models on a free loopback port, started once for every browser module; yields
-    `{"url", "root" (the A/B root folder), "tmp", "metrics"}`."""
-    tmp = tmp_path_factory.mktemp("app_server")
-    root = tmp / "generations"
-    root.mkdir()
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "icthp_cli", "app",
-        "--ict", tiny_models["ict"], "--hp", tiny_models["hp"], "--source", f"clip={tiny_models['clip']}",
-        "--metrics", ",".join(APP_METRICS), "--default-metrics", ",".join(APP_METRICS),
-        "--ab-root", str(root), "--port", str(port), "--max-images", "8", "--device", "cpu",
-    ]  # fmt: skip
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    log = open(tmp / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+def server(request) -> Iterator[dict]:
+    """`icthp app` with the tiny models on a free loopback port, one per session (started while pytest collects:
+    tests/warm_servers.py); yields `{"url", "root" (the A/B root folder), "tmp", "metrics"}`."""
+    app = warm_servers.started("app", request.config)
     try:
-        _wait_until_up(proc, url, tmp / "server.log")
-        yield {"url": url, "root": root, "tmp": tmp, "metrics": APP_METRICS}
+        app.wait_until_up(300, "app")
+        yield {"url": app.url + "/", **app.info, "metrics": APP_METRICS}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        app.stop(15)
 
 
 @pytest.fixture(scope="module")

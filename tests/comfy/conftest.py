@@ -13,15 +13,13 @@ import inspect
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests import shared_models, warm_servers
 from tests.comfy.tiny_nodes import TINY_FLUX, TINY_SD3
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,16 +80,23 @@ def pack(comfy_root):
 # ---------------------------------------------------------------------------------------------- tiny models
 
 
-@pytest.fixture(scope="session")
-def tiny_icthp_dir(tmp_path_factory) -> Path:
-    """``<dir>/ict`` and ``<dir>/hp``: tiny ICT / HP models in the published layouts (a models/icthp folder)."""
-    from icthp_core.testing.tiny import save_tiny_clip, save_tiny_hp, tiny_clip_config
+def _tiny_icthp_dir(config: pytest.Config) -> Path:
+    def build() -> Path:
+        from icthp_core.testing.tiny import save_tiny_clip, save_tiny_hp, tiny_clip_config
 
-    root = tmp_path_factory.mktemp("icthp_models")
-    # 3 text layers: ComfyUI's SD2 CLIP reads the penultimate layer and needs more than 2
-    save_tiny_clip(root / "ict", seed=0, config=tiny_clip_config(text_config={"num_hidden_layers": 3}))
-    save_tiny_hp(root / "hp", seed=1)
-    return root
+        root = shared_models.tmp_factory(config).mktemp("icthp_models")
+        # 3 text layers: ComfyUI's SD2 CLIP reads the penultimate layer and needs more than 2
+        save_tiny_clip(root / "ict", seed=0, config=tiny_clip_config(text_config={"num_hidden_layers": 3}))
+        save_tiny_hp(root / "hp", seed=1)
+        return root
+
+    return shared_models.once("comfy_tiny_icthp_dir", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_icthp_dir(request) -> Path:
+    """``<dir>/ict`` and ``<dir>/hp``: tiny ICT / HP models in the published layouts (a models/icthp folder)."""
+    return _tiny_icthp_dir(request.config)
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +136,6 @@ TINY_TEXT = {
 def make_sd2_clip(comfy_root, tmp_path_factory):
     """Factory: a real ``comfy.sd.CLIP`` built like ComfyUI's SD2.x CLIP (``clip_h``, penultimate layer,
     SD2 tokenizer) but with a tiny text config; fp32; weights random (seed) or an HF ``text_model.*`` dict."""
-    import json
 
     import comfy.sd
     import comfy.sd1_clip
@@ -334,73 +338,39 @@ def make_lora_file():
 START_TIMEOUT = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str, timeout: float = 10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-@pytest.fixture(scope="session")
-def server(comfy_root, tiny_icthp_dir, tmp_path_factory):
-    """A ComfyUI server on loopback (``--cpu``) whose ``custom_nodes/icthp`` is this repository and whose
-    ``models/icthp`` holds the tiny models; yields ``(url, base_dir)``; stopped at the end of the session."""
-    base = tmp_path_factory.mktemp("comfy_base")
+def _prepare_server(config: pytest.Config) -> warm_servers.Launch:
+    """A ComfyUI base directory whose ``custom_nodes/icthp`` is this repository (plus the tiny stand-in nodes) and
+    whose ``models/icthp`` holds the tiny models, and the ``main.py --cpu`` command on it."""
+    comfy = comfyui_dir()
+    base = shared_models.tmp_factory(config).mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     os.symlink(ROOT, base / "custom_nodes" / "icthp", target_is_directory=True)
     # stand-ins for checkpoint loader + text encoders, so the example workflows run with tiny models
     os.symlink(Path(__file__).with_name("tiny_nodes"), base / "custom_nodes" / "icthp_test_nodes")
-    shutil.copytree(tiny_icthp_dir, base / "models" / "icthp")
+    shutil.copytree(_tiny_icthp_dir(config), base / "models" / "icthp")
     for d in ("input", "output", "temp", "user"):
         (base / d).mkdir(exist_ok=True)
-    port = _free_port()
-    log = open(base / "server.log", "w")  # noqa: SIM115
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+            "--base-directory", str(base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:",
+        ]  # fmt: skip
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "main.py",
-            "--cpu",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--base-directory",
-            str(base),
-            "--disable-auto-launch",
-            "--database-url",
-            "sqlite:///:memory:",
-        ],
-        cwd=comfy_root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+    return warm_servers.Launch(command, comfy, env, base / "server.log", "/system_stats", info={"base": base})
+
+
+warm_servers.register("comfyui", Path(__file__).parent, "server", _prepare_server)
+
+
+@pytest.fixture(scope="session")
+def server(comfy_root, request):
+    """A ComfyUI server on loopback (``--cpu``) on the base directory above (started while pytest collects:
+    tests/warm_servers.py); yields ``(url, base_dir)``; stopped at the end of the session."""
+    comfy = warm_servers.started("comfyui", request.config)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited ({proc.returncode}):\n{(base / 'server.log').read_text()[-4000:]}")
-            try:
-                _get_json(f"{url}/system_stats", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"ComfyUI did not start in {START_TIMEOUT}s:\n{(base / 'server.log').read_text()[-4000:]}"
-                    )
-                time.sleep(0.5)
-        yield url, base
+        comfy.wait_until_up(START_TIMEOUT, "ComfyUI")
+        yield comfy.url, comfy.info["base"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
+        comfy.stop(30)
