@@ -18,6 +18,13 @@ from durations_plugin import pytest_addoption, pytest_configure  # noqa: E402,F4
 from scale_data import make_image  # noqa: E402  (the test images; importable by jobproc children too)
 
 
+def pytest_sessionstart(session):
+    """Start jobproc's forkserver before collection: it imports torch in its own process while pytest collects."""
+    import jobproc
+
+    jobproc.warm()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """Every test and fixture runs torch single-threaded, as the job subprocesses do (`OMP_NUM_THREADS=1`): the models
