@@ -7,7 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, HP_HEAD_NAMES
+from icthp_core.checkpoints.config import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, HP_HEAD_NAMES
 from icthp_core.scoring.registry import METRICS
 
 FOLDER = "icthp"

@@ -93,7 +93,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """The results of the parsed `args` (written to `--output`/`--scores-out` when given)."""
     from icthp_core.data.datasets import detect_kind, load_pairs, load_triplets
     from icthp_core.evaluation.preference import evaluate_pairs, evaluate_triplets, markdown_table, protocol_metrics
-    from icthp_core.scoring.scorer import MultiScorer
 
     opts = model_options(args)
     metrics = _metrics(args.metrics, opts.sources)
@@ -116,6 +115,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     val_records = val_report = None
     if kind == "pairs" and args.val_data:
         val_records, val_report = load_pairs(args.val_data, image_root=args.image_root)
+    from icthp_core.scoring.scorer import MultiScorer  # the data is read and checked before the models load
+
     scorer = MultiScorer(metrics, opts.sources, device=opts.device, dtype=opts.dtype, decode_policy=args.decode_policy)
     common = {"batch_size": opts.batch_size, "workers": opts.decode_workers(), "report": report}
     if kind == "triplets":

@@ -61,19 +61,20 @@ def _stems(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from icthp_core.scoring.registry import METRICS
+
+    metrics, methods, opts = _check(args)  # the options are checked before torch and the models load
+    if args.prompt is None and any(METRICS[m].needs_prompt or METRICS[m].derived for m in metrics):
+        needs = [m for m in metrics if METRICS[m].needs_prompt or METRICS[m].derived]
+        raise ConfigError(f"--prompt: metrics {', '.join(needs)} need a prompt")
     from tqdm import tqdm
 
     from icthp_core.data.images import expand_paths, load_image
     from icthp_core.explain.api import explain
     from icthp_core.explain.outputs import save_explanation
     from icthp_core.explain.regions import default_grid
-    from icthp_core.scoring.registry import METRICS
     from icthp_core.scoring.scorer import MultiScorer
 
-    metrics, methods, opts = _check(args)
-    if args.prompt is None and any(METRICS[m].needs_prompt or METRICS[m].derived for m in metrics):
-        needs = [m for m in metrics if METRICS[m].needs_prompt or METRICS[m].derived]
-        raise ConfigError(f"--prompt: metrics {', '.join(needs)} need a prompt")
     paths = expand_paths(args.images)
     if not paths:
         raise ConfigError("no images given (the folders hold no image files)")

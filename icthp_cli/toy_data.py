@@ -29,13 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print {"triplets": path, "pairs": path} as one JSON line."""
     from icthp_core.errors import ConfigError
-    from icthp_core.testing.synthetic import make_dataset
 
     for name in ("triplets", "pairs"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be >= 0")
     if args.size < 8:
         raise ConfigError(f"--size {args.size}: must be >= 8")
+    from icthp_core.testing.synthetic import make_dataset
+
     with user_path("--output", args.output, write=True):
         paths = make_dataset(args.output, args.triplets, args.pairs, args.seed, args.size)
     print(json.dumps({k: str(v) for k, v in paths.items()}))

@@ -24,9 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the summary as one JSON line on stdout."""
-    from icthp_core.training.ict import train
     from icthp_core.training.ict_config import ICTConfig
 
-    summary = train(training_config(ICTConfig, args))
+    config = training_config(ICTConfig, args)  # a bad value answers here, before torch is imported
+    from icthp_core.training.ict import train
+
+    summary = train(config)
     print(json.dumps(summary, default=str))
     return 0

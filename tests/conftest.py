@@ -25,6 +25,13 @@ from tests.warm_servers import (  # noqa: E402,F401  (live servers start while c
 )
 
 
+def pytest_sessionstart(session):
+    """Start jobproc's forkserver before collection: it imports torch in its own process while pytest collects."""
+    import jobproc
+
+    jobproc.warm()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """Every test and fixture runs torch single-threaded, as the job subprocesses do (`OMP_NUM_THREADS=1`): the models

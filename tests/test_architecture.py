@@ -367,6 +367,32 @@ def test_every_job_help_imports_no_torch(argv):
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
 
 
+#: `icthp score` runs a user error stops before any model loads: (argv, words of its one line); {d}: a tmp folder
+EARLY_ERRORS = {
+    "unwritable-output": (["score", "--prompt", "x", "{d}", "-o", "{d}/file.txt/out.jsonl"], "cannot be written"),
+    "unknown-metric": (["score", "--metrics", "ict,nope", "--prompt", "x", "{d}"], "unknown metric"),
+    "resume-without-output": (["score", "--ict", "{d}/nope", "--prompt", "x", "{d}", "--resume"], "--output"),
+    "ray-option-on-local": (["score", "--prompt", "x", "{d}", "--actors", "2"], "--actors"),
+}
+
+
+@pytest.mark.parametrize(("argv", "words"), EARLY_ERRORS.values(), ids=EARLY_ERRORS)
+def test_score_user_errors_answer_before_any_model_code(argv, words, tmp_path):
+    """A mistyped `icthp score` answers with its one line (exit 2) without importing torch, open_clip or
+    transformers: the registry, plan and output checks are light, so the answer comes in a fraction of a second."""
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # never opened: the run stops before
+    argv = [a.replace("{d}", str(tmp_path)) for a in argv]
+    heavy = ("torch", "open_clip", "transformers")
+    code = f"import sys\nfrom icthp_cli.main import main\nrc = main({argv!r})\n"
+    code += f"print(rc, sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-800:]
+    assert out.stdout.strip().splitlines()[-1] == "2 []", (out.stdout[-500:], out.stderr[-500:])
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("icthp score: ") and words in line, line
+
+
 def test_every_command_resolves():
     from icthp_cli.main import COMMANDS, build_parser
 

@@ -1,5 +1,6 @@
-"""`tests/jobproc.py`: a job forked from the preloaded server is still its own process (exit code, output, env, cwd,
-signals) and sees its own HF settings."""
+"""`tests/jobproc.py`: a job forked from the preloaded server, directly or through the `icthp` shim, is still its own
+process (exit code, output, env, cwd, signals; through the shim also stdin, pipes and redirections) and sees its own
+HF settings."""
 
 from __future__ import annotations
 
@@ -112,3 +113,68 @@ def test_output_that_is_not_utf8():
     assert res.returncode == 0, res.stderr
     assert res.stdout == "caf\udce9.png\n" and os.fsencode(res.stdout) == b"caf\xe9.png\n"
     assert res.stderr == "err \u2028 line\n"
+
+
+@pytest.fixture(scope="module")
+def shims() -> dict[str, dict[str, str]]:
+    """Environments whose `icthp` is a `jobproc.shim`: of the real entry ("icthp") and of `probe` ("probe")."""
+    with jobproc.shim() as real, jobproc.shim(entry=probe) as fake:
+        yield {
+            name: {**os.environ, "PATH": f"{d}{os.pathsep}{os.environ['PATH']}"}
+            for name, d in (("icthp", real), ("probe", fake))
+        }
+
+
+def bash(script: str, env: dict[str, str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], env=env, cwd=cwd, capture_output=True, timeout=120, **kw
+    )
+
+
+def test_shim_runs_the_real_entry_with_pipes_redirections_and_exit_codes(shims, tmp_path):
+    script = (
+        "icthp --help | grep -c '^  score' > piped.txt\n"  # stdout through a pipe
+        'set +e; icthp nosuchjob 2> err.txt; echo "rc=$?"; icthp score --bogus; echo "rc=$?"\n'
+    )
+    res = bash(script, shims["icthp"], tmp_path, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "piped.txt").read_text() == "1\n"
+    assert (tmp_path / "err.txt").read_text().startswith("icthp: unknown command 'nosuchjob'")
+    assert res.stdout == "rc=2\nrc=2\n"
+    assert res.stderr.startswith("icthp score: unrecognized arguments: --bogus"), res.stderr
+
+
+def test_shim_gives_the_job_its_stdin_cwd_env_and_streams(shims, tmp_path):
+    (tmp_path / "sub").mkdir()
+    script = (
+        "cd sub && printf 'in\\nput' | JOBPROC_MARK=m HF_HUB_OFFLINE=1 icthp report | cat > report.json\n"
+        "icthp bytes > bytes.out 2> bytes.err\n"
+        'set +e; icthp exit 3; echo "rc=$?"; icthp exit why; echo "rc=$?"; icthp bug; echo "rc=$?"\n'
+    )
+    res = bash(script, {**shims["probe"], "OMP_NUM_THREADS": "2"}, tmp_path)
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "sub" / "report.json").read_text())
+    assert (info["stdin"], info["cwd"], info["mark"], info["offline"], info["argv0"], info["threads"]) == (
+        "in\nput", str(tmp_path / "sub"), "m", True, "icthp", 2)  # fmt: skip
+    assert info["pid"] != os.getpid() and info["preloaded"]["torch"] and not info["preloaded"]["transformers"]
+    assert (tmp_path / "sub" / "bytes.out").read_bytes() == b"caf\xe9.png\n"
+    assert (tmp_path / "sub" / "bytes.err").read_text() == "err \u2028 line\n"
+    assert res.stdout == b"rc=3\nrc=1\nrc=1\n"
+    err = res.stderr.decode()
+    assert err.startswith("why\n") and "ValueError: planted bug" in err and err.count("Traceback") == 1
+
+
+def test_shim_exit_on_a_signal_and_a_killed_shim_kills_its_job(shims, tmp_path):
+    script = (
+        "icthp sleep job.pid & shim=$!\n"
+        "until [ -s job.pid ]; do sleep 0.05; done\n"
+        'kill -9 $(cat job.pid); set +e; wait $shim; echo "rc=$?"\n'  # the job killed: the shim exits 128+9
+        "icthp sleep job2.pid & shim=$!\n"
+        "until [ -s job2.pid ]; do sleep 0.05; done\n"
+        'kill -9 $shim; wait $shim; echo "rc=$?"\n'  # the shim killed: so is its job
+        "for i in $(seq 200); do [ -e /proc/$(cat job2.pid) ] || break; sleep 0.05; done\n"
+        "[ -e /proc/$(cat job2.pid) ] && echo job2 alive || echo job2 gone\n"
+    )
+    res = bash(script, shims["probe"], tmp_path, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "rc=137\nrc=137\njob2 gone\n", res.stderr

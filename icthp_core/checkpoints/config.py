@@ -1,4 +1,5 @@
-"""CLIP architecture configs: the Hugging Face `CLIPConfig` layout and its open_clip equivalent."""
+"""CLIP architecture configs (the Hugging Face `CLIPConfig` layout and its open_clip equivalent) and the file names
+of the published checkpoint layouts. Light: no torch, no open_clip."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from icthp_core.errors import CheckpointError
+
+#: file names of a CLIP checkpoint in a folder or hub repo, in the order they are looked for
+CLIP_WEIGHT_NAMES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+    "open_clip_model.safetensors",
+)
+#: the HP repo's layout: the vision tower under hp_backbone/, the MLP head under hp_scorer/
+HP_BACKBONE_NAMES = tuple(f"hp_backbone/{n}" for n in CLIP_WEIGHT_NAMES)
+HP_HEAD_NAMES = ("hp_scorer/mlp.safetensors", "hp_scorer/mlp_pytorch_model.bin")
 
 #: HF config of LAION CLIP ViT-H/14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K), the ICT/HP/PickScore backbone.
 VIT_H_14: dict[str, Any] = {

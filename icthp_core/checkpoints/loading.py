@@ -9,22 +9,12 @@ from typing import Any
 import torch
 from open_clip.model import CLIP, CLIPVisionCfg, _build_vision_tower
 
-from icthp_core.checkpoints.config import VIT_H_14, open_clip_cfg, read_hf_config
+from icthp_core.checkpoints.config import CLIP_WEIGHT_NAMES, VIT_H_14, open_clip_cfg, read_hf_config
 from icthp_core.checkpoints.convert import hf_to_open_clip, is_hf_clip, open_clip_to_hf
 from icthp_core.checkpoints.files import WEIGHT_SUFFIXES, check_finite, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
 from icthp_core.dtypes import DTYPES, parse_dtype  # noqa: F401 - re-exported
 from icthp_core.errors import CheckpointError, DeviceError
-
-CLIP_WEIGHT_NAMES = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "open_clip_pytorch_model.bin",
-    "open_clip_model.safetensors",
-)
-#: the HP repo's layout: the vision tower under hp_backbone/, the MLP head under hp_scorer/
-HP_BACKBONE_NAMES = tuple(f"hp_backbone/{n}" for n in CLIP_WEIGHT_NAMES)
-HP_HEAD_NAMES = ("hp_scorer/mlp.safetensors", "hp_scorer/mlp_pytorch_model.bin")
 
 #: open_clip keys of the text tower (dropped, without error, when only the vision tower is wanted).
 _TEXT_PREFIXES = (

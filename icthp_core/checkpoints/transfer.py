@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from icthp_core.checkpoints.config import read_hf_config
+from icthp_core.checkpoints.config import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, read_hf_config
 from icthp_core.checkpoints.convert import HF_HARMLESS_KEYS, hf_to_open_clip, is_hf_clip, open_clip_to_hf
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, read_clip_state_dict
+from icthp_core.checkpoints.loading import read_clip_state_dict
 from icthp_core.errors import CheckpointError, ConfigError
 
 _LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")

@@ -127,6 +127,8 @@ def _check_unused(config: ScoreConfig) -> None:
         raise ConfigError("--compile and --decode gpu apply to --engine local (Ray actors decode on the CPU)")
     if config.engine == "local" and (config.address or config.actors is not None or config.gpus_per_actor is not None):
         raise ConfigError("--address, --actors and --gpus-per-actor apply to --engine ray")
+    if (config.resume or config.overwrite) and not config.output:
+        raise ConfigError("--resume and --overwrite apply to an --output file or folder; none was given")
     if config.keep_columns and not config.datasets:
         raise ConfigError("--keep-columns copies columns of --dataset inputs; no --dataset was given")
 

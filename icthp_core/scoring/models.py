@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icthp_core.checkpoints.config import read_hf_config
+from icthp_core.checkpoints.config import HP_BACKBONE_NAMES, HP_HEAD_NAMES, read_hf_config
 from icthp_core.checkpoints.files import check_finite, load_state_dict
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.checkpoints.loading import HP_BACKBONE_NAMES, HP_HEAD_NAMES, load_clip, parse_device, parse_dtype
+from icthp_core.checkpoints.loading import load_clip, parse_device, parse_dtype
 from icthp_core.errors import CheckpointError
 from icthp_core.scoring.text import tokenizer_for
 

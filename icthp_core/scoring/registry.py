@@ -1,19 +1,24 @@
-"""One registry of reward models: ICT, HP, ICT-HP and the baselines, each loading its own published weights."""
+"""One registry of reward models: ICT, HP, ICT-HP and the baselines, each loading its own published weights.
+
+Light to import (no torch, open_clip or transformers): the metadata serves `--help`, option checks and early
+errors; each loader imports the model code when it runs."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from icthp_core.checkpoints.config import VIT_H_14, VIT_L_14_OPENAI
+from icthp_core.checkpoints.config import CLIP_WEIGHT_NAMES, VIT_H_14, VIT_L_14_OPENAI
 from icthp_core.checkpoints.hub import resolve_file
-from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, load_clip, parse_device, parse_dtype
 from icthp_core.errors import ConfigError
-from icthp_core.scoring.models import HPModel, ICTModel, ImageHeadModel, TextImageModel, load_head
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from icthp_core.scoring.models import ImageHeadModel
 
 #: metric families, as the front ends group them
 FAMILIES = ("alignment", "image-only", "aesthetic")
@@ -130,10 +135,20 @@ def parse_metrics(text: str | None, what: str = "--metrics") -> list[str]:
     return names
 
 
+def _models():
+    """`icthp_core.scoring.models`, imported when a model is first loaded (it pulls in torch and open_clip)."""
+    from icthp_core.scoring import models
+
+    return models
+
+
 def _clip_metric(
     mode: str = "crop", logit_scaled: bool = False, filenames=CLIP_WEIGHT_NAMES, nested_key=None, tokenizer="open_clip"
 ):
     def load(source, device, dtype):
+        from icthp_core.checkpoints.loading import load_clip
+        from icthp_core.scoring.models import TextImageModel
+
         clip = load_clip(
             source, device=device, dtype=dtype, filenames=filenames, nested_key=nested_key, default_config=VIT_H_14
         )
@@ -159,6 +174,9 @@ def _load_aesthetic(source, device, dtype) -> ImageHeadModel:
     `source`: a head file, or a directory with the head file (and optionally a ViT-L/14 CLIP checkpoint,
     else `openai/clip-vit-large-patch14` is used), or a hub repo holding the head file.
     """
+    from icthp_core.checkpoints.loading import load_clip
+    from icthp_core.scoring.models import ImageHeadModel, load_head
+
     backbone_src: str | os.PathLike = AESTHETIC_BACKBONE
     if os.path.isdir(source) and resolve_file(source, CLIP_WEIGHT_NAMES, required=False):
         backbone_src = source
@@ -179,7 +197,7 @@ register(
         default_source="8y/ICT",
         files=(HubFile("pytorch_model.bin", "model.safetensors"),),
     ),
-    lambda src, device, dtype: ICTModel.from_pretrained(src, device=device, dtype=dtype),
+    lambda src, device, dtype: _models().ICTModel.from_pretrained(src, device=device, dtype=dtype),
 )
 register(
     MetricSpec(
@@ -196,7 +214,7 @@ register(
             HubFile("hp_scorer/mlp_pytorch_model.bin", "hp_scorer/mlp.safetensors"),
         ),
     ),
-    lambda src, device, dtype: HPModel.from_pretrained(src, device=device, dtype=dtype),
+    lambda src, device, dtype: _models().HPModel.from_pretrained(src, device=device, dtype=dtype),
 )
 register(
     MetricSpec(
@@ -394,6 +412,9 @@ def model_key(metric: str) -> str:
 
 def create_reward_model(metric: str, source: str | os.PathLike | None = None, device=None, dtype="fp32") -> nn.Module:
     """Load the model that computes `metric` (a base metric), from `source` or the metric's default hub id."""
+    from icthp_core.checkpoints.loading import parse_device
+    from icthp_core.dtypes import parse_dtype
+
     key = model_key(metric)
     src = source if source is not None else METRICS[metric].default_source
     return _LOADERS[key](src, parse_device(device), parse_dtype(dtype))

@@ -12,12 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from icthp_core.checkpoints.loading import load_clip, parse_device
 from icthp_core.data.datasets import load_triplets, write_triplets
-from icthp_core.scoring.models import ICTModel
 from icthp_core.scoring.text import TOKENIZERS
-from icthp_core.training.common import image_size
-from icthp_core.training.ict import build_labels
 
 DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
@@ -57,8 +53,13 @@ def label_file(
     if theta is None and not 0 <= theta_percentile <= 100:
         raise ConfigError(f"--theta-percentile {theta_percentile}: must be in [0, 100]")
     percentile = None if theta is not None else theta_percentile  # what chose theta (None: given)
-    dev = parse_device(device)
     records, report = load_triplets(data, image_root=image_root, trust_pickle=trust_pickle)
+    from icthp_core.checkpoints.loading import load_clip, parse_device  # the data is checked before models load
+    from icthp_core.scoring.models import ICTModel
+    from icthp_core.training.common import image_size
+    from icthp_core.training.ict import build_labels
+
+    dev = parse_device(device)
     model = ICTModel(load_clip(clip, device=dev))
     size = image_size(model.clip.visual)
     labeled, theta = build_labels(records, model, size, theta, theta_percentile, batch_size, dev, tokenizer=tokenizer)

@@ -50,7 +50,7 @@ def test_fingerprint_does_not_walk_deep_trees(tmp_path):
 
 def test_dropdown_lists_every_layout_the_core_loads(tmp_path):
     from comfy_nodes.paths import is_hp_dir, is_ict_dir
-    from icthp_core.checkpoints.loading import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, HP_HEAD_NAMES
+    from icthp_core.checkpoints.config import CLIP_WEIGHT_NAMES, HP_BACKBONE_NAMES, HP_HEAD_NAMES
 
     for name in CLIP_WEIGHT_NAMES:  # one list of weight-file names: the core's
         d = tmp_path / name

@@ -2,7 +2,8 @@
 
 Every fenced shell or Python block carries a marker comment on one of the two lines above it:
 
-- `<!-- docs-test: run -->`: the block is executed here, in a folder holding the files the docs name
+- `<!-- docs-test: run -->`: the block is executed here (`bash -euo pipefail`; its `icthp` lines forked from the
+  preloaded job server through `jobproc.shim`), in a folder holding the files the docs name
   (`img1.png`, `img2.jpg`, `folder/`, `a.png`, `b.jpg`, `best.png`, `runner_up.png`, `pairs.csv`; links to the
   repository's `bench/`, `examples/`, `scripts/`, `train/`), with the tiny hub cache (tiny random models under the
   real repo ids, `HF_HUB_OFFLINE=1`), after the substitutions of SHELL_SUBS / PY_SUBS (sizes, devices, step counts);
@@ -18,8 +19,10 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import jobproc
 import pytest
 from doc_blocks import ROOT, all_blocks, is_shell
 
@@ -90,11 +93,20 @@ def user_dir(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def icthp_shim() -> Iterator[Path]:
+    """A folder whose `icthp` forks each job from the preloaded server (tests/jobproc.py `shim`): a block's `icthp`
+    lines skip the 3-5 s torch import of a fresh interpreter; the installed entry is tested in tests/cli."""
+    with jobproc.shim() as folder:
+        yield folder
+
+
 @pytest.mark.slow  # each block runs its jobs in subprocesses
 @pytest.mark.parametrize("block", RUN, ids=[b.where for b in RUN])
-def test_doc_block_runs(block, user_dir, hub_env):
+def test_doc_block_runs(block, user_dir, hub_env, icthp_shim):
     env = dict(hub_env)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `icthp` of this environment
+    # `icthp` through the shim; `python`, `accelerate` of this environment
+    env["PATH"] = os.pathsep.join([str(icthp_shim), str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = str(ROOT)
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is faster on a shared 2-core machine
     if block.lang == "python":
