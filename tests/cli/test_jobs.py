@@ -289,17 +289,45 @@ def _wait_for(url: str, marker: str, proc: subprocess.Popen, deadline_s: float) 
     raise AssertionError(f"{url} did not answer in {deadline_s} s")
 
 
+def _signals(pid: int) -> str:
+    """The signal lines of /proc/PID/status (blocked, ignored, caught), to tell why a Ctrl-C went unanswered."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as e:
+        return str(e)
+    return " ".join(
+        x.replace("\t", "") for x in lines if x.startswith(("State", "Threads", "SigBlk", "SigIgn", "SigCgt"))
+    )
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the job before exec: SIGINT at its default, as for a command started in a terminal. A pytest started in the
+    background (`cmd &` without job control, `nohup`) ignores SIGINT, and an ignored signal is inherited: Python would
+    then install no KeyboardInterrupt handler and the job could never be stopped with Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _long_running(argv: list, url_path: str, marker: str, deadline_s: float, log: Path):
     """Start a long-running job, wait until it is ready, stop it with Ctrl-C: (exit code, stdout rest, stderr)."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "-m", "icthp_cli", *map(str, argv), "--port", str(port)]
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        here = _signals(os.getpid())
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+        )
         try:
             _wait_for(f"http://127.0.0.1:{port}{url_path}", marker, proc, deadline_s)
+            job = _signals(proc.pid)
             proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=60)
+            try:
+                out, _ = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                stuck = f"job at start: {job}; after Ctrl-C: {_signals(proc.pid)}; pytest: {here}"
+                raise AssertionError(
+                    f"{argv[0]} still runs 60 s after Ctrl-C ({stuck}):\n{log.read_text()[-3000:]}"
+                ) from None
         finally:
             if proc.poll() is None:
                 proc.kill()
