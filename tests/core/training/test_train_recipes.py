@@ -227,7 +227,9 @@ h, i = gather_batch(hp, ict_all[3 * r : 3 * r + 3])
 loss, _, _ = hp_stage_loss(h, 0.3, i, 1.0, 1.0)
 loss.backward()
 if r == 0:
-    json.dump({"loss": loss.item(), "grad0": hp.grad.tolist()}, open(sys.argv[1], "w"))
+    with open(sys.argv[1], "w") as f:
+        json.dump({"loss": loss.item(), "grad0": hp.grad.tolist()}, f)
+dist.barrier()  # both ranks are done with the collectives before the group goes (else gloo can abort at exit)
 dist.destroy_process_group()
 """
 
