@@ -190,7 +190,7 @@ def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
             elif bool in args and not isinstance(v, bool):
                 raise ValueError
         except ValueError:
-            kind = getattr(hints[k], "__name__", None) or str(hints[k]).replace("typing.", "")
+            kind = hints[k].__name__ if type(hints[k]) is type else str(hints[k]).replace("typing.", "")
             raise ConfigError(f"{where}: option {k}={v!r} is not a valid {kind}") from None
         if k in choices and v not in choices[k]:
             raise ConfigError(f"{where}: option {k}={v!r}: expected one of {', '.join(choices[k])}")

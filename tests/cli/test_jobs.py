@@ -32,7 +32,7 @@ USER_ERRORS = {
     "download": (["download", "nosuch", "--offline"], ["nosuch"]),
     "eval": (["eval", "--data", MISSING], [MISSING]),
     "app": (["app", "--batch-size", "0"], ["--batch-size"]),
-    "train-ict": (["train-ict", "max_steps=abc"], ["max_steps"]),
+    "train-ict": (["train-ict", "max_steps=abc"], ["max_steps", "is not a valid int"]),
     "train-hp": (["train-hp", "--max_steps", "3"], ["max_steps=VALUE"]),
     "build-labels": (["build-labels", "--data", MISSING, "-o", "/tmp/x.jsonl"], [MISSING]),
     "draft": (["draft", "rank=4"], ["prompts"]),
