@@ -96,11 +96,10 @@ def hub_home(tmp_path_factory) -> Path:
 def hub_env(hub_home) -> dict[str, str]:
     """Environment for a subprocess that must load from `hub_home` only (offline; any network use fails)."""
     import os
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    from live import free_port
+
+    closed = free_port()  # nobody listens: any network use fails
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(
         HF_HOME=str(hub_home), HF_HUB_OFFLINE="1", HF_ENDPOINT=f"http://127.0.0.1:{closed}", PYTHONUNBUFFERED="1"

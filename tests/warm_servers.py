@@ -14,7 +14,6 @@ is not touched either).
 from __future__ import annotations
 
 import queue
-import socket
 import subprocess
 import threading
 import time
@@ -26,11 +25,7 @@ from typing import IO, Any
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live import free_port
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from live import free_port, sigint_as_in_a_terminal
 
 from icthp_cli.main import COMMANDS, main
 from tests.cli.conftest import REPO, icthp, user_error
@@ -265,12 +265,6 @@ def test_evalgen_tiny_sd3(tiny_pipeline_dirs, tiny_ict, tiny_hp, tmp_path):
     assert "report:" in res.stdout and (out / "summary.md").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for(url: str, marker: str, proc: subprocess.Popen, deadline_s: float) -> None:
     """Until `marker` is on the job's stdout (it is ready) and `url` answers 200."""
     deadline = time.monotonic() + deadline_s
@@ -300,22 +294,15 @@ def _signals(pid: int) -> str:
     )
 
 
-def _ctrl_c_as_in_a_terminal() -> None:
-    """In the job before exec: SIGINT at its default, as for a command started in a terminal. A pytest started in the
-    background (`cmd &` without job control, `nohup`) ignores SIGINT, and an ignored signal is inherited: Python would
-    then install no KeyboardInterrupt handler and the job could never be stopped with Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _long_running(argv: list, url_path: str, marker: str, deadline_s: float, log: Path):
     """Start a long-running job, wait until it is ready, stop it with Ctrl-C: (exit code, stdout rest, stderr)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "-m", "icthp_cli", *map(str, argv), "--port", str(port)]
     with open(log, "w") as err:
         here = _signals(os.getpid())
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=sigint_as_in_a_terminal
         )
         try:
             _wait_for(f"http://127.0.0.1:{port}{url_path}", marker, proc, deadline_s)

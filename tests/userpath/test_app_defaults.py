@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 from icthp_app.launcher import default_ticked as default_metrics
+from live import free_port
 
 from icthp_core.diffusion.evalgen import DEFAULT_METRICS
 from icthp_core.errors import WeightsNotFoundError
@@ -30,9 +30,7 @@ def test_unloadable_baseline_fails_within_seconds(tmp_path, monkeypatch):
 
     from gradio_app.pool import ScorerPool
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens
     monkeypatch.setattr(constants, "ENDPOINT", url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

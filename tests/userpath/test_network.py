@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -12,15 +11,10 @@ from pathlib import Path
 
 import jobproc
 import pytest
+from live import free_port
 from PIL import Image
 
 from icthp_core.errors import WeightsNotFoundError
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _point_hub(monkeypatch, tmp_path: Path, endpoint: str) -> None:
@@ -54,7 +48,7 @@ def one_image(tmp_path: Path) -> Path:
 @pytest.mark.slow  # a subprocess: ~7 s on a busy 2-core machine
 def test_score_unreachable_hub_is_one_fast_line(tmp_path, one_image):
     proc, wall = _icthp(
-        ["score", "--prompt", "x", str(one_image)], _env(tmp_path, f"http://127.0.0.1:{_closed_port()}"), tmp_path
+        ["score", "--prompt", "x", str(one_image)], _env(tmp_path, f"http://127.0.0.1:{free_port()}"), tmp_path
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
@@ -140,7 +134,7 @@ def test_base_pipeline_unreachable_is_one_line(tmp_path, monkeypatch):
     """`draft`/`evalgen` read the base pipeline's configs first: no network -> WeightsNotFoundError in seconds."""
     from icthp_core.diffusion.pipelines import pipeline_info
 
-    _point_hub(monkeypatch, tmp_path, f"http://127.0.0.1:{_closed_port()}")
+    _point_hub(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()
     with pytest.raises(
         WeightsNotFoundError, match=r"acme/sd3: the Hugging Face Hub .* could not be reached \(.*[Cc]onnection refused"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
+from live import free_port
 from PIL import Image
 from scale_data import png, write_hf, write_pickapic, write_wds
 
@@ -156,12 +156,6 @@ def test_killing_a_scoring_actor_loses_and_duplicates_nothing(ray_local, tiny_ic
 
 
 # ------------------------------------------------------------------------------------------------ server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, tiny_ict, tiny_hp):
     from ray import serve
@@ -173,7 +167,7 @@ def server(ray_local, tiny_ict, tiny_hp):
         METRICS,
         {"ict": str(tiny_ict), "hp": str(tiny_hp)},
         device="cpu",
-        port=_free_port(),
+        port=free_port(),
         max_batch_size=16,
         batch_wait_s=0.1,
         token="s3cret",

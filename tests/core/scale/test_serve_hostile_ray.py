@@ -12,7 +12,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
+from live import free_port, sigint_as_in_a_terminal
 from PIL import Image, ImageDraw
 
 from icthp_core.scale.serve_config import ServeLimits, memory_bound
@@ -48,21 +48,18 @@ LIMIT_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tiny_ict, tiny_hp, tmp_path_factory):
     """(url, serve process, log path): `icthp serve` started as a user would, the token from the environment."""
-    port, log = _free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
+    port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "ICTHP_SERVE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "icthp_cli", "serve", "--ict", str(tiny_ict), "--hp", str(tiny_hp)]
     argv += ["--device", "cpu", "--port", str(port), *LIMIT_ARGS]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=sigint_as_in_a_terminal,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 240

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from live import free_port
 
 from icthp_cli.options import cli_config
 from icthp_core.checkpoints.convert import hf_to_open_clip
@@ -237,9 +237,7 @@ dist.destroy_process_group()
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_two_process_gloo_gathering_gives_the_one_process_loss(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     script = tmp_path / "w.py"
     script.write_text(_GATHER_WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from draft_common import tiny_config
+from live import free_port
 from safetensors.torch import load_file
 
 from icthp_cli.draft import parse_config
@@ -246,13 +247,10 @@ def test_text_cache_ranks_take_the_same_branch(tiny_pipeline_dirs, tmp_path):
 def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     """torchrun with 2 CPU processes (gloo): LoRA gradients are all-reduced, replicas checked equal at the end."""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     root = REPO
     out = tmp_path / "ddp"
     cmd = [

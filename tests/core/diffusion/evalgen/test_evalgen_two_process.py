@@ -4,12 +4,12 @@ process's."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+from live import free_port
 from test_evalgen_cli import _args
 
 from icthp_cli.main import main as icthp
@@ -19,9 +19,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
 def test_two_process_evalgen_equals_one_process(pipeline_dirs, lora_files, prompt_txt, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     extra = ("--lora", f"hp={lora_files['flux']}", "--metrics", "none", "--gen-batch-size", "2")
     two, one = tmp_path / "two", tmp_path / "one"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
