@@ -20,15 +20,21 @@ from icthp_cli.main import main
 PROMPT = "a red cube, photo"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """A training job builds an Accelerator, whose process-wide singletons outlive the run (a new process would start
-    without them): reset them after each test so the next test (or job) starts as a fresh process does."""
-    yield
+def _reset_accelerate() -> None:
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """A training job builds an Accelerator whose process-wide singletons outlive it (after `train-ict` in this
+    process, `Accelerator(mixed_precision="bf16")` raises "AcceleratorState has already been initialized"; `draft`
+    resets all but GradientState): each test starts and ends with none, as a new process does."""
+    _reset_accelerate()
+    yield
+    _reset_accelerate()
 
 
 def _train_args(tiny_clip, toy, out, **extra) -> list[str]:
