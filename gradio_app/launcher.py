@@ -17,10 +17,12 @@ class AppConfig:
     """What `icthp app` serves.
 
     Args:
-        metrics: metrics offered in the UI (models load on first use).
+        metrics: metrics offered in the UI.
         sources: weight sources by base metric; without `ict`/`hp` the metrics built on them are not offered.
         default_metrics: metrics ticked at start (None: ICT, HP, ICT-HP and the baselines given a source).
         preload: load the default metrics' models before serving.
+        warm: otherwise load them in the background while the server starts, so the first comparison does not wait
+            for them (False: each group of models loads when a comparison first needs it).
         device, dtype, batch_size: where and how the models run (batch_size >= 1).
         host, port: bind address (loopback by default).
         ab_roots: folders under which A/B folders may be read (none: uploads only).
@@ -33,6 +35,7 @@ class AppConfig:
     sources: dict[str, str] = field(default_factory=dict)
     default_metrics: list[str] | None = None
     preload: bool = False
+    warm: bool = True
     device: str | None = None
     dtype: str = "fp32"
     batch_size: int = 32
@@ -96,8 +99,11 @@ def make_app(cfg: AppConfig, factory: Any = None) -> tuple[Any, dict[str, Any]]:
     metrics = offered_metrics(cfg.metrics, cfg.sources)
     defaults = default_ticked(cfg.default_metrics, metrics, cfg.sources)
     pool = ScorerPool(metrics, cfg.sources, cfg.device, cfg.dtype, cfg.batch_size, factory=factory)
+    first = [m for m in defaults if m in metrics] or metrics
     if cfg.preload:
-        pool.preload([m for m in defaults if m in metrics] or metrics)
+        pool.preload(first)
+    elif cfg.warm:
+        pool.preload_in_background(first)
     missing = generate.requirements_missing(cfg.base_model, cfg.lora)
     generator = None
     if not missing:

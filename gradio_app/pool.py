@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -82,6 +83,21 @@ class ScorerPool:
     def preload(self, metrics: Sequence[str] | None = None) -> None:
         for g in self.groups(list(metrics or self.metrics)):
             self.scorer(g)
+
+    def preload_in_background(self, metrics: Sequence[str] | None = None) -> threading.Thread:
+        """Start loading `metrics`' models in a daemon thread and return it. A request that needs a group meanwhile
+        waits for that load (one load per group); a load that fails is logged and retried by the first request,
+        which then shows the error as it would have without the warm-up."""
+
+        def warm() -> None:
+            try:
+                self.preload(metrics)
+            except Exception as e:  # noqa: BLE001  (the first request that needs the group loads it again)
+                logging.getLogger(__name__).warning("loading models in the background failed: %s", e)
+
+        thread = threading.Thread(target=warm, name="icthp-app-warm", daemon=True)
+        thread.start()
+        return thread
 
     def score(
         self,

@@ -15,14 +15,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--metrics",
         default=APP_METRICS,
-        help=f"comma-separated metrics offered in the UI, or 'all' (default {APP_METRICS}); models load on first use",
+        help=f"comma-separated metrics offered in the UI, or 'all' (default {APP_METRICS}); a model not ticked by "
+        "default loads on first use",
     )
     g.add_argument(
         "--default-metrics",
         default=None,
         help="metrics ticked by default (default: ICT, HP, ICT-HP and the baselines given with --source)",
     )
-    g.add_argument("--preload", action="store_true", help="load the default metrics' models before serving")
+    load = g.add_mutually_exclusive_group()
+    load.add_argument("--preload", action="store_true", help="load the default metrics' models before serving")
+    load.add_argument(
+        "--lazy",
+        action="store_true",
+        help="load each model only when a comparison first needs it (default: the default metrics' models load in "
+        "the background as the server starts)",
+    )
     s = parser.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=7860)
@@ -55,6 +63,7 @@ def config(args: argparse.Namespace):
         sources=opts.sources,
         default_metrics=[m.strip() for m in (args.default_metrics or "").split(",") if m.strip()] or None,
         preload=args.preload,
+        warm=not args.lazy,
         device=opts.device,
         dtype=opts.dtype,
         batch_size=opts.batch_size,

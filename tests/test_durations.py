@@ -69,3 +69,14 @@ def test_store_durations_merges_the_measured_seconds(tmp_path):
 def test_markers_are_declared(request, marker):
     """The markers the suite uses are registered (`--strict-markers` rejects typos)."""
     assert any(line.startswith(f"{marker}:") for line in request.config.getini("markers"))
+
+
+def test_browser_and_multiprocess_tests_are_slow(request):
+    """Chromium pages and multi-process runs stay out of the fast tier (docs/testing.md, "Markers"): in a
+    `-m "not slow"` run any such test collected without `slow` is listed here."""
+    unmarked = [
+        item.nodeid
+        for item in request.session.items
+        if any(item.get_closest_marker(m) for m in ("browser", "multiprocess")) and not item.get_closest_marker("slow")
+    ]
+    assert not unmarked, "browser / multiprocess but not slow: " + ", ".join(unmarked)

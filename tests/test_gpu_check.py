@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# the GPU machine's script, checked as a CPU dry run in the full tier (CI); not part of the toolkit's fast tier
+pytestmark = [pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

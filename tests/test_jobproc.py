@@ -15,6 +15,9 @@ from pathlib import Path
 import jobproc
 import pytest
 
+# the test tooling's own tests run in the full tier (CI); the fast tier covers the toolkit (docs/testing.md)
+pytestmark = [pytest.mark.slow]
+
 
 def probe(argv: list[str]) -> int | None:
     """A job that reports what its process looks like, or exits / fails / sleeps as `argv` asks."""

@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.paths import REPO
+
+# the test tooling's own tests run in the full tier (CI); the fast tier covers the toolkit (docs/testing.md)
+pytestmark = [pytest.mark.slow]
 
 CONFTEST = f"""
 import os, sys, time

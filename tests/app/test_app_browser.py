@@ -8,8 +8,6 @@ Needs /usr/bin/chromium (run tests/app/setup_browser.sh). Screenshots go to $ICT
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 from icthp_core import MultiScorer, load_scorer
 from icthp_core.evaluation.stats import win_rate
 
-pytestmark = [pytest.mark.browser]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # the fast tier: test_app_http.py
 
 PROMPT = "a red balloon over a green field"
 WAIT_MS = 60_000
@@ -143,20 +141,3 @@ def test_generate_tab_explains_requirements(page):
     text = note.inner_text()
     assert "--base-model" in text and "--lora" in text
     assert ("CUDA GPU" in text) == (not torch.cuda.is_available())
-
-
-def test_api_refuses_server_paths_not_uploaded(server, tiny_models):
-    """A crafted API call naming a server file (not uploaded) is refused before our code reads it."""
-    secret = Path(tiny_models["ict"]) / "config.json"
-    body = {
-        "data": [[{"path": str(secret), "meta": {"_type": "gradio.FileData"}}] * 2, PROMPT, ["hp"]],
-    }
-    req = urllib.request.Request(
-        server["url"] + "gradio_api/call/compare",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    event = json.loads(urllib.request.urlopen(req, timeout=10).read())["event_id"]
-    with urllib.request.urlopen(f"{server['url']}gradio_api/call/compare/{event}", timeout=60) as r:
-        stream = r.read().decode()
-    assert "event: error" in stream and "not uploaded by a user" in stream, stream

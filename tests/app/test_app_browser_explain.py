@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_app_browser import PROMPT, WAIT_MS, _reference, _wait_listed
 
-pytestmark = [pytest.mark.browser]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.mark.slow  # measured: over the 10 s budget (tests/durations.json)

@@ -72,6 +72,30 @@ def test_pool_groups_and_loads_each_group_once_across_threads(tmp_path, make_sce
     assert steps[-1] == pytest.approx(1.0) and steps == sorted(steps)
 
 
+def test_background_warm_up_loads_the_defaults_once_and_a_failed_load_is_retried(tmp_path, make_scenes, caplog):
+    calls: list = []
+    pool = fake_pool(["ict", "hp", "ict_hp", "clip", "pickscore"], calls)
+    warm = pool.preload_in_background(["ict_hp", "clip"])
+    first = pool.scorer(("ict", "hp", "ict_hp"))  # a request meanwhile waits for the same load
+    warm.join(10)
+    assert not warm.is_alive() and sorted(pool.loaded()) == [("clip",), ("ict", "hp", "ict_hp")]
+    assert sorted(c[0] for c in calls) == [("clip",), ("ict", "hp", "ict_hp")]  # one load each, pickscore none
+    assert pool.scorer(("ict", "hp", "ict_hp")) is first
+
+    tries: list = []
+
+    def broken(m, s, d, t):
+        tries.append(m)
+        raise OSError("weights not found: /nope")
+
+    pool = ScorerPool(["clip"], {"clip": "/nope"}, factory=broken)
+    pool.preload_in_background().join(10)
+    assert "loading models in the background failed: weights not found: /nope" in caplog.text
+    with pytest.raises(OSError, match="/nope"):  # the first request loads again and shows the error
+        pool.score(make_scenes(tmp_path, ["a.png", "b.png"]), "p", ["clip"])
+    assert len(tries) == 2 and pool.loaded() == []
+
+
 def test_compare_with_fake_scorer_validation(tmp_path, make_scenes):
     pool = fake_pool(["ict", "hp", "ict_hp", "clip"], [])
     c = Controller(pool, out_dir=tmp_path / "out")

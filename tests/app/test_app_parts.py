@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 import types
 
 import gradio as gr
@@ -46,13 +47,29 @@ def test_cli_arguments_and_sources(tmp_path):
         _config("--batch-size", "0")
     with pytest.raises(SystemExit):  # the app decodes uploads itself: no --workers
         _parse("--workers", "2")
+    assert (a.preload, a.warm) == (False, True) and _config("--lazy").warm is False and _config("--preload").preload
+    with pytest.raises(SystemExit):  # load before serving, or only on first use: not both
+        _parse("--preload", "--lazy")
+
+
+def test_default_metrics_load_in_the_background_as_the_app_starts():
+    calls: list = []
+    make_app(
+        _config("--hp", "none", "--metrics", "ict,hp,ict_hp,clip", "--port", "0"), factory=lambda *a: calls.append(a)
+    )
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [c[0] for c in calls] == [["ict"]]  # the ticked group (--hp none: ICT only); clip is not ticked: not loaded
 
 
 def test_make_app_builds_blocks_without_loading_models(tmp_path):
     calls = []
-    args = _config("--hp", "none", "--metrics", "ict,hp,ict_hp,clip", "--ab-root", str(tmp_path), "--port", "0")
+    args = _config(
+        "--lazy", "--hp", "none", "--metrics", "ict,hp,ict_hp,clip", "--ab-root", str(tmp_path), "--port", "0"
+    )
     demo, launch = make_app(args, factory=lambda *a: calls.append(a))
-    assert isinstance(demo, gr.Blocks) and calls == []  # lazy: nothing loaded at build time
+    assert isinstance(demo, gr.Blocks) and calls == []  # --lazy: nothing loaded at build time
     assert launch["server_name"] == "127.0.0.1" and launch["max_file_size"] == "20mb"
     cfg = demo.get_config_file()
     labels = [c.get("props", {}).get("label") for c in cfg["components"]]

@@ -126,6 +126,7 @@ def test_mismatched_prompt_list_is_an_error(tiny_ict, tiny_hp):
         s.score(torch.rand(3, 3, 64, 64), ["a", "b"])
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and open_clip: the full tier
 def test_console_script_runs(tiny_ict, tiny_hp, images):
     import subprocess
     import sys

@@ -35,7 +35,7 @@ def test_printed_commands_run_every_job(tmp_path, monkeypatch):
             from icthp_cli.app import config
             from icthp_cli.main import build_parser
 
-            make_app(config(build_parser("app")[0].parse_args(argv[1:])))
+            make_app(config(build_parser("app")[0].parse_args([*argv[1:], "--lazy"])))  # no loading thread here
             continue
         assert icthp(argv) == 0, line
     assert (tmp_path / "demo" / "runs" / "evalgen" / "summary.csv").is_file()
