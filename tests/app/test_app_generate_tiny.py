@@ -11,6 +11,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 
+# 2.8 s: the fast tier checks the Generator with a fake pipeline (test_app_parts.py); this real one is in the full tier
+pytestmark = [pytest.mark.slow]
+
 
 def _tiny_lora(base_dir, path):
     """A random LoRA on the tiny SD3 transformer's attention, saved with diffusers' `save_lora_weights`."""

@@ -60,6 +60,7 @@ def test_download_verify_convert(tmp_path, hub_files, manifest):
     assert (root / "hp" / "hp_scorer" / "mlp.safetensors").is_file()
 
 
+@pytest.mark.slow  # 2.2 s: the fast tier keeps the download / verify / convert happy paths above
 def test_bad_hash_resume_and_offline(tmp_path, hub_files, manifest):
     root = tmp_path / "icthp"
     good = hub_files["8y/ICT"]["pytorch_model.bin"]

@@ -62,6 +62,7 @@ def _cfg(pipe_dir, prompt_file, rewards, out, **kw) -> DraftTrainConfig:
     return tiny_config(pipe_dir, prompt_file, rewards, out, **{**monitored, **kw})
 
 
+@pytest.mark.slow  # 2.0 s: the fast tier runs draft by test_jobs_in_process.py and early stopping below
 def test_monitors_logged_and_plotted_in_a_tiny_run(tiny_pipeline_dirs, prompt_file, tiny_rewards, tmp_path):
     train(_cfg(tiny_pipeline_dirs["sd3"], prompt_file, tiny_rewards, tmp_path))
     s = read_metrics(tmp_path / "metrics.jsonl")
