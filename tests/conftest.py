@@ -45,6 +45,24 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+def _reset_accelerate_state() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    """For tests that run training or DRaFT in the pytest process: an Accelerator's process-wide singletons outlive it
+    (after `train-ict` here, `Accelerator(mixed_precision="bf16")` raises "AcceleratorState has already been
+    initialized"; `draft` resets all but GradientState), so the test starts and ends with none, as a new process
+    does."""
+    _reset_accelerate_state()
+    yield
+    _reset_accelerate_state()
+
+
 @pytest.fixture(scope="session")
 def tiny_ict(request) -> Path:
     return shared_models.tiny_ict(request.config)

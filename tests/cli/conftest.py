@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,24 @@ def tiny_clip(tmp_path_factory) -> Path:
     from icthp_core.testing.tiny import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", seed=0)
+
+
+def train_args(tiny_clip, toy, out, **extra) -> list[str]:
+    """`key=value` options of a short `train-ict` / `train-hp` run on the toy data (2 steps of 4; `extra` overrides)."""
+    opts = {"output_dir": out, "train_data": toy["triplets"], "base_model": tiny_clip, "batch_size": 4, "max_steps": 2}
+    opts |= {"num_workers": 0, "report_to": "none", "plot": False, "eval_every": 0, "checkpoint_every": 0}
+    opts |= {"warmup_steps": 1, "log_every": 1, **extra}
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+def draft_args(pipeline_dir, tiny_ict, tiny_hp, tmp_path: Path) -> tuple[list[str], Path]:
+    """`key=value` options of a one-step DRaFT LoRA run of a tiny pipeline against ICT + HP (two prompts, written to
+    `tmp_path`), and its output folder."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red car\na blue house\n")
+    out = tmp_path / "lora"
+    rewards = json.dumps({"ict": str(tiny_ict), "hp": str(tiny_hp)})
+    args = [f"base_model={pipeline_dir}", f"prompts={prompts}", f"reward_sources={rewards}"]
+    args += [f"output_dir={out}", "resolution=32", "max_steps=1", "batch_size=2", "rank=4", "mixed_precision=no"]
+    args += ["max_sequence_length=16", "sample_every=0", "checkpoint_every=0", "plot=false"]
+    return args, out

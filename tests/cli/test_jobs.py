@@ -20,7 +20,7 @@ import pytest
 from live import free_port, sigint_as_in_a_terminal
 
 from icthp_cli.main import COMMANDS, main
-from tests.cli.conftest import REPO, icthp, user_error
+from tests.cli.conftest import REPO, draft_args, icthp, train_args, user_error
 
 MISSING = "/no/such/dir/file.jsonl"
 
@@ -199,22 +199,15 @@ def test_build_labels(tiny_clip, toy, tmp_path):
     assert len(out.read_text().splitlines()) == 16
 
 
-def _train_args(tiny_clip, toy, out, **extra) -> list[str]:
-    opts = {"output_dir": out, "train_data": toy["triplets"], "base_model": tiny_clip, "batch_size": 4, "max_steps": 2}
-    opts |= {"num_workers": 0, "report_to": "none", "plot": False, "eval_every": 0, "checkpoint_every": 0}
-    opts |= {"warmup_steps": 1, "log_every": 1, **extra}
-    return [f"{k}={v}" for k, v in opts.items()]
-
-
 @pytest.mark.slow
 def test_train_ict_then_train_hp_exit_0(tiny_clip, toy, tmp_path):
     """`icthp train-ict && icthp train-hp` runs both stages (the summary used to end the first with exit 1)."""
-    res = icthp("train-ict", *_train_args(tiny_clip, toy, tmp_path / "ict", theta=0.05))
+    res = icthp("train-ict", *train_args(tiny_clip, toy, tmp_path / "ict", theta=0.05))
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert (summary["stage"], summary["steps"]) == ("ict", 2)
     assert summary["exported"] == str(tmp_path / "ict" / "ICT") and (tmp_path / "ict" / "ICT").is_dir()
-    hp_args = _train_args(tiny_clip, toy, tmp_path / "hp", head_dims="[16,8,4,4]", ict_model=tmp_path / "ict" / "ICT")
+    hp_args = train_args(tiny_clip, toy, tmp_path / "hp", head_dims="[16,8,4,4]", ict_model=tmp_path / "ict" / "ICT")
     res = icthp("train-hp", *hp_args)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
@@ -227,7 +220,7 @@ def test_accelerate_launch_train_ict(tiny_clip, toy, tmp_path):
     launch = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     res = icthp(
         "train-ict",
-        *_train_args(tiny_clip, toy, tmp_path / "ict", theta=0.05),
+        *train_args(tiny_clip, toy, tmp_path / "ict", theta=0.05),
         launch=launch,
         env={"ACCELERATE_USE_CPU": "1"},
     )
@@ -238,13 +231,7 @@ def test_accelerate_launch_train_ict(tiny_clip, toy, tmp_path):
 
 @pytest.mark.slow
 def test_draft_tiny_sd3(tiny_pipeline_dirs, tiny_ict, tiny_hp, tmp_path):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a red car\na blue house\n")
-    out = tmp_path / "lora"
-    rewards = json.dumps({"ict": str(tiny_ict), "hp": str(tiny_hp)})
-    args = [f"base_model={tiny_pipeline_dirs['sd3']}", f"prompts={prompts}", f"reward_sources={rewards}"]
-    args += [f"output_dir={out}", "resolution=32", "max_steps=1", "batch_size=2", "rank=4", "mixed_precision=no"]
-    args += ["max_sequence_length=16", "sample_every=0", "checkpoint_every=0", "plot=false"]
+    args, out = draft_args(tiny_pipeline_dirs["sd3"], tiny_ict, tiny_hp, tmp_path)
     res = icthp("draft", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     lora = Path(json.loads(res.stdout.strip().splitlines()[-1])["lora"])

@@ -16,33 +16,15 @@ import pytest
 import torch
 
 from icthp_cli.main import main
+from tests.cli.conftest import draft_args, train_args
 
 PROMPT = "a red cube, photo"
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """A training job builds an Accelerator whose process-wide singletons outlive it (after `train-ict` in this
-    process, `Accelerator(mixed_precision="bf16")` raises "AcceleratorState has already been initialized"; `draft`
-    resets all but GradientState): each test starts and ends with none, as a new process does."""
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
+pytestmark = [pytest.mark.usefixtures("fresh_accelerate_state")]  # the jobs run in this process (tests/conftest.py)
 
 
 def _train_args(tiny_clip, toy, out, **extra) -> list[str]:
-    """`key=value` options of a one-step run on the toy data (the slow tests' `_train_args`, tests/cli/test_jobs.py)."""
-    opts = {"output_dir": out, "train_data": toy["triplets"], "base_model": tiny_clip, "batch_size": 2, "max_steps": 1}
-    opts |= {"num_workers": 0, "report_to": "none", "plot": False, "eval_every": 0, "checkpoint_every": 0}
-    opts |= {"warmup_steps": 1, "log_every": 1, **extra}
-    return [f"{k}={v}" for k, v in opts.items()]
+    """The slow tests' options (`train_args`, tests/cli/conftest.py), one step of 2."""
+    return train_args(tiny_clip, toy, out, batch_size=2, max_steps=1, **extra)
 
 
 def _summary(capsys) -> dict:
@@ -89,13 +71,7 @@ def test_train_hp_exports_a_loadable_model(tiny_clip, tiny_ict, toy, image_dir, 
 def test_draft_writes_the_lora(tiny_pipeline_dirs, tiny_ict, tiny_hp, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a red car\na blue house\n")
-    out = tmp_path / "lora"
-    rewards = json.dumps({"ict": str(tiny_ict), "hp": str(tiny_hp)})
-    args = [f"base_model={tiny_pipeline_dirs['sd3']}", f"prompts={prompts}", f"reward_sources={rewards}"]
-    args += [f"output_dir={out}", "resolution=32", "max_steps=1", "batch_size=2", "rank=4", "mixed_precision=no"]
-    args += ["max_sequence_length=16", "sample_every=0", "checkpoint_every=0", "plot=false"]
+    args, out = draft_args(tiny_pipeline_dirs["sd3"], tiny_ict, tiny_hp, tmp_path)
     assert main(["draft", *args]) == 0
     lora = Path(_summary(capsys)["lora"])
     assert lora == out / "pytorch_lora_weights.safetensors"

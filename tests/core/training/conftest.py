@@ -74,14 +74,9 @@ def run_module(
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """In-process training runs each build an Accelerator: reset accelerate's process-wide singletons after each
-    test, as a new process would start (e.g. mixed precision differs between tests)."""
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+def _fresh_accelerate_state(fresh_accelerate_state):
+    """In-process training runs each build an Accelerator: accelerate's process-wide singletons are reset around each
+    test (tests/conftest.py), as a new process would start (e.g. mixed precision differs between tests)."""
 
 
 def train_ict_main(overrides: list[str]) -> dict:
