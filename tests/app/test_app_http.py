@@ -12,17 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import requests
-
-from icthp_core import MultiScorer, load_scorer
-
-PROMPT = "a red balloon over a green field"
-
-
-def _reference(tiny_models, paths) -> dict[str, np.ndarray]:
-    files = [str(p) for p in paths]
-    ref = load_scorer(tiny_models["ict"], tiny_models["hp"]).score(files, PROMPT)
-    ref["clip"] = MultiScorer(["clip"], {"clip": tiny_models["clip"]}).score(files, PROMPT)["clip"]
-    return {m: v.numpy().astype(np.float64) for m, v in ref.items()}
+from test_app_browser import PROMPT, _reference  # the browser tests' prompt and reference scores (core scorers)
 
 
 def _upload(url: str, paths) -> list[dict]:
@@ -51,7 +41,7 @@ def test_compare_through_the_api_matches_the_core(server, tiny_models, make_scen
     status, cards, _chart, table, csv_file = _call(
         server["url"], "compare", [_upload(server["url"], paths), PROMPT, list(server["metrics"])]
     )
-    ref = _reference(tiny_models, paths)
+    ref = _reference(tiny_models, paths, PROMPT)
     best = names[int(np.argmax(ref["ict_hp"]))]
     assert f"Winner (ICT-HP): {best}" in status
     assert cards.count('class="icthp-card') == len(names) and f'data-name="{best}"' in cards
